@@ -1,0 +1,602 @@
+"""Seeded simulators of paired training data for the two tasks.
+
+- **SR** (BioSR-like): fluorescent structures (CCPs, ER, microtubules, F-actin) are
+  rendered as fluorophore densities on the fine target grid (31.3 nm pixels). The
+  widefield image is that object through the incoherent OTF (cut-off ``2NA/λ_em``),
+  integrated over 2×2 fine pixels by the camera (62.6 nm pixels), with Poisson photon
+  noise, Gaussian read noise and an offset (ADU, gain 1). The target is the same object
+  through an OTF with twice the cut-off, noise-free, on the fine grid.
+- **QPI** (the CVDM paper's setup): a grayscale image ``g ∈ [0, 1]`` becomes the pure
+  phase object ``exp(iφ)``, ``φ = 3.5·g`` rad, imaged at ``±dz = ±1 µm`` with
+  ``λ = 0.521 µm`` and 0.21 µm pixels (Fresnel, periodic boundaries), plus additive
+  Gaussian noise of std ``s ~ U(0, 0.2)`` per pair. Sources are scikit-image's bundled
+  images (no download) under random crops, zooms and rotations, and procedural
+  textures, so the stream never repeats.
+
+Everything takes a ``numpy.random.Generator``; the same seed gives the same data.
+Images are periodic (rendered with wrap-around), matching the FFT-based optics.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..physics.optics import apply_transfer, bin_pixels, frequency_grid, incoherent_otf, propagate, upsample
+from .datasets import ImagePair, get_task
+
+__all__ = [
+    "STRUCTURE_KINDS",
+    "QPISample",
+    "QPISimulationConfig",
+    "SRSample",
+    "SRSimulationConfig",
+    "SimulatedPairs",
+    "natural_image_names",
+    "phase_object_stack",
+    "qpi_source_image",
+    "render_structure",
+    "simulate_qpi",
+    "simulate_sr",
+    "write_simulated_folders",
+]
+
+STRUCTURE_KINDS = ("ccp", "er", "microtubule", "actin")
+
+# Fluorophore cross-section (Gaussian sigma, µm) of each structure kind: FWHM ≈ 2.355·sigma.
+_CROSS_SECTION_SIGMA_UM = {"ccp": 0.015, "er": 0.025, "microtubule": 0.011, "actin": 0.004}
+# Spacing of fluorophore samples along curves, well below the 31.3 nm pixel.
+_STEP_UM = 0.008
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _splat(points_um: np.ndarray, weights: np.ndarray, shape: tuple[int, int], pixel_um: float) -> np.ndarray:
+    """Bilinear, wrap-around deposit of weighted points ``(n, 2)`` [y, x] µm onto an ``(H, W)`` grid.
+
+    Pixel ``j`` is centred at ``j·pixel_um``. Returns the density per pixel (float64).
+    """
+    height, width = shape
+    pos = points_um / pixel_um
+    base = np.floor(pos).astype(np.int64)
+    frac = pos - base
+    out = np.zeros(height * width)
+    for dy in (0, 1):
+        wy = frac[:, 0] if dy else 1.0 - frac[:, 0]
+        iy = (base[:, 0] + dy) % height
+        for dx in (0, 1):
+            wx = frac[:, 1] if dx else 1.0 - frac[:, 1]
+            ix = (base[:, 1] + dx) % width
+            out += np.bincount(iy * width + ix, weights=weights * wy * wx, minlength=height * width)
+    return out.reshape(shape)
+
+
+def _worm_like_chains(
+    rng: np.random.Generator,
+    n: int,
+    field_um: np.ndarray,
+    length_um: tuple[float, float],
+    persistence_um: tuple[float, float],
+    start: np.ndarray | None = None,
+    heading: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 2-D worm-like chains sampled every ``_STEP_UM``.
+
+    Returns points ``(m, 2)`` [y, x] µm and per-point weights: arc length times a
+    per-filament brightness (log-normal, 20 % spread).
+    """
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    lengths = rng.uniform(*length_um, size=n)
+    persistence = rng.uniform(*persistence_um, size=n)
+    steps = int(np.ceil(lengths.max() / _STEP_UM))
+    if start is None:
+        start = rng.uniform(0, 1, size=(n, 2)) * field_um
+    if heading is None:
+        heading = rng.uniform(0, 2 * np.pi, size=n)
+    # Tangent angle diffuses with variance ds/Lp per step (2-D worm-like chain).
+    turns = rng.normal(size=(n, steps)) * np.sqrt(_STEP_UM / persistence)[:, None]
+    angles = heading[:, None] + np.cumsum(turns, axis=1)
+    offsets = np.cumsum(np.stack([np.sin(angles), np.cos(angles)], axis=-1) * _STEP_UM, axis=1)
+    points = start[:, None, :] + offsets
+    inside = np.arange(steps)[None, :] * _STEP_UM < lengths[:, None]
+    brightness = np.broadcast_to(rng.lognormal(0.0, 0.2, size=(n, 1)), inside.shape)
+    return points[inside], _STEP_UM * brightness[inside]
+
+
+def _render_ccp(rng, field_um):
+    """Clathrin-coated pits: hollow rings or filled discs of 50–100 nm radius."""
+    area = field_um[0] * field_um[1]
+    n = rng.poisson(rng.uniform(0.6, 2.0) * area)
+    per_pit = 48
+    centres = rng.uniform(0, 1, size=(n, 2)) * field_um
+    radius = rng.uniform(0.05, 0.10, size=n)
+    hollow = rng.random(n) < 0.7
+    angle = rng.uniform(0, 2 * np.pi, size=(n, per_pit))
+    # Rings sit on their radius (coat thickness from the cross-section); discs fill uniformly.
+    r = np.where(hollow[:, None], radius[:, None], radius[:, None] * np.sqrt(rng.random((n, per_pit))))
+    points = centres[:, None, :] + r[..., None] * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+    brightness = rng.lognormal(0.0, 0.4, size=n) * (radius / 0.075) ** 2  # coat area grows with radius²
+    weights = np.repeat(brightness / per_pit, per_pit)
+    return points.reshape(-1, 2), weights
+
+
+def _render_microtubule(rng, field_um):
+    """Microtubules: long, smooth, persistent filaments (~25 nm)."""
+    area = field_um[0] * field_um[1]
+    n = max(1, rng.poisson(rng.uniform(0.15, 0.4) * area))
+    return _worm_like_chains(rng, n, field_um, (4.0, 15.0), (6.0, 20.0))
+
+
+def _render_actin(rng, field_um):
+    """F-actin: dense, straight filaments, partly bundled along a preferred orientation, over a thin mesh."""
+    area = field_um[0] * field_um[1]
+    orientation = rng.uniform(0, np.pi)
+    n_bundles = max(1, rng.poisson(rng.uniform(0.2, 0.5) * area))
+    per_bundle = rng.integers(2, 7, size=n_bundles)
+    n_fil = int(per_bundle.sum())
+    bundle_of = np.repeat(np.arange(n_bundles), per_bundle)
+    centre = rng.uniform(0, 1, size=(n_bundles, 2)) * field_um
+    bundle_heading = orientation + rng.normal(0, 0.35, size=n_bundles)
+    heading = bundle_heading[bundle_of] + rng.normal(0, 0.02, size=n_fil)
+    # Filaments of a bundle are laterally offset by tens of nm and staggered along it.
+    normal = np.stack([np.cos(bundle_heading), -np.sin(bundle_heading)], axis=-1)[bundle_of]
+    along = np.stack([np.sin(bundle_heading), np.cos(bundle_heading)], axis=-1)[bundle_of]
+    start = (
+        centre[bundle_of]
+        + normal * rng.normal(0, 0.04, size=(n_fil, 1))
+        + along * rng.uniform(-1.0, 1.0, size=(n_fil, 1))
+    )
+    bundled, w_bundled = _worm_like_chains(rng, n_fil, field_um, (2.0, 10.0), (30.0, 100.0), start, heading)
+    n_mesh = rng.poisson(rng.uniform(0.5, 1.5) * area)
+    mesh, w_mesh = _worm_like_chains(rng, n_mesh, field_um, (0.5, 3.0), (10.0, 30.0))
+    return np.concatenate([bundled, mesh]), np.concatenate([w_bundled, 0.6 * w_mesh])
+
+
+def _render_er(rng, field_um):
+    """Endoplasmic reticulum: a polygonal network of ~60 nm tubules (periodic Voronoi edges)."""
+    from scipy.spatial import Voronoi
+
+    area = field_um[0] * field_um[1]
+    n = max(4, rng.poisson(rng.uniform(1.5, 4.0) * area))
+    seeds = rng.uniform(0, 1, size=(n, 2)) * field_um
+    tiles = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]) * field_um
+    vor = Voronoi((seeds[None, :, :] + tiles[:, None, :]).reshape(-1, 2))
+    ridges = np.asarray(vor.ridge_vertices)  # 2-D: every ridge has two vertices, -1 = at infinity
+    ridges = ridges[(ridges >= 0).all(axis=1)]
+    a, b = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
+    mid = (a + b) / 2
+    # Each edge of the periodic network appears once with its midpoint in the central tile.
+    keep = np.all((mid >= 0) & (mid < field_um), axis=1) & (rng.random(len(mid)) > 0.12)
+    a, b = a[keep], b[keep]
+    lengths = np.linalg.norm(b - a, axis=1)
+    counts = np.maximum(1, np.ceil(lengths / _STEP_UM).astype(int))
+    edge = np.repeat(np.arange(len(a)), counts)
+    t = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 0.5) / counts[edge]
+    points = a[edge] + t[:, None] * (b - a)[edge]
+    weights = (lengths / counts)[edge]
+    return points, weights
+
+
+_RENDERERS = {
+    "ccp": _render_ccp,
+    "er": _render_er,
+    "microtubule": _render_microtubule,
+    "actin": _render_actin,
+}
+
+
+def render_structure(kind: str, shape: tuple[int, int], pixel_um: float, rng: np.random.Generator) -> np.ndarray:
+    """Fluorophore density of one structure kind on an ``(H, W)`` grid of ``pixel_um`` pixels.
+
+    ``kind`` is one of :data:`STRUCTURE_KINDS`. The structure's cross-section (e.g. 25 nm
+    microtubules, 60 nm ER tubules) is included; the result is periodic, non-negative
+    float64 in arbitrary units (scaled to photons by :func:`simulate_sr`).
+    """
+    if kind not in _RENDERERS:
+        raise ValueError(f"unknown structure kind {kind!r}; choose from {STRUCTURE_KINDS}")
+    field_um = np.array(shape, dtype=float) * pixel_um
+    points, weights = _RENDERERS[kind](rng, field_um)
+    density = _splat(points, weights, shape, pixel_um)
+    fy, fx = frequency_grid(shape, pixel_um)
+    sigma = _CROSS_SECTION_SIGMA_UM[kind]
+    return np.clip(apply_transfer(density, np.exp(-2 * np.pi**2 * sigma**2 * (fx**2 + fy**2))), 0.0, None)
+
+
+# ----------------------------------------------------------------------------- SR
+
+
+@dataclass(frozen=True)
+class SRSimulationConfig:
+    """Widefield → SIM-like simulation settings (lengths in µm, intensities in photons/ADU, gain 1)."""
+
+    target_pixel_um: float = 0.0313
+    factor: int = 2  # camera pixel = factor · target pixel (62.6 nm)
+    na_range: tuple[float, float] = (1.3, 1.49)
+    emission_wavelength_um_range: tuple[float, float] = (0.5, 0.65)
+    target_cutoff_scale: float = 2.0  # the SIM-like OTF reaches this multiple of 2NA/λ
+    # Expected signal photons at the brightest camera pixel, drawn log-uniformly: the
+    # SNR setting (BioSR spans roughly this range over its levels).
+    peak_photons_range: tuple[float, float] = (15.0, 1500.0)
+    background_photons_range: tuple[float, float] = (1.0, 20.0)
+    read_noise_electrons: float = 1.5
+    offset_adu: float = 100.0
+    kinds: tuple[str, ...] = STRUCTURE_KINDS
+
+
+@dataclass
+class SRSample:
+    """One simulated SR acquisition.
+
+    ``widefield`` ``(h, w)`` raw camera ADU (pixel ``camera_pixel_um``); ``target``
+    ``(factor·h, factor·w)`` noise-free SIM-like image and ``object`` the fluorophore
+    density, both on the fine grid (``target_pixel_um``) and on the widefield's photon
+    scale (one scaling of the object for all three).
+    """
+
+    widefield: np.ndarray
+    target: np.ndarray
+    object: np.ndarray
+    kind: str
+    na: float
+    wavelength_um: float
+    peak_photons: float
+    background_photons: float
+    target_pixel_um: float
+    camera_pixel_um: float
+    offset_adu: float
+
+    def pair(self, name: str = "simulated") -> ImagePair:
+        """The training pair: widefield upsampled to the target grid ``(1, H, W)``, target ``(1, H, W)``."""
+        factor = round(self.camera_pixel_um / self.target_pixel_um)
+        return ImagePair(name, upsample(self.widefield, factor)[None], self.target[None].astype(np.float32))
+
+
+def simulate_sr(
+    rng: np.random.Generator,
+    size: int = 256,
+    kind: str | None = None,
+    config: SRSimulationConfig = SRSimulationConfig(),
+    peak_photons: float | None = None,
+) -> SRSample:
+    """Simulate one widefield/SIM-like pair on a ``size × size`` target grid (``size`` divisible by ``factor``).
+
+    ``kind`` (default: drawn from ``config.kinds``) and ``peak_photons`` (default: drawn
+    log-uniformly from ``config.peak_photons_range``) fix the structure and the SNR.
+    """
+    if size % config.factor:
+        raise ValueError(f"size {size} must be a multiple of the camera factor {config.factor}")
+    kind = kind if kind is not None else str(rng.choice(config.kinds))
+    na = rng.uniform(*config.na_range)
+    wavelength = rng.uniform(*config.emission_wavelength_um_range)
+    if peak_photons is None:
+        peak_photons = float(np.exp(rng.uniform(*np.log(config.peak_photons_range))))
+    background = rng.uniform(*config.background_photons_range)
+    shape = (size, size)
+    pixel = config.target_pixel_um
+
+    obj = render_structure(kind, shape, pixel, rng)
+    spectrum = np.fft.fft2(obj)
+    widefield_fine = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength)))
+    target = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength, config.target_cutoff_scale)))
+    camera = bin_pixels(np.clip(widefield_fine, 0.0, None), config.factor)
+    # One scale for object, widefield and target, so that all are in photons.
+    photons_per_unit = peak_photons / max(camera.max(), 1e-12)
+    expected = camera * photons_per_unit + background
+    raw = rng.poisson(expected) + rng.normal(0.0, config.read_noise_electrons, size=expected.shape)
+    return SRSample(
+        widefield=(raw + config.offset_adu).astype(np.float32),
+        target=np.clip(target * photons_per_unit, 0.0, None).astype(np.float32),
+        object=(obj * photons_per_unit).astype(np.float32),
+        kind=kind,
+        na=float(na),
+        wavelength_um=float(wavelength),
+        peak_photons=float(peak_photons),
+        background_photons=float(background),
+        target_pixel_um=pixel,
+        camera_pixel_um=pixel * config.factor,
+        offset_adu=config.offset_adu,
+    )
+
+
+# ----------------------------------------------------------------------------- QPI
+
+
+@dataclass(frozen=True)
+class QPISimulationConfig:
+    """Two-shot defocus QPI settings of the CVDM paper (µm, radians, unit illumination)."""
+
+    wavelength_um: float = 0.521
+    pixel_um: float = 0.21
+    dz_um: float = 1.0
+    phase_max_rad: float = 3.5
+    noise_std_range: tuple[float, float] = (0.0, 0.2)
+    # The reference code also adds the noise std as an offset to both planes; off by default.
+    noise_offset: bool = False
+    natural_image_fraction: float = 0.5
+    method: str = "fresnel"
+
+
+@dataclass
+class QPISample:
+    """One QPI pair: ``stack`` ``(2, H, W)`` = ``[I(−dz), I(+dz)]`` (unit illumination), ``phase`` ``(H, W)`` rad."""
+
+    stack: np.ndarray
+    phase: np.ndarray
+    noise_std: float
+    source: str
+
+    def pair(self, name: str = "simulated") -> ImagePair:
+        """The training pair: input ``(2, H, W)``, target ``(1, H, W)`` phase in radians."""
+        return ImagePair(name, self.stack.astype(np.float32), self.phase[None].astype(np.float32))
+
+
+def phase_object_stack(
+    phase_rad: np.ndarray,
+    dz_um: float,
+    wavelength_um: float,
+    pixel_um: float,
+    amplitude: np.ndarray | None = None,
+    method: str = "fresnel",
+) -> np.ndarray:
+    """Noise-free intensities ``[I(−dz), I(+dz)]`` ``(2, H, W)`` of the object ``amplitude·exp(iφ)``."""
+    field_ = np.exp(1j * np.asarray(phase_rad, dtype=np.float64))
+    if amplitude is not None:
+        field_ = field_ * amplitude
+    planes = [np.abs(propagate(field_, dz, wavelength_um, pixel_um, method)) ** 2 for dz in (-dz_um, dz_um)]
+    return np.stack(planes)
+
+
+# scikit-image's images shipped inside the package (no pooch download needed).
+_NATURAL_IMAGE_FILES = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
+    "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png",
+    "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+)  # fmt: skip
+
+
+def natural_image_names() -> tuple[str, ...]:
+    """Names of the bundled scikit-image images available offline as QPI sources."""
+    return tuple(name for name, _ in _natural_images())
+
+
+@functools.lru_cache(maxsize=1)
+def _natural_images() -> tuple[tuple[str, np.ndarray], ...]:
+    import skimage.data
+    from skimage.color import rgb2gray, rgba2rgb
+    from skimage.io import imread
+
+    folder = Path(os.path.dirname(skimage.data.__file__))
+    images = []
+    for filename in _NATURAL_IMAGE_FILES:
+        path = folder / filename
+        if not path.exists():
+            continue
+        image = imread(path)
+        if image.ndim == 3 and image.shape[-1] == 4:
+            image = rgba2rgb(image)
+        if image.ndim == 3:
+            image = rgb2gray(image)
+        image = image.astype(np.float64)
+        images.append((path.stem, (image - image.min()) / max(np.ptp(image), 1e-12)))
+    return tuple(images)
+
+
+def _crop_natural(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """A randomly zoomed (×0.5–2), rotated and flipped crop of a bundled image, bilinear."""
+    from scipy.ndimage import map_coordinates
+
+    name, image = _natural_images()[rng.integers(len(_natural_images()))]
+    zoom = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    angle = rng.uniform(0, 2 * np.pi)
+    extent = size / zoom  # source pixels spanned by the crop
+    # Centre the crop so that its rotated square stays inside the image where possible.
+    margin = min(extent * 0.71, min(image.shape) / 2 - 1)
+    centre = [rng.uniform(margin, n - 1 - margin) for n in image.shape]
+    grid = (np.arange(size) - (size - 1) / 2) / zoom
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    cos, sin = np.cos(angle), np.sin(angle)
+    coords = np.stack([centre[0] + cos * yy - sin * xx, centre[1] + sin * yy + cos * xx])
+    crop = map_coordinates(image, coords, order=1, mode="mirror")
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return crop, name
+
+
+def _gaussian_random_field(rng, size):
+    fy, fx = frequency_grid((size, size), 1.0)
+    radius = np.sqrt(fx**2 + fy**2)
+    radius[0, 0] = 1.0
+    exponent = rng.uniform(1.5, 4.0)
+    spectrum = radius ** (-exponent / 2) * np.exp(-((radius / rng.uniform(0.05, 0.5)) ** 2))
+    spectrum[0, 0] = 0.0
+    return apply_transfer(rng.normal(size=(size, size)), spectrum)
+
+
+def _random_blobs(rng, size):
+    """Ellipses (cell- or vesicle-like) of random size, orientation and sign, some sharp, some soft.
+
+    Each ellipse is drawn only inside its bounding box (indices wrap, so the texture is
+    periodic like the optics); the sharp and the soft group are then blurred by their own
+    random Gaussian.
+    """
+    n = int(rng.integers(5, 60))
+    cy, cx = rng.uniform(0, size, size=(2, n))
+    ry, rx = np.exp(rng.uniform(np.log(2), np.log(size / 4), size=(2, n)))
+    theta = rng.uniform(0, np.pi, size=n)
+    amplitude = rng.uniform(-0.5, 1.0, size=n)
+    soft = rng.random(n) < 0.5
+    layers = np.zeros((2, size, size))
+    for i in range(n):
+        half = int(np.ceil(max(ry[i], rx[i]))) + 1
+        iy = int(cy[i]) + np.arange(-half, half + 1)
+        ix = int(cx[i]) + np.arange(-half, half + 1)
+        dy, dx = (iy - cy[i])[:, None], (ix - cx[i])[None, :]
+        u = (np.cos(theta[i]) * dy + np.sin(theta[i]) * dx) / ry[i]
+        v = (-np.sin(theta[i]) * dy + np.cos(theta[i]) * dx) / rx[i]
+        layers[int(soft[i])][np.ix_(iy % size, ix % size)] += amplitude[i] * (u * u + v * v < 1.0)
+    fy, fx = frequency_grid((size, size), 1.0)
+    sigmas = [rng.uniform(0.3, 1.0), rng.uniform(2.0, 8.0)]  # px: sharp and soft edges
+    blurs = np.stack([np.exp(-2 * np.pi**2 * s**2 * (fx**2 + fy**2)) for s in sigmas])
+    return apply_transfer(layers, blurs).sum(axis=0)
+
+
+def _voronoi_cells(rng, size):
+    """Piecewise-constant cells (tissue-like), softened by a random Gaussian blur."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial import cKDTree
+
+    n = int(rng.integers(8, 120))
+    seeds = rng.uniform(0, size, size=(n, 2))
+    yy, xx = np.mgrid[:size, :size]
+    _, label = cKDTree(seeds, boxsize=size).query(np.stack([yy.ravel(), xx.ravel()], axis=1) % size)
+    cells = rng.random(n)[label].reshape(size, size)
+    return gaussian_filter(cells, rng.uniform(0.0, 3.0), mode="wrap")
+
+
+_TEXTURES = {"gaussian_field": _gaussian_random_field, "blobs": _random_blobs, "cells": _voronoi_cells}
+
+
+def qpi_source_image(rng: np.random.Generator, size: int, natural_fraction: float = 0.5) -> tuple[np.ndarray, str]:
+    """A grayscale image ``g`` ``(size, size)`` scaled to [0, 1] and the name of its source.
+
+    With probability ``natural_fraction`` a random crop of a bundled scikit-image image,
+    otherwise a procedural texture (random field, blobs or cells).
+    """
+    for _ in range(20):
+        if rng.random() < natural_fraction and _natural_images():
+            image, name = _crop_natural(rng, size)
+        else:
+            name = str(rng.choice(list(_TEXTURES)))
+            image = _TEXTURES[name](rng, size)
+        span = np.ptp(image)
+        if span > 1e-6:  # a flat crop (e.g. page margin) has no phase to recover: draw again
+            return (image - image.min()) / span, name
+    raise RuntimeError("could not draw a non-constant source image")
+
+
+def simulate_qpi(
+    rng: np.random.Generator,
+    size: int = 256,
+    config: QPISimulationConfig = QPISimulationConfig(),
+    source: np.ndarray | None = None,
+    noise_std: float | None = None,
+) -> QPISample:
+    """Simulate one QPI pair ``(2, size, size)`` / ``(size, size)`` as in the CVDM paper.
+
+    ``source`` (a grayscale image, scaled to [0, 1] here) defaults to
+    :func:`qpi_source_image`; ``noise_std`` defaults to ``U(noise_std_range)``.
+    """
+    if source is None:
+        g, name = qpi_source_image(rng, size, config.natural_image_fraction)
+    else:
+        source = np.asarray(source, dtype=np.float64)
+        g, name = (source - source.min()) / max(np.ptp(source), 1e-12), "given"
+    phase = config.phase_max_rad * g
+    stack = phase_object_stack(phase, config.dz_um, config.wavelength_um, config.pixel_um, method=config.method)
+    if noise_std is None:
+        noise_std = float(rng.uniform(*config.noise_std_range))
+    stack = stack + rng.normal(0.0, noise_std, size=stack.shape)
+    if config.noise_offset:
+        stack = stack + noise_std
+    return QPISample(stack.astype(np.float32), phase.astype(np.float32), noise_std, name)
+
+
+# ----------------------------------------------------------------------------- streams and files
+
+_SPLITS = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclass
+class SimulatedPairs:
+    """Endless, seeded stream of simulated :class:`~napari_cvdm.data.datasets.ImagePair` for a task.
+
+    ``task`` is ``"sr"`` or ``"qpi"``; each pair is ``size × size`` on the target grid
+    (SR input already upsampled). ``split`` is mixed into the seed, so the training,
+    validation and test streams of one ``seed`` never share a pair.
+    ``for pair in SimulatedPairs("qpi", 128, seed=0): ...`` or ``.take(16)`` for a fixed set.
+    """
+
+    task: str
+    size: int = 128
+    seed: int = 0
+    split: str = "train"
+    sr_config: SRSimulationConfig = field(default_factory=SRSimulationConfig)
+    qpi_config: QPISimulationConfig = field(default_factory=QPISimulationConfig)
+
+    def __post_init__(self):
+        self.task = get_task(self.task).name
+        if self.split not in _SPLITS:
+            raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {self.split!r}")
+        self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLITS[self.split]]))
+        self._count = 0
+
+    def __iter__(self) -> Iterator[ImagePair]:
+        return self
+
+    def __next__(self) -> ImagePair:
+        name = f"{self.task}-{self.split}-{self.seed}-{self._count:06d}"
+        self._count += 1
+        if self.task == "sr":
+            return simulate_sr(self._rng, self.size, config=self.sr_config).pair(name)
+        return simulate_qpi(self._rng, self.size, config=self.qpi_config).pair(name)
+
+    def take(self, n: int) -> list[ImagePair]:
+        """The next ``n`` pairs as a list (e.g. a fixed validation set)."""
+        return [next(self) for _ in range(n)]
+
+    def with_split(self, split: str) -> SimulatedPairs:
+        """The same settings with another split (a fresh, independent stream)."""
+        return replace(self, split=split)
+
+
+def write_simulated_folders(
+    out_dir: str | os.PathLike,
+    task: str,
+    n_images: int,
+    size: int = 256,
+    seed: int = 0,
+    sr_config: SRSimulationConfig = SRSimulationConfig(),
+    qpi_config: QPISimulationConfig = QPISimulationConfig(),
+) -> tuple[Path, Path]:
+    """Write ``n_images`` simulated pairs as TIFF folders ``out_dir/inputs`` and ``out_dir/targets``.
+
+    Files are matched by name (``<task>_<index>[_<kind>].tif``), laid out like real data:
+    SR inputs are the raw widefield camera images ``(size/2, size/2)`` (ADU, 62.6 nm
+    pixels), SR targets ``(size, size)``; QPI inputs are 2-plane stacks ``(2, size, size)``
+    ``[I(−dz), I(+dz)]``, QPI targets the phase in radians. Pixel sizes are stored as
+    ImageJ resolution in µm. Returns ``(inputs_dir, targets_dir)``.
+    """
+    import tifffile
+
+    task = get_task(task).name
+    out = Path(out_dir)
+    inputs_dir, targets_dir = out / "inputs", out / "targets"
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    targets_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLITS["train"]]))
+
+    def write(path, array, pixel_um):
+        tifffile.imwrite(
+            path, np.ascontiguousarray(array, dtype=np.float32), imagej=True,
+            resolution=(1.0 / pixel_um, 1.0 / pixel_um), metadata={"unit": "um"},
+        )  # fmt: skip
+
+    for index in range(n_images):
+        if task == "sr":
+            sample = simulate_sr(rng, size, config=sr_config)
+            name = f"sr_{index:04d}_{sample.kind}.tif"
+            write(inputs_dir / name, sample.widefield, sample.camera_pixel_um)
+            write(targets_dir / name, sample.target, sample.target_pixel_um)
+        else:
+            sample = simulate_qpi(rng, size, config=qpi_config)
+            name = f"qpi_{index:04d}.tif"
+            write(inputs_dir / name, sample.stack, qpi_config.pixel_um)
+            write(targets_dir / name, sample.phase, qpi_config.pixel_um)
+    return inputs_dir, targets_dir

@@ -1,0 +1,396 @@
+"""Image-quality, resolution and uncertainty metrics (numpy in, float out).
+
+Conventions: ``prediction`` and ``reference`` are 2-D arrays of the same shape;
+``data_range`` defaults to the reference's ``max − min``. For images in different
+units (e.g. a deconvolution and a SIM image) scale them first, e.g. with
+:func:`scale_to_reference`; for phase maps remove the free offset with :func:`align_offset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MS_SSIM_WEIGHTS",
+    "DecorrelationResult",
+    "align_offset",
+    "ause",
+    "coverage",
+    "decorrelation_analysis",
+    "decorrelation_resolution",
+    "mae",
+    "ms_ssim",
+    "psnr",
+    "scale_to_reference",
+    "spearman_uncertainty_error",
+    "ssim",
+    "to_unit_range",
+    "uncertainty_calibration_error",
+]
+
+# Wang, Simoncelli & Bovik 2003, finest to coarsest scale.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _pair(prediction, reference) -> tuple[np.ndarray, np.ndarray]:
+    prediction = np.asarray(prediction, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    return prediction, reference
+
+
+def _range(reference: np.ndarray, data_range: float | None) -> float:
+    value = float(np.ptp(reference)) if data_range is None else float(data_range)
+    if value <= 0:
+        raise ValueError("data_range must be positive (is the reference constant?)")
+    return value
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+
+def psnr(prediction, reference, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, ``10·log10(data_range² / MSE)``."""
+    prediction, reference = _pair(prediction, reference)
+    mse = float(np.mean((prediction - reference) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(_range(reference, data_range) ** 2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2.0
+    window = np.exp(-(x**2) / (2 * sigma**2))
+    return window / window.sum()
+
+
+def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable correlation keeping only positions where the window fits inside (``valid``)."""
+    from scipy.ndimage import correlate1d
+
+    half = len(window) // 2
+    out = correlate1d(correlate1d(image, window, axis=0, mode="reflect"), window, axis=1, mode="reflect")
+    return out[half : image.shape[0] - half, half : image.shape[1] - half]
+
+
+def _ssim_and_cs(x, y, data_range, win_size, sigma, k1=0.01, k2=0.03) -> tuple[float, float]:
+    window = _gaussian_window(win_size, sigma)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
+    var_x = _filter_valid(x * x, window) - mu_x**2
+    var_y = _filter_valid(y * y, window) - mu_y**2
+    cov = _filter_valid(x * y, window) - mu_x * mu_y
+    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs_map
+    return float(ssim_map.mean()), float(cs_map.mean())
+
+
+def _window_for(shape, win_size: int) -> int:
+    """The SSIM window, shrunk to the largest odd size that fits a small image."""
+    smallest = min(shape)
+    if smallest >= win_size:
+        return win_size
+    return max(1, smallest - 1 + smallest % 2)
+
+
+def ssim(prediction, reference, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004): Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03.
+
+    Local statistics use population (1/N) weighting and the map is averaged over the
+    positions where the window fits in the image. This equals
+    ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=...)``. Images smaller than the window use
+    the largest odd window that fits.
+    """
+    prediction, reference = _pair(prediction, reference)
+    size = _window_for(prediction.shape, win_size)
+    return _ssim_and_cs(prediction, reference, _range(reference, data_range), size, sigma)[0]
+
+
+def _downsample2(image: np.ndarray) -> np.ndarray:
+    """2×2 average pooling; an odd last row/column is dropped."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    image = image[:h, :w]
+    return 0.25 * (image[0::2, 0::2] + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2])
+
+
+def ms_ssim(
+    prediction,
+    reference,
+    data_range: float | None = None,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
+) -> float:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003), as in pytorch-msssim.
+
+    ``Π_{j<M} relu(cs_j)^{w_j} · relu(ssim_M)^{w_M}`` over ``M`` scales separated by 2×2
+    average pooling. All 5 scales need the coarsest one (``min side / 16``) to hold the
+    11-pixel window, i.e. ≥ 176 px. Smaller images use fewer scales — the most for which
+    ``min side / 2^(M−1) ≥ win_size`` (128 px: 4, 64 px: 3, 32 px: 2) — with the first
+    ``M`` weights renormalised to sum to 1; below ``win_size`` px, one scale with the
+    largest odd window that fits.
+    """
+    prediction, reference = _pair(prediction, reference)
+    data_range = _range(reference, data_range)
+    scales = len(weights)
+    while scales > 1 and min(prediction.shape) / 2 ** (scales - 1) < win_size:
+        scales -= 1
+    used = np.asarray(weights[:scales], dtype=np.float64)
+    used = used / used.sum()
+    size = _window_for(prediction.shape, win_size)
+    value = 1.0
+    x, y = prediction, reference
+    for level in range(scales):
+        s, cs = _ssim_and_cs(x, y, data_range, size, sigma)
+        if level == scales - 1:
+            value *= max(s, 0.0) ** used[level]
+        else:
+            value *= max(cs, 0.0) ** used[level]
+            x, y = _downsample2(x), _downsample2(y)
+    return float(value)
+
+
+def to_unit_range(image, reference=None) -> np.ndarray:
+    """Scale ``image`` by the ``reference``'s (default: its own) min/max so that the reference spans [0, 1]."""
+    image = np.asarray(image, dtype=np.float64)
+    ref = image if reference is None else np.asarray(reference, dtype=np.float64)
+    return (image - ref.min()) / _range(ref, None)
+
+
+def mae(prediction, reference) -> float:
+    """Mean absolute error on [0, 1]-scaled images: both scaled by the reference's min/max."""
+    prediction, reference = _pair(prediction, reference)
+    return float(np.mean(np.abs(to_unit_range(prediction, reference) - to_unit_range(reference))))
+
+
+def align_offset(prediction, reference) -> np.ndarray:
+    """``prediction`` shifted to the reference's mean (phase maps are defined up to a constant)."""
+    prediction, reference = _pair(prediction, reference)
+    return prediction - prediction.mean() + reference.mean()
+
+
+def scale_to_reference(prediction, reference) -> np.ndarray:
+    """``a·prediction + b`` with ``a, b`` the least-squares fit to ``reference``.
+
+    For comparing images in different intensity units (CARE-style evaluation); it can
+    only improve MSE-based scores, so use it for every method being compared.
+    """
+    prediction, reference = _pair(prediction, reference)
+    design = np.stack([prediction.ravel(), np.ones(prediction.size)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, reference.ravel(), rcond=None)
+    return a * prediction + b
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class DecorrelationResult:
+    """Decorrelation analysis of one image.
+
+    ``cutoff``: highest significant frequency ``k_c`` normalised to Nyquist (1 = 0.5
+    cycles/pixel), 0 if none; ``resolution_px`` = ``2/k_c`` pixels (inf if none);
+    ``amplitude``: the peak height ``A0`` of the unfiltered curve (an SNR indicator).
+    """
+
+    cutoff: float
+    resolution_px: float
+    amplitude: float
+
+
+def _apodize_edges(image: np.ndarray, width: int) -> np.ndarray:
+    """Cosine roll-off of the outer ``width`` pixels towards the image mean (limits edge leakage)."""
+    mean = image.mean()
+    mask = np.ones(image.shape)
+    for axis, n in enumerate(image.shape):
+        w = min(width, n // 2)
+        ramp = np.ones(n)
+        if w > 0:
+            edge = 0.5 * (1 - np.cos(np.pi * (np.arange(w) + 0.5) / w))
+            ramp[:w] = edge
+            ramp[n - w :] = edge[::-1]
+        mask = mask * (ramp[:, None] if axis == 0 else ramp[None, :])
+    return (image - mean) * mask + mean
+
+
+def _peak_index(d: np.ndarray) -> int:
+    """Index of the maximum of a decorrelation curve, ignoring a tail that rises to the last radius.
+
+    A curve still rising at the end has no peak there (noise-free content or pure noise
+    up to that radius); strip such end points until the maximum is interior. 0 if none.
+    """
+    end = len(d)
+    while end > 1:
+        index = int(np.argmax(d[:end]))
+        if index < end - 1:
+            return index
+        end -= 1
+    return 0
+
+
+def decorrelation_analysis(
+    image,
+    n_radii: int = 50,
+    n_highpass: int = 10,
+    apodization_px: int = 20,
+    min_amplitude: float = 0.05,
+) -> DecorrelationResult:
+    """Image resolution by decorrelation analysis (Descloux, Grußmayer & Radenovic, Nat. Methods 2019).
+
+    The image's spectrum ``I(k)`` (edges apodised) is correlated with its phase-only
+    version ``I(k)/|I(k)|`` restricted to a disc of radius ``r``:
+    ``d(r) = Σ_{|k|<r} Re(I·conj(Iₙ)) / (‖I‖·‖Iₙ·1_{|k|<r}‖)``. Noise makes ``d`` peak
+    at the radius where signal stops dominating. The same curve is computed for
+    ``n_highpass`` Gaussian high-pass filtered spectra ``I·(1 − exp(−2g²k²))`` (``g``
+    geometrically from ``2/r₀`` to 0.15, then refined once around the best), and ``k_c``
+    is the highest peak position among curves with peak height ≥ ``min_amplitude``
+    (a curve's peak is its maximum once a tail rising to the last radius is ignored).
+    Radii are normalised to Nyquist per axis. Radial sums use cumulative sums over pixels
+    sorted by radius (one sort instead of a mask per radius).
+    """
+    image = np.asarray(image, dtype=np.float64)
+    image = _apodize_edges(image, apodization_px)
+    height, width = image.shape
+    fy = np.fft.fftfreq(height)[:, None] / 0.5
+    fx = np.fft.fftfreq(width)[None, :] / 0.5
+    radius = np.sqrt(fx**2 + fy**2)
+    inside = radius < 1.0
+    spectrum = np.fft.fft2(image)[inside]
+    radius = radius[inside]
+    order = np.argsort(radius, kind="stable")
+    radius, spectrum = radius[order], spectrum[order]
+    magnitude = np.abs(spectrum)
+    phase_only = np.divide(spectrum, magnitude, out=np.zeros_like(spectrum), where=magnitude > 0)
+    # Cumulative ‖Iₙ·1_{|k|<r}‖² (|Iₙ| is 1 or 0).
+    phase_energy = np.cumsum(np.abs(phase_only) ** 2)
+
+    def curve(filtered: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        norm = np.sqrt(np.sum(np.abs(filtered) ** 2))
+        numerator = np.cumsum(np.real(filtered * np.conj(phase_only)))
+        count = np.searchsorted(radius, radii, side="left")  # pixels with |k| < r
+        out = np.zeros(len(radii))
+        ok = (count > 0) & (norm > 0)
+        out[ok] = numerator[count[ok] - 1] / (norm * np.sqrt(phase_energy[count[ok] - 1]))
+        return np.nan_to_num(out)
+
+    def peak(filtered: np.ndarray, radii: np.ndarray) -> tuple[float, float]:
+        d = curve(filtered, radii)
+        index = _peak_index(d)
+        return float(radii[index]), float(d[index])
+
+    radii = np.linspace(0.0, 1.0, n_radii)
+    cutoff0, amplitude0 = peak(spectrum, radii)
+    g_max = 2.0 / cutoff0 if cutoff0 > 0 else max(height, width) / 2.0
+    sigmas = np.concatenate([[height / 4.0], np.exp(np.linspace(np.log(g_max), np.log(0.15), n_highpass))])
+    cutoffs, amplitudes = [cutoff0], [amplitude0]
+    for refinement in range(2):
+        found = []
+        for g in sigmas:
+            c, a = peak(spectrum * (1.0 - np.exp(-2.0 * g * g * radius**2)), radii)
+            found.append((c, a))
+        cutoffs += [c for c, _ in found]
+        amplitudes += [a for _, a in found]
+        if refinement == 0:
+            # Refine the high-pass range and the radii around the highest cut-off so far
+            # (the last such curve if several tie; index 0 is the unfiltered curve).
+            first_pass = np.array([cutoff0] + [c for c, _ in found])
+            best = int(np.flatnonzero(first_pass == first_pass.max())[-1])
+            if best == 0:
+                g1, g2 = float(height), sigmas[0]
+            elif best < len(sigmas):
+                g1, g2 = sigmas[best - 1], sigmas[best]
+            else:
+                g1, g2 = sigmas[best - 2], sigmas[best - 1]
+            sigmas = np.exp(np.linspace(np.log(g1), np.log(g2), n_highpass))
+            centre = first_pass[best]
+            radii = np.linspace(max(centre - (radii[1] - radii[0]), 0.0), min(centre + 0.3, 1.0), n_radii)
+    cutoffs = np.array(cutoffs)
+    amplitudes = np.array(amplitudes)
+    valid = amplitudes >= min_amplitude
+    cutoff = float(cutoffs[valid].max()) if valid.any() else 0.0
+    return DecorrelationResult(
+        cutoff=cutoff,
+        resolution_px=2.0 / cutoff if cutoff > 0 else float("inf"),
+        amplitude=amplitude0,
+    )
+
+
+def decorrelation_resolution(image, pixel_size: float, **kwargs) -> float:
+    """Resolution ``2·pixel_size/k_c`` in the units of ``pixel_size`` (e.g. nm); nan if no cut-off is found.
+
+    See :func:`decorrelation_analysis` for the method and keyword arguments.
+    """
+    result = decorrelation_analysis(image, **kwargs)
+    return float(result.resolution_px * pixel_size) if result.cutoff > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def _flat(prediction, reference, uncertainty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prediction, reference = _pair(prediction, reference)
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)
+    if uncertainty.shape != prediction.shape:
+        raise ValueError(f"uncertainty {uncertainty.shape} and prediction {prediction.shape} differ in shape")
+    return prediction.ravel(), reference.ravel(), uncertainty.ravel()
+
+
+def spearman_uncertainty_error(prediction, reference, std) -> float:
+    """Spearman rank correlation of the per-pixel std with the absolute error (1 = perfect ranking)."""
+    from scipy.stats import spearmanr
+
+    prediction, reference, std = _flat(prediction, reference, std)
+    return float(spearmanr(std, np.abs(prediction - reference)).statistic)
+
+
+def uncertainty_calibration_error(prediction, reference, variance, n_bins: int = 20) -> float:
+    """UCE: ``Σ_b (n_b/N)·|mean variance_b − mean squared error_b|`` over bins of the predicted variance.
+
+    Bins are equal-count (quantiles of the variance), so each holds N/n_bins pixels even
+    when the variance is heavy-tailed. In squared data units; 0 for perfect calibration
+    (up to sampling noise ~ variance·sqrt(2·n_bins/N)).
+    """
+    prediction, reference, variance = _flat(prediction, reference, variance)
+    squared_error = (prediction - reference) ** 2
+    order = np.argsort(variance, kind="stable")
+    total = 0.0
+    for chunk in np.array_split(order, n_bins):
+        if len(chunk):
+            total += len(chunk) * abs(variance[chunk].mean() - squared_error[chunk].mean())
+    return float(total / len(variance))
+
+
+def ause(prediction, reference, std, n_fractions: int = 20, error: str = "absolute") -> float:
+    """Area under the sparsification error curve (Ilg et al. 2018), in units of the mean error.
+
+    Remove the fraction ``f`` of pixels with the highest std and take the mean error of
+    the rest; do the same ordering pixels by their true error (the oracle). AUSE is the
+    area between the two curves over ``f ∈ [0, 1)``, divided by the mean error of all
+    pixels: 0 when the std ranks pixels exactly like the error. ``error``: ``"absolute"`` or ``"squared"``.
+    """
+    prediction, reference, std = _flat(prediction, reference, std)
+    err = np.abs(prediction - reference)
+    if error == "squared":
+        err = err**2
+    elif error != "absolute":
+        raise ValueError("error must be 'absolute' or 'squared'")
+    n = len(err)
+    fractions = np.linspace(0.0, 1.0, n_fractions, endpoint=False)
+    keep = n - np.floor(fractions * n).astype(int)
+
+    def curve(order_by: np.ndarray) -> np.ndarray:
+        # Ascending order: the kept pixels are the first `keep` (least uncertain).
+        cumulative = np.cumsum(err[np.argsort(order_by, kind="stable")])
+        return cumulative[keep - 1] / keep
+
+    gap = curve(std) - curve(err)
+    scale = err.mean()
+    return float(np.trapezoid(gap, fractions) / scale) if scale > 0 else 0.0
+
+
+def coverage(prediction, reference, std, z: float = 1.96) -> float:
+    """Fraction of pixels with ``|reference − prediction| ≤ z·std`` (0.95 expected for z = 1.96 if Gaussian and calibrated)."""
+    prediction, reference, std = _flat(prediction, reference, std)
+    return float(np.mean(np.abs(reference - prediction) <= z * std))

@@ -1,0 +1,43 @@
+"""Microscopy physics in numpy: optics (OTF/PSF, propagation), TIE phase retrieval, deconvolution.
+
+Lengths are in µm (``*_um`` arguments), spatial frequencies in cycles/µm, phases in
+radians. No torch, Qt or napari imports.
+"""
+
+from .deconvolution import richardson_lucy, richardson_lucy_widefield, widefield_transfer
+from .optics import (
+    angular_spectrum_transfer,
+    apply_transfer,
+    bin_pixels,
+    frequency_grid,
+    fresnel_transfer,
+    incoherent_otf,
+    incoherent_psf,
+    pixel_integration_mtf,
+    propagate,
+    psf_from_otf,
+    upsample,
+)
+from .tie import axial_derivative, fft_tie, inverse_laplacian, laplacian_symbol, us_tie
+
+__all__ = [
+    "angular_spectrum_transfer",
+    "apply_transfer",
+    "axial_derivative",
+    "bin_pixels",
+    "fft_tie",
+    "frequency_grid",
+    "fresnel_transfer",
+    "incoherent_otf",
+    "incoherent_psf",
+    "inverse_laplacian",
+    "laplacian_symbol",
+    "pixel_integration_mtf",
+    "propagate",
+    "psf_from_otf",
+    "richardson_lucy",
+    "richardson_lucy_widefield",
+    "upsample",
+    "us_tie",
+    "widefield_transfer",
+]

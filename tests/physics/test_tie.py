@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from napari_cvdm.data.simulate import phase_object_stack
+from napari_cvdm.physics.optics import apply_transfer, frequency_grid
+from napari_cvdm.physics.tie import fft_tie, inverse_laplacian, laplacian_symbol, us_tie
+
+WAVELENGTH_UM, PIXEL_UM, DZ_UM = 0.521, 0.21, 1.0
+N = 128
+
+
+def smooth_phase(rng, range_rad, cutoff_cycles_per_um=0.25):
+    fy, fx = frequency_grid((N, N), PIXEL_UM)
+    field = apply_transfer(rng.normal(size=(N, N)), np.exp(-((fx**2 + fy**2) / cutoff_cycles_per_um**2)))
+    return range_rad * (field - field.min()) / np.ptp(field)
+
+
+def centred_mae(estimate, truth):
+    return np.mean(np.abs((estimate - estimate.mean()) - (truth - truth.mean())))
+
+
+def test_inverse_laplacian_inverts_the_laplacian_symbol():
+    rng = np.random.default_rng(0)
+    phi = smooth_phase(rng, 1.0)
+    laplacian = np.real(np.fft.ifft2(np.fft.fft2(phi) * laplacian_symbol((N, N), PIXEL_UM)))
+    recovered = inverse_laplacian(laplacian, PIXEL_UM, regularization=1e-12)
+    np.testing.assert_allclose(recovered, phi - phi.mean(), atol=1e-8)
+    # Tikhonov damps the lowest frequencies: a large a shrinks the answer.
+    assert np.abs(inverse_laplacian(laplacian, PIXEL_UM, regularization=1.0)).max() < 0.5 * np.ptp(phi)
+
+
+def test_fft_tie_recovers_a_weak_phase_within_two_percent():
+    rng = np.random.default_rng(1)
+    phi = smooth_phase(rng, 0.5)
+    stack = phase_object_stack(phi, DZ_UM, WAVELENGTH_UM, PIXEL_UM)
+    estimate = fft_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization=1e-6)
+    assert estimate.mean() == pytest.approx(0.0, abs=1e-10)
+    assert centred_mae(estimate, phi) < 0.02 * np.ptp(phi)
+    # The planes swapped (the opposite sign convention) would give the negated phase.
+    swapped = fft_tie(stack[::-1], DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization=1e-6)
+    assert centred_mae(swapped, phi) > 0.2 * np.ptp(phi)
+
+
+def test_us_tie_beats_fft_tie_on_an_object_with_non_uniform_intensity():
+    rng = np.random.default_rng(2)
+    phi = smooth_phase(rng, 2.0)
+    y, x = np.mgrid[:N, :N]
+    # Absorbing and brighter regions: transmittance between ~0.35 and 1.2.
+    amplitude = 1.0 - 0.65 * np.exp(-((x - 40) ** 2 + (y - 70) ** 2) / (2 * 12**2)) + 0.2 * np.exp(
+        -((x - 90) ** 2 + (y - 30) ** 2) / (2 * 8**2)
+    )
+    stack = phase_object_stack(phi, DZ_UM, WAVELENGTH_UM, PIXEL_UM, amplitude=amplitude)
+    fft_error = centred_mae(fft_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization=1e-6), phi)
+    estimate, info = us_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization=1e-6, return_info=True)
+    us_error = centred_mae(estimate, phi)
+    assert us_error < 0.5 * fft_error
+    assert us_error < 0.02 * np.ptp(phi)
+    assert info.iterations > 1 and info.residuals[-1] < info.residuals[0]
+
+
+def test_us_tie_stops_at_the_tolerance_on_a_uniform_intensity_object():
+    rng = np.random.default_rng(3)
+    phi = smooth_phase(rng, 0.5)
+    stack = phase_object_stack(phi, DZ_UM, WAVELENGTH_UM, PIXEL_UM)
+    _, info = us_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization=1e-6, tolerance=1e-3, return_info=True)
+    assert info.stopped_because == "converged"
+    assert info.residuals[-1] < 1e-3

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from napari_cvdm import metrics
+from napari_cvdm.data.simulate import simulate_sr
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    reference = gaussian_filter(rng.random((256, 256)), 2)
+    reference = (reference - reference.min()) / np.ptp(reference)
+    prediction = np.clip(reference + 0.05 * rng.normal(size=reference.shape), 0, 1)
+    return prediction, reference
+
+
+def test_psnr_and_ssim_agree_with_scikit_image(images):
+    prediction, reference = images
+    assert metrics.psnr(prediction, reference, data_range=1.0) == pytest.approx(
+        peak_signal_noise_ratio(reference, prediction, data_range=1.0), abs=1e-4
+    )
+    expected = structural_similarity(
+        reference, prediction, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert metrics.ssim(prediction, reference, data_range=1.0) == pytest.approx(expected, abs=1e-4)
+    assert metrics.ssim(reference, reference) == pytest.approx(1.0)
+    assert metrics.psnr(reference, reference) == float("inf")
+
+
+def test_ms_ssim_agrees_with_pytorch_msssim(images):
+    from pytorch_msssim import ms_ssim as torch_ms_ssim
+
+    prediction, reference = images
+    for noisy in (prediction, np.clip(reference + 0.2 * np.random.default_rng(1).normal(size=reference.shape), 0, 1)):
+        expected = torch_ms_ssim(
+            torch.tensor(noisy)[None, None], torch.tensor(reference)[None, None], data_range=1.0
+        ).item()
+        assert metrics.ms_ssim(noisy, reference, data_range=1.0) == pytest.approx(expected, abs=1e-3)
+
+
+def test_ms_ssim_on_small_crops_uses_fewer_scales(images):
+    prediction, reference = images
+    for size in (128, 64, 32, 16, 7):
+        crop = (slice(0, size), slice(0, size))
+        value = metrics.ms_ssim(prediction[crop], reference[crop], data_range=1.0)
+        assert 0.0 < value < 1.0
+        assert metrics.ms_ssim(reference[crop], reference[crop], data_range=1.0) == pytest.approx(1.0)
+
+
+def test_mae_is_on_the_reference_unit_range():
+    reference = np.linspace(10.0, 20.0, 100).reshape(10, 10)
+    assert metrics.mae(reference + 1.0, reference) == pytest.approx(0.1)
+    assert metrics.mae(reference, reference) == 0.0
+    phase = np.random.default_rng(2).random((8, 8))
+    np.testing.assert_allclose(metrics.align_offset(phase + 5.0, phase), phase)
+    np.testing.assert_allclose(metrics.scale_to_reference(3 * phase - 2, phase), phase, atol=1e-12)
+
+
+def band_limited_noise(rng, n, cutoff, noise=0.1):
+    fy = np.fft.fftfreq(n)[:, None] / 0.5
+    fx = np.fft.fftfreq(n)[None, :] / 0.5
+    image = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) * (np.sqrt(fx**2 + fy**2) < cutoff)))
+    return image / image.std() + noise * rng.normal(size=(n, n))
+
+
+@pytest.mark.parametrize("cutoff", [0.3, 0.5, 0.8])
+def test_decorrelation_finds_the_cutoff_of_band_limited_images(cutoff):
+    rng = np.random.default_rng(3)
+    image = band_limited_noise(rng, 256, cutoff)
+    # Cut-off k_c (Nyquist = 1) ⇒ resolution 2·pixel/k_c.
+    pixel_nm = 30.0
+    assert metrics.decorrelation_resolution(image, pixel_nm) == pytest.approx(2 * pixel_nm / cutoff, rel=0.1)
+
+
+def test_decorrelation_finds_nothing_in_pure_noise():
+    result = metrics.decorrelation_analysis(np.random.default_rng(4).normal(size=(128, 128)))
+    assert result.cutoff == 0.0 and np.isnan(metrics.decorrelation_resolution(np.random.default_rng(4).normal(size=(128, 128)), 1.0))
+
+
+def test_decorrelation_resolves_the_target_about_twice_as_finely_as_the_widefield():
+    sample = simulate_sr(np.random.default_rng(5), 256, kind="microtubule", peak_photons=1000)
+    widefield_nm = metrics.decorrelation_resolution(sample.widefield, 1000 * sample.camera_pixel_um)
+    target_nm = metrics.decorrelation_resolution(sample.target, 1000 * sample.target_pixel_um)
+    assert 1.6 < widefield_nm / target_nm < 2.4
+    # The widefield estimate is near the diffraction limit λ/(2NA).
+    assert widefield_nm == pytest.approx(1000 * sample.wavelength_um / (2 * sample.na), rel=0.35)
+
+
+def calibrated_case(rng, n=200_000):
+    std = rng.uniform(0.05, 1.0, n)
+    prediction = rng.normal(size=n)
+    reference = prediction + std * rng.normal(size=n)
+    return prediction, reference, std
+
+
+def test_calibration_metrics_score_a_calibrated_model_as_calibrated():
+    prediction, reference, std = calibrated_case(np.random.default_rng(6))
+    assert metrics.uncertainty_calibration_error(prediction, reference, std**2) < 0.02 * np.mean(std**2)
+    assert metrics.coverage(prediction, reference, std, z=1.96) == pytest.approx(0.95, abs=0.005)
+    assert metrics.coverage(prediction, reference, std, z=1.0) == pytest.approx(0.6827, abs=0.005)
+    assert metrics.spearman_uncertainty_error(prediction, reference, std) > 0.3
+    assert metrics.ause(prediction, reference, std) < 0.25
+
+
+def test_calibration_metrics_flag_a_miscalibrated_or_uninformative_model():
+    rng = np.random.default_rng(7)
+    prediction, reference, std = calibrated_case(rng)
+    over_confident = 0.5 * std
+    assert metrics.uncertainty_calibration_error(prediction, reference, over_confident**2) > 0.5 * np.mean(std**2)
+    assert metrics.coverage(prediction, reference, over_confident, z=1.96) < 0.75
+    shuffled = rng.permutation(std)
+    assert abs(metrics.spearman_uncertainty_error(prediction, reference, shuffled)) < 0.02
+    assert metrics.ause(prediction, reference, shuffled) > 2 * metrics.ause(prediction, reference, std)
+    # The oracle ordering (std = |error|) has zero sparsification error.
+    assert metrics.ause(prediction, reference, np.abs(reference - prediction)) == pytest.approx(0.0, abs=1e-12)
