@@ -38,15 +38,15 @@ class UNetSize:
 #: Denoiser sizes. ``tiny`` is for tests, ``small`` for CPU training,
 #: ``paper`` is the size used in the CVDM paper (base 64, mults 1,2,4,8,8).
 DENOISER_PRESETS: dict[str, UNetSize] = {
-    "tiny": UNetSize(8, (1, 2), 1, 1),
-    "small": UNetSize(32, (1, 2, 2, 4), 1, 4),
+    "tiny": UNetSize(8, (1, 2, 2), 1, 1),
+    "small": UNetSize(16, (1, 2, 4), 1, 2),
     "paper": UNetSize(64, (1, 2, 4, 8, 8), 2, 8),
 }
 
 #: Schedule-network sizes: λ(y) is smooth, so S is smaller than the denoiser.
 SCHEDULE_PRESETS: dict[str, UNetSize] = {
-    "tiny": UNetSize(8, (1, 2), 1, 1),
-    "small": UNetSize(16, (1, 2, 4), 1, 2),
+    "tiny": UNetSize(8, (1, 2, 2), 1, 1),
+    "small": UNetSize(8, (1, 2, 4), 1, 1),
     "paper": UNetSize(32, (1, 2, 4, 8), 1, 4),
 }
 

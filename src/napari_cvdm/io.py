@@ -1,0 +1,174 @@
+"""TIFF input/output with physical pixel sizes, and JSON sidecars.
+
+Reading returns the array, its axes (when the file names them: ImageJ
+hyperstacks and OME-TIFF) and the pixel size in µm from the file's resolution
+tags. Writing produces ImageJ-compatible float32 TIFFs whose resolution tags
+carry the physical pixel size (Fiji and napari-tifffile read it back). Files are
+written to a temporary name and renamed, so an interrupted run never leaves a
+half-written output under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .checkpoint import write_atomically
+from .errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+#: Micrometres per resolution unit (TIFF ResolutionUnit tag: 2 inch, 3 centimetre).
+_RESOLUTION_UNIT_UM = {2: 25_400.0, 3: 10_000.0}
+#: Micrometres per ImageJ ``unit`` string.
+_IMAGEJ_UNIT_UM = {
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "m": 1e6,
+}
+#: Pixel sizes outside this range (µm) are not microscopy: typically a 72/96 dpi default tag.
+PLAUSIBLE_PIXEL_UM = (1e-3, 50.0)
+#: Axis letters that name a real dimension (ImageJ/OME); others (Q, I, S) mean "unknown".
+_NAMED_AXES = set("TZCYX")
+
+
+@dataclass
+class ImageData:
+    """An image read from disk.
+
+    ``array``: float32 ``(..., H, W)``; ``axes``: one letter per dimension
+    (``T``, ``Z``, ``C``, ``Y``, ``X``) or None when the file does not name them;
+    ``pixel_size_um``: the X pixel size in µm or None when the file has none.
+    """
+
+    array: np.ndarray
+    axes: str | None
+    pixel_size_um: float | None
+    path: Path | None = None
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """TIFF files named directly or found (sorted, non-recursive) in the given folders."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in TIFF_SUFFIXES))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise InputError(f"Input not found: {item}")
+    if not found:
+        raise InputError(f"No TIFF files (*.tif, *.tiff) in {', '.join(map(str, paths))}.")
+    return found
+
+
+def read_image(path: str | os.PathLike) -> ImageData:
+    """Read the first series of a TIFF file as float32 with its axes and pixel size."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Image file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes.upper()
+            pixel_size = _pixel_size_um(tif)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
+        raise InputError(f"Cannot read {path.name} as a TIFF image ({exc}).") from None
+    if array.dtype.kind not in "uif":
+        raise InputError(f"{path.name} holds {array.dtype} data; expected a grayscale intensity image.")
+    axes = axes if len(axes) == array.ndim and set(axes) <= _NAMED_AXES else None
+    return ImageData(np.asarray(array, dtype=np.float32), axes, pixel_size, path)
+
+
+def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
+    if tif.is_ome and tif.ome_metadata:
+        size = _ome_pixel_size_um(tif.ome_metadata)
+        if size is not None:
+            return size
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    if numerator <= 0 or denominator <= 0:
+        return None
+    pixels_per_unit = numerator / denominator
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    if unit in _RESOLUTION_UNIT_UM:
+        um_per_unit = _RESOLUTION_UNIT_UM[unit]
+    else:  # unit NONE: ImageJ keeps the physical unit in its own metadata
+        imagej_unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
+        if imagej_unit not in _IMAGEJ_UNIT_UM:
+            return None
+        um_per_unit = _IMAGEJ_UNIT_UM[imagej_unit]
+    size = um_per_unit / pixels_per_unit
+    low, high = PLAUSIBLE_PIXEL_UM
+    return float(size) if low <= size <= high else None
+
+
+def _ome_pixel_size_um(xml: str) -> float | None:
+    size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
+    if size is None:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+    factor = _IMAGEJ_UNIT_UM.get(unit.group(1).lower() if unit else "µm")
+    return None if factor is None else float(size.group(1)) * factor
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float | None = None,
+                axes: str | None = None) -> Path:
+    """Write ``array`` ``(..., H, W)`` as an ImageJ float32 TIFF with its physical pixel size.
+
+    ``axes`` names the dimensions in ImageJ order (e.g. ``"ZYX"``, ``"TCYX"``); by
+    default the leading dimensions are called Z, then T. The file appears under
+    its final name only once complete.
+    """
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    axes = axes or _default_axes(array.ndim)
+    if len(axes) != array.ndim:
+        raise ValueError(f"axes {axes!r} do not match an array of shape {array.shape}")
+    kwargs: dict = {"imagej": True, "metadata": {"axes": axes}}
+    if pixel_size_um is not None:
+        kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+        kwargs["metadata"]["unit"] = "um"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, array, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _default_axes(ndim: int) -> str:
+    if ndim < 2 or ndim > 5:
+        raise ValueError(f"cannot write a {ndim}-D array as an ImageJ TIFF")
+    return {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}[ndim]
+
+
+def write_sidecar(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented JSON (atomically)."""
+    path = Path(path)
+    write_atomically(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,588 @@
+"""Batch reconstruction: N samples per image, tiled, with mean, variance and γ map.
+
+``reconstruct(model, info, image, settings)`` turns a raw microscope image into
+the mean of N CVDM samples (in the target's physical unit), their unbiased
+per-pixel variance (unit²) and the schedule map γ(t = 0.5, y) (unitless), on the
+output grid (``info.upsampling_factor`` times finer than the input).
+
+Inputs (``info.config.y_channels`` decides the layout; a channel axis exists only
+when the condition has more than one channel):
+
+- SR: ``(..., h, w)`` raw widefield at the input pixel size, upsampled ×factor
+  inside with :func:`napari_cvdm.physics.upsample` (the training convention);
+- QPI: ``(..., 2, H, W)`` = ``[I(−dz), I(+dz)]``;
+- leading T/Z dimensions are processed plane by plane.
+
+Tiling (``settings.tile_size``, ``settings.tile_overlap``, output pixels)
+-------------------------------------------------------------------------
+Tiles start at multiples of the network stride (its down-sampling factor), so a
+tile sees the same pixel grid phase as the whole image. Each tile's result is
+weighted by a separable profile that is 0 in the outer quarter of every
+overlap at an inner tile edge, rises as a raised cosine over the middle half,
+and is 1 elsewhere (image borders are not ramped); the weighted sums are divided
+by the summed weights. Mean, variance, γ map and the kept samples all use the
+same weights. The initial noise (and the per-step noise of ancestral sampling)
+is a function of the *global* pixel position: it is drawn in fixed 64 × 64
+blocks, each from a generator seeded by (seed, plane, step, block row, block
+column), so a tile sees exactly the noise the untiled run would see there.
+
+What is guaranteed: for a network that is translation-equivariant under shifts
+by its stride and whose output (through the schedule network and every
+sampling step) depends only on inputs within ``tile_overlap // 4`` pixels, the
+tiled result equals the untiled one up to float rounding, for every sampler.
+The shipped U-Nets are *not* local in that sense: GroupNorm and the
+bottleneck self-attention use statistics of the whole tile. A tile therefore
+differs slightly from the same region of the whole image; the cross-fade makes
+the difference a smooth field (no seams), whose size the tests measure. Memory
+grows with ``tile_size² × n_samples`` for the network and linearly with the image
+for the input and the three output maps, so large images need a tile size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import warnings
+
+import numpy as np
+import torch
+
+from .checkpoint import ModelInfo
+from .errors import Cancelled, InputError
+from .model import CVDM, SAMPLERS
+from .model.samplers import MIN_GAMMA, ddim_step, dpm_solver_2m_step, predict_data, time_grid
+
+ProgressCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Side of the global noise blocks (output pixels); changing it changes the noise for a seed.
+NOISE_BLOCK = 64
+#: Smallest image side (input pixels) a model is run on.
+MIN_INPUT_SIZE = 8
+#: Smallest tile side (output pixels).
+MIN_TILE_SIZE = 16
+#: Relative mismatch of input and training pixel size above which a warning is given.
+PIXEL_SIZE_TOLERANCE = 0.1
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def available_devices() -> list[str]:
+    """``"auto"`` first, then the devices present here: ``"cuda"``, ``"mps"``, ``"cpu"``."""
+    devices = ["auto"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name`` (``auto`` = CUDA, else MPS, else CPU); InputError if absent."""
+    name = str(name).strip().lower()
+    present = available_devices()
+    if name == "auto":
+        return torch.device(present[1])
+    base = name.split(":")[0]
+    if base not in present:
+        raise InputError(f"Device '{name}' is not available here; choose one of: {', '.join(present)}.")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"Device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    return device
+
+
+# ----------------------------------------------------------------------------- settings and result
+
+
+@dataclass
+class ReconstructionSettings:
+    """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
+
+    ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
+    image at once). ``eta`` overrides the DDIM η of ``ddim``/``ancestral`` (None: 0 and 1).
+    ``max_batch`` caps the samples run through the network together (None: all N);
+    the result does not depend on it. ``precision``: ``fp32``, ``bf16`` or ``auto``
+    (bf16 on CUDA, else fp32).
+    """
+
+    n_samples: int = 8
+    sampler: str | None = None
+    steps: int | None = None
+    tile_size: int | None = 256
+    tile_overlap: int = 32
+    device: str = "auto"
+    seed: int = 0
+    keep_samples: bool = False
+    precision: str = "auto"
+    eta: float | None = None
+    max_batch: int | None = None
+
+    def check(self) -> None:
+        """Raise InputError naming the first unusable setting."""
+        if int(self.n_samples) < 1:
+            raise InputError(f"Number of samples must be at least 1 (got {self.n_samples}).")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise InputError(f"Unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+        if self.steps is not None and int(self.steps) < 1:
+            raise InputError(f"Sampling steps must be at least 1 (got {self.steps}).")
+        if self.tile_size is not None:
+            if int(self.tile_size) < MIN_TILE_SIZE:
+                raise InputError(f"Tile size must be at least {MIN_TILE_SIZE} pixels (got {self.tile_size}).")
+            if not 0 <= int(self.tile_overlap) <= int(self.tile_size) // 2:
+                raise InputError(f"Tile overlap must be between 0 and half the tile size "
+                                 f"({int(self.tile_size) // 2}); got {self.tile_overlap}.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"Unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}.")
+        if self.eta is not None and not 0.0 <= float(self.eta) <= 1.0:
+            raise InputError(f"η must be between 0 and 1 (got {self.eta}).")
+        if self.max_batch is not None and int(self.max_batch) < 1:
+            raise InputError(f"Batch size must be at least 1 (got {self.max_batch}).")
+
+
+@dataclass
+class Reconstruction:
+    """Result on the output grid, float32.
+
+    ``mean`` ``(..., H_out, W_out)`` in the target unit (``rad`` for QPI), ``variance``
+    the unbiased variance of the N samples in unit², ``gamma_map`` γ(t = 0.5, y)
+    (unitless, low = noise injected early = harder pixel); ``samples``
+    ``(..., N, H_out, W_out)`` when kept. A model with several target channels adds a
+    channel axis before ``H_out``. ``pixel_size_um`` is the output pixel size.
+    ``metadata``: the resolved settings (sampler, steps, η, device, precision, tiles).
+    """
+
+    mean: np.ndarray
+    variance: np.ndarray
+    gamma_map: np.ndarray
+    samples: np.ndarray | None
+    upsampling_factor: int
+    pixel_size_um: float | None
+    unit: str = "a.u."
+    metadata: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _task_words(info: ModelInfo) -> str:
+    return {"sr": "super-resolution", "qpi": "QPI"}.get(info.task, info.task)
+
+
+def validate_input(info: ModelInfo, image: np.ndarray, axes: str | None = None) -> None:
+    """Raise InputError with one clear sentence if ``image`` cannot go through this model.
+
+    Cheap (shape, dtype, finiteness): safe to call on the GUI thread. ``axes`` (e.g.
+    ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model.
+    """
+    channels = int(info.config.y_channels)
+    try:
+        array = np.asarray(image)
+    except Exception:  # noqa: BLE001 - anything not array-like
+        raise InputError(f"The input is not an image (got {type(image).__name__}).") from None
+    if array.dtype.kind not in "uif":
+        raise InputError(f"The input holds {array.dtype} values; expected a grayscale intensity image.")
+    if channels == 1:
+        layout = "a 2-D image (H, W) or a stack (…, H, W)"
+        if info.task == "sr":
+            layout = "a raw widefield image (H, W) or a stack of them (…, H, W)"
+        if array.ndim < 2:
+            raise InputError(f"This {_task_words(info)} model needs {layout}; got shape {array.shape}.")
+        if axes and "C" in axes and array.shape[axes.index("C")] > 1:
+            raise InputError(
+                f"The image has {array.shape[axes.index('C')]} channels (axes {axes}), but this "
+                f"{_task_words(info)} model takes single-channel images"
+                + ("; a defocus stack needs a QPI model." if array.shape[axes.index("C")] == 2 else ".")
+            )
+    else:
+        what = "a defocus stack [I(−dz), I(+dz)]" if info.task == "qpi" else f"{channels} channels"
+        if array.ndim < 3 or array.shape[-3] != channels:
+            raise InputError(f"This {_task_words(info)} model needs {what} shaped (…, {channels}, H, W); "
+                             f"got shape {array.shape}.")
+        if axes and len(axes) == array.ndim and axes[-3] not in "CZ":
+            raise InputError(f"This {_task_words(info)} model needs the channel axis third from last "
+                             f"(…, {channels}, H, W); the image's axes are {axes}.")
+    if min(array.shape[-2:]) < MIN_INPUT_SIZE:
+        raise InputError(f"The image is too small ({array.shape[-2]}×{array.shape[-1]} pixels); "
+                         f"at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} is needed.")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = "NaN" if np.isnan(array).any() else "infinite"
+            raise InputError(f"The image contains {bad} values ({int(array.size - finite.sum())} pixels); "
+                             "replace them before reconstructing.")
+
+
+def check_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> str | None:
+    """A warning sentence if the input's pixel size differs from the model's training data, else None."""
+    trained = info.input_pixel_size_um
+    if trained is None or input_pixel_size_um is None:
+        return None
+    if abs(input_pixel_size_um / trained - 1.0) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return (f"The input pixel size ({input_pixel_size_um:.4g} µm) differs from the model's training data "
+            f"({trained:.4g} µm); structures will not have the sizes the model learned.")
+
+
+# ----------------------------------------------------------------------------- tiling
+
+
+def tile_spans(length: int, tile: int | None, overlap: int, align: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``[0, length)`` with tiles of about ``tile`` pixels.
+
+    Starts are multiples of ``align``; neighbours overlap by at least ``overlap``; the
+    last tile ends at ``length`` (it may be up to ``align − 1`` pixels longer than ``tile``).
+    """
+    if tile is None or length <= tile:
+        return [(0, length)]
+    tile = -(-tile // align) * align
+    step = max(align, (tile - overlap) // align * align)
+    starts = list(range(0, length - tile, step))
+    last = (length - tile) // align * align
+    if last > starts[-1]:
+        starts.append(last)
+    return [(s, s + tile) for s in starts[:-1]] + [(starts[-1], length)]
+
+
+def _raised_cosine(n: int) -> np.ndarray:
+    """``n`` strictly increasing values in (0, 1)."""
+    return 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+
+
+def tile_weights(span: tuple[int, int], length: int, overlap: int) -> np.ndarray:
+    """Blending profile of one tile along one axis, float64 (see the module docstring).
+
+    From an inner tile edge inward: ``overlap // 4`` zeros, a raised cosine rising over
+    the next ``overlap − 2·(overlap // 4)`` pixels, then ones; image borders get no
+    ramp. Two neighbours overlapping by ``overlap`` thus cross-fade over the middle
+    half of their overlap, and neither uses its outer quarter (its least reliable pixels).
+    """
+    start, stop = span
+    margin = overlap // 4
+    edge = np.concatenate([np.zeros(margin), _raised_cosine(overlap - 2 * margin)])
+    weights = np.ones(stop - start)
+    n = min(len(edge), len(weights))
+    if start > 0:
+        weights[:n] = np.minimum(weights[:n], edge[:n])
+    if stop < length and n:
+        weights[-n:] = np.minimum(weights[-n:], edge[:n][::-1])
+    return weights
+
+
+def network_stride(model: CVDM) -> int:
+    """Down-sampling factor of the model's networks: tile starts must be multiples of it."""
+    networks = [model.denoiser, model.schedule.spatial_net]
+    return max(int(getattr(net, "stride", 1)) for net in networks if net is not None)
+
+
+# ----------------------------------------------------------------------------- position-keyed noise
+
+
+class NoiseField:
+    """Standard normal noise that is a function of (seed, plane, stage, sample, channel, y, x).
+
+    ``stage`` 0 is the initial x₁, stage k the fresh noise of sampling step k. Drawn on
+    the CPU in ``NOISE_BLOCK``² blocks on the global grid, so any window reads the same
+    values as the full image would, and a seed gives the same noise on every device.
+    """
+
+    def __init__(self, seed: int, plane: int, n_samples: int, channels: int):
+        self.seed, self.plane, self.n_samples, self.channels = int(seed), int(plane), n_samples, channels
+
+    def _block(self, stage: int, by: int, bx: int) -> torch.Tensor:
+        key = np.random.SeedSequence([self.seed, self.plane, stage, by, bx]).generate_state(2, np.uint32)
+        generator = torch.Generator().manual_seed(int(key[0]) << 32 | int(key[1]))
+        return torch.randn(self.n_samples, self.channels, NOISE_BLOCK, NOISE_BLOCK, generator=generator)
+
+    def window(self, stage: int, ys: tuple[int, int], xs: tuple[int, int]) -> torch.Tensor:
+        """Noise of all samples ``(N, C, y1 − y0, x1 − x0)`` for global rows ``ys`` and columns ``xs``."""
+        (y0, y1), (x0, x1) = ys, xs
+        out = torch.empty(self.n_samples, self.channels, y1 - y0, x1 - x0)
+        for by in range(y0 // NOISE_BLOCK, (y1 - 1) // NOISE_BLOCK + 1):
+            for bx in range(x0 // NOISE_BLOCK, (x1 - 1) // NOISE_BLOCK + 1):
+                block = self._block(stage, by, bx)
+                top, left = by * NOISE_BLOCK, bx * NOISE_BLOCK
+                sy = slice(max(y0, top), min(y1, top + NOISE_BLOCK))
+                sx = slice(max(x0, left), min(x1, left + NOISE_BLOCK))
+                out[..., sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0] = \
+                    block[..., sy.start - top:sy.stop - top, sx.start - left:sx.stop - left]
+        return out
+
+
+# ----------------------------------------------------------------------------- sampling one tile
+
+
+def _sample_tile(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise: Callable[[int], torch.Tensor],
+                 *, steps: int, sampler: str, eta: float, clip: float | None,
+                 autocast_dtype: torch.dtype | None, tick: Callable[[], None],
+                 should_stop: StopCheck | None) -> torch.Tensor:
+    """One sample per row of ``y`` ``(B, Cy, h, w)``; ``noise(stage)`` gives ``(B, Cx, h, w)``.
+
+    The same update rules as :func:`napari_cvdm.model.sample`, with the noise supplied
+    by the caller (position-keyed) instead of drawn from one generator.
+    """
+    times = time_grid(steps, y.device)
+    x = noise(0).to(y.device)
+    x0_hat_prev, step_prev = None, None
+    for i in range(steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled("Reconstruction was stopped.")
+        gamma_t = model.schedule.gamma(times[i], schedule_map).clamp_min(MIN_GAMMA)
+        with torch.autocast(y.device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            eps_hat = model.predict_noise(x, y, gamma_t).float()
+        x0_hat = predict_data(x, eps_hat, gamma_t, clip)
+        if i == steps - 1:
+            x = x0_hat
+        else:
+            gamma_s = model.schedule.gamma(times[i + 1], schedule_map).clamp_min(MIN_GAMMA)
+            if sampler == "dpm_solver_2m":
+                x, step_prev = dpm_solver_2m_step(x, x0_hat, x0_hat_prev, gamma_t, gamma_s, step_prev)
+                x0_hat_prev = x0_hat
+            else:
+                fresh = noise(i + 1).to(y.device) if eta > 0 else None
+                x = ddim_step(x0_hat, eps_hat, gamma_t, gamma_s, eta, fresh)
+        tick()
+    return x
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def _normalizer(data: dict):
+    """The data module's Normalizer for a ModelInfo entry; None (identity) when the entry is empty."""
+    from .data import Normalizer
+
+    return Normalizer.from_dict(data) if data else None
+
+
+def _target_denormalizer(info: ModelInfo, condition: np.ndarray):
+    """Fixed normaliser mapping model outputs back to target units for one plane.
+
+    A fixed target range (QPI phase) is used as is; a per-image recipe (SR percentiles)
+    is fitted on the condition plane, so the output comes back in the input's units.
+    """
+    recipe = _normalizer(info.target_normalization)
+    if recipe is None or recipe.is_fixed:
+        return recipe
+    x_channels = int(info.config.x_channels)
+    source = condition if condition.shape[0] == x_channels else condition.mean(axis=0, keepdims=True)
+    return recipe.fit(source)
+
+
+def _scale_and_offset(normalizer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, offset)`` per channel ``(C, 1, 1)`` with ``value = scale · normalised + offset``."""
+    if normalizer is None:
+        return np.ones((channels, 1, 1)), np.zeros((channels, 1, 1))
+    low = np.broadcast_to(np.asarray(normalizer.low, dtype=np.float64), (channels,))
+    high = np.broadcast_to(np.asarray(normalizer.high, dtype=np.float64), (channels,))
+    scale = (high - low) / 2.0
+    return scale[:, None, None], (low + scale)[:, None, None]
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> tuple[str, int, float, float | None]:
+    defaults = info.sampler or {}
+    sampler = settings.sampler or defaults.get("name", "dpm_solver_2m")
+    if sampler not in SAMPLERS:
+        raise InputError(f"The model's default sampler '{sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}.")
+    steps = int(settings.steps or defaults.get("steps", 20))
+    eta = settings.eta if settings.eta is not None else defaults.get("eta")
+    if eta is None or sampler == "dpm_solver_2m":
+        eta = 1.0 if sampler == "ancestral" else 0.0
+    clip = defaults.get("clip", 1.0)
+    return sampler, steps, float(eta), clip
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(P, Cy, h, w)`` view of the input and its leading shape."""
+    channels = int(info.config.y_channels)
+    if channels == 1:
+        lead = image.shape[:-2]
+        return image.reshape(-1, 1, *image.shape[-2:]), lead
+    lead = image.shape[:-3]
+    return image.reshape(-1, channels, *image.shape[-2:]), lead
+
+
+def reconstruct(
+    model: CVDM,
+    info: ModelInfo,
+    image: np.ndarray,
+    settings: ReconstructionSettings | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    *,
+    input_pixel_size_um: float | None = None,
+    upsampled: bool = False,
+) -> Reconstruction:
+    """Reconstruct ``image`` (layout in the module docstring) with ``model``.
+
+    ``progress(done, total)`` counts denoising steps over all planes, tiles and sample
+    batches; ``should_stop()`` is polled before every step and raises
+    :class:`~napari_cvdm.errors.Cancelled`. ``input_pixel_size_um`` (e.g. from the
+    TIFF) defaults to the model's training pixel size; the output pixel size is it
+    divided by the upsampling factor. ``upsampled``: an SR input is already on the
+    output grid (e.g. a training pair's input), so it is not upsampled again
+    (``input_pixel_size_um`` still means the raw input's pixel size). The model is moved to ``settings.device``.
+    """
+    from .physics import upsample
+
+    settings = settings or ReconstructionSettings()
+    settings.check()
+    validate_input(info, image)
+    mismatch = check_pixel_size(info, input_pixel_size_um)
+    if mismatch:
+        warnings.warn(mismatch, UserWarning, stacklevel=2)
+    device = resolve_device(settings.device)
+    model = model.to(device).eval()
+    sampler, steps, eta, clip = _resolve_sampling(info, settings)
+    autocast_dtype = _autocast_dtype(settings.precision, device)
+    factor = 1 if upsampled else int(info.upsampling_factor)
+    n_samples = int(settings.n_samples)
+    chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
+    x_channels = int(info.config.x_channels)
+    align = network_stride(model)
+    overlap = int(settings.tile_overlap)
+    input_normalizer = _normalizer(info.input_normalization)
+
+    planes, lead = _planes(info, np.asarray(image))
+    height, width = planes.shape[-2] * factor, planes.shape[-1] * factor
+    rows = tile_spans(height, settings.tile_size, overlap, align)
+    cols = tile_spans(width, settings.tile_size, overlap, align)
+    row_weights = [tile_weights(span, height, overlap) for span in rows]
+    col_weights = [tile_weights(span, width, overlap) for span in cols]
+    # The profiles are separable and the tiles a product grid, so the summed weight is an outer product.
+    row_total = np.zeros(height)
+    for (r0, r1), w in zip(rows, row_weights):
+        row_total[r0:r1] += w
+    col_total = np.zeros(width)
+    for (c0, c1), w in zip(cols, col_weights):
+        col_total[c0:c1] += w
+
+    n_chunks = -(-n_samples // chunk)
+    total = len(planes) * len(rows) * len(cols) * n_chunks * steps
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    shape = (len(planes), x_channels, height, width)
+    mean_out = np.zeros(shape, np.float32)
+    variance_out = np.zeros(shape, np.float32)
+    gamma_out = np.zeros(shape, np.float32)
+    samples_out = np.zeros((len(planes), n_samples, x_channels, height, width), np.float32) \
+        if settings.keep_samples else None
+
+    for p, raw in enumerate(planes):
+        condition = raw.astype(np.float32)
+        if factor > 1:
+            condition = upsample(condition, factor)
+        fitted_input = input_normalizer.fit(condition) if input_normalizer is not None else None
+        scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
+        noise_field = NoiseField(settings.seed, p, n_samples, x_channels)
+        for (r0, r1), wy in zip(rows, row_weights):
+            for (c0, c1), wx in zip(cols, col_weights):
+                window = condition[:, r0:r1, c0:c1]
+                if fitted_input is not None:
+                    window = fitted_input.normalize(window)
+                y = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(device)
+                stats = _tile_statistics(
+                    model, y, noise_field, (r0, r1), (c0, c1), n_samples, chunk,
+                    steps=steps, sampler=sampler, eta=eta, clip=clip, autocast_dtype=autocast_dtype,
+                    tick=tick, should_stop=should_stop, keep_samples=settings.keep_samples,
+                )
+                weight = (wy[:, None] * wx[None, :]).astype(np.float32)
+                region = (slice(None), slice(r0, r1), slice(c0, c1))
+                mean_out[p][region] += weight * (scale * stats["mean"] + offset).astype(np.float32)
+                variance_out[p][region] += weight * (scale**2 * stats["variance"]).astype(np.float32)
+                gamma_out[p][region] += weight * stats["gamma"]
+                if samples_out is not None:
+                    samples_out[p][(slice(None), *region)] += weight * (scale * stats["samples"] + offset)
+    for array in (mean_out, variance_out, gamma_out, samples_out):
+        if array is not None:  # divide by the summed weight, one axis at a time (no full-size temporary)
+            array *= (1.0 / row_total).astype(np.float32)[:, None]
+            array *= (1.0 / col_total).astype(np.float32)
+
+    def shaped(array: np.ndarray, extra: tuple[int, ...] = ()) -> np.ndarray:
+        spatial = array.shape[-2:] if x_channels == 1 else array.shape[-3:]
+        return array.reshape(*lead, *extra, *spatial)
+
+    pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
+    return Reconstruction(
+        mean=shaped(mean_out),
+        variance=shaped(variance_out),
+        gamma_map=shaped(gamma_out),
+        samples=None if samples_out is None else shaped(samples_out, (n_samples,)),
+        upsampling_factor=int(info.upsampling_factor),
+        pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
+        unit=info.target_unit,
+        metadata={
+            **asdict(settings), "sampler": sampler, "steps": steps, "eta": eta, "clip": clip,
+            "device": str(device), "precision": "bf16" if autocast_dtype is not None else "fp32",
+            "tiles": [len(rows), len(cols)], "network_stride": align,
+            "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
+        },
+    )
+
+
+@torch.no_grad()
+def _tile_statistics(model: CVDM, y: torch.Tensor, noise_field: NoiseField, ys: tuple[int, int],
+                     xs: tuple[int, int], n_samples: int, chunk: int, *, steps: int, sampler: str,
+                     eta: float, clip: float | None, autocast_dtype: torch.dtype | None,
+                     tick: Callable[[], None], should_stop: StopCheck | None,
+                     keep_samples: bool) -> dict[str, np.ndarray]:
+    """Mean, unbiased variance (float64), γ(0.5) and optionally the samples of one tile, ``(C, h, w)``."""
+    schedule_map = model.schedule.schedule_map(y)
+    count, mean, sum_sq_dev, kept = 0, None, None, []
+    for first in range(0, n_samples, chunk):
+        k = min(chunk, n_samples - first)
+
+        def noise(stage: int, first=first, k=k) -> torch.Tensor:
+            return noise_field.window(stage, ys, xs)[first:first + k]
+
+        draws = _sample_tile(
+            model, y.expand(k, *y.shape[1:]), schedule_map.expand(k, *schedule_map.shape[1:]), noise,
+            steps=steps, sampler=sampler, eta=eta, clip=clip, autocast_dtype=autocast_dtype, tick=tick,
+            should_stop=should_stop,
+        ).double().cpu()
+        chunk_mean = draws.mean(0)
+        chunk_sq_dev = (draws - chunk_mean).pow(2).sum(0)
+        if mean is None:
+            mean, sum_sq_dev = chunk_mean, chunk_sq_dev
+        else:  # Chan et al.'s parallel update of mean and sum of squared deviations
+            delta = chunk_mean - mean
+            merged = count + k
+            mean = mean + delta * (k / merged)
+            sum_sq_dev = sum_sq_dev + chunk_sq_dev + delta.pow(2) * (count * k / merged)
+        count += k
+        if keep_samples:
+            kept.append(draws)
+    variance = sum_sq_dev / (count - 1) if count > 1 else torch.zeros_like(sum_sq_dev)
+    stats = {
+        "mean": mean.numpy(),
+        "variance": variance.numpy(),
+        "gamma": model.schedule.gamma(0.5, schedule_map)[0].float().cpu().numpy(),
+    }
+    if keep_samples:
+        stats["samples"] = torch.cat(kept).numpy()
+    return stats
+
+
+def output_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> float | None:
+    """Output pixel size (µm) for an input of ``input_pixel_size_um`` (None: the model's)."""
+    size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
+    return None if size is None else size / int(info.upsampling_factor)

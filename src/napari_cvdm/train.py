@@ -1,0 +1,819 @@
+"""Training engine: one loop for the CLI, the napari widget and ``torchrun``.
+
+``train(config)`` trains a CVDM on simulated data of a task, on paired TIFF
+folders, or on in-memory pairs, and exports the EMA weights as a model file
+(:func:`napari_cvdm.checkpoint.save_model`) with a filled-in :class:`ModelInfo`.
+
+Files. ``config.output`` is the exported model (``name.safetensors``); beside it
+the run folder ``name.run/`` holds ``last.pt`` (everything needed to resume),
+``best.safetensors`` (EMA weights at the best validation PSNR), ``log.csv`` (one
+row per step, validation columns filled when validated), ``config.json`` and,
+when the ``tensorboard`` package is installed, TensorBoard events. Every file is
+written to a temporary name and renamed, so a killed run leaves either the old
+or the new complete file, never a truncated one.
+
+Randomness. Each step's patches, flips, diffusion times and noise come from
+generators seeded by (seed, rank, step) — nothing carries over between steps —
+so a run resumed at step k replays the uninterrupted run exactly, and every
+process of a multi-GPU run draws its own data. ``last.pt`` still stores the
+global torch RNG states (dropout), as tensors.
+
+Several GPUs. Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE > 1`` in the
+environment) the same call joins a process group (NCCL on CUDA, gloo on CPU),
+wraps the loss in DistributedDataParallel and averages gradients, so the
+effective batch is ``N × batch_size``. Rank 0 validates and writes every file.
+
+Resume state (``last.pt``) is written with ``torch.save`` and read with
+``torch.load(weights_only=True)``: tensors, numbers and strings only (the
+configuration as a JSON string), never pickled objects. Model files are
+safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import ModelInfo, save_model, write_atomically
+from .errors import CVDMError, InputError
+from .model import CVDM, SAMPLERS, ModelConfig, low_discrepancy_times, sample_statistics
+from .model.schedule import SCHEDULE_KINDS
+from .model.unet import DENOISER_PRESETS
+
+log = logging.getLogger(__name__)
+
+TRAIN_TASKS = ("sr", "qpi", "generic")
+LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser")
+VALIDATION_METRICS = ("loss", "psnr", "ssim", "mae")
+LOG_COLUMNS = ("step", "elapsed_s", "lr", *LOSS_TERMS, "grad_norm", "skipped",
+               *(f"val_{name}" for name in VALIDATION_METRICS))
+#: Settings a resumed run must share with the run it continues (the rest, e.g. steps, may change).
+RESUME_KEYS = ("task", "preset", "schedule", "patch_size", "batch_size", "learning_rate", "warmup_steps",
+               "weight_decay", "seed", "input_dir", "target_dir", "simulated_images", "simulated_size",
+               "input_channels", "target_channels")
+STATE_FILE = "last.pt"
+BEST_FILE = "best.safetensors"
+LOG_FILE = "log.csv"
+# Separate seed streams, so that data, diffusion noise and validation never share draws.
+_DATA_STREAM, _NOISE_STREAM, _VALIDATION_STREAM = 1, 2, 3
+
+
+class TrainingDiverged(CVDMError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Lengths in pixels of the target grid.
+
+    Data: ``input_dir``/``target_dir`` (paired TIFF folders matched by file name), or
+    in-memory pairs given to :func:`train`, or else ``simulated_images`` simulated
+    pairs of ``simulated_size`` pixels of ``task`` (``sr`` or ``qpi``) made up front.
+    ``batch_size`` is per process. ``validate_every``/``checkpoint_every`` count steps
+    (0 = only at the end). ``precision``: ``auto`` (bf16 autocast on CUDA), ``fp32``
+    or ``bf16``. ``sampler``/``sample_steps``/``n_samples`` become the model's
+    reconstruction defaults; validation samples ``validation_samples`` per patch with
+    ``validation_sample_steps`` steps of the same sampler. ``input_pixel_size_um``
+    overrides the pixel size read from the data (raw input grid, µm).
+    ``generic`` models take ``input_channels`` and predict ``target_channels``.
+    """
+
+    task: str = "sr"
+    preset: str = "small"
+    schedule: str = "cvdm"
+    patch_size: int = 64
+    batch_size: int = 8
+    steps: int = 10_000
+    learning_rate: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    validation_fraction: float = 0.1
+    validate_every: int = 500
+    validation_patches: int = 16
+    validation_samples: int = 2
+    validation_sample_steps: int = 10
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    output: str = "models/model.safetensors"
+    input_dir: str | None = None
+    target_dir: str | None = None
+    simulated_images: int = 128
+    simulated_size: int = 128
+    input_pixel_size_um: float | None = None
+    input_channels: int = 1
+    target_channels: int = 1
+    sampler: str = "dpm_solver_2m"
+    sample_steps: int = 20
+    n_samples: int = 8
+    max_bad_steps: int = 20
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Build from a mapping (a config file's contents); unknown keys are an InputError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        flat = dict(data.get("train", {})) if set(data) == {"train"} else dict(data)
+        unknown = sorted(set(flat) - names)
+        if unknown:
+            raise InputError(f"Unknown training setting(s) {', '.join(unknown)}; "
+                             f"valid settings are: {', '.join(sorted(names))}.")
+        return cls(**flat)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a TOML file (``.toml``) or, when PyYAML is installed, a YAML file (``.yaml``/``.yml``)."""
+        return cls.from_dict(read_config_file(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Raise InputError naming the first unusable setting."""
+        if self.task not in TRAIN_TASKS:
+            raise InputError(f"Unknown task '{self.task}'; choose one of: {', '.join(TRAIN_TASKS)}.")
+        if self.preset not in DENOISER_PRESETS:
+            raise InputError(f"Unknown preset '{self.preset}'; choose one of: {', '.join(DENOISER_PRESETS)}.")
+        if self.schedule not in SCHEDULE_KINDS:
+            raise InputError(f"Unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULE_KINDS)}.")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"Unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"Unknown precision '{self.precision}'; choose auto, fp32 or bf16.")
+        positive = ("patch_size", "batch_size", "steps", "validation_patches", "validation_samples",
+                    "validation_sample_steps", "sample_steps", "n_samples", "max_bad_steps",
+                    "input_channels", "target_channels", "simulated_images", "simulated_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"Setting {name} must be at least 1 (got {getattr(self, name)}).")
+        for name in ("validate_every", "checkpoint_every", "warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"Setting {name} must not be negative (got {getattr(self, name)}).")
+        if self.learning_rate <= 0:
+            raise InputError(f"The learning rate must be positive (got {self.learning_rate}).")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be in [0, 1) (got {self.ema_decay}).")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise InputError(f"validation_fraction must be in [0, 1) (got {self.validation_fraction}).")
+        if (self.input_dir is None) != (self.target_dir is None):
+            raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
+        if not str(self.output).endswith(".safetensors"):
+            raise InputError(f"The output model file must end in .safetensors (got {self.output}).")
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder beside the exported model with checkpoints and logs: ``name.run``."""
+        output = Path(self.output)
+        return output.with_name(output.name[: -len(".safetensors")] + ".run")
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The mapping in a TOML or YAML config file; InputError for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise InputError(f"{path.name} is YAML but PyYAML is not installed; use a TOML file.") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path.name} is not valid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name} must hold a mapping of settings.")
+    return data
+
+
+# ----------------------------------------------------------------------------- progress and result
+
+
+@dataclass
+class TrainProgress:
+    """Reported after every step. ``losses``: the loss terms, ``lr`` and ``grad_norm`` of
+    this step (averaged over processes); ``validation``: metrics if validated at this step."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    validation: dict[str, float] | None
+    elapsed_s: float
+    eta_s: float | None
+    skipped: bool = False
+
+
+@dataclass
+class TrainResult:
+    """``model_path``: the exported model; ``stopped``: ended early by ``should_stop``;
+    ``validation``: the last validation metrics (None without validation data)."""
+
+    model_path: Path
+    steps_done: int
+    stopped: bool
+    validation: dict[str, float] | None
+    run_dir: Path | None = None
+    best_validation: dict[str, float] | None = None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Batch:
+    """One training batch on the model grid: condition ``y`` ``(B, Cy, p, p)``, target
+    ``x0`` ``(B, Cx, p, p)``, times ``t`` ``(B,)`` and noise ε ``(B, Cx, p, p)``."""
+
+    y: torch.Tensor
+    x0: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+
+    @staticmethod
+    def cat(batches: Sequence[Batch]) -> Batch:
+        return Batch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(Batch)))
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(Batch)))
+
+
+@dataclass
+class TrainingData:
+    """Normalised training images, the fixed validation patches and what describes them."""
+
+    spec: object  # data.TaskSpec
+    train_pairs: list  # normalised data.ImagePair
+    validation: tuple[torch.Tensor, torch.Tensor] | None  # (y, x0) (N, C, p, p)
+    description: str
+    input_pixel_size_um: float | None
+    probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))
+
+
+def _task_spec(config: TrainConfig):
+    from .data import Normalizer, TaskSpec, get_task
+
+    if config.task != "generic":
+        return get_task(config.task)
+    return TaskSpec(
+        name="generic", input_channels=config.input_channels, target_channels=config.target_channels,
+        input_upsample=1, input_normalizer=Normalizer.per_image_percentile(),
+        target_normalizer=Normalizer.per_image_percentile(),
+        input_description=f"{config.input_channels}-channel image", target_description="target image",
+    )
+
+
+def _folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
+    """Raw-input pixel size from the first pair: the target's pixel × factor, else the input's."""
+    from .io import list_images, read_image
+
+    target = read_image(list_images([target_dir])[0])
+    if target.pixel_size_um is not None:
+        return target.pixel_size_um * factor
+    source = read_image(list_images([input_dir])[0])
+    if source.pixel_size_um is None:
+        return None
+    on_target_grid = source.array.shape[-2:] == target.array.shape[-2:]
+    return source.pixel_size_um * (factor if on_target_grid else 1)
+
+
+def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None) -> TrainingData:
+    """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources)."""
+    from .data import (
+        QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders, make_validation_set,
+        normalize_pair, pairs_from_arrays, split_by_image,
+    )
+
+    spec = _task_spec(config)
+    pixel_size = config.input_pixel_size_um
+    if pairs is not None:
+        inputs, targets = pairs
+        all_pairs = pairs_from_arrays(list(inputs), list(targets), spec)
+        description = f"{len(all_pairs)} in-memory image pair(s)"
+    elif config.input_dir is not None:
+        all_pairs = load_pair_folders(config.input_dir, config.target_dir, spec)
+        description = f"{len(all_pairs)} pair(s) from {config.input_dir} → {config.target_dir}"
+        if pixel_size is None:
+            pixel_size = _folder_pixel_size(Path(config.input_dir), Path(config.target_dir), spec.input_upsample)
+    else:
+        if config.task == "generic":
+            raise InputError("A generic model needs data: give input_dir and target_dir, or image pairs.")
+        stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed)
+        all_pairs = stream.take(config.simulated_images)
+        n_validation = max(1, round(config.validation_fraction * config.simulated_images)) \
+            if config.validation_fraction > 0 else 0
+        validation_pairs = stream.with_split("validation").take(n_validation)
+        description = (f"{config.simulated_images} simulated {config.task} pairs of {config.simulated_size}² px "
+                       f"(napari_cvdm.data.simulate, seed {config.seed})")
+        if pixel_size is None:
+            pixel_size = (SRSimulationConfig().target_pixel_um * SRSimulationConfig().factor
+                          if config.task == "sr" else QPISimulationConfig().pixel_um)
+    if pairs is not None or config.input_dir is not None:
+        if config.validation_fraction > 0:
+            all_pairs, validation_pairs = split_by_image(all_pairs, config.validation_fraction, config.seed)
+        else:
+            validation_pairs = []
+    small = [p.name for p in all_pairs + validation_pairs if min(p.shape) < config.patch_size]
+    if small:
+        raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
+                         "lower patch_size or use larger images.")
+    validation = None
+    if validation_pairs:
+        validation = make_validation_set(validation_pairs, spec, config.patch_size, config.validation_patches)
+    train_pairs = [normalize_pair(p, spec) for p in all_pairs]
+    area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
+    return TrainingData(spec, train_pairs, validation, description, pixel_size, area / area.sum())
+
+
+def _seed(*parts: int) -> int:
+    """A 64-bit seed from integers (independent streams for different tuples)."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _join_process_group(device_name: str) -> _Distributed:
+    """Join the process group ``torchrun`` describes in the environment (no-op for one process)."""
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Distributed()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    owns = not dist.is_initialized()
+    if owns:
+        use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                rank=rank, world_size=world_size)
+    return _Distributed(dist.get_rank(), dist.get_world_size(), local_rank, owns)
+
+
+class _LossModule(nn.Module):
+    """``forward`` = the CVDM loss terms as one vector, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: CVDM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0, y, t, noise) -> torch.Tensor:
+        return torch.stack(list(self.model.loss(x0, y, t=t, noise=noise)))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def _learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 10 % at ``steps``."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    """A training run: model, EMA copy, optimiser, data and files. :func:`train` drives it.
+
+    Parts are public so that tests and other front ends can step it: :meth:`draw`
+    gives the batch of a step for any rank, :meth:`train_step` applies one update,
+    :meth:`validate` scores the EMA model, :meth:`save_state`/:meth:`export` write files.
+    """
+
+    def __init__(self, config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
+                 resume: bool = False):
+        from .reconstruct import resolve_device
+
+        config.check()
+        self.config = config
+        self.dist = _join_process_group(config.device)
+        if self.dist.active and torch.cuda.is_available() and config.device in ("auto", "cuda"):
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = resolve_device(config.device)
+            if self.dist.active and self.device.type == "cpu":
+                # processes on one machine share its cores
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        self.autocast_dtype = (torch.bfloat16 if config.precision == "bf16"
+                               or (config.precision == "auto" and self.device.type == "cuda") else None)
+        self.run_dir = config.run_dir
+        self.data = load_training_data(config, pairs)
+        spec = self.data.spec
+        self.model_config = ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
+                                        preset=config.preset, schedule=config.schedule)
+        torch.manual_seed(config.seed)
+        self.model = CVDM(self.model_config).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _learning_rate_factor(config))
+        self.loss_module: nn.Module = _LossModule(self.model)
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.loss_module = DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = 0
+        self.bad_steps = 0
+        self.elapsed_before_s = 0.0
+        self.validation: dict[str, float] | None = None
+        self.best_validation: dict[str, float] | None = None
+        self._log_writer = None
+        self._tensorboard = None
+        if self.dist.is_main:
+            self._prepare_run_dir(resume)
+        if resume and (self.run_dir / STATE_FILE).is_file():
+            self.load_state(self.run_dir / STATE_FILE)
+        if self.dist.is_main:
+            self._open_logs()
+            log.info("%s %s model (%s, %s) on %s, %s: step %d of %d; batch %d × %d process(es); run folder %s",
+                     "resuming" if self.step else "training", spec.name, config.preset, config.schedule,
+                     self.device, self.data.description, self.step, config.steps, config.batch_size,
+                     self.dist.world_size, self.run_dir)
+
+    # ------------------------------------------------------------------ data
+    def draw(self, step: int, rank: int | None = None) -> Batch:
+        """The batch of ``step`` for ``rank`` (default: this process), a pure function of (seed, rank, step)."""
+        rank = self.dist.rank if rank is None else rank
+        from .data import random_dihedral, random_patch
+
+        config = self.config
+        rng = np.random.default_rng(_seed(config.seed, _DATA_STREAM, rank, step))
+        inputs, targets = [], []
+        for _ in range(config.batch_size):
+            pair = self.data.train_pairs[int(rng.choice(len(self.data.train_pairs), p=self.data.probabilities))]
+            inp, tgt = random_dihedral(*random_patch(pair, config.patch_size, rng), rng)
+            inputs.append(inp)
+            targets.append(tgt)
+        generator = torch.Generator().manual_seed(_seed(config.seed, _NOISE_STREAM, rank, step))
+        x0 = torch.from_numpy(np.stack(targets))
+        times = low_discrepancy_times(config.batch_size, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        return Batch(torch.from_numpy(np.stack(inputs)), x0, times, noise)
+
+    # ------------------------------------------------------------------ one update
+    def train_step(self, batch: Batch) -> tuple[dict[str, float], bool]:
+        """One optimiser step on ``batch``; returns the logged values and whether it was skipped.
+
+        A step whose loss or gradient is not finite is skipped (weights unchanged) and
+        counted; ``max_bad_steps`` skipped steps in a row raise :class:`TrainingDiverged`.
+        """
+        config = self.config
+        batch = batch.to(self.device)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            terms = self.loss_module(batch.x0, batch.y, batch.t, batch.noise).float()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        # gradients are already averaged over processes here, so every rank takes the same decision
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        skipped = not (torch.isfinite(grad_norm) and torch.isfinite(terms).all())
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)",
+                        self.step + 1, self.bad_steps)
+            if self.bad_steps >= config.max_bad_steps:
+                raise TrainingDiverged(
+                    f"Training diverged: {self.bad_steps} steps in a row had non-finite losses or gradients "
+                    f"(last at step {self.step + 1}); lower the learning rate or check the data for NaN/Inf.")
+        else:
+            self.bad_steps = 0
+            self.optimizer.step()
+            self._update_ema()
+        self.scheduler.step()
+        self.step += 1
+        values = terms.detach()
+        if self.dist.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+            values = values / self.dist.world_size
+        logged = {name: float(v) for name, v in zip(LOSS_TERMS, values.cpu())}
+        logged.update(lr=float(lr), grad_norm=float(grad_norm))
+        return logged, skipped
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # the usual warm-up: early weights are forgotten quickly
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Validation loss and PSNR/SSIM/MAE of the EMA model's sampled mean on the fixed patches.
+
+        Computed on normalised patches (targets in about [−1, 1], PSNR/SSIM data range 2);
+        for QPI the free phase offset is removed first. None without validation data.
+        """
+        from .metrics import align_offset, mae, psnr, ssim
+
+        if self.data.validation is None:
+            return None
+        config = self.config
+        y_all, x_all = self.data.validation
+        generator = torch.Generator().manual_seed(_seed(config.seed, _VALIDATION_STREAM))
+        losses, scores = [], {"psnr": [], "ssim": [], "mae": []}
+        for first in range(0, len(y_all), config.batch_size):
+            y = y_all[first:first + config.batch_size].to(self.device)
+            x0 = x_all[first:first + config.batch_size].to(self.device)
+            times = low_discrepancy_times(len(y), generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            losses.append(float(self.ema.loss(x0, y, t=times.to(self.device), noise=noise.to(self.device)).total)
+                          * len(y))
+            stats = sample_statistics(
+                self.ema, y, config.validation_samples, steps=config.validation_sample_steps,
+                sampler=config.sampler, generator=torch.Generator(self.device).manual_seed(config.seed),
+                autocast_dtype=self.autocast_dtype,
+            )
+            for prediction, target in zip(stats.mean.cpu().numpy(), x0.cpu().numpy()):
+                for p, t in zip(prediction, target):
+                    p = align_offset(p, t) if self.data.spec.name == "qpi" else p
+                    scores["psnr"].append(psnr(p, t, data_range=2.0))
+                    scores["ssim"].append(ssim(p, t, data_range=2.0))
+                    scores["mae"].append(mae(p, t))
+        result = {"loss": sum(losses) / len(y_all)}
+        result.update({name: float(np.mean(values)) for name, values in scores.items()})
+        return result
+
+    # ------------------------------------------------------------------ files
+    def _prepare_run_dir(self, resume: bool) -> None:
+        state = self.run_dir / STATE_FILE
+        if state.exists() and not resume:
+            raise InputError(f"{self.run_dir} holds a checkpoint of an earlier run; resume it, "
+                             "or choose another output (or delete that folder) to start afresh.")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink(missing_ok=True)
+        write_atomically(self.run_dir / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
+
+    def _open_logs(self) -> None:
+        path = self.run_dir / LOG_FILE
+        rows = []
+        if self.step > 0 and path.is_file():  # drop rows a killed run logged after its last checkpoint
+            with path.open(newline="") as handle:
+                # complete rows only (a kill can cut the last line short)
+                rows = [row for row in csv.DictReader(handle)
+                        if None not in row.values() and row["step"].isdigit() and int(row["step"]) <= self.step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomically(path, buffer.getvalue().encode())
+        self._log_handle = path.open("a", newline="")
+        self._log_writer = csv.DictWriter(self._log_handle, LOG_COLUMNS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+        except ImportError:  # tensorboard is optional
+            self._tensorboard = None
+
+    def _log(self, values: dict[str, float], skipped: bool, validation: dict[str, float] | None,
+             elapsed_s: float) -> None:
+        if self._log_writer is None:
+            return
+        row = {"step": self.step, "elapsed_s": f"{elapsed_s:.3f}", "skipped": int(skipped),
+               **{name: repr(values[name]) for name in ("lr", *LOSS_TERMS, "grad_norm")}}
+        for name, value in (validation or {}).items():
+            row[f"val_{name}"] = repr(value)
+        self._log_writer.writerow(row)
+        self._log_handle.flush()
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                self._tensorboard.add_scalar(f"train/{name}", value, self.step)
+            for name, value in (validation or {}).items():
+                self._tensorboard.add_scalar(f"validation/{name}", value, self.step)
+
+    def close(self) -> None:
+        """Close the log files and leave a process group this trainer joined."""
+        if self._log_writer is not None:
+            self._log_handle.close()
+            self._log_writer = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self.dist.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.dist.owns_group = False
+
+    def state_dict(self) -> dict:
+        """Everything to resume: tensors, numbers and strings only (``weights_only`` loadable)."""
+        return {
+            "format": "napari-cvdm-train-state/1",
+            "config": json.dumps(self.config.to_dict()),
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "elapsed_s": self.elapsed_before_s + self._run_elapsed(),
+            "validation": json.dumps(self.validation),
+            "best_validation": json.dumps(self.best_validation),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_state(self) -> Path:
+        """Write ``last.pt`` atomically (rank 0)."""
+        path = self.run_dir / STATE_FILE
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        write_atomically(path, buffer.getvalue())
+        return path
+
+    def load_state(self, path: Path) -> None:
+        """Restore a run from ``last.pt``; InputError if it belongs to a differently set-up run."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises several types for damaged files
+            raise InputError(f"Cannot resume from {path}: the checkpoint is unreadable ({exc}).") from None
+        saved = json.loads(state["config"])
+        changed = [key for key in RESUME_KEYS if saved.get(key) != getattr(self.config, key)]
+        if changed:
+            key = changed[0]
+            raise InputError(f"Cannot resume {self.run_dir}: it was trained with {key} = {saved.get(key)!r}, "
+                             f"not {getattr(self.config, key)!r}; use the same settings or another output.")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.bad_steps = int(state["bad_steps"])
+        self.elapsed_before_s = float(state["elapsed_s"])
+        self.validation = json.loads(state["validation"])
+        self.best_validation = json.loads(state["best_validation"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def model_info(self, stopped: bool = False) -> ModelInfo:
+        """The ModelInfo of the current EMA weights (normalisation, pixel size, sampler, summary)."""
+        spec, config = self.data.spec, self.config
+        training = {
+            "steps": self.step, "data": self.data.description, "device": str(self.device),
+            "world_size": self.dist.world_size, "batch_size": config.batch_size,
+            "effective_batch_size": config.batch_size * self.dist.world_size,
+            "patch_size": config.patch_size, "learning_rate": config.learning_rate, "seed": config.seed,
+            "precision": "bf16" if self.autocast_dtype is not None else "fp32",
+            "wall_time_s": round(self.elapsed_before_s + self._run_elapsed(), 1),
+            "validation": self.validation, "best_validation": self.best_validation,
+            "stopped_early": stopped, "napari_cvdm_version": __version__,
+        }
+        return ModelInfo(
+            task=spec.name, config=self.model_config,
+            input_normalization=spec.input_normalizer.to_dict(),
+            target_normalization=spec.target_normalizer.to_dict(),
+            input_pixel_size_um=self.data.input_pixel_size_um, upsampling_factor=spec.input_upsample,
+            target_unit="rad" if spec.name == "qpi" else "a.u.",
+            sampler={"name": config.sampler, "steps": config.sample_steps, "n_samples": config.n_samples,
+                     "clip": 1.0},
+            training=training, description=config.description,
+        )
+
+    def export(self, path: str | os.PathLike | None = None, stopped: bool = False) -> Path:
+        """Write the EMA weights as a model file (default: ``config.output``)."""
+        return save_model(path or self.config.output, self.ema, self.model_info(stopped))
+
+    # ------------------------------------------------------------------ loop
+    def _run_elapsed(self) -> float:
+        return time.monotonic() - self._started if hasattr(self, "_started") else 0.0
+
+    def _stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
+        stop = bool(should_stop()) if should_stop is not None else False
+        if self.dist.active:  # every process stops at the same step
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def fit(self, progress: Callable[[TrainProgress], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train until ``config.steps`` or until ``should_stop()``; then save, export and return."""
+        config = self.config
+        self._started = time.monotonic()
+        first_step = self.step
+        stopped = False
+        saved_at = self.step if self.step > 0 else -1
+        try:
+            while self.step < config.steps:
+                if self._stop_requested(should_stop):
+                    stopped = True
+                    break
+                values, skipped = self.train_step(self.draw(self.step))
+                validation = None
+                elapsed = self.elapsed_before_s + self._run_elapsed()
+                if self.dist.is_main:
+                    due = config.validate_every and self.step % config.validate_every == 0
+                    if due or self.step == config.steps:
+                        validation = self._validate_and_keep_best()
+                    # log before checkpointing: a resumed run drops rows past its checkpoint, never misses one
+                    self._log(values, skipped, validation, elapsed)
+                    if (config.checkpoint_every and self.step % config.checkpoint_every == 0) \
+                            or self.step == config.steps:
+                        self.save_state()
+                        saved_at = self.step
+                if progress is not None:
+                    rate = (self.step - first_step) / max(self._run_elapsed(), 1e-9)
+                    eta = (config.steps - self.step) / rate if rate > 0 else None
+                    progress(TrainProgress(self.step, config.steps, values, validation, elapsed, eta, skipped))
+            if self.dist.is_main:
+                if saved_at != self.step:
+                    self.save_state()
+                path = self.export(stopped=stopped)
+            else:
+                path = Path(config.output)
+        finally:
+            self.close()
+        return TrainResult(path, self.step, stopped, self.validation, self.run_dir, self.best_validation)
+
+    def _validate_and_keep_best(self) -> dict[str, float] | None:
+        validation = self.validate()
+        if validation is None:
+            return None
+        self.validation = {"step": self.step, **validation}
+        if self.best_validation is None or validation["psnr"] > self.best_validation["psnr"]:
+            self.best_validation = dict(self.validation)
+            save_model(self.run_dir / BEST_FILE, self.ema, self.model_info())
+        return validation
+
+
+def train(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
+          progress: Callable[[TrainProgress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
+    """Train a model as ``config`` says and export it to ``config.output``.
+
+    ``pairs``: optional in-memory ``(inputs, targets)`` lists of numpy arrays (e.g.
+    napari layers; SR inputs may be raw widefield at half the target size).
+    ``progress(TrainProgress)`` after every step; ``should_stop()`` is polled before
+    every step: training then stops, writes ``last.pt``, exports the model and returns
+    ``stopped=True``. ``resume``: continue the run in ``config.run_dir`` if it holds a
+    checkpoint (else start afresh); without it an existing checkpoint is an InputError.
+    """
+    trainer = Trainer(config, pairs=pairs, resume=resume)
+    try:
+        return trainer.fit(progress, should_stop)
+    finally:
+        trainer.close()

@@ -1,0 +1,196 @@
+"""The ``cvdm`` command line: predict/evaluate/simulate/train/info end to end, and bad input → exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_cvdm.checkpoint import ModelInfo, save_model
+from napari_cvdm.cli import _train_config, build_parser, main
+from napari_cvdm.io import read_image, write_image
+from napari_cvdm.model import CVDM, ModelConfig
+
+FAST = ["--n-samples", "2", "--steps", "2", "--device", "cpu", "--tile-size", "0"]
+
+
+def _model_file(path, task: str):
+    torch.manual_seed(0)
+    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    model = CVDM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    if task == "qpi":
+        info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                         input_normalization={"mode": "mean"},
+                         target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]})
+    else:
+        info = ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2,
+                         input_normalization={"mode": "percentile"}, target_normalization={"mode": "percentile"})
+    return save_model(path, model, info)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}
+
+
+def _stack(height=24, width=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return (1 + 0.1 * rng.standard_normal((2, height, width))).astype(np.float32)
+
+
+def _run_failing(capsys, argv, *words):
+    """Run ``cvdm argv``; it must exit 2 with exactly one readable line on stderr and nothing on stdout."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"cvdm {argv[0]}: error: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_writes_mean_variance_gamma_with_pixel_size_and_a_sidecar(tmp_path, models, capsys):
+    widefield = np.random.default_rng(0).poisson(80, (3, 16, 20)).astype(np.float32)  # a Z stack
+    write_image(tmp_path / "cells.tif", widefield, pixel_size_um=0.1, axes="ZYX")
+    assert main(["predict", str(tmp_path / "cells.tif"), "--model", str(models["sr"]), "--out",
+                 str(tmp_path / "out"), "--keep-samples", *FAST]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 5
+    for name in ("mean", "variance", "gamma"):
+        image = read_image(tmp_path / "out" / f"cells_{name}.tif")
+        assert image.array.shape == (3, 32, 40) and image.axes == "ZYX"
+        assert image.pixel_size_um == pytest.approx(0.05)  # input pixel / upsampling factor
+    samples = read_image(tmp_path / "out" / "cells_samples.tif")
+    assert samples.array.shape == (2, 3, 32, 40) and samples.axes == "TZYX"
+    sidecar = json.loads((tmp_path / "out" / "cells_cvdm.json").read_text())
+    assert sidecar["input_pixel_size_um"] == pytest.approx(0.1)
+    assert sidecar["output_pixel_size_um"] == pytest.approx(0.05)
+    assert sidecar["settings"]["n_samples"] == 2 and sidecar["settings"]["steps"] == 2
+    assert sidecar["model"]["task"] == "sr" and sidecar["outputs"]["mean"] == "cells_mean.tif"
+
+
+def test_predict_a_folder_of_qpi_stacks_uses_the_model_pixel_size_when_the_file_has_none(tmp_path, models, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        tifffile.imwrite(inputs / f"s{i}.tif", _stack(seed=i))
+    assert main(["predict", str(inputs), "--model", str(models["qpi"]), "--out", str(tmp_path / "out"), *FAST]) == 0
+    mean = read_image(tmp_path / "out" / "s1_mean.tif")
+    assert mean.array.shape == (24, 20) and mean.pixel_size_um == pytest.approx(0.21)
+    assert 0 <= mean.array.min() and mean.array.max() <= 3.5 + 1e-5  # radians
+
+
+def test_a_pixel_size_far_from_the_models_is_a_warning_not_an_error(tmp_path, models, capsys):
+    write_image(tmp_path / "s.tif", _stack(), pixel_size_um=0.5, axes="CYX")
+    assert main(["predict", str(tmp_path / "s.tif"), "--model", str(models["qpi"]), "--out",
+                 str(tmp_path / "out"), *FAST]) == 0
+    assert "warning" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_input_file(tmp_path, models, capsys):
+    _run_failing(capsys, ["predict", str(tmp_path / "nope.tif"), "--model", str(models["qpi"]), *FAST],
+                 "not found", "nope.tif")
+
+
+def test_wrong_shape(tmp_path, models, capsys):
+    tifffile.imwrite(tmp_path / "three.tif", np.ones((3, 24, 20), np.float32))
+    _run_failing(capsys, ["predict", str(tmp_path / "three.tif"), "--model", str(models["qpi"]), *FAST],
+                 "three.tif", "(…, 2, H, W)", "(3, 24, 20)")
+
+
+def test_nan_image(tmp_path, models, capsys):
+    stack = _stack()
+    stack[0, 3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", stack)
+    _run_failing(capsys, ["predict", str(tmp_path / "nan.tif"), "--model", str(models["qpi"]), *FAST],
+                 "nan.tif", "NaN", "1 pixels")
+
+
+def test_a_model_of_the_other_task(tmp_path, models, capsys):
+    tifffile.imwrite(tmp_path / "widefield.tif", np.ones((24, 20), np.float32))
+    _run_failing(capsys, ["predict", str(tmp_path / "widefield.tif"), "--model", str(models["qpi"]), *FAST],
+                 "QPI model", "defocus stack")
+    write_image(tmp_path / "defocus.tif", _stack(), axes="CYX")
+    _run_failing(capsys, ["predict", str(tmp_path / "defocus.tif"), "--model", str(models["sr"]), *FAST],
+                 "2 channels", "QPI model")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_a_corrupt_or_missing_model_file(tmp_path, models, capsys, damage):
+    tifffile.imwrite(tmp_path / "s.tif", _stack())
+    model = tmp_path / "broken.safetensors"
+    if damage == "truncated":
+        model.write_bytes(models["qpi"].read_bytes()[:-1000])
+    elif damage == "garbage":
+        model.write_bytes(b"\x00\x01 not a model at all" * 50)
+    _run_failing(capsys, ["predict", str(tmp_path / "s.tif"), "--model", str(model), *FAST], "broken.safetensors")
+
+
+def test_bad_settings_and_training_input(tmp_path, capsys):
+    _run_failing(capsys, ["predict", str(tmp_path), "--model", "m.safetensors", "--tile-size", "8"], "Tile size")
+    (tmp_path / "run.toml").write_text("stepz = 3\n")
+    _run_failing(capsys, ["train", "--config", str(tmp_path / "run.toml")], "stepz")
+    _run_failing(capsys, ["train", "--task", "sr", "--input-dir", str(tmp_path / "none"), "--target-dir",
+                          str(tmp_path), "--output", str(tmp_path / "m.safetensors")], "does not exist")
+    _run_failing(capsys, ["train", "--output", str(tmp_path / "model.pt")], ".safetensors")
+
+
+# ----------------------------------------------------------------------------- other commands
+
+
+def test_train_flags_override_the_config_file(tmp_path):
+    (tmp_path / "run.toml").write_text('[train]\ntask = "qpi"\nsteps = 50\npreset = "tiny"\n')
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.toml"), "--steps", "7",
+                                      "--learning-rate", "0.01", "--input-dir", "a", "--target-dir", "b"])
+    config = _train_config(args)
+    assert (config.task, config.preset, config.steps, config.learning_rate) == ("qpi", "tiny", 7, 0.01)
+    assert (config.input_dir, config.target_dir) == ("a", "b")
+
+
+def test_train_command_runs_and_prints_the_model_path(tmp_path, capsys):
+    output = tmp_path / "m.safetensors"
+    argv = ["train", "--task", "qpi", "--preset", "tiny", "--steps", "2", "--patch-size", "16",
+            "--batch-size", "2", "--simulated-images", "2", "--simulated-size", "16", "--validation-fraction",
+            "0", "--device", "cpu", "--output", str(output)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(output) and output.is_file()
+
+
+def test_simulate_then_evaluate_with_baselines(tmp_path, models, capsys):
+    assert main(["simulate", "--task", "qpi", "--out", str(tmp_path / "sim"), "--images", "2", "--size",
+                 "32"]) == 0
+    capsys.readouterr()
+    assert len(list((tmp_path / "sim" / "inputs").glob("*.tif"))) == 2
+    assert main(["evaluate", "--model", str(models["qpi"]), "--input-dir", str(tmp_path / "sim" / "inputs"),
+                 "--target-dir", str(tmp_path / "sim" / "targets"), "--out", str(tmp_path / "eval"), *FAST]) == 0
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert table in capsys.readouterr().out
+    header = table.splitlines()[0]
+    for column in ("method", "psnr", "ssim", "ms_ssim", "mae", "spearman_std_error", "coverage_95"):
+        assert column in header
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"qpi", "FFT-TIE", "US-TIE"}
+    per_image = (tmp_path / "eval" / "metrics_per_image.csv").read_text().splitlines()
+    assert len(per_image) == 1 + 3 * 2
+
+
+def test_evaluate_refuses_a_model_of_the_other_task(tmp_path, models, capsys):
+    _run_failing(capsys, ["evaluate", "--model", str(models["sr"]), "--simulate", "qpi", "--images", "1",
+                          "--out", str(tmp_path)], "sr model", "qpi pairs")
+
+
+def test_info_prints_the_model_metadata(models, capsys):
+    assert main(["info", str(models["qpi"])]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "qpi"

@@ -1,0 +1,342 @@
+"""Reconstruction engine: shapes and units, tiling (exactness and seams), devices, cancelling."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_cvdm.checkpoint import ModelInfo
+from napari_cvdm.errors import Cancelled, InputError
+from napari_cvdm.model import CVDM, ModelConfig
+from napari_cvdm.reconstruct import (
+    NOISE_BLOCK,
+    NoiseField,
+    ReconstructionSettings,
+    _sample_tile,
+    available_devices,
+    reconstruct,
+    resolve_device,
+    tile_spans,
+    tile_weights,
+    validate_input,
+)
+
+QPI_NORMS = {"input_normalization": {"mode": "mean"},
+             "target_normalization": {"mode": "fixed", "low": [0.0], "high": [3.5]}}
+SR_NORMS = {"input_normalization": {"mode": "percentile", "low_pct": 0.1, "high_pct": 99.9},
+            "target_normalization": {"mode": "percentile", "low_pct": 0.1, "high_pct": 99.9}}
+
+
+def _info(task: str, config: ModelConfig) -> ModelInfo:
+    if task == "qpi":
+        return ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad", **QPI_NORMS)
+    return ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2, **SR_NORMS)
+
+
+def _tiny(task: str, seed: int = 0) -> tuple[CVDM, ModelInfo]:
+    """The shipped tiny U-Nets with weights moved off their zero initialisation."""
+    torch.manual_seed(seed)
+    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    model = CVDM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval(), _info(task, config)
+
+
+class LocalNet(nn.Module):
+    """A small strided conv net with a finite receptive field (no normalisation, no attention).
+
+    ``stride = 2``: one stride-2 level, so a tile that started on an odd pixel would
+    see another grid phase and differ from the whole image.
+    """
+
+    stride = 2
+
+    def __init__(self, in_channels: int, out_channels: int, gamma_channels: int = 0):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels + gamma_channels, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.conv_out = nn.Conv2d(16, out_channels, 3, padding=1)
+        with torch.no_grad():
+            self.conv_out.weight.mul_(3.0)
+
+    def forward(self, x, gamma=None):
+        height, width = x.shape[-2:]
+        if gamma is not None:
+            x = torch.cat([x, gamma], 1)
+        x = F.pad(x, (0, width % 2, 0, height % 2), mode="replicate")
+        h = F.silu(self.conv_in(x))
+        coarse = F.silu(self.down(h)).repeat_interleave(2, -2).repeat_interleave(2, -1)
+        return self.conv_out(torch.cat([h, coarse], 1))[..., :height, :width]
+
+
+def _local(task: str) -> tuple[CVDM, ModelInfo]:
+    """A CVDM (real schedule time network and sampler) whose two spatial networks are local."""
+    model, info = _tiny(task)
+    torch.manual_seed(1)
+    x_ch, y_ch = model.config.x_channels, model.config.y_channels
+    model.denoiser = LocalNet(x_ch + y_ch, x_ch, gamma_channels=x_ch)
+    model.schedule.spatial_net = LocalNet(y_ch, x_ch)
+    return model.eval(), info
+
+
+def _qpi_stack(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    base = 1.0 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    return np.stack([base + 0.05 * rng.standard_normal(base.shape),
+                     base[::-1] + 0.05 * rng.standard_normal(base.shape)]).astype(np.float32)
+
+
+def _widefield(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    return (100 + 50 * np.sin(xx / 5.0) ** 2 * np.cos(yy / 7.0) ** 2 + rng.poisson(5, (height, width))
+            ).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- tile layout
+
+
+def test_tiles_cover_the_image_start_aligned_and_overlap_enough():
+    for length, tile, overlap, align in [(150, 64, 32, 2), (1000, 256, 32, 8), (257, 64, 16, 16), (64, 64, 8, 4)]:
+        spans = tile_spans(length, tile, overlap, align)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(start % align == 0 for start, _ in spans)
+        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+            assert a0 < b0 and a1 - b0 >= overlap
+        weight_sum = np.zeros(length)
+        for span in spans:
+            weights = tile_weights(span, length, overlap)
+            assert weights.shape == (span[1] - span[0],) and weights.min() >= 0 and weights.max() == 1
+            weight_sum[span[0]:span[1]] += weights
+        assert weight_sum.min() > 0.0
+
+
+def test_weights_are_zero_in_the_outer_quarter_of_each_overlap_and_one_inside():
+    spans = tile_spans(300, 128, 64, 2)
+    middle = tile_weights(spans[1], 300, 64)
+    assert np.all(middle[:16] == 0) and np.all(middle[-16:] == 0)
+    assert np.all(np.diff(middle[16:48]) > 0) and np.all(middle[48:-48] == 1)
+    assert np.all(tile_weights(spans[0], 300, 64)[:80] == 1)  # no ramp at the image border
+
+
+def test_noise_field_depends_only_on_global_position():
+    field = NoiseField(seed=3, plane=0, n_samples=2, channels=1)
+    whole = field.window(0, (0, 150), (0, 140))
+    part = field.window(0, (37, 101), (NOISE_BLOCK - 5, 130))
+    assert torch.equal(part, whole[..., 37:101, NOISE_BLOCK - 5:130])
+    assert not torch.equal(field.window(1, (0, 150), (0, 140)), whole)  # each step draws fresh noise
+    assert not torch.equal(NoiseField(4, 0, 2, 1).window(0, (0, 150), (0, 140)), whole)
+    assert abs(float(whole.std()) - 1.0) < 0.02
+
+
+# ----------------------------------------------------------------------------- tiled = untiled
+
+
+def test_local_network_receptive_field_fits_in_the_discarded_margin():
+    """The premise of the exactness test: 2 steps of the local model see ≤ 16 px (margin of overlap 64)."""
+    model, _ = _local("qpi")
+    size, centre = 96, 48
+    y = torch.randn(1, 2, size, size, requires_grad=True)
+    start = torch.randn(1, 1, size, size, requires_grad=True)
+    lam = model.schedule.schedule_map(y)
+    out = _sample_tile(model, y, lam, lambda stage: start, steps=2, sampler="ddim", eta=0.0, clip=None,
+                       autocast_dtype=None, tick=lambda: None, should_stop=None)
+    out[0, 0, centre, centre].backward()
+    reach = (y.grad.abs().sum(1)[0] + start.grad.abs()[0, 0]) > 0
+    rows, cols = np.nonzero(reach.numpy())
+    radius = max(np.abs(rows - centre).max(), np.abs(cols - centre).max())
+    assert 4 <= radius <= 16
+
+
+@pytest.mark.parametrize("task", ["qpi", "sr"])
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("dpm_solver_2m", None), ("ancestral", 1.0)])
+def test_tiled_equals_untiled_for_a_local_network(task, sampler, eta):
+    model, info = _local(task)
+    image = _qpi_stack(300, 260) if task == "qpi" else _widefield(150, 130)
+    common = dict(n_samples=3, sampler=sampler, eta=eta, steps=2, seed=5, device="cpu", keep_samples=True)
+    whole = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **common))
+    tiled = reconstruct(model, info, image, ReconstructionSettings(tile_size=128, tile_overlap=64, **common))
+    assert tiled.metadata["tiles"][0] >= 3 and tiled.metadata["tiles"][1] >= 3
+    scale = float(np.abs(whole.mean).max())
+    assert scale > 0.1 and float(whole.variance.mean()) > 0  # a non-trivial result
+    for name in ("mean", "gamma_map", "samples"):
+        assert np.abs(getattr(tiled, name) - getattr(whole, name)).max() <= 1e-5 * max(scale, 1.0), name
+    assert np.abs(tiled.variance - whole.variance).max() <= 1e-5 * max(float(whole.variance.max()), 1.0)
+
+
+def test_misaligned_tiles_would_differ():
+    """Control for the test above: the same tiles started one pixel off the stride grid do not agree."""
+    import napari_cvdm.reconstruct as engine
+
+    model, info = _local("qpi")
+    image = _qpi_stack(300, 260)
+    settings = dict(n_samples=2, sampler="ddim", eta=0.0, steps=2, seed=5, device="cpu")
+    whole = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **settings))
+    original = engine.network_stride
+    engine.network_stride = lambda m: 1
+    try:
+        shifted = reconstruct(model, info, image, ReconstructionSettings(tile_size=129, tile_overlap=64, **settings))
+    finally:
+        engine.network_stride = original
+    assert np.abs(shifted.mean - whole.mean).max() > 1e-3
+
+
+def _seam_strength(model, info, image, overlap):
+    """Per output map: the largest column-averaged jump of (tiled − untiled), in units of the
+    untiled image's own typical column-to-column change. A seam is a line of such jumps."""
+    settings = dict(n_samples=2, sampler="ddim", eta=0.0, steps=3, seed=0, device="cpu")
+    whole = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **settings))
+    tiled = reconstruct(model, info, image, ReconstructionSettings(tile_size=64, tile_overlap=overlap, **settings))
+    assert tiled.metadata["tiles"] == [1, 3 if overlap == 0 else 5]
+    strength = {}
+    for name in ("mean", "gamma_map", "variance"):
+        reference = getattr(whole, name).astype(np.float64)
+        difference = getattr(tiled, name) - reference
+        jumps = np.abs(np.diff(difference, axis=1)).mean(0)
+        typical = np.median(np.abs(np.diff(reference, axis=1)).mean(0))
+        strength[name] = jumps.max() / typical
+    return strength
+
+
+def test_tiling_the_real_unet_leaves_no_seams():
+    """GroupNorm and attention make U-Net tiles differ from the whole image; the cross-fade hides it.
+
+    Control: hard tiling (overlap 0) of the same model leaves jumps as large as the
+    image's own structure at the tile borders, so the measure can fail.
+    """
+    model, info = _tiny("qpi", seed=2)
+    image = _qpi_stack(64, 176, seed=3)
+    hard = _seam_strength(model, info, image, overlap=0)
+    blended = _seam_strength(model, info, image, overlap=32)
+    for name in ("mean", "gamma_map"):
+        assert hard[name] > 0.8, name
+        assert blended[name] < 0.5, name
+        assert blended[name] < 0.25 * hard[name], name
+    assert blended["variance"] < 0.5 * hard["variance"]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_qpi_outputs_are_in_radians_with_the_leading_dims_kept():
+    model, info = _tiny("qpi")
+    stack = np.stack([_qpi_stack(40, 36, seed=s) for s in range(2)])  # (T=2, 2, H, W)
+    result = reconstruct(model, info, stack, ReconstructionSettings(n_samples=3, steps=2, tile_size=None,
+                                                                    keep_samples=True, device="cpu"))
+    assert result.mean.shape == result.variance.shape == result.gamma_map.shape == (2, 40, 36)
+    assert result.samples.shape == (2, 3, 40, 36)
+    assert result.mean.dtype == np.float32 and result.unit == "rad"
+    # model output is clipped to [-1, 1], i.e. [0, 3.5] rad after denormalisation
+    assert result.samples.min() >= -1e-5 and result.samples.max() <= 3.5 + 1e-5
+    normalised_var = reconstruct(model, info, stack[0], ReconstructionSettings(
+        n_samples=3, steps=2, tile_size=None, device="cpu", keep_samples=True))
+    assert np.allclose(normalised_var.variance, normalised_var.samples.var(0, ddof=1), rtol=1e-4, atol=1e-7)
+    assert np.all((result.gamma_map > 0) & (result.gamma_map < 1))
+    assert result.pixel_size_um == pytest.approx(0.21) and result.upsampling_factor == 1
+
+
+def test_sr_output_is_upsampled_with_half_the_pixel_size():
+    model, info = _tiny("sr")
+    result = reconstruct(model, info, _widefield(24, 20), ReconstructionSettings(n_samples=2, steps=2, device="cpu"),
+                         input_pixel_size_um=0.08)
+    assert result.mean.shape == (48, 40)
+    assert result.pixel_size_um == pytest.approx(0.04)
+    assert result.upsampling_factor == 2
+
+
+def test_progress_counts_every_step_and_should_stop_cancels():
+    model, info = _tiny("qpi")
+    seen = []
+    settings = ReconstructionSettings(n_samples=2, steps=3, tile_size=32, tile_overlap=8, device="cpu", max_batch=1)
+    result = reconstruct(model, info, _qpi_stack(48, 40), settings, progress=lambda d, t: seen.append((d, t)))
+    tiles = result.metadata["tiles"][0] * result.metadata["tiles"][1]
+    assert tiles == 4
+    assert seen[-1] == (tiles * 2 * 3, tiles * 2 * 3) and [d for d, _ in seen] == list(range(1, tiles * 6 + 1))
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        reconstruct(model, info, _qpi_stack(48, 40), settings, should_stop=stop_after_two)
+    assert len(calls) == 3
+
+
+def test_sample_batches_do_not_change_the_result():
+    model, info = _tiny("qpi")
+    image = _qpi_stack(32, 32)
+    common = dict(n_samples=5, steps=2, tile_size=None, device="cpu", sampler="ancestral")
+    one = reconstruct(model, info, image, ReconstructionSettings(**common))
+    chunked = reconstruct(model, info, image, ReconstructionSettings(max_batch=2, **common))
+    assert np.allclose(one.mean, chunked.mean, atol=1e-5)
+    assert np.allclose(one.variance, chunked.variance, atol=1e-5)
+
+
+def test_seed_changes_samples_but_not_the_gamma_map():
+    model, info = _tiny("qpi")
+    image = _qpi_stack(32, 32)
+    a, b = (reconstruct(model, info, image, ReconstructionSettings(n_samples=2, steps=2, seed=s, device="cpu",
+                                                                   sampler="ancestral")) for s in (0, 1))
+    assert not np.allclose(a.mean, b.mean)
+    assert np.array_equal(a.gamma_map, b.gamma_map)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+@pytest.mark.parametrize("image,words", [
+    (np.ones((32, 32), np.float32), ["QPI", "(…, 2, H, W)", "(32, 32)"]),
+    (np.ones((3, 32, 32), np.float32), ["(…, 2, H, W)"]),
+    (np.full((2, 32, 32), np.nan, np.float32), ["NaN"]),
+    (np.ones((2, 4, 32), np.float32), ["too small"]),
+    (np.ones((2, 32, 32), complex), ["complex"]),
+])
+def test_bad_qpi_inputs_are_refused_with_one_sentence(image, words):
+    _, info = _tiny("qpi")
+    with pytest.raises(InputError) as error:
+        validate_input(info, image)
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_sr_model_refuses_a_named_two_channel_stack():
+    _, info = _tiny("sr")
+    validate_input(info, np.ones((2, 32, 32), np.float32))  # unnamed: two planes of a Z stack
+    with pytest.raises(InputError, match="QPI model"):
+        validate_input(info, np.ones((2, 32, 32), np.float32), axes="CYX")
+
+
+@pytest.mark.parametrize("settings,word", [
+    (ReconstructionSettings(n_samples=0), "samples"),
+    (ReconstructionSettings(sampler="euler"), "sampler"),
+    (ReconstructionSettings(tile_size=64, tile_overlap=40), "overlap"),
+    (ReconstructionSettings(precision="fp8"), "precision"),
+    (ReconstructionSettings(device="tpu"), "tpu"),
+])
+def test_bad_settings_are_refused(settings, word):
+    model, info = _tiny("qpi")
+    with pytest.raises(InputError, match=word):
+        reconstruct(model, info, _qpi_stack(32, 32), settings)
+
+
+def test_devices():
+    devices = available_devices()
+    assert devices[0] == "auto" and devices[-1] == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == devices[1]
+    with pytest.raises(InputError, match="not available"):
+        resolve_device("cuda" if "cuda" not in devices else "mps" if "mps" not in devices else "xla")
+
+
+def test_pixel_size_mismatch_warns():
+    model, info = _tiny("qpi")
+    with pytest.warns(UserWarning, match="pixel size"):
+        reconstruct(model, info, _qpi_stack(16, 16), ReconstructionSettings(n_samples=1, steps=1, device="cpu"),
+                    input_pixel_size_um=0.5)

@@ -1,0 +1,234 @@
+"""Training engine: stop/export, kill and resume, DDP, NaN guard, model info, data sources."""
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cvdm.checkpoint import load_model
+from napari_cvdm.errors import InputError
+from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct
+from napari_cvdm.train import Batch, TrainConfig, Trainer, TrainingDiverged, train
+
+
+def _config(tmp_path: Path, name: str = "model", **overrides) -> TrainConfig:
+    """A tiny SR run on a handful of small simulated images: fractions of a second per step."""
+    settings = dict(task="sr", preset="tiny", patch_size=16, batch_size=2, steps=6, learning_rate=1e-3,
+                    warmup_steps=0, simulated_images=4, simulated_size=32, validation_fraction=0.25,
+                    validate_every=0, validation_patches=2, validation_samples=2, validation_sample_steps=2,
+                    checkpoint_every=2, device="cpu", output=str(tmp_path / f"{name}.safetensors"))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    with (run_dir / "log.csv").open(newline="") as handle:
+        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+
+
+def _parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# ----------------------------------------------------------------------------- stop and export
+
+
+def test_should_stop_stops_within_one_step_and_the_exported_model_loads(tmp_path):
+    calls, reports = [], []
+
+    def stop_on_third_check():
+        calls.append(1)
+        return len(calls) >= 3
+
+    config = _config(tmp_path, steps=50)
+    result = train(config, progress=reports.append, should_stop=stop_on_third_check)
+    assert result.stopped and result.steps_done == 2 and [r.step for r in reports] == [1, 2]
+    model, info = load_model(result.model_path)
+    assert info.training["steps"] == 2 and info.training["stopped_early"] is True
+    state = torch.load(config.run_dir / "last.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.equal(state["ema"][k], v) for k, v in model.state_dict().items())
+    assert reports[-1].total_steps == 50 and set(reports[-1].losses) >= {"loss", "noise", "ode", "prior",
+                                                                          "regulariser", "lr", "grad_norm"}
+
+
+def test_exported_sr_model_carries_what_reconstruction_needs(tmp_path):
+    result = train(_config(tmp_path, steps=3, sample_steps=7, n_samples=3))
+    model, info = load_model(result.model_path)
+    assert info.task == "sr" and info.upsampling_factor == 2
+    assert info.input_pixel_size_um == pytest.approx(0.0626)
+    assert info.output_pixel_size_um == pytest.approx(0.0313)
+    assert info.input_normalization["mode"] == "percentile"
+    assert info.sampler == {"name": "dpm_solver_2m", "steps": 7, "n_samples": 3, "clip": 1.0}
+    training = info.training
+    assert training["steps"] == 3 and "simulated sr" in training["data"] and training["device"] == "cpu"
+    assert training["wall_time_s"] > 0 and set(training["validation"]) >= {"psnr", "ssim", "mae", "loss"}
+    assert (result.run_dir / "best.safetensors").is_file()  # validated at the end
+    widefield = np.random.default_rng(0).poisson(50, (20, 24)).astype(np.float32)
+    out = reconstruct(model, info, widefield, ReconstructionSettings(n_samples=2, device="cpu"))
+    assert out.mean.shape == (40, 48) and out.pixel_size_um == pytest.approx(0.0313)
+
+
+def test_in_memory_pairs_train_a_qpi_model_in_radians(tmp_path):
+    rng = np.random.default_rng(0)
+    phases = [rng.random((24, 24)).astype(np.float32) * 3 for _ in range(3)]
+    stacks = [np.stack([1 + 0.1 * p, 1 - 0.1 * p]).astype(np.float32) for p in phases]
+    config = _config(tmp_path, task="qpi", steps=2, validation_fraction=0.0, input_pixel_size_um=0.21)
+    result = train(config, pairs=(stacks, phases))
+    _, info = load_model(result.model_path)
+    assert info.task == "qpi" and info.target_unit == "rad" and info.upsampling_factor == 1
+    assert info.target_normalization["high"] == [3.5] and info.input_pixel_size_um == pytest.approx(0.21)
+    assert result.validation is None and "3 in-memory" in info.training["data"]
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+
+def _cli_train(config: TrainConfig, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "napari_cvdm.cli", "train"]
+    for name, value in config.to_dict().items():
+        if value is not None:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(args + list(extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_run_killed_mid_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
+    steps = 30
+    settings = dict(steps=steps, checkpoint_every=3, validation_fraction=0.0)
+    reference = _config(tmp_path, "reference", **settings)
+    killed = _config(tmp_path, "killed", **settings)
+    victim = _cli_train(killed)
+    train(reference)  # uninterrupted, in this process (same single thread as the CLI runs)
+    log = killed.run_dir / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) > 8:  # header + 8 steps
+            break
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    steps_logged = len(_losses(killed.run_dir))
+    assert 8 <= steps_logged < steps and not Path(killed.output).exists()
+    state = torch.load(killed.run_dir / "last.pt", weights_only=True)  # complete, loadable
+    assert state["step"] % 3 == 0 and 6 <= state["step"] <= steps_logged
+    (killed.run_dir / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
+
+    resumed = _cli_train(killed, "--resume")
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    assert not list(killed.run_dir.glob("*.tmp")) and not list(killed.run_dir.glob(".*.tmp"))
+    expected, replayed = _losses(reference.run_dir), _losses(killed.run_dir)
+    assert [s for s, _ in replayed] == list(range(1, steps + 1))
+    assert np.allclose([v for _, v in replayed], [v for _, v in expected], rtol=1e-6, atol=0)
+    final_reference, _ = load_model(reference.output)
+    final_resumed, info = load_model(killed.output)
+    assert torch.allclose(_parameters(final_reference), _parameters(final_resumed), atol=1e-6)
+    assert info.training["steps"] == steps
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_checks_the_settings(tmp_path):
+    train(_config(tmp_path, steps=2))
+    with pytest.raises(InputError, match="earlier run"):
+        Trainer(_config(tmp_path, steps=4))
+    with pytest.raises(InputError, match="patch_size = 16"):
+        Trainer(_config(tmp_path, steps=4, patch_size=8), resume=True)
+    result = train(_config(tmp_path, steps=4), resume=True)  # more steps: continues at 2
+    assert result.steps_done == 4 and [s for s, _ in _losses(result.run_dir)] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- NaN guard
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, caplog):
+    trainer = Trainer(_config(tmp_path, max_bad_steps=3, validation_fraction=0.0))
+    before = _parameters(trainer.model).clone()
+    batch = trainer.draw(0)
+    poisoned = Batch(batch.y.clone().fill_(float("nan")), batch.x0, batch.t, batch.noise)
+    values, skipped = trainer.train_step(poisoned)
+    assert skipped and torch.equal(_parameters(trainer.model), before) and "skipped" in caplog.text
+    _, skipped = trainer.train_step(batch)
+    assert not skipped and not torch.equal(_parameters(trainer.model), before)
+    trainer.train_step(poisoned)
+    trainer.train_step(poisoned)
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        trainer.train_step(poisoned)
+    trainer.close()
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    trainer = Trainer(config)
+    assert trainer.dist.world_size == world_size
+    trainer.fit()
+    torch.save(trainer.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_stay_identical_and_train_on_twice_the_batch(tmp_path):
+    steps = 3
+    config = _config(tmp_path, "ddp", steps=steps, validation_fraction=0.0, checkpoint_every=0)
+    # fork: the children need not import torch again (seconds each on a small machine)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
+                                          start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    ddp = torch.cat([v.flatten() for v in ranks[0].values()])
+    _, info = load_model(config.output)  # rank 0 exported
+    assert info.training["world_size"] == 2 and info.training["effective_batch_size"] == 4
+
+    # One process fed, at every step, the union of both ranks' batches reaches the same weights:
+    single = Trainer(_config(tmp_path, "single", steps=steps, validation_fraction=0.0))
+    one_rank = Trainer(_config(tmp_path, "one_rank", steps=steps, validation_fraction=0.0))
+    assert not torch.equal(single.draw(0, rank=0).y, single.draw(0, rank=1).y)  # each rank its own data
+    for step in range(steps):
+        single.train_step(Batch.cat([single.draw(step, rank=0), single.draw(step, rank=1)]))
+        one_rank.train_step(one_rank.draw(step, rank=0))
+    state = single.model.state_dict()
+    union = torch.cat([state[k].flatten() for k in ranks[0]])
+    alone = torch.cat([one_rank.model.state_dict()[k].flatten() for k in ranks[0]])
+    assert torch.allclose(ddp, union, atol=1e-6)
+    assert not torch.allclose(ddp, alone, atol=1e-4)
+    single.close()
+    one_rank.close()
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_config_files_and_their_errors(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('task = "qpi"\npreset = "tiny"\nsteps = 7\n')
+    assert TrainConfig.from_file(toml).steps == 7
+    sectioned = tmp_path / "sectioned.toml"
+    sectioned.write_text('[train]\ntask = "qpi"\nbatch_size = 3\n')
+    assert TrainConfig.from_file(sectioned).batch_size == 3
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("task: sr\nlearning_rate: 0.001\n")
+    assert TrainConfig.from_file(yaml_file).learning_rate == 0.001
+    (tmp_path / "bad.toml").write_text("steps = \n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        TrainConfig.from_file(tmp_path / "bad.toml")
+    (tmp_path / "typo.toml").write_text("stepz = 3\n")
+    with pytest.raises(InputError, match="stepz"):
+        TrainConfig.from_file(tmp_path / "typo.toml")
+    with pytest.raises(InputError, match="preset"):
+        TrainConfig(preset="huge").check()
+    assert TrainConfig(output="a/b.safetensors").run_dir == Path("a/b.run")
