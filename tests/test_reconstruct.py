@@ -8,12 +8,11 @@ from torch import nn
 
 from napari_cvdm.checkpoint import ModelInfo
 from napari_cvdm.errors import Cancelled, InputError
-from napari_cvdm.model import CVDM, ModelConfig
+from napari_cvdm.model import CVDM, ModelConfig, sample
 from napari_cvdm.reconstruct import (
     NOISE_BLOCK,
     NoiseField,
     ReconstructionSettings,
-    _sample_tile,
     available_devices,
     reconstruct,
     resolve_device,
@@ -143,8 +142,9 @@ def test_local_network_receptive_field_fits_in_the_discarded_margin():
     y = torch.randn(1, 2, size, size, requires_grad=True)
     start = torch.randn(1, 1, size, size, requires_grad=True)
     lam = model.schedule.schedule_map(y)
-    out = _sample_tile(model, y, lam, lambda stage: start, steps=2, sampler="ddim", eta=0.0, clip=None,
-                       autocast_dtype=None, tick=lambda: None, should_stop=None)
+    sample_with_grad = sample.__wrapped__  # the sampler without its no_grad decorator
+    out = sample_with_grad(model, y, steps=2, sampler="ddim", clip=None, grid="uniform", schedule_map=lam,
+                           noise=lambda stage: start)
     out[0, 0, centre, centre].backward()
     reach = (y.grad.abs().sum(1)[0] + start.grad.abs()[0, 0]) > 0
     rows, cols = np.nonzero(reach.numpy())
@@ -153,14 +153,21 @@ def test_local_network_receptive_field_fits_in_the_discarded_margin():
 
 
 @pytest.mark.parametrize("task", ["qpi", "sr"])
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("dpm_solver_2m", None), ("ancestral", 1.0)])
-def test_tiled_equals_untiled_for_a_local_network(task, sampler, eta):
+@pytest.mark.parametrize("sampler,eta,grid", [("ddim", 0.0, "uniform"), ("dpm_solver_2m", None, "log_snr"),
+                                              ("dpm_solver_2m", None, "uniform"), ("ancestral", 1.0, "log_snr")])
+def test_tiled_equals_untiled_for_a_local_network(task, sampler, eta, grid):
+    """Also for the log-SNR grid, whose reference λ is the median over the whole plane."""
     model, info = _local(task)
     image = _qpi_stack(300, 260) if task == "qpi" else _widefield(150, 130)
-    common = dict(n_samples=3, sampler=sampler, eta=eta, steps=2, seed=5, device="cpu", keep_samples=True)
+    common = dict(n_samples=3, sampler=sampler, eta=eta, steps=3, seed=5, device="cpu", keep_samples=True,
+                  grid=grid)
     whole = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **common))
     tiled = reconstruct(model, info, image, ReconstructionSettings(tile_size=128, tile_overlap=64, **common))
     assert tiled.metadata["tiles"][0] >= 3 and tiled.metadata["tiles"][1] >= 3
+    assert tiled.metadata["grid"] == grid
+    if grid == "log_snr":
+        assert tiled.metadata["grid_reference_lambda"] == pytest.approx(whole.metadata["grid_reference_lambda"],
+                                                                        rel=1e-6)
     scale = float(np.abs(whole.mean).max())
     assert scale > 0.1 and float(whole.variance.mean()) > 0  # a non-trivial result
     for name in ("mean", "gamma_map", "samples"):
@@ -205,7 +212,7 @@ def _seam_strength(model, info, image, overlap):
 def test_tiling_the_real_unet_leaves_no_seams():
     """GroupNorm and attention make U-Net tiles differ from the whole image; the cross-fade hides it.
 
-    Control: hard tiling (overlap 0) of the same model leaves jumps as large as the
+    Control: hard tiling (overlap 0) of the same model leaves jumps comparable to the
     image's own structure at the tile borders, so the measure can fail.
     """
     model, info = _tiny("qpi", seed=2)
@@ -213,10 +220,73 @@ def test_tiling_the_real_unet_leaves_no_seams():
     hard = _seam_strength(model, info, image, overlap=0)
     blended = _seam_strength(model, info, image, overlap=32)
     for name in ("mean", "gamma_map"):
-        assert hard[name] > 0.8, name
+        assert hard[name] > 0.3, name
         assert blended[name] < 0.5, name
         assert blended[name] < 0.25 * hard[name], name
     assert blended["variance"] < 0.5 * hard["variance"]
+
+
+def _gaussian_posterior(model: CVDM, s2: float) -> CVDM:
+    """The exact denoiser for x0 ~ N(0, s²) at every pixel: the true variance is known and flat."""
+    model.predict_noise = lambda x_t, y, gamma: (1 - gamma).sqrt() * x_t / (gamma * s2 + 1 - gamma)
+    return model
+
+
+@pytest.mark.parametrize("tiles_share_draws", [True, False])
+def test_variance_has_no_dip_in_tile_overlaps(monkeypatch, tiles_share_draws):
+    """Per-tile variances are blended like the means, so the variance map stays flat across seams.
+
+    The posterior variance is the same everywhere. With position-keyed noise the tiles draw
+    the same samples; trained U-Nets decorrelate them (different context), emulated here by
+    keying the noise to the tile. Either way the reported variance must not dip in the
+    overlaps. Control: the variance of the cross-faded (kept) samples does dip when the
+    tiles' draws are independent.
+    """
+    import napari_cvdm.reconstruct as engine
+
+    if not tiles_share_draws:
+        window = engine.NoiseField.window
+        monkeypatch.setattr(engine.NoiseField, "window", lambda self, stage, ys, xs: window(
+            engine.NoiseField(hash((self.seed, ys, xs)) % 2**31, self.plane, self.n_samples, self.channels),
+            stage, ys, xs))
+    model, info = _tiny("qpi")
+    model = _gaussian_posterior(model, s2=0.09)
+    settings = dict(n_samples=48, steps=20, seed=0, device="cpu", keep_samples=True)
+    tiled = reconstruct(model, info, _qpi_stack(16, 176), ReconstructionSettings(tile_size=64, tile_overlap=32,
+                                                                                  **settings))
+    assert tiled.metadata["tiles"] == [1, 5]
+    spans = tile_spans(176, 64, 32, engine.network_stride(model))
+    middle = np.zeros(176, bool)  # middle half of each cross-fade, where w ≈ 1/2
+    for (_, a1), (b0, _) in zip(spans, spans[1:]):
+        middle[b0 + 12:a1 - 12] = True
+    inner = np.zeros(176, bool)  # columns covered by a single tile with weight 1
+    weight_one = np.ones(176, int)
+    for span in spans:
+        weight_one[span[0]:span[1]] *= 1 + (engine.tile_weights(span, 176, 32) == 1)
+    inner[(weight_one == 2)] = True
+    inner &= ~middle
+    reported = tiled.variance[:, middle].mean() / tiled.variance[:, inner].mean()
+    assert 0.85 < reported < 1.15
+    kept = tiled.samples.var(0, ddof=1)
+    dip = kept[:, middle].mean() / kept[:, inner].mean()
+    if tiles_share_draws:
+        assert 0.85 < dip < 1.15
+    else:
+        assert dip < 0.75
+
+
+def test_gpu_options_and_grid_are_settings():
+    model, info = _tiny("qpi")
+    image = _qpi_stack(32, 32)
+    common = dict(n_samples=2, steps=3, tile_size=None, device="cpu")
+    base = reconstruct(model, info, image, ReconstructionSettings(**common))
+    nhwc = reconstruct(model, info, image, ReconstructionSettings(channels_last=True, **common))
+    assert np.allclose(base.mean, nhwc.mean, atol=1e-4) and nhwc.metadata["channels_last"] is True
+    assert base.metadata["grid"] == "log_snr" and base.metadata["grid_reference_lambda"][0] > 0
+    uniform = reconstruct(model, info, image, ReconstructionSettings(grid="uniform", **common))
+    assert uniform.metadata["grid_reference_lambda"] == [None] and not np.allclose(uniform.mean, base.mean)
+    info.sampler = {**info.sampler, "grid": "uniform"}  # a model may name its own grid
+    assert reconstruct(model, info, image, ReconstructionSettings(**common)).metadata["grid"] == "uniform"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -318,6 +388,7 @@ def test_sr_model_refuses_a_named_two_channel_stack():
     (ReconstructionSettings(sampler="euler"), "sampler"),
     (ReconstructionSettings(tile_size=64, tile_overlap=40), "overlap"),
     (ReconstructionSettings(precision="fp8"), "precision"),
+    (ReconstructionSettings(grid="karras"), "grid"),
     (ReconstructionSettings(device="tpu"), "tpu"),
 ])
 def test_bad_settings_are_refused(settings, word):

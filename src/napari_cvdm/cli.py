@@ -1,4 +1,4 @@
-"""Command-line interface: ``cvdm train | predict | evaluate | simulate | info | demo``.
+"""Command-line interface: ``cvdm train | predict | evaluate | simulate | info``.
 
 Every error caused by user input is printed as one line and exits with code 2.
 """
@@ -51,16 +51,6 @@ def _duration(seconds: float | None) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
-    for path in run_demo(args.out, steps=args.steps, seed=args.seed):
-        print(path)
 
 
 # ----------------------------------------------------------------------------- train
@@ -355,11 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model")
     info.set_defaults(run=_info)
 
-    demo = commands.add_parser("demo", help="train a tiny model on the Gaussian oracle and reconstruct")
-    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    demo.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
     return parser
 
 

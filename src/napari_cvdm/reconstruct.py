@@ -21,10 +21,31 @@ weighted by a separable profile that is 0 in the outer quarter of every
 overlap at an inner tile edge, rises as a raised cosine over the middle half,
 and is 1 elsewhere (image borders are not ramped); the weighted sums are divided
 by the summed weights. Mean, variance, γ map and the kept samples all use the
-same weights. The initial noise (and the per-step noise of ancestral sampling)
-is a function of the *global* pixel position: it is drawn in fixed 64 × 64
-blocks, each from a generator seeded by (seed, plane, step, block row, block
-column), so a tile sees exactly the noise the untiled run would see there.
+same weights. The initial noise (and the per-step noise of the stochastic
+samplers) is a function of the *global* pixel position: it is drawn in fixed
+64 × 64 blocks, each from a generator seeded by (seed, plane, step, block row,
+block column), so a tile sees exactly the noise the untiled run would see there
+and goes through :func:`napari_cvdm.model.sample` as its ``noise`` source.
+
+λ(y) is computed once per tile before sampling; the ``log_snr`` time grid is
+built for the median of the plane's blended λ map, so all tiles walk the grid
+the untiled image would.
+
+Variance in overlaps: per-tile variances are blended with the same weights as
+the means, ``V = w V_a + (1 − w) V_b``. Each tile's N-sample variance estimates
+the same per-pixel posterior variance, so their weighted average does too,
+whatever the relation between the tiles' samples. That relation is not fixed:
+the noise is position-keyed, but a trained U-Net sees a different context in each
+tile (GroupNorm, attention), and its trajectories diverge — sample n of one tile
+and sample n of its neighbour correlate at ~0.6 for DPM-Solver++ 2M and ~0 for
+the stochastic samplers (docs/benchmarks.md), at ~1 only for networks that are
+local or nearly untrained. The variance of the blended samples,
+``w² V_a + (1 − w)² V_b + 2w(1 − w) C_ab``, would therefore dip by up to half in
+the middle of every overlap (a stripe of false confidence along each seam), and
+the mixture rule ``w V_a + (1 − w) V_b + w(1 − w)(m_a − m_b)²`` would add the
+tiles' disagreement, a tiling error rather than posterior spread. Consequence for
+``keep_samples``: in the cross-faded band the kept samples are blends of two
+tiles' samples, less spread than the reported variance says there.
 
 What is guaranteed: for a network that is translation-equivariant under shifts
 by its stride and whose output (through the schedule network and every
@@ -51,7 +72,7 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
 from .model import CVDM, SAMPLERS
-from .model.samplers import MIN_GAMMA, ddim_step, dpm_solver_2m_step, predict_data, time_grid
+from .model.samplers import DEFAULT_GRID, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -103,10 +124,13 @@ class ReconstructionSettings:
     """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
 
     ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once). ``eta`` overrides the DDIM η of ``ddim``/``ancestral`` (None: 0 and 1).
+    image at once). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
     ``max_batch`` caps the samples run through the network together (None: all N);
     the result does not depend on it. ``precision``: ``fp32``, ``bf16`` or ``auto``
-    (bf16 on CUDA, else fp32).
+    (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
+    ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``channels_last`` runs the denoiser
+    on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
+    eager with a warning) — both GPU options that leave the result unchanged up to rounding.
     """
 
     n_samples: int = 8
@@ -120,6 +144,9 @@ class ReconstructionSettings:
     precision: str = "auto"
     eta: float | None = None
     max_batch: int | None = None
+    grid: str | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def check(self) -> None:
         """Raise InputError naming the first unusable setting."""
@@ -141,6 +168,8 @@ class ReconstructionSettings:
             raise InputError(f"η must be between 0 and 1 (got {self.eta}).")
         if self.max_batch is not None and int(self.max_batch) < 1:
             raise InputError(f"Batch size must be at least 1 (got {self.max_batch}).")
+        if self.grid is not None and self.grid not in GRIDS:
+            raise InputError(f"Unknown time grid '{self.grid}'; choose one of: {', '.join(GRIDS)}.")
 
 
 @dataclass
@@ -312,43 +341,6 @@ class NoiseField:
         return out
 
 
-# ----------------------------------------------------------------------------- sampling one tile
-
-
-def _sample_tile(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise: Callable[[int], torch.Tensor],
-                 *, steps: int, sampler: str, eta: float, clip: float | None,
-                 autocast_dtype: torch.dtype | None, tick: Callable[[], None],
-                 should_stop: StopCheck | None) -> torch.Tensor:
-    """One sample per row of ``y`` ``(B, Cy, h, w)``; ``noise(stage)`` gives ``(B, Cx, h, w)``.
-
-    The same update rules as :func:`napari_cvdm.model.sample`, with the noise supplied
-    by the caller (position-keyed) instead of drawn from one generator.
-    """
-    times = time_grid(steps, y.device)
-    x = noise(0).to(y.device)
-    x0_hat_prev, step_prev = None, None
-    for i in range(steps):
-        if should_stop is not None and should_stop():
-            raise Cancelled("Reconstruction was stopped.")
-        gamma_t = model.schedule.gamma(times[i], schedule_map).clamp_min(MIN_GAMMA)
-        with torch.autocast(y.device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            eps_hat = model.predict_noise(x, y, gamma_t).float()
-        x0_hat = predict_data(x, eps_hat, gamma_t, clip)
-        if i == steps - 1:
-            x = x0_hat
-        else:
-            gamma_s = model.schedule.gamma(times[i + 1], schedule_map).clamp_min(MIN_GAMMA)
-            if sampler == "dpm_solver_2m":
-                x, step_prev = dpm_solver_2m_step(x, x0_hat, x0_hat_prev, gamma_t, gamma_s, step_prev)
-                x0_hat_prev = x0_hat
-            else:
-                fresh = noise(i + 1).to(y.device) if eta > 0 else None
-                x = ddim_step(x0_hat, eps_hat, gamma_t, gamma_s, eta, fresh)
-        tick()
-    return x
-
-
 # ----------------------------------------------------------------------------- normalisation
 
 
@@ -386,17 +378,24 @@ def _scale_and_offset(normalizer, channels: int) -> tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> tuple[str, int, float, float | None]:
+def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings
+                      ) -> tuple[str, int, float, float | None, str]:
+    """Sampler, steps, η, clip and time grid: the settings' where given, else the model's."""
     defaults = info.sampler or {}
     sampler = settings.sampler or defaults.get("name", "dpm_solver_2m")
     if sampler not in SAMPLERS:
         raise InputError(f"The model's default sampler '{sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}.")
     steps = int(settings.steps or defaults.get("steps", 20))
     eta = settings.eta if settings.eta is not None else defaults.get("eta")
-    if eta is None or sampler == "dpm_solver_2m":
-        eta = 1.0 if sampler == "ancestral" else 0.0
+    if sampler in DETERMINISTIC:
+        eta = 0.0
+    elif eta is None:
+        eta = 1.0 if sampler in STOCHASTIC else 0.0
     clip = defaults.get("clip", 1.0)
-    return sampler, steps, float(eta), clip
+    grid = settings.grid or defaults.get("grid", DEFAULT_GRID)
+    if grid not in GRIDS:
+        raise InputError(f"The model's default time grid '{grid}' is unknown; choose one of: {', '.join(GRIDS)}.")
+    return sampler, steps, float(eta), clip, grid
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -446,7 +445,7 @@ def reconstruct(
         warnings.warn(mismatch, UserWarning, stacklevel=2)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
-    sampler, steps, eta, clip = _resolve_sampling(info, settings)
+    sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
     autocast_dtype = _autocast_dtype(settings.precision, device)
     factor = 1 if upsampled else int(info.upsampling_factor)
     n_samples = int(settings.n_samples)
@@ -487,6 +486,7 @@ def reconstruct(
     samples_out = np.zeros((len(planes), n_samples, x_channels, height, width), np.float32) \
         if settings.keep_samples else None
 
+    lam_refs = []
     for p, raw in enumerate(planes):
         condition = raw.astype(np.float32)
         if factor > 1:
@@ -494,24 +494,43 @@ def reconstruct(
         fitted_input = input_normalizer.fit(condition) if input_normalizer is not None else None
         scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
         noise_field = NoiseField(settings.seed, p, n_samples, x_channels)
+        # λ(y) once per tile (kept on the CPU); the log-SNR time grid is built for the median of
+        # the plane's blended λ map, so every tile walks the same grid as the untiled image
+        tiles, lam_plane = [], np.zeros((x_channels, height, width), np.float32)
         for (r0, r1), wy in zip(rows, row_weights):
             for (c0, c1), wx in zip(cols, col_weights):
                 window = condition[:, r0:r1, c0:c1]
                 if fitted_input is not None:
                     window = fitted_input.normalize(window)
                 y = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(device)
-                stats = _tile_statistics(
-                    model, y, noise_field, (r0, r1), (c0, c1), n_samples, chunk,
-                    steps=steps, sampler=sampler, eta=eta, clip=clip, autocast_dtype=autocast_dtype,
-                    tick=tick, should_stop=should_stop, keep_samples=settings.keep_samples,
-                )
-                weight = (wy[:, None] * wx[None, :]).astype(np.float32)
-                region = (slice(None), slice(r0, r1), slice(c0, c1))
-                mean_out[p][region] += weight * (scale * stats["mean"] + offset).astype(np.float32)
-                variance_out[p][region] += weight * (scale**2 * stats["variance"]).astype(np.float32)
-                gamma_out[p][region] += weight * stats["gamma"]
-                if samples_out is not None:
-                    samples_out[p][(slice(None), *region)] += weight * (scale * stats["samples"] + offset)
+                with torch.no_grad():
+                    lam = model.schedule.schedule_map(y).float().cpu()
+                lam_plane[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * lam[0].numpy()
+                tiles.append(((r0, r1), (c0, c1), wy, wx, lam))
+        lam_plane *= (1.0 / row_total).astype(np.float32)[:, None]
+        lam_plane *= (1.0 / col_total).astype(np.float32)
+        lam_ref = float(np.median(lam_plane)) if grid == "log_snr" else None
+        del lam_plane
+        for (r0, r1), (c0, c1), wy, wx, lam in tiles:
+            window = condition[:, r0:r1, c0:c1]
+            if fitted_input is not None:
+                window = fitted_input.normalize(window)
+            y = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(device)
+            stats = _tile_statistics(
+                model, y, lam.to(device), noise_field, (r0, r1), (c0, c1), n_samples, chunk,
+                steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid, lam_ref=lam_ref,
+                autocast_dtype=autocast_dtype, channels_last=settings.channels_last,
+                compile=settings.compile, tick=tick, should_stop=should_stop,
+                keep_samples=settings.keep_samples,
+            )
+            weight = (wy[:, None] * wx[None, :]).astype(np.float32)
+            region = (slice(None), slice(r0, r1), slice(c0, c1))
+            mean_out[p][region] += weight * (scale * stats["mean"] + offset).astype(np.float32)
+            variance_out[p][region] += weight * (scale**2 * stats["variance"]).astype(np.float32)
+            gamma_out[p][region] += weight * stats["gamma"]
+            if samples_out is not None:
+                samples_out[p][(slice(None), *region)] += weight * (scale * stats["samples"] + offset)
+        lam_refs.append(lam_ref)
     for array in (mean_out, variance_out, gamma_out, samples_out):
         if array is not None:  # divide by the summed weight, one axis at a time (no full-size temporary)
             array *= (1.0 / row_total).astype(np.float32)[:, None]
@@ -531,7 +550,8 @@ def reconstruct(
         pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
         unit=info.target_unit,
         metadata={
-            **asdict(settings), "sampler": sampler, "steps": steps, "eta": eta, "clip": clip,
+            **asdict(settings), "sampler": sampler, "steps": steps, "eta": eta, "clip": clip, "grid": grid,
+            "grid_reference_lambda": lam_refs,
             "device": str(device), "precision": "bf16" if autocast_dtype is not None else "fp32",
             "tiles": [len(rows), len(cols)], "network_stride": align,
             "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
@@ -540,45 +560,40 @@ def reconstruct(
 
 
 @torch.no_grad()
-def _tile_statistics(model: CVDM, y: torch.Tensor, noise_field: NoiseField, ys: tuple[int, int],
-                     xs: tuple[int, int], n_samples: int, chunk: int, *, steps: int, sampler: str,
-                     eta: float, clip: float | None, autocast_dtype: torch.dtype | None,
-                     tick: Callable[[], None], should_stop: StopCheck | None,
+def _tile_statistics(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise_field: NoiseField,
+                     ys: tuple[int, int], xs: tuple[int, int], n_samples: int, chunk: int, *,
+                     steps: int, sampler: str, eta: float, clip: float | None, grid: str,
+                     lam_ref: float | None, autocast_dtype: torch.dtype | None, channels_last: bool,
+                     compile: bool, tick: Callable[[], None], should_stop: StopCheck | None,
                      keep_samples: bool) -> dict[str, np.ndarray]:
-    """Mean, unbiased variance (float64), γ(0.5) and optionally the samples of one tile, ``(C, h, w)``."""
-    schedule_map = model.schedule.schedule_map(y)
-    count, mean, sum_sq_dev, kept = 0, None, None, []
+    """Mean, unbiased variance (float64), γ(0.5) and optionally the samples of one tile, ``(C, h, w)``.
+
+    ``y`` ``(1, Cy, h, w)`` and its λ map ``(1, Cx, h, w)``; the N samples run in batches
+    of ``chunk`` with the position-keyed noise of ``noise_field``.
+    """
+    moments, kept = RunningMoments(dim=0), []
     for first in range(0, n_samples, chunk):
         k = min(chunk, n_samples - first)
 
         def noise(stage: int, first=first, k=k) -> torch.Tensor:
             return noise_field.window(stage, ys, xs)[first:first + k]
 
-        draws = _sample_tile(
-            model, y.expand(k, *y.shape[1:]), schedule_map.expand(k, *schedule_map.shape[1:]), noise,
-            steps=steps, sampler=sampler, eta=eta, clip=clip, autocast_dtype=autocast_dtype, tick=tick,
-            should_stop=should_stop,
-        ).double().cpu()
-        chunk_mean = draws.mean(0)
-        chunk_sq_dev = (draws - chunk_mean).pow(2).sum(0)
-        if mean is None:
-            mean, sum_sq_dev = chunk_mean, chunk_sq_dev
-        else:  # Chan et al.'s parallel update of mean and sum of squared deviations
-            delta = chunk_mean - mean
-            merged = count + k
-            mean = mean + delta * (k / merged)
-            sum_sq_dev = sum_sq_dev + chunk_sq_dev + delta.pow(2) * (count * k / merged)
-        count += k
+        draws = sample(
+            model, y.expand(k, *y.shape[1:]), steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid,
+            schedule_map=schedule_map.expand(k, *schedule_map.shape[1:]), lam_ref=lam_ref, noise=noise,
+            autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile,
+            progress=lambda i, n: tick(), should_stop=should_stop,
+        ).cpu()
+        moments.add(draws)
         if keep_samples:
             kept.append(draws)
-    variance = sum_sq_dev / (count - 1) if count > 1 else torch.zeros_like(sum_sq_dev)
     stats = {
-        "mean": mean.numpy(),
-        "variance": variance.numpy(),
+        "mean": moments.mean.numpy(),
+        "variance": moments.variance().numpy(),
         "gamma": model.schedule.gamma(0.5, schedule_map)[0].float().cpu().numpy(),
     }
     if keep_samples:
-        stats["samples"] = torch.cat(kept).numpy()
+        stats["samples"] = torch.cat(kept).double().numpy()
     return stats
 
 

@@ -1,0 +1,257 @@
+"""Sampler benchmark: quality and uncertainty against the number of network evaluations.
+
+For each task (QPI, SR) with a trained model file, on held-out simulated images
+(``simulate_qpi`` / ``simulate_sr``, the test split of benchmarks/paper_tables.py,
+normalised and scored the same way), every sampler × time grid × NFE draws N
+samples per image and reports
+
+- PSNR and MS-SSIM of the sample mean against the ground truth;
+- the per-pixel sample std against that of the reference, the paper's 200-step
+  ancestral sampler on the uniform grid: Pearson correlation over pixels and the
+  ratio of mean std (1 = same spread).
+
+Before that, an exact-denoiser check with the model's own schedule and λ map:
+Gaussian data with a known variance, so each sampler's spread can be compared
+with the truth rather than with the (itself approximate) reference.
+
+N samples only estimate the std, so even a second reference run with other
+seeds does not correlate perfectly with the first: its scores are printed as
+the "ceiling" row. Seeds are fixed; every configuration sees the same initial
+noise (seed 0), the ceiling row seed 1.
+
+Usage (about 5 min on 1 CPU thread for tiny 64² models with the defaults)::
+
+    .venv/bin/python benchmarks/sampling.py --qpi-model models/cvdm-qpi-small.safetensors \\
+        --sr-model models/cvdm-sr-small.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from napari_cvdm import metrics  # noqa: E402
+from napari_cvdm.checkpoint import load_model  # noqa: E402
+from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
+from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
+from napari_cvdm.model import GRIDS, SAMPLERS, sample, sample_statistics  # noqa: E402
+from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS  # noqa: E402
+
+TEST_SPLIT = 2  # the held-out stream of benchmarks/paper_tables.py
+PHASE_RANGE_RAD = QPISimulationConfig().phase_max_rad
+REFERENCE = ("ancestral", "uniform", 200)
+#: Gaussian smoothing (px) of the std maps for the second correlation (averages the N-sample noise).
+SMOOTH_PX = 2.0
+
+
+def held_out(task: str, n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(normalised condition (C, H, W), ground truth (H, W))`` pairs; SR cycles the structure kinds."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, TEST_SPLIT]))
+    spec = get_task(task)
+    pairs = []
+    for i in range(n):
+        s = simulate_qpi(rng, size) if task == "qpi" else simulate_sr(rng, size, kind=STRUCTURE_KINDS[i % 4])
+        truth = s.phase if task == "qpi" else metrics.to_unit_range(s.target)
+        pairs.append((normalize_pair(s.pair(), spec).input, truth))
+    return pairs
+
+
+def scores(task: str, mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and MS-SSIM of a normalised mean on the [0, 1] scale of the truth (as paper_tables)."""
+    if task == "qpi":
+        estimate = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth)
+        estimate, truth = metrics.to_unit_range(estimate, truth), metrics.to_unit_range(truth)
+    else:
+        estimate = metrics.scale_to_reference(mean, truth)
+    return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0)
+
+
+def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
+    sampler, grid, nfe = config
+    stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
+                              generator=torch.Generator().manual_seed(seed))
+    return stats.mean[0, 0].numpy(), stats.variance[0, 0].clamp_min(0).sqrt().numpy()
+
+
+def gaussian_check(model, condition: torch.Tensor, configs, args) -> None:
+    """Sampler check with the model's own schedule and λ map but an exact denoiser.
+
+    Data ``x0 ~ N(0, s²)`` per pixel (s = 0.5) has the exact ``ε̂ = σ x_t / (γ s² + 1 − γ)``;
+    a sampler that is right reproduces the variance s² (ratio 1). 64 samples per pixel.
+    """
+    s2 = 0.25
+    with torch.no_grad():
+        lam = model.schedule.schedule_map(condition).repeat(64, 1, 1, 1)
+    original = model.predict_noise
+    model.predict_noise = lambda x_t, y, gamma: ((1 - gamma).sqrt() * x_t / (gamma * s2 + 1 - gamma))
+    try:
+        ratios = {}
+        for config in [*configs, REFERENCE]:
+            sampler, grid, nfe = config
+            out = sample(model, condition.expand(64, -1, -1, -1), steps=nfe, sampler=sampler, grid=grid,
+                         schedule_map=lam, clip=None, generator=torch.Generator().manual_seed(0))
+            ratios[config] = float(out.var(0).mean()) / s2
+    finally:
+        model.predict_noise = original
+    nfes = sorted({n for _, _, n in configs})
+    print(f"Exact-denoiser check (Gaussian data, this model's schedule, λ median {float(lam.median()):.3g}): "
+          f"sample variance / true variance; reference {REFERENCE[0]}/{REFERENCE[1]}/200: "
+          f"{ratios[REFERENCE]:.3f}\n")
+    print("| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |\n|---|---|" + "---|" * len(nfes))
+    for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+        cells = [f"{ratios[(sampler, grid, n)]:.3f}" if (sampler, grid, n) in ratios else "–" for n in nfes]
+        print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    print()
+
+
+def tiling_check(model, condition: torch.Tensor, args, sampler: str = "dpm_solver_2m", nfe: int = 20) -> None:
+    """Overlap of two tiles: do tiles draw the same samples, and what does each variance rule give?
+
+    ``condition`` ``(1, C, ≥ 64, ≥ 160)`` is cut to 64 × 160 and sampled whole and as two
+    96-px tiles overlapping by 32, with the engine's weights and position-keyed noise. A
+    second untiled run with other noise shows how much an N-sample variance itself scatters.
+    """
+    from napari_cvdm.reconstruct import NoiseField, tile_weights
+
+    y = condition[..., :64, :160]
+    n, width, overlap, spans = args.samples, 160, 32, [(0, 96), (64, 160)]
+
+    def draws(c0, c1, seed=0):
+        field = NoiseField(seed, 0, n, model.config.x_channels)
+        return sample(model, y[..., c0:c1].expand(n, -1, -1, -1), steps=nfe, sampler=sampler,
+                      noise=lambda stage: field.window(stage, (0, 64), (c0, c1))).double()[:, 0]
+
+    whole, other_seed, tiles = draws(0, width), draws(0, width, seed=1), [draws(*span) for span in spans]
+    total = torch.zeros(width, dtype=torch.float64)
+    averaged, mean, second = (torch.zeros(64, width, dtype=torch.float64) for _ in range(3))
+    blended = torch.zeros(n, 64, width, dtype=torch.float64)
+    for (c0, c1), t in zip(spans, tiles):
+        w = torch.from_numpy(tile_weights((c0, c1), width, overlap))
+        total[c0:c1] += w
+        averaged[:, c0:c1] += w * t.var(0)
+        mean[:, c0:c1] += w * t.mean(0)
+        second[:, c0:c1] += w * (t.var(0) + t.mean(0) ** 2)
+        blended[:, :, c0:c1] += w * t
+    rules = {"w·V_a + (1−w)·V_b (used)": averaged / total,
+             "mixture (second moments)": second / total - (mean / total) ** 2,
+             "variance of the blended samples": (blended / total).var(0),
+             "untiled, other noise seed (scatter of the estimate)": other_seed.var(0)}
+    inside = slice(64 + overlap // 4, 96 - overlap // 4)  # both tiles have weight here
+    truth = whole.var(0)[:, inside]
+    a, b = tiles[0][:, :, inside], tiles[1][:, :, inside.start - 64:inside.stop - 64]
+    da, db = a - a.mean(0), b - b.mean(0)
+    corr = float((da * db).sum() / (da.pow(2).sum() * db.pow(2).sum()).sqrt())
+    print(f"Tiling check ({sampler}, {nfe} NFE, N = {n}, 64 × 160 px, tiles 96 px, overlap 32): "
+          f"correlation over samples of a tile's sample n with its neighbour's sample n in the overlap: "
+          f"{corr:.3f} (1 = the same draw).\n")
+    print("| variance in the overlap | mean ratio to untiled |\n|---|---|")
+    for name, estimate in rules.items():
+        print(f"| {name} | {float(estimate[:, inside].mean() / truth.mean()):.3f} |")
+    print()
+
+
+def run_task(task: str, path: str, args) -> None:
+    model, info = load_model(path, torch.device("cpu"))
+    print(f"\n## {task.upper()}: {path} (preset {info.config.preset}, schedule {info.config.schedule}, "
+          f"trained {info.training.get('steps', '?')} steps; default sampler {info.sampler})\n", flush=True)
+    pairs = held_out(task, args.images, args.size, args.seed)
+    configs = [(s, g, n) for s, g, nfes in args.plan for n in nfes]
+    gaussian_check(model, torch.from_numpy(pairs[0][0][None]), configs, args)
+    tiling_check(model, torch.from_numpy(held_out(task, 1, 160, args.seed + 1)[0][0][None]), args)
+    if args.check_only:
+        return
+    rows: dict = {config: [] for config in [*configs, REFERENCE, "ceiling"]}
+    start = time.perf_counter()
+    for condition, truth in pairs:
+        y = torch.from_numpy(condition[None])
+        ref_mean, ref_std = draw(model, y, REFERENCE, args, seed=0)
+        ceiling_mean, ceiling_std = draw(model, y, REFERENCE, args, seed=1)
+        entries = {config: draw(model, y, config, args, seed=0) for config in configs if config != REFERENCE}
+        entries[REFERENCE] = (ref_mean, ref_std)
+        entries["ceiling"] = (ceiling_mean, ceiling_std)
+        for key, (mean, std) in entries.items():
+            psnr, msssim = scores(task, mean, truth)
+            corr = float(np.corrcoef(std.ravel(), ref_std.ravel())[0, 1])
+            smooth = float(np.corrcoef(gaussian_filter(std, SMOOTH_PX).ravel(),
+                                       gaussian_filter(ref_std, SMOOTH_PX).ravel())[0, 1])
+            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth))
+    print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
+          f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
+          f"std vs the 200-step ancestral reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
+          "/ mean ratio.\n")
+    reference = np.mean(rows[REFERENCE], 0)
+    print(f"reference {REFERENCE[0]}/{REFERENCE[1]}/{REFERENCE[2]}: PSNR {reference[0]:.2f} dB, "
+          f"MS-SSIM {reference[1]:.4f}")
+    ceiling = np.mean(rows["ceiling"], 0)
+    print(f"ceiling (reference, other seed): PSNR {ceiling[0]:.2f} dB, MS-SSIM {ceiling[1]:.4f}, "
+          f"std r {ceiling[2]:.3f} (smoothed {ceiling[4]:.3f}), std ratio {ceiling[3]:.3f}\n")
+    nfes = sorted({n for _, _, n in configs})
+    header = "| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |\n|---|---|" + "---|" * len(nfes)
+    print(header)
+    for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+        cells = []
+        for n in nfes:
+            v = np.mean(rows[(sampler, grid, n)], 0) if rows.get((sampler, grid, n)) else None
+            cells.append("–" if v is None else f"{v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} ({v[4]:.2f}) / {v[3]:.2f}")
+        print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    print("\nDifference to the reference, paired by image (ΔPSNR dB / ΔMS-SSIM):\n")
+    print(header)
+    for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+        cells = []
+        for n in nfes:
+            if not rows.get((sampler, grid, n)):
+                cells.append("–")
+                continue
+            v = np.mean(np.array(rows[(sampler, grid, n)]) - np.array(rows[REFERENCE]), 0)
+            cells.append(f"{v[0]:+.2f} / {v[1]:+.4f}")
+        print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    ceiling = np.mean(np.array(rows["ceiling"]) - np.array(rows[REFERENCE]), 0)
+    print(f"| ceiling (reference, seed 1) | uniform | {ceiling[0]:+.2f} / {ceiling[1]:+.4f} at NFE 200 |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qpi-model", help="QPI model file (.safetensors)")
+    parser.add_argument("--sr-model", help="SR model file (.safetensors)")
+    parser.add_argument("--images", type=int, default=1, help="held-out images per task")
+    parser.add_argument("--size", type=int, default=64, help="image side (px, output grid)")
+    parser.add_argument("--samples", type=int, default=8, help="samples per image (N)")
+    parser.add_argument("--nfe", default="5,10,20,50,100,200", help="NFEs of every sampler × grid")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--grids", default=",".join(GRIDS))
+    parser.add_argument("--plan", default=None,
+                        help="instead of samplers × grids × nfe: 'sampler/grid=n,n;sampler/grid=n,...'")
+    parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="held-out data seed (as paper_tables)")
+    args = parser.parse_args()
+    if args.plan:
+        args.plan = [(*key.split("/"), [int(n) for n in nfes.split(",")])
+                     for key, nfes in (part.split("=") for part in args.plan.split(";"))]
+    else:
+        nfes = [int(n) for n in args.nfe.split(",")]
+        args.plan = [(s, g, nfes) for s in args.samplers.split(",") for g in args.grids.split(",")]
+    for sampler, grid, _ in args.plan:
+        if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
+            parser.error(f"unknown sampler/grid {sampler}/{grid}")
+    if not (args.qpi_model or args.sr_model):
+        parser.error("give --qpi-model and/or --sr-model")
+    torch.set_num_threads(args.threads)
+    print(f"device: cpu ({platform.processor() or platform.machine()}, {args.threads} thread(s)), "
+          f"torch {torch.__version__}")
+    for task, path in (("qpi", args.qpi_model), ("sr", args.sr_model)):
+        if path:
+            run_task(task, path, args)
+
+
+if __name__ == "__main__":
+    main()

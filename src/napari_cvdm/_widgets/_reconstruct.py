@@ -1,0 +1,539 @@
+"""Reconstruct dock widget: pick a model and an input layer, get mean, variance and γ-map layers.
+
+The widget only gathers choices, starts :func:`napari_cvdm.reconstruct.reconstruct`
+in a worker thread and shows what comes back; all model logic lives in the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image
+from napari.utils import notifications
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import reconstruct as engine
+from ..checkpoint import ModelInfo, load_model
+from ..errors import Cancelled, InputError
+from ..model import SAMPLERS
+from ._errors import describe_failure
+from ._layers import (
+    GAMMA_SUFFIX,
+    MEAN_SUFFIX,
+    SAMPLES_SUFFIX,
+    VARIANCE_SUFFIX,
+    add_or_replace_image,
+    output_geometry,
+    robust_limits,
+)
+from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
+from ._workers import BackgroundTask, ConnectionSet, Outcome
+
+CURRENT_PLANE = "current plane"
+ALL_PLANES = "all planes"
+STACK_MODE = "one stack layer (…, 2, H, W)"
+TWO_LAYERS_MODE = "two layers (−dz, +dz)"
+
+
+def input_channels(info: ModelInfo) -> int:
+    """Channels of the model's condition: 1 for a widefield image, 2 for a defocus stack."""
+    return int(info.config.y_channels)
+
+
+def is_candidate_image(layer) -> bool:
+    """A 2-D+ single-scale, non-RGB Image layer."""
+    return isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim >= 2
+
+
+def fits_model(layer, channels: int) -> bool:
+    """Whether a layer can be the (whole) input of a model whose condition has ``channels`` channels."""
+    if not is_candidate_image(layer):
+        return False
+    if channels == 1:
+        return True
+    return layer.ndim >= 3 and layer.data.shape[-3] == channels
+
+
+@dataclass
+class ReconstructionJob:
+    """What the main thread needs to show a finished reconstruction."""
+
+    entry: ModelEntry
+    settings: engine.ReconstructionSettings
+    input_name: str
+    input_scale: tuple[float, ...]      # of the output's axes (channel axis and unused leading axes dropped)
+    input_translate: tuple[float, ...]
+    plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
+    input_pixel_size_um: float | None   # from the layer's scale when it is calibrated
+
+
+def layer_pixel_size_um(layer) -> float | None:
+    """The layer's pixel size if its scale looks calibrated (square pixels, not 1), else None."""
+    y, x = (float(v) for v in layer.scale[-2:])
+    if y <= 0 or abs(y - x) > 1e-6 * max(y, x) or abs(x - 1.0) < 1e-12:
+        return None
+    return x
+
+
+class ModelCache:
+    """Keeps the last loaded model, so that running again does not reload the weights."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._model = None
+
+    def get(self, path: Path, device: str):
+        key = (str(path), path.stat().st_mtime_ns, device)
+        with self._lock:
+            if self._key != key:
+                self._model, self._key = None, None
+                self._model, _ = load_model(path, engine.resolve_device(device))
+                self._key = key
+            return self._model
+
+
+class ReconstructWidget(QWidget):
+    """Dock widget: model picker and card, input picker, sampling options, Reconstruct/Cancel."""
+
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.registry = registry if registry is not None else MODEL_REGISTRY
+        self.models = ModelCache()
+        self.task: BackgroundTask | None = None
+        self._job: ReconstructionJob | None = None
+        self._defaults_from: Path | None = None
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_model_group())
+        layout.addWidget(self._build_input_group())
+        layout.addWidget(self._build_options_group())
+        layout.addLayout(self._build_run_row())
+        layout.addStretch(1)
+
+        self.connections = ConnectionSet(self)
+        self.connections.connect(self.registry.changed, self._refresh_models)
+        for event in ("inserted", "removed", "reordered"):
+            self.connections.connect(getattr(self.viewer.layers.events, event), self._on_layers_changed)
+        for layer in self.viewer.layers:
+            self._watch_layer(layer)
+        self._refresh_models()
+
+    # ------------------------------------------------------------------ layout
+    def _build_model_group(self) -> QGroupBox:
+        group = QGroupBox("Model")
+        layout = QVBoxLayout(group)
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Models in the models/ folder, opened files and models trained in this session")
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.open_button = QPushButton("Open…")
+        self.open_button.setToolTip("Load a model file (.safetensors)")
+        self.open_button.clicked.connect(self._ask_model_file)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.open_button)
+        layout.addLayout(row)
+        self.model_card = QLabel()
+        self.model_card.setWordWrap(True)
+        self.model_card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.model_card)
+        return group
+
+    def _build_input_group(self) -> QGroupBox:
+        group = QGroupBox("Input")
+        form = QFormLayout(group)
+        self.qpi_mode_combo = QComboBox()
+        self.qpi_mode_combo.addItems([STACK_MODE, TWO_LAYERS_MODE])
+        self.qpi_mode_combo.currentIndexChanged.connect(self._refresh_layers)
+        self.input_combo = QComboBox()
+        self.input_combo.currentIndexChanged.connect(self._update_plane_choice)
+        self.minus_combo = QComboBox()
+        self.plus_combo = QComboBox()
+        self.minus_combo.currentIndexChanged.connect(self._update_plane_choice)
+        self.planes_combo = QComboBox()
+        self.planes_combo.addItems([CURRENT_PLANE, ALL_PLANES])
+        self.planes_combo.setToolTip("For a time series or z-stack: reconstruct the plane shown or every plane")
+        self.qpi_mode_label = QLabel("QPI input")
+        self.input_label = QLabel("Image")
+        self.minus_label = QLabel("−dz layer")
+        self.plus_label = QLabel("+dz layer")
+        form.addRow(self.qpi_mode_label, self.qpi_mode_combo)
+        form.addRow(self.input_label, self.input_combo)
+        form.addRow(self.minus_label, self.minus_combo)
+        form.addRow(self.plus_label, self.plus_combo)
+        form.addRow("Planes", self.planes_combo)
+        return group
+
+    def _build_options_group(self) -> QGroupBox:
+        group = QGroupBox("Sampling")
+        form = QFormLayout(group)
+        defaults = engine.ReconstructionSettings()
+        self.samples_spin = _spin(1, 512, defaults.n_samples,
+                                  "Number of samples N: the mean and variance are over these")
+        self.sampler_combo = QComboBox()
+        self.sampler_combo.addItems(list(SAMPLERS))
+        self.sampler_combo.setToolTip("dpm_solver_2m: fast (10–25 steps); ddim: deterministic; "
+                                      "ancestral: the paper's sampler (~200 steps)")
+        self.steps_spin = _spin(1, 5000, 20, "Denoising steps per sample")
+        self.tile_spin = _spin(32, 8192, defaults.tile_size, "Tile size in output pixels; smaller uses less memory")
+        self.tile_spin.setSingleStep(32)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(engine.available_devices())
+        self.seed_spin = _spin(0, 2**31 - 1, defaults.seed, "Random seed: the same seed gives the same samples")
+        self.keep_samples_check = QCheckBox("add the N samples as a layer")
+        form.addRow("Samples N", self.samples_spin)
+        form.addRow("Sampler", self.sampler_combo)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("", self.keep_samples_check)
+        return group
+
+    def _build_run_row(self) -> QVBoxLayout:
+        column = QVBoxLayout()
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Reconstruct")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.run_button, 1)
+        row.addWidget(self.cancel_button)
+        column.addLayout(row)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        column.addWidget(self.progress_bar)
+        column.addWidget(self.status_label)
+        return column
+
+    # ------------------------------------------------------------------ models
+    def _refresh_models(self) -> None:
+        current = self.selected_entry()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem("— choose a model —", None)
+        for entry in self.registry.entries():
+            self.model_combo.addItem(entry.label, str(entry.path))
+            self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path),
+                                         Qt.ItemDataRole.ToolTipRole)
+        index = self.model_combo.findData(str(current.path)) if current is not None else -1
+        if index < 0 and self.model_combo.count() == 2:
+            index = 1  # a single model: choose it
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+        self._on_model_changed()
+
+    def selected_entry(self) -> ModelEntry | None:
+        path = self.model_combo.currentData() if hasattr(self, "model_combo") else None
+        return self.registry.get(path) if path else None
+
+    def select_model(self, path: str | Path) -> None:
+        """Choose the model file ``path`` (adding it to the registry if needed)."""
+        path = Path(path).expanduser().resolve()
+        if self.registry.get(path) is None:
+            self.registry.add(path, "opened")
+        self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
+
+    def open_model_file(self, path: str | Path) -> ModelEntry:
+        """Add a model file chosen by the user and select it; a bad file is reported at once."""
+        entry = self.registry.add(path, "opened")
+        self.select_model(entry.path)
+        if entry.error:
+            notifications.show_error(entry.error)
+        return entry
+
+    def _ask_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a CVDM model", "", "CVDM models (*.safetensors);;All files (*)")
+        if path:
+            self.open_model_file(path)
+
+    def _on_model_changed(self, *_) -> None:
+        entry = self.selected_entry()
+        if entry is None:
+            self.model_card.setText("No model chosen. Pick one, or press Open… to load a .safetensors model file.")
+        else:
+            self.model_card.setText(model_card(entry))
+        if entry is not None and entry.info is not None and entry.path != self._defaults_from:
+            self._defaults_from = entry.path  # a newly chosen model: take its sampling defaults once
+            sampler = entry.info.sampler or {}
+            if sampler.get("name") in SAMPLERS:
+                self.sampler_combo.setCurrentText(sampler["name"])
+            if sampler.get("steps"):
+                self.steps_spin.setValue(int(sampler["steps"]))
+            if sampler.get("n_samples"):
+                self.samples_spin.setValue(int(sampler["n_samples"]))
+        self._refresh_layers()
+
+    def _channels(self) -> int:
+        entry = self.selected_entry()
+        return input_channels(entry.info) if entry is not None and entry.info is not None else 1
+
+    # ------------------------------------------------------------------ layers
+    def _watch_layer(self, layer) -> None:
+        self.connections.connect(layer.events.name, self._refresh_layers)
+
+    def _on_layers_changed(self, event) -> None:
+        if event.type == "inserted":
+            self._watch_layer(event.value)
+        elif event.type == "removed":
+            self.connections.disconnect(event.value.events.name, self._refresh_layers)
+        self._refresh_layers()
+
+    def _refresh_layers(self, *_) -> None:
+        channels = self._channels()
+        two_layer_mode = channels == 2 and self.qpi_mode_combo.currentText() == TWO_LAYERS_MODE
+        for widget in (self.qpi_mode_label, self.qpi_mode_combo):
+            widget.setVisible(channels == 2)
+        for widget in (self.input_label, self.input_combo):
+            widget.setVisible(not two_layer_mode)
+        for widget in (self.minus_label, self.minus_combo, self.plus_label, self.plus_combo):
+            widget.setVisible(two_layer_mode)
+        self.input_label.setText("Image" if channels == 1 else "Defocus stack")
+        output_names = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
+        images = [layer for layer in self.viewer.layers
+                  if is_candidate_image(layer) and not layer.name.endswith(output_names)]
+        _fill(self.input_combo, [layer for layer in images if fits_model(layer, channels)])
+        _fill(self.minus_combo, images)
+        _fill(self.plus_combo, images, prefer_index=1)
+        self._update_plane_choice()
+
+    def _input_layers(self) -> list:
+        """The chosen input layer(s): one layer, or the −dz and +dz layers."""
+        if self._channels() == 2 and self.qpi_mode_combo.currentText() == TWO_LAYERS_MODE:
+            layers = [self.minus_combo.currentData(), self.plus_combo.currentData()]
+        else:
+            layers = [self.input_combo.currentData()]
+        return [layer for layer in layers if layer is not None and layer in self.viewer.layers]
+
+    def _leading_ndim(self, layer, stacked: bool) -> int:
+        return layer.ndim - 2 - (1 if stacked else 0)
+
+    def _update_plane_choice(self, *_) -> None:
+        layers = self._input_layers()
+        stacked = self._channels() > 1 and len(layers) == 1
+        self.planes_combo.setEnabled(bool(layers) and self._leading_ndim(layers[0], stacked) > 0)
+
+    # ------------------------------------------------------------------ run
+    def settings(self) -> engine.ReconstructionSettings:
+        """The sampling options as the engine's settings object."""
+        return engine.ReconstructionSettings(
+            n_samples=self.samples_spin.value(), sampler=self.sampler_combo.currentText(),
+            steps=self.steps_spin.value(), tile_size=self.tile_spin.value(),
+            device=self.device_combo.currentText(), seed=self.seed_spin.value(),
+            keep_samples=self.keep_samples_check.isChecked(),
+        )
+
+    def gather_input(self, info: ModelInfo) -> tuple[np.ndarray, ReconstructionJob]:
+        """The array to reconstruct and the output geometry; raises InputError with one clear sentence."""
+        channels = input_channels(info)
+        two_layer_mode = channels == 2 and self.qpi_mode_combo.currentText() == TWO_LAYERS_MODE
+        layers = self._input_layers()
+        task_name = {"sr": "widefield super-resolution", "qpi": "phase from a defocus stack"}.get(info.task,
+                                                                                                  info.task)
+        if not layers or (two_layer_mode and len(layers) < 2):
+            if channels == 2:
+                raise InputError("No input chosen: this QPI model needs a defocus stack shaped (…, 2, H, W) "
+                                 "or two image layers chosen as −dz and +dz.")
+            raise InputError("No input chosen: add or open a 2-D image layer and pick it under Input.")
+        for layer in layers:
+            if not is_candidate_image(layer):
+                raise InputError(f"Layer '{layer.name}' cannot be reconstructed: it must be a single-scale, "
+                                 "grayscale Image layer with at least two dimensions.")
+        if two_layer_mode:
+            minus, plus = layers
+            if minus is plus:
+                raise InputError("Choose two different layers as −dz and +dz.")
+            if minus.data.shape != plus.data.shape:
+                raise InputError(f"The −dz and +dz layers differ in shape ({minus.data.shape} and "
+                                 f"{plus.data.shape}); they must match.")
+        elif not fits_model(layers[0], channels):
+            raise InputError(f"Layer '{layers[0].name}' has shape {layers[0].data.shape}, but this "
+                             f"{task_name} model needs (…, {channels}, H, W).")
+        if channels == 1 and "defocus_um" in layers[0].metadata:
+            raise InputError(f"Layer '{layers[0].name}' is a defocus stack, but this model is for "
+                             f"{task_name}; choose a QPI model.")
+        layer = layers[0]
+        stacked = channels > 1 and not two_layer_mode
+        leading = self._leading_ndim(layer, stacked)
+        all_planes = self.planes_combo.currentText() == ALL_PLANES or leading == 0
+        plane = None if all_planes else self._current_plane(layer, leading)
+
+        def read(source):
+            data = source.data[plane] if plane is not None else source.data
+            return np.asarray(data)
+
+        image = np.stack([read(minus), read(plus)], axis=-3) if two_layer_mode else read(layer)
+        keep = list(range(leading)) if all_planes else []
+        keep += [layer.ndim - 2, layer.ndim - 1]
+        job = ReconstructionJob(
+            entry=self.selected_entry(), settings=self.settings(), input_name=layer.name,
+            input_scale=tuple(float(layer.scale[i]) for i in keep),
+            input_translate=tuple(float(layer.translate[i]) for i in keep), plane=plane,
+            input_pixel_size_um=layer_pixel_size_um(layer),
+        )
+        return image, job
+
+    def _current_plane(self, layer, leading: int) -> tuple[int, ...]:
+        position = layer.world_to_data(self.viewer.dims.point)
+        return tuple(int(np.clip(round(float(position[i])), 0, layer.data.shape[i] - 1)) for i in range(leading))
+
+    def start(self) -> bool:
+        """Check the choices and start a reconstruction; returns whether it started."""
+        if self.task is not None and self.task.running:
+            notifications.show_warning("A reconstruction is already running; wait for it or press Cancel.")
+            return False
+        entry = self.selected_entry()
+        if entry is None:
+            notifications.show_error("No model chosen: pick a model or press Open… to load a model file.")
+            return False
+        if entry.info is None:
+            notifications.show_error(entry.error or f"{entry.path.name} cannot be used.")
+            return False
+        try:
+            image, job = self.gather_input(entry.info)
+            engine.validate_input(entry.info, image)
+        except InputError as exc:
+            notifications.show_error(str(exc))
+            return False
+        mismatch = engine.check_pixel_size(entry.info, job.input_pixel_size_um)
+        if mismatch:
+            notifications.show_warning(mismatch)
+        self._job = job
+        path, info, settings, models = entry.path, entry.info, job.settings, self.models
+
+        def compute(progress, should_stop):
+            model = models.get(path, settings.device)
+            return engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
+
+        self.task = BackgroundTask(compute, f"CVDM: reconstructing {job.input_name}",
+                                   on_done=self._finish, on_progress=self._show_progress)
+        self.destroyed.connect(self.task.abandon)  # closing the viewer stops the work
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.status_label.setText(f"Loading {path.name}…")
+        self.task.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running reconstruction at its next denoising step."""
+        if self.task is not None and self.task.running:
+            self.task.stop()
+            self.cancel_button.setEnabled(False)
+            self.status_label.setText("Stopping…")
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def _show_progress(self, done: int, total: int) -> None:
+        if self.task is not None and self.task.stop_requested:
+            return
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        self.status_label.setText(f"Denoising step {done} of {total}")
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        job, self._job = self._job, None
+        if isinstance(outcome.error, Cancelled):
+            self.status_label.setText("Cancelled.")
+            notifications.show_info("Reconstruction cancelled.")
+            return
+        if outcome.error is not None:
+            message = describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size)
+            self.status_label.setText(message)
+            notifications.show_error(message)
+            return
+        try:
+            layers = self.show_result(outcome.value, job)
+        except Exception as exc:  # a display problem must not escape into the event loop
+            message = describe_failure(exc, "Showing the reconstruction")
+            notifications.show_error(message)
+            self.status_label.setText(message)
+            return
+        self.progress_bar.setValue(1)
+        self.status_label.setText(f"Done: {', '.join(layer.name for layer in layers)}.")
+
+    # ------------------------------------------------------------------ output
+    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob) -> list:
+        """Add (or update) the mean, variance and γ-map layers, and the samples if kept."""
+        factor = int(result.upsampling_factor)
+        scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
+        info = job.entry.info
+        metadata = {
+            "model": str(job.entry.path), "model_task": info.task, "input_layer": job.input_name,
+            "settings": asdict(job.settings), "plane": list(job.plane) if job.plane is not None else "all",
+            "upsampling_factor": factor, "input_pixel_size_um": job.input_pixel_size_um,
+            "output_pixel_size_um": engine.output_pixel_size(info, job.input_pixel_size_um),
+            "unit": result.unit, "engine": result.metadata,
+        }
+        outputs = [
+            (MEAN_SUFFIX, result.mean, "gray", robust_limits(result.mean), "mean of the samples"),
+            (VARIANCE_SUFFIX, result.variance, "magma", robust_limits(result.variance, from_zero=True),
+             "per-pixel sample variance"),
+            (GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 0, 100),
+             "learned schedule γ(t = 0.5, y)"),
+        ]
+        layers = []
+        for suffix, data, colormap, limits, role in outputs:
+            layers.append(add_or_replace_image(
+                self.viewer, f"{job.input_name} {suffix}", np.asarray(data), scale=scale, translate=translate,
+                colormap=colormap, contrast_limits=limits, metadata={"cvdm": {**metadata, "role": role}},
+            ))
+        if result.samples is not None:
+            # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
+            samples = np.moveaxis(np.asarray(result.samples), -3, 0)
+            layers.append(add_or_replace_image(
+                self.viewer, f"{job.input_name} {SAMPLES_SUFFIX}", samples, scale=(1.0, *scale),
+                translate=(0.0, *translate), colormap="gray", contrast_limits=robust_limits(samples),
+                metadata={"cvdm": {**metadata, "role": "individual samples (axis 0)"}},
+            ))
+        return layers
+
+
+def _spin(minimum: int, maximum: int, value: int, tooltip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setValue(value)
+    spin.setToolTip(tooltip)
+    return spin
+
+
+def _fill(combo: QComboBox, layers: list, prefer_index: int = 0) -> None:
+    """Refill a layer combo box, keeping the current choice when it is still there."""
+    current = combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for layer in layers:
+        combo.addItem(layer.name, layer)
+    index = next((i for i, layer in enumerate(layers) if layer is current), -1)
+    if index < 0 and layers:
+        index = min(prefer_index, len(layers) - 1)
+    combo.setCurrentIndex(index)
+    combo.blockSignals(False)

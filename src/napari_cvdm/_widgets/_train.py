@@ -1,0 +1,473 @@
+"""Train dock widget: pairs from layers or TIFF folders, live loss curve, Start / Stop / Resume.
+
+The widget gathers a :class:`napari_cvdm.train.TrainConfig` and the image pairs
+and runs :func:`napari_cvdm.train.train` in a worker thread; all model logic
+lives there. The saved model is added to the shared model registry, so it
+appears in the Reconstruct widget's picker at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from napari.utils import notifications
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import train as trainer
+from ..errors import InputError
+from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
+from ..reconstruct import available_devices
+from ._errors import describe_failure
+from ._layers import GAMMA_SUFFIX, MEAN_SUFFIX, SAMPLES_SUFFIX, VARIANCE_SUFFIX
+from ._loss_plot import LossPlot
+from ._reconstruct import is_candidate_image, layer_pixel_size_um
+from ._registry import MODEL_REGISTRY, ModelRegistry
+from ._workers import BackgroundTask, ConnectionSet, Outcome
+
+LAYERS_SOURCE = "image layers"
+FOLDERS_SOURCE = "TIFF folders"
+TASK_LABELS = {"sr": "sr — widefield → super-resolution", "qpi": "qpi — defocus stack → phase"}
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1:02:03`` / ``2:03`` for a duration in seconds; ``–`` when unknown."""
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def split_planes(array: np.ndarray, plane_ndim: int) -> list[np.ndarray]:
+    """The planes of ``(..., *plane)`` as a list, each with ``plane_ndim`` dimensions."""
+    array = np.asarray(array)
+    if array.ndim < plane_ndim:
+        raise InputError(f"expected at least {plane_ndim} dimensions, got shape {array.shape}")
+    return list(array.reshape(-1, *array.shape[array.ndim - plane_ndim:]))
+
+
+class TrainWidget(QWidget):
+    """Dock widget that trains a CVDM on the user's image pairs."""
+
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.registry = registry if registry is not None else MODEL_REGISTRY
+        self.task: BackgroundTask | None = None
+        self.last_result = None
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_data_group())
+        layout.addWidget(self._build_model_group())
+        layout.addWidget(self._build_training_group())
+        layout.addLayout(self._build_buttons())
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.loss_plot = LossPlot()
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.loss_plot, 1)
+
+        self.task_combo.currentIndexChanged.connect(self._on_task_changed)
+        self.connections = ConnectionSet(self)
+        for event in ("inserted", "removed", "reordered"):
+            self.connections.connect(getattr(self.viewer.layers.events, event), self._refresh_layers)
+        self._on_source_changed()
+        self._on_task_changed()
+
+    # ------------------------------------------------------------------ layout
+    def _build_data_group(self) -> QGroupBox:
+        group = QGroupBox("Training pairs")
+        form = QFormLayout(group)
+        self.source_combo = QComboBox()
+        self.source_combo.addItems([LAYERS_SOURCE, FOLDERS_SOURCE])
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.input_layer_combo = QComboBox()
+        self.target_layer_combo = QComboBox()
+        self.input_dir_edit, input_row = _folder_row(self, "Folder of input TIFFs (widefield, or defocus stacks)")
+        self.target_dir_edit, target_row = _folder_row(self, "Folder of target TIFFs with the same file names")
+        self.input_layer_label, self.target_layer_label = QLabel("Input layer"), QLabel("Target layer")
+        self.input_dir_label, self.target_dir_label = QLabel("Input folder"), QLabel("Target folder")
+        self._input_dir_row, self._target_dir_row = input_row, target_row
+        form.addRow("Source", self.source_combo)
+        form.addRow(self.input_layer_label, self.input_layer_combo)
+        form.addRow(self.target_layer_label, self.target_layer_combo)
+        form.addRow(self.input_dir_label, input_row)
+        form.addRow(self.target_dir_label, target_row)
+        self.data_hint = QLabel()
+        self.data_hint.setWordWrap(True)
+        form.addRow(self.data_hint)
+        return group
+
+    def _build_model_group(self) -> QGroupBox:
+        group = QGroupBox("Model")
+        form = QFormLayout(group)
+        self.task_combo = QComboBox()
+        for task, label in TASK_LABELS.items():
+            self.task_combo.addItem(label, task)
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(DENOISER_PRESETS))
+        self.preset_combo.setToolTip("Network size: tiny (tests), small (CPU), paper (GPU, the paper's size)")
+        self.schedule_combo = QComboBox()
+        self.schedule_combo.addItems(list(SCHEDULE_KINDS))
+        self.schedule_combo.setToolTip("cvdm: learned per-pixel schedule (the method); others are baselines")
+        self.output_edit = QLineEdit()
+        self.output_edit.setToolTip("Where the model file (.safetensors) is saved; its checkpoints and log go "
+                                    "to the folder beside it (name.run), from which Resume continues")
+        self.output_edit.textChanged.connect(self._update_buttons)
+        save_button = QPushButton("Save as…")
+        save_button.clicked.connect(self._ask_output_path)
+        row = QHBoxLayout()
+        row.addWidget(self.output_edit, 1)
+        row.addWidget(save_button)
+        output_row = QWidget()
+        output_row.setLayout(row)
+        row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Task", self.task_combo)
+        form.addRow("Size preset", self.preset_combo)
+        form.addRow("Schedule", self.schedule_combo)
+        form.addRow("Save to", output_row)
+        return group
+
+    def _build_training_group(self) -> QGroupBox:
+        group = QGroupBox("Training")
+        form = QFormLayout(group)
+        defaults = _config_defaults()
+        self.patch_spin = _spin(16, 1024, defaults.get("patch_size", 64), "Patch size on the target grid (pixels)")
+        self.patch_spin.setSingleStep(16)
+        self.batch_spin = _spin(1, 512, defaults.get("batch_size", 8), "Patches per training step")
+        self.steps_spin = _spin(1, 10_000_000, defaults.get("steps", 1000), "Training steps in total")
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-5)
+        self.lr_spin.setValue(defaults.get("learning_rate", 1e-4))
+        self.lr_spin.setToolTip("AdamW learning rate")
+        self.validation_spin = QDoubleSpinBox()
+        self.validation_spin.setRange(0.0, 0.5)
+        self.validation_spin.setSingleStep(0.05)
+        self.validation_spin.setValue(defaults.get("validation_fraction", 0.1))
+        self.validation_spin.setToolTip("Fraction of the images held out for validation (whole images)")
+        self.validate_every_spin = _spin(1, 1_000_000, defaults.get("validate_every", 100),
+                                         "Validate (and draw a validation point) every this many steps")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        form.addRow("Patch size", self.patch_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Validation fraction", self.validation_spin)
+        form.addRow("Validate every", self.validate_every_spin)
+        form.addRow("Device", self.device_combo)
+        return group
+
+    def _build_buttons(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Train a new model from scratch (overwrites the file at 'Save to')")
+        self.start_button.clicked.connect(lambda: self.start(resume=False))
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step and save the model")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue training the model at 'Save to' where it stopped")
+        self.resume_button.setEnabled(False)
+        self.resume_button.clicked.connect(lambda: self.start(resume=True))
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            row.addWidget(button)
+        return row
+
+    # ------------------------------------------------------------------ choices
+    def _on_source_changed(self, *_) -> None:
+        from_layers = self.source_combo.currentText() == LAYERS_SOURCE
+        for widget in (self.input_layer_label, self.input_layer_combo, self.target_layer_label,
+                       self.target_layer_combo):
+            widget.setVisible(from_layers)
+        for widget in (self.input_dir_label, self._input_dir_row, self.target_dir_label, self._target_dir_row):
+            widget.setVisible(not from_layers)
+        self._refresh_layers()
+
+    def _on_task_changed(self, *_) -> None:
+        task = self.task_name
+        if task == "sr":
+            hint = ("Input: widefield image(s) (…, h, w), raw or already on the target grid; "
+                    "target: SIM image(s) (…, 2h, 2w). Stacks give one pair per plane.")
+        else:
+            hint = ("Input: defocus stack(s) (…, 2, H, W) = [I(−dz), I(+dz)]; target: phase in "
+                    "radians (…, H, W). Stacks give one pair per plane.")
+        self.data_hint.setText(hint)
+        current = self.output_edit.text().strip()
+        if not current or Path(current).name in {f"{t}_model.safetensors" for t in TASK_LABELS}:
+            self.output_edit.setText(str(Path.home() / "napari-cvdm" / f"{task}_model.safetensors"))
+        self._update_buttons()
+
+    @property
+    def task_name(self) -> str:
+        return self.task_combo.currentData()
+
+    def _refresh_layers(self, *_) -> None:
+        outputs = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
+        images = [layer for layer in self.viewer.layers
+                  if is_candidate_image(layer) and not layer.name.endswith(outputs)]
+        for combo, prefer in ((self.input_layer_combo, 0), (self.target_layer_combo, 1)):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            for layer in images:
+                combo.addItem(layer.name, layer)
+            index = next((i for i, layer in enumerate(images) if layer is current), -1)
+            if index < 0 and images:
+                index = min(prefer, len(images) - 1)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(False)
+
+    def _ask_output_path(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the trained model as", self.output_edit.text(),
+                                              "CVDM models (*.safetensors)")
+        if path:
+            if not path.endswith(".safetensors"):
+                path += ".safetensors"
+            self.output_edit.setText(path)
+
+    def output_path(self) -> Path:
+        text = self.output_edit.text().strip()
+        if not text:
+            raise InputError("Choose where to save the model (the 'Save to' field is empty).")
+        path = Path(text).expanduser()
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        return path
+
+    # ------------------------------------------------------------------ data
+    def gather_pairs(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Input and target planes from the chosen layers (None when training from folders)."""
+        if self.source_combo.currentText() != LAYERS_SOURCE:
+            return None
+        source, target = self.input_layer_combo.currentData(), self.target_layer_combo.currentData()
+        if source is None or target is None or source not in self.viewer.layers or target not in self.viewer.layers:
+            raise InputError("Choose an input layer and a target layer (open images first).")
+        if source is target:
+            raise InputError("The input and target layers are the same layer; choose the target image.")
+        input_plane_ndim = 3 if self.task_name == "qpi" else 2
+        if self.task_name == "qpi" and (source.ndim < 3 or source.data.shape[-3] != 2):
+            raise InputError(f"Layer '{source.name}' has shape {source.data.shape}, but a QPI input must be a "
+                             "defocus stack (…, 2, H, W).")
+        inputs = split_planes(np.array(source.data, dtype=np.float32), input_plane_ndim)
+        targets = split_planes(np.array(target.data, dtype=np.float32), 2)
+        if len(inputs) != len(targets):
+            raise InputError(f"Layer '{source.name}' holds {len(inputs)} image(s) but '{target.name}' holds "
+                             f"{len(targets)}; they are paired plane by plane.")
+        return inputs, targets
+
+    def config(self, pairs_from_layers: bool) -> trainer.TrainConfig:
+        """The training settings as the engine's config object."""
+        values = dict(
+            task=self.task_name, preset=self.preset_combo.currentText(),
+            schedule=self.schedule_combo.currentText(), patch_size=self.patch_spin.value(),
+            batch_size=self.batch_spin.value(), steps=self.steps_spin.value(),
+            learning_rate=self.lr_spin.value(), validation_fraction=self.validation_spin.value(),
+            validate_every=self.validate_every_spin.value(), device=self.device_combo.currentText(),
+            output=str(self.output_path()),
+        )
+        if pairs_from_layers:
+            values["input_pixel_size_um"] = self._layer_input_pixel_size()
+            values["description"] = (f"trained in napari on layers '{self.input_layer_combo.currentText()}' → "
+                                     f"'{self.target_layer_combo.currentText()}'")
+        else:
+            input_dir, target_dir = self.input_dir_edit.text().strip(), self.target_dir_edit.text().strip()
+            if not input_dir or not target_dir:
+                raise InputError("Choose the input folder and the target folder of TIFF pairs.")
+            values.update(input_dir=input_dir, target_dir=target_dir)
+        config = trainer.TrainConfig(**values)
+        config.check()
+        return config
+
+    def _layer_input_pixel_size(self) -> float | None:
+        """Raw-input pixel size (µm) from the calibrated layers, if any."""
+        source, target = self.input_layer_combo.currentData(), self.target_layer_combo.currentData()
+        factor = 2 if self.task_name == "sr" else 1
+        source_pixel, target_pixel = layer_pixel_size_um(source), layer_pixel_size_um(target)
+        if source_pixel is not None:
+            # An SR input already on the target grid has pixels `factor` times smaller than the camera's.
+            on_target_grid = source.data.shape[-2:] == target.data.shape[-2:]
+            return source_pixel * (factor if on_target_grid else 1)
+        return None if target_pixel is None else target_pixel * factor
+
+    def run_dir(self) -> Path | None:
+        """Folder of the run's checkpoints and log for the current 'Save to' path."""
+        try:
+            return trainer.TrainConfig(output=str(self.output_path())).run_dir
+        except InputError:
+            return None
+
+    # ------------------------------------------------------------------ run
+    def start(self, resume: bool = False) -> bool:
+        """Start (or resume) training in the background; returns whether it started."""
+        if self.task is not None and self.task.running:
+            notifications.show_warning("Training is already running; press Stop first.")
+            return False
+        try:
+            pairs = self.gather_pairs()
+            config = self.config(pairs_from_layers=pairs is not None)
+        except (InputError, ValueError) as exc:
+            notifications.show_error(str(exc))
+            return False
+        if resume and not (config.run_dir / trainer.STATE_FILE).is_file():
+            notifications.show_error(f"Nothing to resume: {config.run_dir} holds no checkpoint; press Start.")
+            return False
+        self.loss_plot.clear()
+        if resume:
+            self._load_history(config.run_dir / trainer.LOG_FILE)
+        self.loss_plot.total_steps = config.steps
+
+        def run(progress, should_stop, report):
+            def on_progress(state):
+                report(state)
+                progress(state.step, state.total_steps)
+
+            return trainer.train(config, pairs=pairs, progress=on_progress, should_stop=should_stop, resume=resume)
+
+        self.task = BackgroundTask(run, f"CVDM: training {Path(config.output).name}", on_done=self._finish,
+                                   on_report=self._show_progress, with_report=True)
+        self.destroyed.connect(self.task.abandon)  # closing the viewer stops (and saves) the training
+        self.progress_bar.setRange(0, 0)
+        self.status_label.setText("Preparing data…" if not resume else "Resuming…")
+        self.task.start()
+        self._update_buttons()
+        return True
+
+    def stop(self) -> None:
+        """Ask training to stop after the current step; the model is saved and can be resumed."""
+        if self.task is not None and self.task.running:
+            self.task.stop()
+            self.stop_button.setEnabled(False)
+            self.status_label.setText("Stopping after this step…")
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def _update_buttons(self, *_) -> None:
+        running = self.running
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        run_dir = self.run_dir()
+        resumable = run_dir is not None and (run_dir / trainer.STATE_FILE).is_file()
+        self.resume_button.setEnabled(not running and resumable)
+
+    def _load_history(self, log_path: Path) -> None:
+        """Draw the curve of the run being resumed from its ``log.csv``."""
+        if not log_path.is_file():
+            return
+        with log_path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    step = int(row["step"])
+                    if row.get("loss"):
+                        self.loss_plot.add_training(step, float(row["loss"]))
+                    if row.get("val_loss"):
+                        self.loss_plot.add_validation(step, float(row["val_loss"]))
+                except (KeyError, ValueError):
+                    continue
+
+    def _show_progress(self, state) -> None:
+        losses = state.losses or {}
+        train_loss = losses.get("loss")
+        if train_loss is not None:
+            self.loss_plot.add_training(state.step, float(train_loss))
+        validation = state.validation or {}
+        validation_loss = validation.get("loss")
+        if validation_loss is not None:
+            self.loss_plot.add_validation(state.step, float(validation_loss))
+        self.progress_bar.setRange(0, max(int(state.total_steps), 1))
+        self.progress_bar.setValue(int(state.step))
+        text = f"Step {state.step} of {state.total_steps}"
+        if train_loss is not None:
+            text += f" · loss {float(train_loss):.4g}"
+        if validation_loss is not None:
+            text += f" · validation {float(validation_loss):.4g}"
+        text += f" · {format_duration(state.elapsed_s)} elapsed · ETA {format_duration(state.eta_s)}"
+        self.status_label.setText(text)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.progress_bar.setRange(0, 1)
+        if outcome.error is not None:
+            self.progress_bar.setValue(0)
+            message = describe_failure(outcome.error, "Training")
+            self.status_label.setText(message)
+            notifications.show_error(message)
+            self._update_buttons()
+            return
+        result = self.last_result = outcome.value
+        path = Path(result.model_path)
+        self.registry.add(path, "trained")
+        self.progress_bar.setValue(1)
+        self._update_buttons()
+        if result.stopped:
+            message = f"Training stopped at step {result.steps_done}; the model is saved to {path} (Resume continues)."
+        else:
+            message = f"Training finished after {result.steps_done} steps; the model is saved to {path}."
+        self.status_label.setText(message)
+        notifications.show_info(message)
+
+
+def _config_defaults() -> dict:
+    """Default values of TrainConfig's fields (those that have one)."""
+    defaults = {}
+    for item in dataclasses.fields(trainer.TrainConfig):
+        if item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
+
+
+def _spin(minimum: int, maximum: int, value: int, tooltip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setValue(int(value))
+    spin.setToolTip(tooltip)
+    return spin
+
+
+def _folder_row(parent: QWidget, tooltip: str) -> tuple[QLineEdit, QWidget]:
+    edit = QLineEdit()
+    edit.setToolTip(tooltip)
+    button = QPushButton("…")
+    button.setMaximumWidth(32)
+
+    def browse():
+        folder = QFileDialog.getExistingDirectory(parent, tooltip, edit.text())
+        if folder:
+            edit.setText(folder)
+
+    button.clicked.connect(browse)
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    container = QWidget()
+    container.setLayout(row)
+    return edit, container
