@@ -50,9 +50,9 @@ def train(schedule: str, preset: str, minutes: float, size: int, batch: int, see
 
 
 def evaluate(model: CVDM, n_samples: int, steps: int, sampler: str, seed: int,
-             n_inputs: int) -> dict[str, float]:
+             n_inputs: int, grid: str) -> dict[str, float]:
     test = gaussian_oracle_batch(n_inputs, 64, torch.Generator().manual_seed(10_000 + seed))
-    stats = sample_statistics(model, test.y, n_samples, steps=steps, sampler=sampler, clip=None,
+    stats = sample_statistics(model, test.y, n_samples, steps=steps, sampler=sampler, clip=None, grid=grid,
                               generator=torch.Generator().manual_seed(seed))
     true_var = test.posterior_std**2
     result = {
@@ -82,17 +82,18 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=2, help="held-out 64² test inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default="log_snr", help="sampling time grid: log_snr or uniform")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device: cpu ({platform.processor() or platform.machine()}, {args.threads} threads), "
           f"torch {torch.__version__}")
     print(f"budget {args.minutes} min per model, preset {args.preset}, patch {args.size}, batch {args.batch}, "
-          f"N = {args.samples} samples for each of {args.inputs} held-out 64² inputs")
+          f"N = {args.samples} samples for each of {args.inputs} held-out 64² inputs, {args.grid} time grid")
     rows = []
     for schedule in ("cvdm", "cddpm"):
         model, steps_done = train(schedule, args.preset, args.minutes, args.size, args.batch, args.seed)
         for sampler, steps in (("ancestral", 100), ("dpm_solver_2m", 20)):
-            result = evaluate(model, args.samples, steps, sampler, args.seed, args.inputs)
+            result = evaluate(model, args.samples, steps, sampler, args.seed, args.inputs, args.grid)
             rows.append((schedule, steps_done, f"{sampler}/{steps}", result))
     header = ("| model | train steps | sampler/NFE | mean MSE | MC floor | var ratio q1 (low s) | q2 | q3 "
               "| q4 (high s) | λ–s Pearson | λ–s Spearman |")
