@@ -74,6 +74,8 @@ def test_truncated_file(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     _assert_rejected(path, "truncated")
+    with pytest.raises(ModelFileError, match="truncated"):
+        read_model_info(path)  # the header-only read notices it too
 
 
 def test_foreign_safetensors_file(tmp_path):

@@ -121,7 +121,17 @@ def _current_umask() -> int:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """Read and validate only the metadata (fast: used for model pickers and cards)."""
     path = Path(path)
-    return _parse_info(path, _read_header(path, _read_bytes(path)))
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: {path}")
+    try:  # the header alone: pickers list large models without reading their weights
+        with path.open("rb") as handle:
+            start = handle.read(8)
+            size = struct.unpack("<Q", start)[0] if len(start) == 8 else 0
+            head = start + handle.read(min(size, MAX_HEADER_BYTES + 1))
+            file_size = path.stat().st_size
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
+    return _parse_info(path, _read_header(path, head, file_size))
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[CVDM, ModelInfo]:
@@ -155,13 +165,17 @@ def _read_bytes(path: Path) -> bytes:
         raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
 
 
-def _read_header(path: Path, data: bytes) -> dict:
-    """Parse the safetensors header without trusting any of it."""
+def _read_header(path: Path, data: bytes, file_size: int | None = None) -> dict:
+    """Parse the safetensors header without trusting any of it.
+
+    ``data`` is the whole file, or its start when ``file_size`` gives the full length.
+    """
     not_ours = f"{path.name} is not a napari-cvdm model file"
+    file_size = len(data) if file_size is None else file_size
     if len(data) < 8:
         raise ModelFileError(f"{not_ours} (it is empty or truncated).")
     (header_size,) = struct.unpack("<Q", data[:8])
-    if header_size > MAX_HEADER_BYTES or header_size > len(data) - 8:
+    if header_size > MAX_HEADER_BYTES or header_size > min(len(data), file_size) - 8:
         raise ModelFileError(f"{not_ours} (not a safetensors file, or truncated).")
     try:
         header = json.loads(data[8:8 + header_size])
@@ -169,7 +183,7 @@ def _read_header(path: Path, data: bytes) -> dict:
         raise ModelFileError(f"{not_ours} (its header is not valid safetensors JSON).") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{not_ours} (its header is not valid safetensors JSON).")
-    data_size = len(data) - 8 - header_size
+    data_size = file_size - 8 - header_size
     ends = [entry["data_offsets"][1] for key, entry in header.items()
             if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
     if ends and max(ends) > data_size:

@@ -409,13 +409,18 @@ class _LossModule(nn.Module):
 
 
 def _learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 10 % at ``steps``."""
+    """Linear warm-up, then cosine decay to 10 % at ``steps``.
+
+    The warm-up lasts ``warmup_steps`` but at most a tenth of the run, so that a short
+    run (a quick try in the Train widget) still reaches its learning rate.
+    """
+    warmup = min(config.warmup_steps, config.steps // 10)
 
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
+        if step < warmup:
+            return (step + 1) / warmup
+        span = max(1, config.steps - warmup)
+        progress = min(1.0, (step - warmup) / span)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
