@@ -144,7 +144,7 @@ def run_device(device: torch.device, model: CVDM, info: ModelInfo, args) -> None
     print("|---|---|---|---|---|---|---|---|")
     base = None
     for label, options in variants(device):
-        probe, probe_inputs, probe_flops = inputs, inputs, flops
+        probe_inputs, probe_flops = inputs, flops
         slow_bf16 = not gpu and options["autocast_dtype"] is not None and peak16 < 0.5 * peak32
         if slow_bf16:  # no native bf16 on this CPU: time it on a small tile, against fp32 on the same
             probe_inputs = tuple(t[..., :args.cpu_probe, :args.cpu_probe] for t in inputs)
@@ -170,9 +170,8 @@ def run_device(device: torch.device, model: CVDM, info: ModelInfo, args) -> None
         print(f"| {label}{' (fell back to eager)' if fell_back else ''} | {seconds * 1e3:.1f} | "
               f"{base / seconds:.2f} | {first:.1f} | {achieved:.3g} | {100 * achieved / peak:.0f} % | "
               f"{of_vendor} | {whole_text} |", flush=True)
-    del probe
     if not gpu:
-        check_extrapolation(model, info, device, tile, batch, base)
+        check_extrapolation(model, info, device, tile, min(args.overlap, tile // 2), batch, base)
 
 
 def time_reconstruct(model, info, device, nfe: int, options: dict, args) -> float:
@@ -192,12 +191,13 @@ def time_reconstruct(model, info, device, nfe: int, options: dict, args) -> floa
     return time.perf_counter() - start
 
 
-def check_extrapolation(model, info, device, tile: int, batch: int, seconds_per_nfe: float) -> None:
+def check_extrapolation(model, info, device, tile: int, overlap: int, batch: int, seconds_per_nfe: float) -> None:
     """A measured single-tile reconstruct of 2 NFE against tiles × NFE × time per NFE."""
     factor = info.upsampling_factor
     shape = (info.config.y_channels, tile, tile) if info.config.y_channels > 1 else (tile // factor,) * 2
     image = np.random.default_rng(0).random(shape).astype(np.float32) + 1.0
-    settings = ReconstructionSettings(n_samples=batch, steps=2, tile_size=tile, device=str(device), precision="fp32")
+    settings = ReconstructionSettings(n_samples=batch, steps=2, tile_size=tile, tile_overlap=overlap, device=str(device),
+                                      precision="fp32")
     start = time.perf_counter()
     reconstruct(model, info, image, settings)
     measured = time.perf_counter() - start

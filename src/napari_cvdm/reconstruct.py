@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from .checkpoint import ModelInfo
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .model import CVDM, SAMPLERS
 from .model.samplers import DEFAULT_GRID, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
 

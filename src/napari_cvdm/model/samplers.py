@@ -14,22 +14,27 @@ sampler. With ``α = sqrt(γ)``, ``σ = sqrt(1 − γ)``, one step from t to s <
   First order on the first step and wherever a pixel's schedule is nearly flat
   between the previous two grid times (``|h_prev| < FLAT_STEP``: the ratio
   ``h/h_prev`` would be 0/0 there, and a flat pixel needs no correction).
+- DPM-Solver++ 2M SDE (``dpm_solver_2m_sde``, η = 1): the same ``D``,
+  ``x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s expm1(−(1+η)h) D + σ_s sqrt(−expm1(−2ηh)) ξ``;
+  its first-order form is exactly the ancestral step. 3M (``dpm_solver_3m``) is
+  kept for benchmarks only (:data:`EXPERIMENTAL_SAMPLERS`).
 
 The last step (t_1 → 0) returns x̂0 at t_1 for every sampler.
 
-Time grids (:data:`GRIDS`), shared by all pixels of a batch:
+Time grids (:data:`GRIDS`), shared by all pixels of an input:
 
 - ``log_snr`` (default): the K points ``t_K … t_1`` uniform in the log-SNR
   ``ℓ(t) = log(γ/(1 − γ))`` of the reference pixel whose λ is the median of the
-  λ map, from ``ℓ(1)`` up to ``LOG_SNR_MAX``, then ``t_0 = 0``. The network then
-  sees every noise level in proportion to how much it changes the image, and
-  the final x̂0 is predicted from an almost clean x_{t_1}.
+  λ map, from ``ℓ(1)`` up to ``LOG_SNR_MAX``, then ``t_0 = 0``: the final x̂0 is
+  predicted from an almost clean x_{t_1}, and DDIM / 2M / 3M converge at orders
+  1 / 2 / 3 to the exact flow.
 - ``uniform``: uniform in t. Its last interval ``[0, 1/K]`` is covered by one
-  x̂0 prediction, which at K ≤ 20 is a posterior *mean* at a noticeable noise
-  level: blurrier samples and a smaller sample variance (docs/benchmarks.md).
+  x̂0 prediction, a posterior *mean* at a noticeable noise level for K ≤ 50, so
+  every solver is first order and the samples are shrunk (an exact denoiser gives
+  0.56–0.79 of the true variance at 10–20 steps; docs/benchmarks.md).
 
 Noise: ``sample`` asks a :data:`NoiseSource` for the initial x₁ (stage 0) and
-the fresh noise of ancestral step k (stage k); by default these are draws
+the fresh noise of stochastic step k (stage k); by default these are draws
 from ``generator``. The tiled reconstruction passes noise keyed to global pixel
 positions instead, through the same function.
 """
