@@ -52,7 +52,7 @@ class ModelInfo:
     input_pixel_size_um: float | None = None
     upsampling_factor: int = 1
     target_unit: str = "a.u."
-    sampler: dict = field(default_factory=lambda: {"name": "dpm_solver_2m", "steps": 20, "n_samples": 8})
+    sampler: dict = field(default_factory=lambda: {"name": "dpm_solver_2m_sde", "steps": 20, "n_samples": 8})
     training: dict = field(default_factory=dict)
     description: str = ""
 

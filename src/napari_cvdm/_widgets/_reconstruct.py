@@ -190,7 +190,8 @@ class ReconstructWidget(QWidget):
                                   "Number of samples N: the mean and variance are over these")
         self.sampler_combo = QComboBox()
         self.sampler_combo.addItems(list(SAMPLERS))
-        self.sampler_combo.setToolTip("dpm_solver_2m: fast (10–25 steps); ddim: deterministic; "
+        self.sampler_combo.setToolTip("dpm_solver_2m_sde: fast and stochastic (10–25 steps, the best "
+                                      "measured); dpm_solver_2m, ddim: deterministic; "
                                       "ancestral: the paper's sampler (~200 steps)")
         self.steps_spin = _spin(1, 5000, 20, "Denoising steps per sample")
         self.tile_spin = _spin(32, 8192, defaults.tile_size, "Tile size in output pixels; smaller uses less memory")
