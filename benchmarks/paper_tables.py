@@ -43,7 +43,7 @@ from napari_cvdm.model import DENOISER_PRESETS, UNet, sample_statistics  # noqa:
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
 from napari_cvdm.reconstruct import resolve_device  # noqa: E402
-from napari_cvdm.train import TrainConfig, Trainer, train  # noqa: E402
+from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor, train  # noqa: E402
 
 TEST_SPLIT = 2
 PHASE_RANGE_RAD = QPISimulationConfig().phase_max_rad
@@ -75,7 +75,9 @@ def train_regression(args, task: str, out_dir: Path) -> UNet:
     spec = trainer.data.spec
     torch.manual_seed(args.seed)
     net = UNet(spec.input_channels, spec.target_channels, DENOISER_PRESETS[args.preset]).to(trainer.device)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=trainer.config.weight_decay)
+    # the diffusion models' learning-rate schedule, so that only the objective differs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(trainer.config))
     for step in range(args.steps):
         batch = trainer.draw(step)
         loss = (net(batch.y.to(trainer.device)) - batch.x0.to(trainer.device)).abs().mean()
@@ -83,6 +85,7 @@ def train_regression(args, task: str, out_dir: Path) -> UNet:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimiser.step()
+        scheduler.step()
     trainer.close()
     print(f"  trained {task} regression: {args.steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
     return net.eval()
@@ -94,7 +97,7 @@ def predict(method, condition: torch.Tensor, args) -> tuple[np.ndarray, np.ndarr
         if isinstance(method, UNet):
             return method(condition)[0, 0].cpu().numpy(), None, None
         stats = sample_statistics(method, condition, args.samples, steps=args.sample_steps,
-                                  sampler="dpm_solver_2m", generator=torch.Generator(condition.device).manual_seed(0))
+                                  sampler="dpm_solver_2m_sde", generator=torch.Generator(condition.device).manual_seed(0))
     return (stats.mean[0, 0].cpu().numpy(), stats.variance[0, 0].cpu().numpy(),
             stats.gamma_map[0, 0].cpu().numpy())
 
@@ -217,10 +220,11 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=8, help="per task (SR: per structure kind)")
     parser.add_argument("--test-size", type=int, default=128)
     parser.add_argument("--samples", type=int, default=8, help="diffusion samples per image")
-    parser.add_argument("--sample-steps", type=int, default=20, help="DPM-Solver++ 2M steps")
+    parser.add_argument("--sample-steps", type=int, default=20, help="DPM-Solver++ 2M SDE steps")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the trained models in this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -229,10 +233,12 @@ def main() -> None:
     print(f"budget per learned method: preset {args.preset}, {args.steps} steps × batch {args.batch} of "
           f"{args.patch}² patches, lr {args.lr}, {args.train_images} simulated training images, seed {args.seed}")
     with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.keep or Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
         if args.task in ("qpi", "both"):
-            run_qpi(args, Path(tmp), device)
+            run_qpi(args, out_dir, device)
         if args.task in ("sr", "both"):
-            run_sr(args, Path(tmp), device)
+            run_sr(args, out_dir, device)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,22 @@ def test_predict_writes_mean_variance_gamma_with_pixel_size_and_a_sidecar(tmp_pa
     assert sidecar["model"]["task"] == "sr" and sidecar["outputs"]["mean"] == "cells_mean.tif"
 
 
+def test_predict_grid_and_memory_layout_flags_reach_the_sampler(tmp_path, models, capsys):
+    widefield = np.random.default_rng(1).poisson(80, (16, 16)).astype(np.float32)
+    write_image(tmp_path / "cells.tif", widefield, pixel_size_um=0.1)
+    means = {}
+    for name, flags in {"plain": [], "nhwc": ["--channels-last"], "uniform": ["--grid", "uniform"]}.items():
+        assert main(["predict", str(tmp_path / "cells.tif"), "--model", str(models["sr"]), "--out",
+                     str(tmp_path / name), *FAST, *flags]) == 0
+        means[name] = read_image(tmp_path / name / "cells_mean.tif").array
+        settings = json.loads((tmp_path / name / "cells_cvdm.json").read_text())["settings"]
+        assert settings["channels_last"] == (name == "nhwc")
+        assert settings["grid"] == ("uniform" if name == "uniform" else "log_snr")  # resolved: the default
+    capsys.readouterr()
+    np.testing.assert_allclose(means["nhwc"], means["plain"], atol=1e-4)  # same arithmetic, other layout
+    assert np.abs(means["uniform"] - means["plain"]).max() > 1e-3  # another grid samples other times
+
+
 def test_predict_a_folder_of_qpi_stacks_uses_the_model_pixel_size_when_the_file_has_none(tmp_path, models, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

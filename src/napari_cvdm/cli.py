@@ -142,6 +142,7 @@ def _settings(args: argparse.Namespace):
         tile_size=None if args.tile_size == 0 else args.tile_size, tile_overlap=args.tile_overlap,
         device=args.device, seed=args.seed, keep_samples=getattr(args, "keep_samples", False),
         precision=args.precision, eta=args.eta, max_batch=args.max_batch,
+        grid=args.grid, channels_last=args.channels_last, compile=args.compile,
     )
 
 
@@ -264,12 +265,13 @@ def raise_input(message: str) -> None:
 
 
 def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
-    from .model import SAMPLERS
+    from .model import GRIDS, SAMPLERS
 
     group = parser.add_argument_group("sampling")
     group.add_argument("--n-samples", type=int, default=8, help="samples per image (default: 8)")
     group.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's")
     group.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    group.add_argument("--grid", choices=GRIDS, default=None, help="sampler time grid (default: the model's)")
     group.add_argument("--eta", type=float, default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
@@ -279,6 +281,9 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
                        help="tile side in output pixels; 0 = whole image (default: 256)")
     group.add_argument("--tile-overlap", type=int, default=32, help="output pixels (default: 32)")
     group.add_argument("--max-batch", type=int, default=None, help="samples per network call (default: all)")
+    group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (first call slow; pays off on large images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
