@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -364,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cvdm {args.command}: stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that quit early (`cvdm info m | head`)
+        sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet
     return 0
 
 
