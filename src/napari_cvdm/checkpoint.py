@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
+from .model.samplers import DEFAULT_SAMPLER
 
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_cvdm"
@@ -52,7 +53,7 @@ class ModelInfo:
     input_pixel_size_um: float | None = None
     upsampling_factor: int = 1
     target_unit: str = "a.u."
-    sampler: dict = field(default_factory=lambda: {"name": "dpm_solver_2m_sde", "steps": 20, "n_samples": 8})
+    sampler: dict = field(default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": 20, "n_samples": 8})
     training: dict = field(default_factory=dict)
     description: str = ""
 

@@ -72,7 +72,7 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import InputError
 from .model import CVDM, SAMPLERS
-from .model.samplers import DEFAULT_GRID, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
+from .model.samplers import DEFAULT_GRID, DEFAULT_SAMPLER, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -382,7 +382,7 @@ def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings
                       ) -> tuple[str, int, float, float | None, str]:
     """Sampler, steps, η, clip and time grid: the settings' where given, else the model's."""
     defaults = info.sampler or {}
-    sampler = settings.sampler or defaults.get("name", "dpm_solver_2m_sde")
+    sampler = settings.sampler or defaults.get("name", DEFAULT_SAMPLER)
     if sampler not in SAMPLERS:
         raise InputError(f"The model's default sampler '{sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}.")
     steps = int(settings.steps or defaults.get("steps", 20))

@@ -52,6 +52,7 @@ from . import __version__
 from .checkpoint import ModelInfo, save_model, write_atomically
 from .errors import CVDMError, InputError
 from .model import CVDM, SAMPLERS, ModelConfig, low_discrepancy_times, sample_statistics
+from .model.samplers import DEFAULT_SAMPLER
 from .model.schedule import SCHEDULE_KINDS
 from .model.unet import DENOISER_PRESETS
 
@@ -124,7 +125,7 @@ class TrainConfig:
     input_pixel_size_um: float | None = None
     input_channels: int = 1
     target_channels: int = 1
-    sampler: str = "dpm_solver_2m_sde"  # best measured at 20 NFE: docs/benchmarks.md
+    sampler: str = DEFAULT_SAMPLER
     sample_steps: int = 20
     n_samples: int = 8
     max_bad_steps: int = 20

@@ -195,7 +195,8 @@ def test_uniform_grid_is_first_order_whatever_the_solver():
     exact = x1.double() * s2.sqrt() / (gamma1 * s2 + 1 - gamma1).sqrt()
 
     def error(grid, k):
-        out = sample(model, Y, steps=k, schedule_map=lam, noise=lambda stage: x1, clip=None, grid=grid)
+        out = sample(model, Y, steps=k, schedule_map=lam, noise=lambda stage: x1, clip=None, grid=grid,
+                     sampler="dpm_solver_2m")
         return float((out.double() - exact).pow(2).mean().sqrt())
 
     assert error("uniform", 20) / error("uniform", 40) < 2.5
