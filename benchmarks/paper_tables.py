@@ -91,6 +91,17 @@ def train_regression(args, task: str, out_dir: Path) -> UNet:
     return net.eval()
 
 
+def extra_models(args, task: str, device: torch.device) -> dict:
+    """Trained model files given with ``--extra NAME=PATH`` (e.g. the shipped ones), for ``task``."""
+    models = {}
+    for entry in args.extra:
+        name, _, path = entry.partition("=")
+        model, info = load_model(path, device)
+        if info.task == task:
+            models[name] = model
+    return models
+
+
 def predict(method, condition: torch.Tensor, args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Normalised mean, variance and γ map ``(H, W)`` of one method on ``condition`` ``(1, C, H, W)``."""
     with torch.no_grad():
@@ -107,7 +118,7 @@ def uncertainty_row(prediction, reference, variance, gamma_map) -> dict[str, flo
     from scipy.stats import spearmanr
 
     gamma_tracks = (float(spearmanr(gamma_map.ravel(), variance.ravel()).statistic)
-                    if gamma_map.std() > 0 else float("nan"))
+                    if np.ptp(gamma_map) > 1e-6 * np.abs(gamma_map).max() else float("nan"))  # CDDPM: constant
     return {
         "spearman": metrics.spearman_uncertainty_error(prediction, reference, std),
         "uce": metrics.uncertainty_calibration_error(prediction, reference, variance),
@@ -121,12 +132,13 @@ def run_qpi(args, out_dir: Path, device: torch.device) -> None:
     learned = {"regression": train_regression(args, "qpi", out_dir)}
     for schedule, name in (("cddpm", "CDDPM"), ("cvdm_simple", "CVDM-simple"), ("cvdm", "CVDM")):
         learned[name] = train_diffusion(args, "qpi", schedule, out_dir)
+    learned.update(extra_models(args, "qpi", device))
     config = QPISimulationConfig()
     geometry = (config.dz_um, config.wavelength_um, config.pixel_um)
     spec = get_task("qpi")
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, TEST_SPLIT]))
     scores = {name: [] for name in ("FFT-TIE", "US-TIE", *learned)}
-    uncertainty = {"CDDPM": [], "CVDM": []}
+    uncertainty = {name: [] for name in learned if name not in ("regression", "CVDM-simple")}
     for _ in range(args.test_images):
         sample = simulate_qpi(rng, args.test_size)
         condition = torch.from_numpy(normalize_pair(sample.pair(), spec).input[None]).to(device)
@@ -158,10 +170,11 @@ def run_sr(args, out_dir: Path, device: torch.device) -> None:
     learned = {"regression": train_regression(args, "sr", out_dir)}
     for schedule, name in (("cddpm", "CDDPM"), ("cvdm", "CVDM")):
         learned[name] = train_diffusion(args, "sr", schedule, out_dir)
+    learned.update(extra_models(args, "sr", device))
     spec = get_task("sr")
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, TEST_SPLIT]))
     rows = []
-    uncertainty = {"CDDPM": [], "CVDM": []}
+    uncertainty = {name: [] for name in learned if name != "regression"}
     for kind in STRUCTURE_KINDS:
         scores = {name: [] for name in ("Richardson–Lucy", *learned)}
         for _ in range(args.test_images):
@@ -197,12 +210,17 @@ def run_sr(args, out_dir: Path, device: torch.device) -> None:
     print_uncertainty("SR ([0, 1] target scale)", uncertainty)
 
 
+def _mean_of_finite(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def print_uncertainty(title: str, uncertainty: dict[str, list[dict]]) -> None:
     print(f"\n(c) uncertainty, {title}: mean over images\n")
     print("| model | Spearman(std, abs error) | UCE | coverage of ±1.96 std (nominal 0.95) | Spearman(γ map, variance) |")
     print("|---|---|---|---|---|")
     for name, rows in uncertainty.items():
-        mean = {key: np.nanmean([r[key] for r in rows]) for key in rows[0]}
+        mean = {key: _mean_of_finite([r[key] for r in rows]) for key in rows[0]}
         print(f"| {name} | {mean['spearman']:.3f} | {mean['uce']:.4f} | {mean['coverage95']:.3f} | "
               f"{mean['gamma_vs_variance']:.3f} |")
 
@@ -224,6 +242,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                        help="also score this trained model file (its task's table only)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the trained models in this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
