@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_cvdm.checkpoint import ModelInfo, save_model
+from napari_cvdm.checkpoint import ModelInfo, read_model_info, save_model
 from napari_cvdm.cli import _train_config, build_parser, main
 from napari_cvdm.io import read_image, write_image
 from napari_cvdm.model import CVDM, ModelConfig
@@ -163,6 +163,14 @@ def test_bad_settings_and_training_input(tmp_path, capsys):
     _run_failing(capsys, ["train", "--output", str(tmp_path / "model.pt")], ".safetensors")
 
 
+def test_fine_tuning_from_a_model_of_the_other_task_or_a_damaged_file(tmp_path, models, capsys):
+    common = ["train", "--task", "sr", "--output", str(tmp_path / "tuned.safetensors")]
+    _run_failing(capsys, [*common, "--init-model", str(models["qpi"])], "qpi model", "cannot be fine-tuned")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"not a model")
+    _run_failing(capsys, [*common, "--init-model", str(damaged)], "damaged.safetensors")
+
+
 # ----------------------------------------------------------------------------- other commands
 
 
@@ -182,6 +190,9 @@ def test_train_command_runs_and_prints_the_model_path(tmp_path, capsys):
             "0", "--device", "cpu", "--output", str(output)]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(output) and output.is_file()
+    tuned = tmp_path / "tuned.safetensors"  # fine-tune it: the same command with --init-model
+    assert main([*argv[:-1], str(tuned), "--preset", "small", "--init-model", str(output)]) == 0
+    assert read_model_info(tuned).config.preset == "tiny"
 
 
 def test_simulate_then_evaluate_with_baselines(tmp_path, models, capsys):

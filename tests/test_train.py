@@ -232,3 +232,48 @@ def test_config_files_and_their_errors(tmp_path):
     with pytest.raises(InputError, match="preset"):
         TrainConfig(preset="huge").check()
     assert TrainConfig(output="a/b.safetensors").run_dir == Path("a/b.run")
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def test_fine_tuning_starts_from_the_base_weights_and_keeps_its_architecture_and_normalisation(tmp_path):
+    import dataclasses
+
+    from napari_cvdm.checkpoint import read_model_info, save_model
+
+    base_path = train(_config(tmp_path, "base", steps=2)).model_path
+    base_model, base_info = load_model(base_path)
+    # a base normalised differently from the task's default: fine-tuning must keep the base's recipe
+    custom = {"mode": "percentile", "low": [0.0], "high": [1.0], "low_pct": 1.0, "high_pct": 99.0}
+    save_model(base_path, base_model, dataclasses.replace(base_info, target_normalization=custom))
+
+    config = _config(tmp_path, "tuned", steps=3, preset="small", schedule="cddpm", init_model=str(base_path))
+    trainer = Trainer(config)
+    try:
+        assert (trainer.config.preset, trainer.config.schedule) == ("tiny", "cvdm")
+        assert torch.equal(_parameters(trainer.model), _parameters(base_model))
+        assert torch.equal(_parameters(trainer.ema), _parameters(base_model))
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    tuned_model, tuned_info = load_model(result.model_path)
+    assert not torch.equal(_parameters(tuned_model), _parameters(base_model))
+    assert tuned_info.target_normalization == custom
+    assert tuned_info.training["fine_tuned_from"] == {"file": "base.safetensors", "steps": 2,
+                                                      "data": base_info.training["data"]}
+    assert read_model_info(result.model_path).config == base_info.config
+
+
+def test_fine_tuning_refuses_a_model_of_another_task_or_a_damaged_file(tmp_path):
+    from napari_cvdm.errors import CVDMError, ModelFileError
+
+    base_path = train(_config(tmp_path, "base", steps=1)).model_path
+    with pytest.raises(InputError, match="is a sr model; it cannot be fine-tuned for the qpi task"):
+        Trainer(_config(tmp_path, "q", task="qpi", init_model=str(base_path)))
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(base_path.read_bytes()[:100])
+    with pytest.raises(ModelFileError):
+        Trainer(_config(tmp_path, "d", init_model=str(damaged)))
+    with pytest.raises(CVDMError, match="missing.safetensors"):
+        Trainer(_config(tmp_path, "m", init_model=str(tmp_path / "missing.safetensors")))

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import ModelInfo, save_model, write_atomically
-from .errors import CVDMError, InputError
+from .checkpoint import ModelInfo, load_model, read_model_info, save_model, write_atomically
+from .errors import CVDMError, InputError, ModelFileError
 from .model import CVDM, SAMPLERS, ModelConfig, low_discrepancy_times, sample_statistics
 from .model.samplers import DEFAULT_SAMPLER
 from .model.schedule import SCHEDULE_KINDS
@@ -66,7 +66,7 @@ LOG_COLUMNS = ("step", "elapsed_s", "lr", *LOSS_TERMS, "grad_norm", "skipped",
 #: Settings a resumed run must share with the run it continues (the rest, e.g. steps, may change).
 RESUME_KEYS = ("task", "preset", "schedule", "patch_size", "batch_size", "learning_rate", "warmup_steps",
                "weight_decay", "seed", "input_dir", "target_dir", "simulated_images", "simulated_size",
-               "input_channels", "target_channels")
+               "input_channels", "target_channels", "init_model")
 STATE_FILE = "last.pt"
 BEST_FILE = "best.safetensors"
 LOG_FILE = "log.csv"
@@ -95,6 +95,9 @@ class TrainConfig:
     ``validation_sample_steps`` steps of the same sampler. ``input_pixel_size_um``
     overrides the pixel size read from the data (raw input grid, µm).
     ``generic`` models take ``input_channels`` and predict ``target_channels``.
+    ``init_model``: fine-tune — start from the weights of this model file (e.g. a shipped
+    model) instead of a random network; its task must match, and its architecture
+    (preset, schedule) and normalisation are used whatever ``preset``/``schedule`` say.
     """
 
     task: str = "sr"
@@ -130,6 +133,7 @@ class TrainConfig:
     n_samples: int = 8
     max_bad_steps: int = 20
     description: str = ""
+    init_model: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -279,17 +283,47 @@ class TrainingData:
     probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))
 
 
-def _task_spec(config: TrainConfig):
+def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
+    """The task's data layout and normalisation; a fine-tuned model keeps its base model's normalisation."""
     from .data import Normalizer, TaskSpec, get_task
 
     if config.task != "generic":
-        return get_task(config.task)
-    return TaskSpec(
-        name="generic", input_channels=config.input_channels, target_channels=config.target_channels,
-        input_upsample=1, input_normalizer=Normalizer.per_image_percentile(),
-        target_normalizer=Normalizer.per_image_percentile(),
-        input_description=f"{config.input_channels}-channel image", target_description="target image",
-    )
+        spec = get_task(config.task)
+    else:
+        spec = TaskSpec(
+            name="generic", input_channels=config.input_channels, target_channels=config.target_channels,
+            input_upsample=1, input_normalizer=Normalizer.per_image_percentile(),
+            target_normalizer=Normalizer.per_image_percentile(),
+            input_description=f"{config.input_channels}-channel image", target_description="target image",
+        )
+    if base is None:
+        return spec
+    if (base.config.y_channels, base.config.x_channels) != (spec.input_channels, spec.target_channels):
+        raise InputError(f"{Path(str(config.init_model)).name} maps {base.config.y_channels} input channel(s) "
+                         f"to {base.config.x_channels}, but the data have {spec.input_channels} and "
+                         f"{spec.target_channels}; it cannot be fine-tuned on them.")
+    # the base weights only make sense on data normalised as they were trained
+    try:
+        return dataclasses.replace(
+            spec,
+            input_normalizer=Normalizer.from_dict(base.input_normalization) if base.input_normalization
+            else spec.input_normalizer,
+            target_normalizer=Normalizer.from_dict(base.target_normalization) if base.target_normalization
+            else spec.target_normalizer,
+        )
+    except ValueError as exc:
+        raise ModelFileError(f"{Path(str(config.init_model)).name} has an unusable normalisation: {exc}.") from None
+
+
+def read_base_model(config: TrainConfig) -> ModelInfo | None:
+    """The header of ``config.init_model`` (None without one); InputError if it is for another task."""
+    if config.init_model is None:
+        return None
+    path = Path(config.init_model).expanduser()
+    base = read_model_info(path)
+    if base.task != config.task:
+        raise InputError(f"{path.name} is a {base.task} model; it cannot be fine-tuned for the {config.task} task.")
+    return base
 
 
 def _folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
@@ -306,14 +340,16 @@ def _folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float 
     return source.pixel_size_um * (factor if on_target_grid else 1)
 
 
-def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None) -> TrainingData:
-    """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources)."""
+def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
+                       base: ModelInfo | None = None) -> TrainingData:
+    """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources),
+    normalised as the base model ``base`` was when fine-tuning."""
     from .data import (
         QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders, make_validation_set,
         normalize_pair, pairs_from_arrays, split_by_image,
     )
 
-    spec = _task_spec(config)
+    spec = _task_spec(config, base)
     pixel_size = config.input_pixel_size_um
     if pairs is not None:
         inputs, targets = pairs
@@ -440,7 +476,13 @@ class Trainer:
         from .reconstruct import resolve_device
 
         config.check()
+        base = read_base_model(config)
+        if base is not None and (base.config.preset, base.config.schedule) != (config.preset, config.schedule):
+            log.info("fine-tuning %s: its preset %s and schedule %s are used", Path(config.init_model).name,
+                     base.config.preset, base.config.schedule)
+            config = dataclasses.replace(config, preset=base.config.preset, schedule=base.config.schedule)
         self.config = config
+        self.base_model = base
         self.dist = _join_process_group(config.device)
         if self.dist.active and torch.cuda.is_available() and config.device in ("auto", "cuda"):
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -453,12 +495,15 @@ class Trainer:
         self.autocast_dtype = (torch.bfloat16 if config.precision == "bf16"
                                or (config.precision == "auto" and self.device.type == "cuda") else None)
         self.run_dir = config.run_dir
-        self.data = load_training_data(config, pairs)
+        self.data = load_training_data(config, pairs, base)
         spec = self.data.spec
         self.model_config = ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
                                         preset=config.preset, schedule=config.schedule)
         torch.manual_seed(config.seed)
-        self.model = CVDM(self.model_config).to(self.device)
+        if base is None:
+            self.model = CVDM(self.model_config).to(self.device)
+        else:
+            self.model = load_model(Path(config.init_model).expanduser(), self.device)[0].train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
@@ -726,6 +771,10 @@ class Trainer:
             "validation": self.validation, "best_validation": self.best_validation,
             "stopped_early": stopped, "napari_cvdm_version": __version__,
         }
+        if self.base_model is not None:
+            base_training = self.base_model.training or {}
+            training["fine_tuned_from"] = {"file": Path(config.init_model).name,
+                                           "steps": base_training.get("steps"), "data": base_training.get("data")}
         return ModelInfo(
             task=spec.name, config=self.model_config,
             input_normalization=spec.input_normalizer.to_dict(),

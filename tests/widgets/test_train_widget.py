@@ -140,6 +140,36 @@ def test_train_from_tiff_folders(viewer, tmp_path, notifications, wait_idle):
     assert entry.info.input_pixel_size_um == pytest.approx(0.21)  # read from the TIFFs
 
 
+def test_fine_tune_a_model_of_the_chosen_task(viewer, tmp_path, notifications, wait_idle, sr_model_path,
+                                              qpi_model_path):
+    widefield, target = add_sr_pairs(viewer, n=2, size=32)
+    MODEL_REGISTRY.add(sr_model_path)
+    MODEL_REGISTRY.add(qpi_model_path)
+    widget = TrainWidget(viewer)
+    widget.input_layer_combo.setCurrentText(widefield.name)
+    widget.target_layer_combo.setCurrentText(target.name)
+    configure(widget, tmp_path / "tuned.safetensors", steps=2, validate_every=1)
+    widget.validation_spin.setValue(0.0)
+    widget.preset_combo.setCurrentText("small")
+    bases = [widget.base_combo.itemData(i) for i in range(widget.base_combo.count())]
+    assert bases[0] is None and sr_model_path.resolve() in bases and qpi_model_path.resolve() not in bases
+
+    widget.base_combo.setCurrentIndex(bases.index(sr_model_path.resolve()))
+    assert widget.preset_combo.currentText() == "tiny" and not widget.preset_combo.isEnabled()
+    assert not widget.schedule_combo.isEnabled()
+    assert widget.start()
+    wait_idle(widget)
+    assert notifications.error == []
+    info = MODEL_REGISTRY.get(tmp_path / "tuned.safetensors").info
+    assert info.training["fine_tuned_from"]["file"] == sr_model_path.name and info.config.preset == "tiny"
+
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))  # only QPI models are offered now
+    bases = [widget.base_combo.itemData(i) for i in range(widget.base_combo.count())]
+    assert qpi_model_path.resolve() in bases and sr_model_path.resolve() not in bases
+    widget.base_combo.setCurrentIndex(0)
+    assert widget.preset_combo.isEnabled() and widget.schedule_combo.isEnabled()
+
+
 def test_helpers():
     assert format_duration(None) == "–"
     assert format_duration(65) == "1:05"

@@ -91,6 +91,7 @@ class TrainWidget(QWidget):
 
         self.task_combo.currentIndexChanged.connect(self._on_task_changed)
         self.connections = ConnectionSet(self)
+        self.connections.connect(self.registry.changed, self._refresh_bases)
         for event in ("inserted", "removed", "reordered"):
             self.connections.connect(getattr(self.viewer.layers.events, event), self._refresh_layers)
         self._on_source_changed()
@@ -132,6 +133,10 @@ class TrainWidget(QWidget):
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(list(SCHEDULE_KINDS))
         self.schedule_combo.setToolTip("cvdm: learned per-pixel schedule (the method); others are baselines")
+        self.base_combo = QComboBox()
+        self.base_combo.setToolTip("Fine-tune a trained model of this task (its size and schedule are kept), "
+                                   "or start from random weights")
+        self.base_combo.currentIndexChanged.connect(self._on_base_changed)
         self.output_edit = QLineEdit()
         self.output_edit.setToolTip("Where the model file (.safetensors) is saved; its checkpoints and log go "
                                     "to the folder beside it (name.run), from which Resume continues")
@@ -145,6 +150,7 @@ class TrainWidget(QWidget):
         output_row.setLayout(row)
         row.setContentsMargins(0, 0, 0, 0)
         form.addRow("Task", self.task_combo)
+        form.addRow("Start from", self.base_combo)
         form.addRow("Size preset", self.preset_combo)
         form.addRow("Schedule", self.schedule_combo)
         form.addRow("Save to", output_row)
@@ -185,7 +191,8 @@ class TrainWidget(QWidget):
     def _build_buttons(self) -> QHBoxLayout:
         row = QHBoxLayout()
         self.start_button = QPushButton("Start")
-        self.start_button.setToolTip("Train a new model from scratch (overwrites the file at 'Save to')")
+        self.start_button.setToolTip("Train a new model, from random weights or from the 'Start from' model "
+                                     "(overwrites the file at 'Save to')")
         self.start_button.clicked.connect(lambda: self.start(resume=False))
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current step and save the model")
@@ -218,6 +225,7 @@ class TrainWidget(QWidget):
             hint = ("Input: defocus stack(s) (…, 2, H, W) = [I(−dz), I(+dz)]; target: phase in "
                     "radians (…, H, W). Stacks give one pair per plane.")
         self.data_hint.setText(hint)
+        self._refresh_bases()
         current = self.output_edit.text().strip()
         if not current or Path(current).name in {f"{t}_model.safetensors" for t in TASK_LABELS}:
             self.output_edit.setText(str(Path.home() / "napari-cvdm" / f"{task}_model.safetensors"))
@@ -226,6 +234,36 @@ class TrainWidget(QWidget):
     @property
     def task_name(self) -> str:
         return self.task_combo.currentData()
+
+    @property
+    def base_model(self) -> Path | None:
+        """The model file to fine-tune, or None to train from random weights."""
+        return self.base_combo.currentData()
+
+    def _refresh_bases(self, *_) -> None:
+        """Offer the readable models of the chosen task (shipped, trained, opened) as starting points."""
+        current = self.base_combo.currentData()
+        self.base_combo.blockSignals(True)
+        self.base_combo.clear()
+        self.base_combo.addItem("new model (random weights)", None)
+        for entry in self.registry.entries():
+            if entry.info is not None and entry.info.task == self.task_name:
+                self.base_combo.addItem(entry.label, entry.path)
+        index = self.base_combo.findData(current) if current is not None else 0
+        self.base_combo.setCurrentIndex(max(index, 0))
+        self.base_combo.blockSignals(False)
+        self._on_base_changed()
+
+    def _on_base_changed(self, *_) -> None:
+        """A fine-tuned model keeps its base's size and schedule, so those choices are fixed to it."""
+        path = self.base_model
+        entry = self.registry.get(path) if path is not None else None
+        fixed = entry is not None and entry.info is not None
+        if fixed:
+            self.preset_combo.setCurrentText(entry.info.config.preset)
+            self.schedule_combo.setCurrentText(entry.info.config.schedule)
+        self.preset_combo.setEnabled(not fixed)
+        self.schedule_combo.setEnabled(not fixed)
 
     def _refresh_layers(self, *_) -> None:
         outputs = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
@@ -290,6 +328,7 @@ class TrainWidget(QWidget):
             learning_rate=self.lr_spin.value(), validation_fraction=self.validation_spin.value(),
             validate_every=self.validate_every_spin.value(), device=self.device_combo.currentText(),
             output=str(self.output_path()),
+            init_model=None if self.base_model is None else str(self.base_model),
         )
         if pairs_from_layers:
             values["input_pixel_size_um"] = self._layer_input_pixel_size()
