@@ -18,7 +18,8 @@ for every method. The regression baseline is the same U-Net as the denoiser
 (without γ input) trained with an L1 loss to predict the target in one pass.
 
 Usage: ``python benchmarks/paper_tables.py --steps 2000 --preset small`` (a GPU
-run: add ``--device cuda``). Prints the device and Markdown tables.
+run: add ``--device cuda``). Prints the device and Markdown tables. ``--steps 0
+--extra NAME=model.safetensors`` scores given model files beside the classical methods only.
 """
 
 from __future__ import annotations
@@ -91,6 +92,20 @@ def train_regression(args, task: str, out_dir: Path) -> UNet:
     return net.eval()
 
 
+def learned_methods(args, task: str, schedules: dict[str, str], out_dir: Path, device: torch.device) -> dict:
+    """Regression and the diffusion ``schedules`` ({kind: name}) trained on one budget, then the extras.
+
+    ``--steps 0`` trains nothing: only the ``--extra`` model files are scored beside the classical methods.
+    """
+    learned = {}
+    if args.steps > 0:
+        learned["regression"] = train_regression(args, task, out_dir)
+        for schedule, name in schedules.items():
+            learned[name] = train_diffusion(args, task, schedule, out_dir)
+    learned.update(extra_models(args, task, device))
+    return learned
+
+
 def extra_models(args, task: str, device: torch.device) -> dict:
     """Trained model files given with ``--extra NAME=PATH`` (e.g. the shipped ones), for ``task``."""
     models = {}
@@ -129,10 +144,8 @@ def uncertainty_row(prediction, reference, variance, gamma_map) -> dict[str, flo
 
 def run_qpi(args, out_dir: Path, device: torch.device) -> None:
     print("\n## (a) QPI", flush=True)
-    learned = {"regression": train_regression(args, "qpi", out_dir)}
-    for schedule, name in (("cddpm", "CDDPM"), ("cvdm_simple", "CVDM-simple"), ("cvdm", "CVDM")):
-        learned[name] = train_diffusion(args, "qpi", schedule, out_dir)
-    learned.update(extra_models(args, "qpi", device))
+    learned = learned_methods(args, "qpi", {"cddpm": "CDDPM", "cvdm_simple": "CVDM-simple", "cvdm": "CVDM"},
+                              out_dir, device)
     config = QPISimulationConfig()
     geometry = (config.dz_um, config.wavelength_um, config.pixel_um)
     spec = get_task("qpi")
@@ -167,10 +180,7 @@ def run_qpi(args, out_dir: Path, device: torch.device) -> None:
 
 def run_sr(args, out_dir: Path, device: torch.device) -> None:
     print("\n## (b) SR", flush=True)
-    learned = {"regression": train_regression(args, "sr", out_dir)}
-    for schedule, name in (("cddpm", "CDDPM"), ("cvdm", "CVDM")):
-        learned[name] = train_diffusion(args, "sr", schedule, out_dir)
-    learned.update(extra_models(args, "sr", device))
+    learned = learned_methods(args, "sr", {"cddpm": "CDDPM", "cvdm": "CVDM"}, out_dir, device)
     spec = get_task("sr")
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, TEST_SPLIT]))
     rows = []
@@ -220,6 +230,8 @@ def print_uncertainty(title: str, uncertainty: dict[str, list[dict]]) -> None:
     print("| model | Spearman(std, abs error) | UCE | coverage of ±1.96 std (nominal 0.95) | Spearman(γ map, variance) |")
     print("|---|---|---|---|---|")
     for name, rows in uncertainty.items():
+        if not rows:
+            continue
         mean = {key: _mean_of_finite([r[key] for r in rows]) for key in rows[0]}
         print(f"| {name} | {mean['spearman']:.3f} | {mean['uce']:.4f} | {mean['coverage95']:.3f} | "
               f"{mean['gamma_vs_variance']:.3f} |")
@@ -229,7 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("qpi", "sr", "both"), default="both")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps of every learned method")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="training steps of every learned method (0: train none, score only --extra files)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
