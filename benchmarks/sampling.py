@@ -6,9 +6,10 @@ normalised and scored the same way), every sampler × time grid × NFE draws N
 samples per image and reports
 
 - PSNR and MS-SSIM of the sample mean against the ground truth;
-- the per-pixel sample std against that of the reference, the paper's 200-step
-  ancestral sampler on the uniform grid: Pearson correlation over pixels and the
-  ratio of mean std (1 = same spread).
+- the per-pixel sample std against that of the reference — by default the paper's
+  200-step ancestral sampler on the uniform grid; ``--reference`` picks another,
+  e.g. a converged ``ancestral/log_snr/1000`` — Pearson correlation over pixels and
+  the ratio of mean std (1 = same spread).
 
 Before that, an exact-denoiser check with the model's own schedule and λ map:
 Gaussian data with a known variance, so each sampler's spread can be compared
@@ -48,7 +49,7 @@ from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS  # noqa: E402
 
 TEST_SPLIT = 2  # the held-out stream of benchmarks/paper_tables.py
 PHASE_RANGE_RAD = QPISimulationConfig().phase_max_rad
-REFERENCE = ("ancestral", "uniform", 200)
+PAPER_REFERENCE = ("ancestral", "uniform", 200)
 #: Gaussian smoothing (px) of the std maps for the second correlation (averages the N-sample noise).
 SMOOTH_PX = 2.0
 
@@ -89,13 +90,14 @@ def gaussian_check(model, condition: torch.Tensor, configs, args) -> None:
     a sampler that is right reproduces the variance s² (ratio 1). 64 samples per pixel.
     """
     s2 = 0.25
+    reference = args.reference
     with torch.no_grad():
         lam = model.schedule.schedule_map(condition).repeat(64, 1, 1, 1)
     original = model.predict_noise
     model.predict_noise = lambda x_t, y, gamma: ((1 - gamma).sqrt() * x_t / (gamma * s2 + 1 - gamma))
     try:
         ratios = {}
-        for config in [*configs, REFERENCE]:
+        for config in [*configs, reference]:
             sampler, grid, nfe = config
             out = sample(model, condition.expand(64, -1, -1, -1), steps=nfe, sampler=sampler, grid=grid,
                          schedule_map=lam, clip=None, generator=torch.Generator().manual_seed(0))
@@ -104,8 +106,8 @@ def gaussian_check(model, condition: torch.Tensor, configs, args) -> None:
         model.predict_noise = original
     nfes = sorted({n for _, _, n in configs})
     print(f"Exact-denoiser check (Gaussian data, this model's schedule, λ median {float(lam.median()):.3g}): "
-          f"sample variance / true variance; reference {REFERENCE[0]}/{REFERENCE[1]}/200: "
-          f"{ratios[REFERENCE]:.3f}\n")
+          f"sample variance / true variance; reference {'/'.join(map(str, reference))}: "
+          f"{ratios[reference]:.3f}\n")
     print("| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |\n|---|---|" + "---|" * len(nfes))
     for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
         cells = [f"{ratios[(sampler, grid, n)]:.3f}" if (sampler, grid, n) in ratios else "–" for n in nfes]
@@ -170,14 +172,16 @@ def run_task(task: str, path: str, args) -> None:
         tiling_check(model, torch.from_numpy(held_out(task, 1, 160, args.seed + 1)[0][0][None]), args)
     if args.check_only:
         return
-    rows: dict = {config: [] for config in [*configs, REFERENCE, "ceiling"]}
+    reference_config = args.reference
+    rows: dict = {config: [] for config in [*configs, reference_config, "ceiling"]}
     start = time.perf_counter()
     for condition, truth in pairs:
         y = torch.from_numpy(condition[None])
-        ref_mean, ref_std = draw(model, y, REFERENCE, args, seed=0)
-        ceiling_mean, ceiling_std = draw(model, y, REFERENCE, args, seed=1)
-        entries = {config: draw(model, y, config, args, seed=0) for config in configs if config != REFERENCE}
-        entries[REFERENCE] = (ref_mean, ref_std)
+        ref_mean, ref_std = draw(model, y, reference_config, args, seed=0)
+        ceiling_mean, ceiling_std = draw(model, y, reference_config, args, seed=1)
+        entries = {config: draw(model, y, config, args, seed=0) for config in configs
+                   if config != reference_config}
+        entries[reference_config] = (ref_mean, ref_std)
         entries["ceiling"] = (ceiling_mean, ceiling_std)
         for key, (mean, std) in entries.items():
             psnr, msssim = scores(task, mean, truth)
@@ -187,10 +191,10 @@ def run_task(task: str, path: str, args) -> None:
             rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
-          f"std vs the 200-step ancestral reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
+          f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
           "/ mean ratio.\n")
-    reference = np.mean(rows[REFERENCE], 0)
-    print(f"reference {REFERENCE[0]}/{REFERENCE[1]}/{REFERENCE[2]}: PSNR {reference[0]:.2f} dB, "
+    reference = np.mean(rows[reference_config], 0)
+    print(f"reference {'/'.join(map(str, reference_config))}: PSNR {reference[0]:.2f} dB, "
           f"MS-SSIM {reference[1]:.4f}")
     ceiling = np.mean(rows["ceiling"], 0)
     print(f"ceiling (reference, other seed): PSNR {ceiling[0]:.2f} dB, MS-SSIM {ceiling[1]:.4f}, "
@@ -212,11 +216,12 @@ def run_task(task: str, path: str, args) -> None:
             if not rows.get((sampler, grid, n)):
                 cells.append("–")
                 continue
-            v = np.mean(np.array(rows[(sampler, grid, n)]) - np.array(rows[REFERENCE]), 0)
+            v = np.mean(np.array(rows[(sampler, grid, n)]) - np.array(rows[reference_config]), 0)
             cells.append(f"{v[0]:+.2f} / {v[1]:+.4f}")
         print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
-    ceiling = np.mean(np.array(rows["ceiling"]) - np.array(rows[REFERENCE]), 0)
-    print(f"| ceiling (reference, seed 1) | uniform | {ceiling[0]:+.2f} / {ceiling[1]:+.4f} at NFE 200 |")
+    ceiling = np.mean(np.array(rows["ceiling"]) - np.array(rows[reference_config]), 0)
+    print(f"| ceiling (reference, seed 1) | {reference_config[1]} | {ceiling[0]:+.2f} / {ceiling[1]:+.4f} "
+          f"at NFE {reference_config[2]} |")
 
 
 def main() -> None:
@@ -231,6 +236,8 @@ def main() -> None:
     parser.add_argument("--grids", default=",".join(GRIDS))
     parser.add_argument("--plan", default=None,
                         help="instead of samplers × grids × nfe: 'sampler/grid=n,n;sampler/grid=n,...'")
+    parser.add_argument("--reference", default="/".join(map(str, PAPER_REFERENCE)),
+                        help="sampler/grid/NFE the others are compared with (default: the paper's)")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
     parser.add_argument("--threads", type=int, default=1)
@@ -242,7 +249,9 @@ def main() -> None:
     else:
         nfes = [int(n) for n in args.nfe.split(",")]
         args.plan = [(s, g, nfes) for s in args.samplers.split(",") for g in args.grids.split(",")]
-    for sampler, grid, _ in args.plan:
+    sampler, grid, nfe = args.reference.split("/")
+    args.reference = (sampler, grid, int(nfe))
+    for sampler, grid, _ in [*args.plan, args.reference]:
         if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
             parser.error(f"unknown sampler/grid {sampler}/{grid}")
     if not (args.qpi_model or args.sr_model):
