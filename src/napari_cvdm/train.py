@@ -527,8 +527,10 @@ class Trainer:
             self.load_state(self.run_dir / STATE_FILE)
         if self.dist.is_main:
             self._open_logs()
-            log.info("%s %s model (%s, %s) on %s, %s: step %d of %d; batch %d × %d process(es); run folder %s",
-                     "resuming" if self.step else "training", spec.name, config.preset, config.schedule,
+            action = "resuming" if self.step else "fine-tuning" if base is not None else "training"
+            log.info("%s %s model (%s, %s%s) on %s, %s: step %d of %d; batch %d × %d process(es); run folder %s",
+                     action, spec.name, config.preset, config.schedule,
+                     f", from {Path(config.init_model).name}" if base is not None else "",
                      self.device, self.data.description, self.step, config.steps, config.batch_size,
                      self.dist.world_size, self.run_dir)
 
