@@ -5,7 +5,8 @@ Run under a display (Xvfb is fine)::
     xvfb-run -a .venv/bin/python scripts/screenshots.py            # writes docs/images/*.png
 
 It opens the plugin's sample data, trains a small SR model from layers with the
-Train widget (live loss curve), reconstructs a widefield crop and the real cell
+Train widget (live loss curve; it fine-tunes the shipped SR model when there is
+one), reconstructs a widefield crop and the real cell
 defocus stack with the Reconstruct widget, and saves one window grab per step:
 
 - ``docs/images/train_widget.png``
@@ -101,11 +102,15 @@ def main() -> None:
     _, trainer = viewer.window.add_plugin_dock_widget("napari-cvdm", "Train")
     trainer.input_layer_combo.setCurrentText("training widefield")
     trainer.target_layer_combo.setCurrentText("training SIM")
-    trainer.preset_combo.setCurrentText("tiny")
+    base = shipped_model("sr")
+    if base is not None:  # fine-tune the shipped model, as a user with their own pairs would
+        trainer.base_combo.setCurrentIndex(trainer.base_combo.findData(base))
+    else:
+        trainer.preset_combo.setCurrentText("tiny")
     trainer.patch_spin.setValue(64)
     trainer.batch_spin.setValue(8)
     trainer.steps_spin.setValue(args.steps)
-    trainer.lr_spin.setValue(0.002)
+    trainer.lr_spin.setValue(0.002 if base is None else 0.0002)
     trainer.validation_spin.setValue(0.2)
     trainer.validate_every_spin.setValue(max(1, args.steps // 3))
     trainer.device_combo.setCurrentText("cpu")
