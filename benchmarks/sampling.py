@@ -76,6 +76,23 @@ def scores(task: str, mean: np.ndarray, truth: np.ndarray) -> tuple[float, float
     return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0)
 
 
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def disattenuated(std_a, std_a_again, std_ref, std_ref_again) -> float:
+    """Correlation of two samplers' std maps with the N-sample noise of both estimates removed.
+
+    Spearman's correction for attenuation: the mean cross-correlation of two independent
+    estimates per sampler, divided by the geometric mean of each sampler's correlation with
+    itself (its reliability). 1 = the samplers have the same std map up to Monte-Carlo noise.
+    With few samples the reliabilities are small and noisy, and the ratio can exceed 1.
+    """
+    cross = np.mean([pearson(a, b) for a in (std_a, std_a_again) for b in (std_ref, std_ref_again)])
+    reliability = pearson(std_a, std_a_again) * pearson(std_ref, std_ref_again)
+    return float(cross / np.sqrt(reliability)) if reliability > 0 else float("nan")
+
+
 def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
     sampler, grid, nfe = config
     stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
@@ -185,10 +202,13 @@ def run_task(task: str, path: str, args) -> None:
         entries["ceiling"] = (ceiling_mean, ceiling_std)
         for key, (mean, std) in entries.items():
             psnr, msssim = scores(task, mean, truth)
-            corr = float(np.corrcoef(std.ravel(), ref_std.ravel())[0, 1])
-            smooth = float(np.corrcoef(gaussian_filter(std, SMOOTH_PX).ravel(),
-                                       gaussian_filter(ref_std, SMOOTH_PX).ravel())[0, 1])
-            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth))
+            corr = pearson(std, ref_std)
+            smooth = pearson(gaussian_filter(std, SMOOTH_PX), gaussian_filter(ref_std, SMOOTH_PX))
+            corrected = float("nan")
+            if args.reliability and key not in (reference_config, "ceiling"):
+                std_again = draw(model, y, key, args, seed=1)[1]
+                corrected = disattenuated(std, std_again, ref_std, ceiling_std)
+            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, corrected))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
           f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
@@ -222,6 +242,14 @@ def run_task(task: str, path: str, args) -> None:
     ceiling = np.mean(np.array(rows["ceiling"]) - np.array(rows[reference_config]), 0)
     print(f"| ceiling (reference, seed 1) | {reference_config[1]} | {ceiling[0]:+.2f} / {ceiling[1]:+.4f} "
           f"at NFE {reference_config[2]} |")
+    if args.reliability:
+        print("\nStd map vs the reference's, corrected for the N-sample noise of both (Spearman's "
+              "disattenuation; a second draw of every sampler with seed 1):\n")
+        print(header)
+        for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+            cells = ["–" if not rows.get((sampler, grid, n)) else f"{np.nanmean(np.array(rows[(sampler, grid, n)])[:, 5]):.2f}"
+                     for n in nfes]
+            print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -238,6 +266,8 @@ def main() -> None:
                         help="instead of samplers × grids × nfe: 'sampler/grid=n,n;sampler/grid=n,...'")
     parser.add_argument("--reference", default="/".join(map(str, PAPER_REFERENCE)),
                         help="sampler/grid/NFE the others are compared with (default: the paper's)")
+    parser.add_argument("--reliability", action="store_true",
+                        help="draw every sampler twice and report its std correlation corrected for N-sample noise")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
     parser.add_argument("--threads", type=int, default=1)
