@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cvdm._widgets import MODEL_REGISTRY
+from napari_cvdm._widgets._registry import model_card
 from napari_cvdm._widgets._train import FOLDERS_SOURCE, TrainWidget, format_duration, split_planes
 from napari_cvdm.data import simulate_sr
 
@@ -160,8 +161,10 @@ def test_fine_tune_a_model_of_the_chosen_task(viewer, tmp_path, notifications, w
     assert widget.start()
     wait_idle(widget)
     assert notifications.error == []
-    info = MODEL_REGISTRY.get(tmp_path / "tuned.safetensors").info
-    assert info.training["fine_tuned_from"]["file"] == sr_model_path.name and info.config.preset == "tiny"
+    entry = MODEL_REGISTRY.get(tmp_path / "tuned.safetensors")
+    assert entry.info.training["fine_tuned_from"]["file"] == sr_model_path.name
+    assert entry.info.config.preset == "tiny"
+    assert "Training steps: 2 (fine-tuned from tiny_sr.safetensors)" in model_card(entry).splitlines()
 
     widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))  # only QPI models are offered now
     bases = [widget.base_combo.itemData(i) for i in range(widget.base_combo.count())]

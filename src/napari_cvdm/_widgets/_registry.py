@@ -81,7 +81,11 @@ def model_card(entry: ModelEntry) -> str:
     if trained_on:
         lines.append(f"Trained on: {trained_on}")
     if training.get("steps"):
-        lines.append(f"Training steps: {training['steps']}")
+        base = training.get("fine_tuned_from") or {}
+        tuned = ""
+        if base:
+            tuned = f" (fine-tuned from {base.get('file')}" + (f", {base['steps']} steps)" if base.get("steps") else ")")
+        lines.append(f"Training steps: {training['steps']}{tuned}")
     if info.description:
         lines.append(info.description)
     return "\n".join(lines)
