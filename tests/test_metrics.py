@@ -57,6 +57,10 @@ def test_mae_is_on_the_reference_unit_range():
     reference = np.linspace(10.0, 20.0, 100).reshape(10, 10)
     assert metrics.mae(reference + 1.0, reference) == pytest.approx(0.1)
     assert metrics.mae(reference, reference) == 0.0
+    flat = np.zeros((10, 10))
+    assert metrics.mae(flat + 0.5, flat, data_range=2.0) == pytest.approx(0.25)  # a fixed range: flat is fine
+    with pytest.raises(ValueError, match="constant"):
+        metrics.mae(flat + 0.5, flat)
     phase = np.random.default_rng(2).random((8, 8))
     np.testing.assert_allclose(metrics.align_offset(phase + 5.0, phase), phase)
     np.testing.assert_allclose(metrics.scale_to_reference(3 * phase - 2, phase), phase, atol=1e-12)

@@ -89,6 +89,18 @@ def test_in_memory_pairs_train_a_qpi_model_in_radians(tmp_path):
     assert result.validation is None and "3 in-memory" in info.training["data"]
 
 
+def test_validation_on_a_flat_patch_does_not_stop_training(tmp_path):
+    # a uniform phase (or an empty SR background) gives flat validation targets
+    rng = np.random.default_rng(0)
+    flat = [np.zeros((24, 24), np.float32) for _ in range(4)]
+    for phase in flat:
+        phase[-2:, -2:] = 1.0  # all but a corner, outside the one 16-px validation tile at (0, 0)
+    stacks = [(1 + 0.01 * rng.standard_normal((2, 24, 24))).astype(np.float32) for _ in flat]
+    config = _config(tmp_path, task="qpi", steps=2, validation_fraction=0.25, validate_every=1)
+    result = train(config, pairs=(stacks, flat))
+    assert result.steps_done == 2 and np.isfinite(result.validation["mae"])
+
+
 # ----------------------------------------------------------------------------- kill and resume
 
 

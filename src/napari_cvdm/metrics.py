@@ -159,9 +159,12 @@ def to_unit_range(image, reference=None) -> np.ndarray:
     return (image - ref.min()) / _range(ref, None)
 
 
-def mae(prediction, reference) -> float:
-    """Mean absolute error on [0, 1]-scaled images: both scaled by the reference's min/max."""
+def mae(prediction, reference, data_range: float | None = None) -> float:
+    """Mean absolute error on [0, 1]-scaled images: both scaled by the reference's min/max,
+    or divided by a fixed ``data_range`` (which also works for a flat reference)."""
     prediction, reference = _pair(prediction, reference)
+    if data_range is not None:
+        return float(np.mean(np.abs(prediction - reference))) / _range(reference, data_range)
     return float(np.mean(np.abs(to_unit_range(prediction, reference) - to_unit_range(reference))))
 
 

@@ -612,7 +612,7 @@ class Trainer:
     def validate(self) -> dict[str, float] | None:
         """Validation loss and PSNR/SSIM/MAE of the EMA model's sampled mean on the fixed patches.
 
-        Computed on normalised patches (targets in about [−1, 1], PSNR/SSIM data range 2);
+        Computed on normalised patches (targets in about [−1, 1], PSNR/SSIM/MAE data range 2);
         for QPI the free phase offset is removed first. None without validation data.
         """
         from .metrics import align_offset, mae, psnr, ssim
@@ -640,7 +640,8 @@ class Trainer:
                     p = align_offset(p, t) if self.data.spec.name == "qpi" else p
                     scores["psnr"].append(psnr(p, t, data_range=2.0))
                     scores["ssim"].append(ssim(p, t, data_range=2.0))
-                    scores["mae"].append(mae(p, t))
+                    # a fixed range: a validation patch may be flat (empty background, uniform phase)
+                    scores["mae"].append(mae(p, t, data_range=2.0))
         result = {"loss": sum(losses) / len(y_all)}
         result.update({name: float(np.mean(values)) for name, values in scores.items()})
         return result
