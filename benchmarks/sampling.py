@@ -80,17 +80,27 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-def disattenuated(std_a, std_a_again, std_ref, std_ref_again) -> float:
-    """Correlation of two samplers' std maps with the N-sample noise of both estimates removed.
+def reliability_terms(std_a, std_a_again, std_ref, std_ref_again) -> tuple[float, float, float]:
+    """Cross-correlation and reliabilities of two samplers' std maps, two independent draws each.
 
-    Spearman's correction for attenuation: the mean cross-correlation of two independent
-    estimates per sampler, divided by the geometric mean of each sampler's correlation with
-    itself (its reliability). 1 = the samplers have the same std map up to Monte-Carlo noise.
-    With few samples the reliabilities are small and noisy, and the ratio can exceed 1.
+    Cross: the mean correlation of the pairs drawn from different seeds (pairs with the same
+    seed share the initial noise, so their Monte-Carlo errors are not independent);
+    reliabilities: each sampler's correlation with itself. See :func:`disattenuated`.
     """
-    cross = np.mean([pearson(a, b) for a in (std_a, std_a_again) for b in (std_ref, std_ref_again)])
-    reliability = pearson(std_a, std_a_again) * pearson(std_ref, std_ref_again)
-    return float(cross / np.sqrt(reliability)) if reliability > 0 else float("nan")
+    cross = 0.5 * (pearson(std_a, std_ref_again) + pearson(std_a_again, std_ref))
+    return cross, pearson(std_a, std_a_again), pearson(std_ref, std_ref_again)
+
+
+def disattenuated(terms: np.ndarray) -> float:
+    """Spearman's correction for attenuation over images: mean cross / sqrt(mean rel_a · mean rel_ref).
+
+    ``terms`` ``(images, 3)`` from :func:`reliability_terms`. 1 = the two samplers have the same
+    std map up to the N-sample noise of both estimates. NaN when a reliability is not positive.
+    """
+    cross, reliability_a, reliability_ref = np.mean(terms, 0)
+    if reliability_a <= 0 or reliability_ref <= 0:
+        return float("nan")
+    return float(cross / np.sqrt(reliability_a * reliability_ref))
 
 
 def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
@@ -204,11 +214,10 @@ def run_task(task: str, path: str, args) -> None:
             psnr, msssim = scores(task, mean, truth)
             corr = pearson(std, ref_std)
             smooth = pearson(gaussian_filter(std, SMOOTH_PX), gaussian_filter(ref_std, SMOOTH_PX))
-            corrected = float("nan")
+            terms = (float("nan"),) * 3
             if args.reliability and key not in (reference_config, "ceiling"):
-                std_again = draw(model, y, key, args, seed=1)[1]
-                corrected = disattenuated(std, std_again, ref_std, ceiling_std)
-            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, corrected))
+                terms = reliability_terms(std, draw(model, y, key, args, seed=1)[1], ref_std, ceiling_std)
+            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
           f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
@@ -244,11 +253,14 @@ def run_task(task: str, path: str, args) -> None:
           f"at NFE {reference_config[2]} |")
     if args.reliability:
         print("\nStd map vs the reference's, corrected for the N-sample noise of both (Spearman's "
-              "disattenuation; a second draw of every sampler with seed 1):\n")
+              "disattenuation over the images; every sampler drawn again with seed 1, cross-seed pairs only):\n")
         print(header)
         for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
-            cells = ["–" if not rows.get((sampler, grid, n)) else f"{np.nanmean(np.array(rows[(sampler, grid, n)])[:, 5]):.2f}"
-                     for n in nfes]
+            cells = []
+            for n in nfes:
+                value = disattenuated(np.array(rows[(sampler, grid, n)])[:, 5:8]) \
+                    if rows.get((sampler, grid, n)) else float("nan")
+                cells.append("–" if not np.isfinite(value) else f"{value:.2f}")
             print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
 
 
@@ -279,8 +291,11 @@ def main() -> None:
     else:
         nfes = [int(n) for n in args.nfe.split(",")]
         args.plan = [(s, g, nfes) for s in args.samplers.split(",") for g in args.grids.split(",")]
-    sampler, grid, nfe = args.reference.split("/")
-    args.reference = (sampler, grid, int(nfe))
+    try:
+        sampler, grid, nfe = args.reference.split("/")
+        args.reference = (sampler, grid, int(nfe))
+    except ValueError:
+        parser.error(f"--reference must be sampler/grid/NFE, e.g. ancestral/log_snr/1000 (got {args.reference})")
     for sampler, grid, _ in [*args.plan, args.reference]:
         if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
             parser.error(f"unknown sampler/grid {sampler}/{grid}")

@@ -104,7 +104,7 @@ def main() -> None:
     trainer.target_layer_combo.setCurrentText("training SIM")
     base = shipped_model("sr")
     if base is not None:  # fine-tune the shipped model, as a user with their own pairs would
-        trainer.base_combo.setCurrentIndex(trainer.base_combo.findData(base))
+        trainer.base_combo.setCurrentIndex(trainer.base_index(base))
     else:
         trainer.preset_combo.setCurrentText("tiny")
     trainer.patch_spin.setValue(64)

@@ -277,6 +277,20 @@ def test_fine_tuning_starts_from_the_base_weights_and_keeps_its_architecture_and
     assert read_model_info(result.model_path).config == base_info.config
 
 
+def test_a_stopped_fine_tune_resumes_and_must_keep_its_base(tmp_path, monkeypatch):
+    base_path = train(_config(tmp_path, "base", steps=1)).model_path
+    monkeypatch.chdir(tmp_path)
+    relative = _config(tmp_path, "tuned", steps=4, init_model="base.safetensors")
+    calls = []
+    first = train(relative, should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert first.stopped and first.steps_done == 2
+    # the run recorded the base's absolute path: the same file named another way resumes it
+    resumed = train(_config(tmp_path, "tuned", steps=4, init_model=str(base_path)), resume=True)
+    assert resumed.steps_done == 4 and [s for s, _ in _losses(resumed.run_dir)] == [1, 2, 3, 4]
+    with pytest.raises(InputError, match="init_model"):
+        Trainer(_config(tmp_path, "tuned", steps=6), resume=True)  # from scratch is another run
+
+
 def test_fine_tuning_refuses_a_model_of_another_task_or_a_damaged_file(tmp_path):
     from napari_cvdm.errors import CVDMError, ModelFileError
 
@@ -289,3 +303,7 @@ def test_fine_tuning_refuses_a_model_of_another_task_or_a_damaged_file(tmp_path)
         Trainer(_config(tmp_path, "d", init_model=str(damaged)))
     with pytest.raises(CVDMError, match="missing.safetensors"):
         Trainer(_config(tmp_path, "m", init_model=str(tmp_path / "missing.safetensors")))
+    with pytest.raises(InputError, match="would overwrite it"):
+        _config(tmp_path, "base", init_model=str(base_path)).check()
+    with pytest.raises(InputError, match="path of a model file"):
+        _config(tmp_path, "n", init_model=False).check()

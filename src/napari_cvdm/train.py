@@ -185,6 +185,12 @@ class TrainConfig:
             raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
         if not str(self.output).endswith(".safetensors"):
             raise InputError(f"The output model file must end in .safetensors (got {self.output}).")
+        if self.init_model is not None:
+            if not isinstance(self.init_model, str | os.PathLike):
+                raise InputError(f"init_model must be the path of a model file (got {self.init_model!r}).")
+            if Path(self.init_model).expanduser().resolve() == Path(self.output).expanduser().resolve():
+                raise InputError(f"Fine-tuning {Path(self.init_model).name} would overwrite it; "
+                                 "choose another output file.")
 
     @property
     def run_dir(self) -> Path:
@@ -300,7 +306,7 @@ def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
         return spec
     if (base.config.y_channels, base.config.x_channels) != (spec.input_channels, spec.target_channels):
         raise InputError(f"{Path(str(config.init_model)).name} maps {base.config.y_channels} input channel(s) "
-                         f"to {base.config.x_channels}, but the data have {spec.input_channels} and "
+                         f"to {base.config.x_channels}, but {spec.name} pairs have {spec.input_channels} and "
                          f"{spec.target_channels}; it cannot be fine-tuned on them.")
     # the base weights only make sense on data normalised as they were trained
     try:
@@ -477,10 +483,17 @@ class Trainer:
 
         config.check()
         base = read_base_model(config)
-        if base is not None and (base.config.preset, base.config.schedule) != (config.preset, config.schedule):
-            log.info("fine-tuning %s: its preset %s and schedule %s are used", Path(config.init_model).name,
-                     base.config.preset, base.config.schedule)
-            config = dataclasses.replace(config, preset=base.config.preset, schedule=base.config.schedule)
+        if base is not None:
+            # the run is defined by the base's architecture and its absolute path (compared on resume)
+            adopted = {"preset": base.config.preset, "schedule": base.config.schedule,
+                       "init_model": str(Path(config.init_model).expanduser().resolve())}
+            if config.task == "generic":
+                adopted.update(input_channels=base.config.y_channels, target_channels=base.config.x_channels)
+            changed = {k: v for k, v in adopted.items() if k != "init_model" and getattr(config, k) != v}
+            if changed:
+                log.info("fine-tuning %s: its %s are used", Path(config.init_model).name,
+                         ", ".join(f"{k} {v}" for k, v in changed.items()))
+            config = dataclasses.replace(config, **adopted)
         self.config = config
         self.base_model = base
         self.dist = _join_process_group(config.device)

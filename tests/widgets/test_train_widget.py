@@ -155,21 +155,38 @@ def test_fine_tune_a_model_of_the_chosen_task(viewer, tmp_path, notifications, w
     bases = [widget.base_combo.itemData(i) for i in range(widget.base_combo.count())]
     assert bases[0] is None and sr_model_path.resolve() in bases and qpi_model_path.resolve() not in bases
 
-    widget.base_combo.setCurrentIndex(bases.index(sr_model_path.resolve()))
+    widget.base_combo.setCurrentIndex(widget.base_index(sr_model_path))
     assert widget.preset_combo.currentText() == "tiny" and not widget.preset_combo.isEnabled()
     assert not widget.schedule_combo.isEnabled()
     assert widget.start()
     wait_idle(widget)
-    assert notifications.error == []
+    assert notifications.error == [] and notifications.warning == []
+    assert widget.base_model == sr_model_path.resolve()  # the new model in the registry kept the choice
     entry = MODEL_REGISTRY.get(tmp_path / "tuned.safetensors")
     assert entry.info.training["fine_tuned_from"]["file"] == sr_model_path.name
     assert entry.info.config.preset == "tiny"
     assert "Training steps: 2 (fine-tuned from tiny_sr.safetensors)" in model_card(entry).splitlines()
 
+    # Resume continues the run from the model it started from, whatever 'Start from' shows now
+    widget.base_combo.setCurrentIndex(0)
+    widget.steps_spin.setValue(3)
+    assert widget.output_path() == tmp_path / "tuned.safetensors"  # a typed name is kept
+    assert widget.start(resume=True)
+    wait_idle(widget)
+    assert notifications.error == [] and widget.last_result.steps_done == 3
+
+    widget.output_edit.setText("")  # suggested names follow the choice, so a base is never overwritten
+    widget.base_combo.setCurrentIndex(widget.base_index(sr_model_path))
+    assert widget.output_path().name == "tiny_sr_tuned.safetensors"
+    widget.base_combo.setCurrentIndex(0)
+    assert widget.output_path().name == "sr_model.safetensors"
+
     widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))  # only QPI models are offered now
     bases = [widget.base_combo.itemData(i) for i in range(widget.base_combo.count())]
     assert qpi_model_path.resolve() in bases and sr_model_path.resolve() not in bases
-    widget.base_combo.setCurrentIndex(0)
+    widget.base_combo.setCurrentIndex(widget.base_index(qpi_model_path))
+    MODEL_REGISTRY.remove(qpi_model_path)  # a chosen base that disappears is said, not silently dropped
+    assert widget.base_model is None and "no longer offered" in notifications.warning[-1]
     assert widget.preset_combo.isEnabled() and widget.schedule_combo.isEnabled()
 
 

@@ -83,8 +83,8 @@ def model_card(entry: ModelEntry) -> str:
     if training.get("steps"):
         base = training.get("fine_tuned_from") or {}
         tuned = ""
-        if base:
-            tuned = f" (fine-tuned from {base.get('file')}" + (f", {base['steps']} steps)" if base.get("steps") else ")")
+        if base.get("file"):
+            tuned = f" (fine-tuned from {base['file']}" + (f", {base['steps']} steps)" if base.get("steps") else ")")
         lines.append(f"Training steps: {training['steps']}{tuned}")
     if info.description:
         lines.append(info.description)

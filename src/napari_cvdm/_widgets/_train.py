@@ -225,10 +225,7 @@ class TrainWidget(QWidget):
             hint = ("Input: defocus stack(s) (…, 2, H, W) = [I(−dz), I(+dz)]; target: phase in "
                     "radians (…, H, W). Stacks give one pair per plane.")
         self.data_hint.setText(hint)
-        self._refresh_bases()
-        current = self.output_edit.text().strip()
-        if not current or Path(current).name in {f"{t}_model.safetensors" for t in TASK_LABELS}:
-            self.output_edit.setText(str(Path.home() / "napari-cvdm" / f"{task}_model.safetensors"))
+        self._refresh_bases()  # also suggests the 'Save to' name
         self._update_buttons()
 
     @property
@@ -240,6 +237,11 @@ class TrainWidget(QWidget):
         """The model file to fine-tune, or None to train from random weights."""
         return self.base_combo.currentData()
 
+    def base_index(self, path: Path) -> int:
+        """Index of a model file in 'Start from' (-1 if it is not offered); Qt's findData cannot compare paths."""
+        path = Path(path).expanduser().resolve()
+        return next((i for i in range(self.base_combo.count()) if self.base_combo.itemData(i) == path), -1)
+
     def _refresh_bases(self, *_) -> None:
         """Offer the readable models of the chosen task (shipped, trained, opened) as starting points."""
         current = self.base_combo.currentData()
@@ -249,19 +251,32 @@ class TrainWidget(QWidget):
         for entry in self.registry.entries():
             if entry.info is not None and entry.info.task == self.task_name:
                 self.base_combo.addItem(entry.label, entry.path)
-        index = self.base_combo.findData(current) if current is not None else 0
+        index = self.base_index(current) if current is not None else 0
+        if index < 0:
+            notifications.show_warning(f"{current.name} is no longer offered for this task; "
+                                       "'Start from' is back to a new model.")
         self.base_combo.setCurrentIndex(max(index, 0))
         self.base_combo.blockSignals(False)
         self._on_base_changed()
 
     def _on_base_changed(self, *_) -> None:
-        """A fine-tuned model keeps its base's size and schedule, so those choices are fixed to it."""
+        """A fine-tuned model keeps its base's size and schedule, so those choices are fixed to it.
+
+        A suggested 'Save to' name follows the choice (``<base>_tuned``), so that the base is never
+        the file a fine-tune overwrites; a name the user typed is kept.
+        """
         path = self.base_model
         entry = self.registry.get(path) if path is not None else None
         fixed = entry is not None and entry.info is not None
+        current = self.output_edit.text().strip()
+        suggested = not current or _is_default_output(current)
         if fixed:
             self.preset_combo.setCurrentText(entry.info.config.preset)
             self.schedule_combo.setCurrentText(entry.info.config.schedule)
+            if suggested or Path(current).expanduser().resolve() == path:
+                self.output_edit.setText(str(_DEFAULT_FOLDER / f"{path.stem}_tuned.safetensors"))
+        elif suggested:
+            self.output_edit.setText(str(_DEFAULT_FOLDER / f"{self.task_name}_model.safetensors"))
         self.preset_combo.setEnabled(not fixed)
         self.schedule_combo.setEnabled(not fixed)
 
@@ -376,6 +391,8 @@ class TrainWidget(QWidget):
         if resume and not (config.run_dir / trainer.STATE_FILE).is_file():
             notifications.show_error(f"Nothing to resume: {config.run_dir} holds no checkpoint; press Start.")
             return False
+        if resume:  # a run continues from the model it was started from, whatever 'Start from' shows now
+            config = dataclasses.replace(config, init_model=_run_init_model(config.run_dir))
         self.loss_plot.clear()
         if resume:
             self._load_history(config.run_dir / trainer.LOG_FILE)
@@ -472,6 +489,16 @@ class TrainWidget(QWidget):
         notifications.show_info(message)
 
 
+_DEFAULT_FOLDER = Path.home() / "napari-cvdm"
+
+
+def _is_default_output(text: str) -> bool:
+    """Whether 'Save to' still holds a name the widget suggested (so it may suggest another)."""
+    path = Path(text).expanduser()
+    return path.parent == _DEFAULT_FOLDER and (
+        path.name in {f"{t}_model.safetensors" for t in TASK_LABELS} or path.stem.endswith("_tuned"))
+
+
 def _config_defaults() -> dict:
     """Default values of TrainConfig's fields (those that have one)."""
     defaults = {}
@@ -481,6 +508,16 @@ def _config_defaults() -> dict:
         elif item.default_factory is not dataclasses.MISSING:
             defaults[item.name] = item.default_factory()
     return defaults
+
+
+def _run_init_model(run_dir: Path) -> str | None:
+    """The model file a run was fine-tuned from, as its ``config.json`` records (None: from scratch)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("init_model")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _spin(minimum: int, maximum: int, value: int, tooltip: str) -> QSpinBox:
