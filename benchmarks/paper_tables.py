@@ -263,8 +263,11 @@ def main() -> None:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device: {device} ({name}), torch {torch.__version__}, {args.threads} CPU threads")
-    print(f"budget per learned method: preset {args.preset}, {args.steps} steps × batch {args.batch} of "
-          f"{args.patch}² patches, lr {args.lr}, {args.train_images} simulated training images, seed {args.seed}")
+    if args.steps > 0:
+        print(f"budget per learned method: preset {args.preset}, {args.steps} steps × batch {args.batch} of "
+              f"{args.patch}² patches, lr {args.lr}, {args.train_images} simulated training images, seed {args.seed}")
+    else:
+        print("no method trained (--steps 0): the classical methods and the --extra model files only")
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.keep or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
