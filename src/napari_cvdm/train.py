@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import ModelInfo, load_model, read_model_info, save_model, write_atomically
+from .checkpoint import ModelInfo, load_model, save_model, write_atomically
 from .errors import CVDMError, InputError, ModelFileError
 from .model import CVDM, SAMPLERS, ModelConfig, low_discrepancy_times, sample_statistics
 from .model.samplers import DEFAULT_SAMPLER
@@ -321,15 +321,18 @@ def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
         raise ModelFileError(f"{Path(str(config.init_model)).name} has an unusable normalisation: {exc}.") from None
 
 
-def read_base_model(config: TrainConfig) -> ModelInfo | None:
-    """The header of ``config.init_model`` (None without one); InputError if it is for another task."""
+def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
+    """The model to fine-tune, ``config.init_model``, on the CPU (None without one).
+
+    Read once, before any data; InputError if it is for another task, ModelFileError if damaged.
+    """
     if config.init_model is None:
         return None
     path = Path(config.init_model).expanduser()
-    base = read_model_info(path)
-    if base.task != config.task:
-        raise InputError(f"{path.name} is a {base.task} model; it cannot be fine-tuned for the {config.task} task.")
-    return base
+    model, info = load_model(path)
+    if info.task != config.task:
+        raise InputError(f"{path.name} is a {info.task} model; it cannot be fine-tuned for the {config.task} task.")
+    return model, info
 
 
 def _folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
@@ -482,7 +485,7 @@ class Trainer:
         from .reconstruct import resolve_device
 
         config.check()
-        base = read_base_model(config)
+        base_net, base = load_base_model(config) or (None, None)
         if base is not None:
             # the run is defined by the base's architecture and its absolute path (compared on resume)
             adopted = {"preset": base.config.preset, "schedule": base.config.schedule,
@@ -513,10 +516,7 @@ class Trainer:
         self.model_config = ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
                                         preset=config.preset, schedule=config.schedule)
         torch.manual_seed(config.seed)
-        if base is None:
-            self.model = CVDM(self.model_config).to(self.device)
-        else:
-            self.model = load_model(Path(config.init_model).expanduser(), self.device)[0].train()
+        self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
