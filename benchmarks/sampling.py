@@ -103,6 +103,16 @@ def disattenuated(terms: np.ndarray) -> float:
     return float(cross / np.sqrt(reliability_a * reliability_ref))
 
 
+def paired_difference(rows, reference_rows) -> str:
+    """Mean ΔPSNR / ΔMS-SSIM over images, with the standard error of each when there are ≥ 2 images."""
+    difference = np.array(rows)[:, :2] - np.array(reference_rows)[:, :2]
+    mean = difference.mean(0)
+    if len(difference) < 2:
+        return f"{mean[0]:+.2f} / {mean[1]:+.4f}"
+    error = difference.std(0, ddof=1) / np.sqrt(len(difference))
+    return f"{mean[0]:+.2f} ± {error[0]:.2f} / {mean[1]:+.4f} ± {error[1]:.4f}"
+
+
 def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
     sampler, grid, nfe = config
     stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
@@ -201,15 +211,17 @@ def run_task(task: str, path: str, args) -> None:
         return
     reference_config = args.reference
     rows: dict = {config: [] for config in [*configs, reference_config, "ceiling"]}
+    if not args.ceiling:
+        del rows["ceiling"]
     start = time.perf_counter()
     for condition, truth in pairs:
         y = torch.from_numpy(condition[None])
         ref_mean, ref_std = draw(model, y, reference_config, args, seed=0)
-        ceiling_mean, ceiling_std = draw(model, y, reference_config, args, seed=1)
         entries = {config: draw(model, y, config, args, seed=0) for config in configs
                    if config != reference_config}
         entries[reference_config] = (ref_mean, ref_std)
-        entries["ceiling"] = (ceiling_mean, ceiling_std)
+        if args.ceiling:
+            entries["ceiling"] = ceiling_mean, ceiling_std = draw(model, y, reference_config, args, seed=1)
         for key, (mean, std) in entries.items():
             psnr, msssim = scores(task, mean, truth)
             corr = pearson(std, ref_std)
@@ -225,9 +237,11 @@ def run_task(task: str, path: str, args) -> None:
     reference = np.mean(rows[reference_config], 0)
     print(f"reference {'/'.join(map(str, reference_config))}: PSNR {reference[0]:.2f} dB, "
           f"MS-SSIM {reference[1]:.4f}")
-    ceiling = np.mean(rows["ceiling"], 0)
-    print(f"ceiling (reference, other seed): PSNR {ceiling[0]:.2f} dB, MS-SSIM {ceiling[1]:.4f}, "
-          f"std r {ceiling[2]:.3f} (smoothed {ceiling[4]:.3f}), std ratio {ceiling[3]:.3f}\n")
+    if args.ceiling:
+        ceiling = np.mean(rows["ceiling"], 0)
+        print(f"ceiling (reference, other seed): PSNR {ceiling[0]:.2f} dB, MS-SSIM {ceiling[1]:.4f}, "
+              f"std r {ceiling[2]:.3f} (smoothed {ceiling[4]:.3f}), std ratio {ceiling[3]:.3f}")
+    print()
     nfes = sorted({n for _, _, n in configs})
     header = "| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |\n|---|---|" + "---|" * len(nfes)
     print(header)
@@ -237,7 +251,8 @@ def run_task(task: str, path: str, args) -> None:
             v = np.mean(rows[(sampler, grid, n)], 0) if rows.get((sampler, grid, n)) else None
             cells.append("–" if v is None else f"{v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} ({v[4]:.2f}) / {v[3]:.2f}")
         print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
-    print("\nDifference to the reference, paired by image (ΔPSNR dB / ΔMS-SSIM):\n")
+    print("\nDifference to the reference, paired by image (ΔPSNR dB / ΔMS-SSIM"
+          + (", each ± its standard error over the images" if len(pairs) > 1 else "") + "):\n")
     print(header)
     for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
         cells = []
@@ -245,12 +260,11 @@ def run_task(task: str, path: str, args) -> None:
             if not rows.get((sampler, grid, n)):
                 cells.append("–")
                 continue
-            v = np.mean(np.array(rows[(sampler, grid, n)]) - np.array(rows[reference_config]), 0)
-            cells.append(f"{v[0]:+.2f} / {v[1]:+.4f}")
+            cells.append(paired_difference(rows[(sampler, grid, n)], rows[reference_config]))
         print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
-    ceiling = np.mean(np.array(rows["ceiling"]) - np.array(rows[reference_config]), 0)
-    print(f"| ceiling (reference, seed 1) | {reference_config[1]} | {ceiling[0]:+.2f} / {ceiling[1]:+.4f} "
-          f"at NFE {reference_config[2]} |")
+    if args.ceiling:
+        print(f"| ceiling (reference, seed 1) | {reference_config[1]} | "
+              f"{paired_difference(rows['ceiling'], rows[reference_config])} at NFE {reference_config[2]} |")
     if args.reliability:
         print("\nStd map vs the reference's, corrected for the N-sample noise of both (Spearman's "
               "disattenuation over the images; every sampler drawn again with seed 1, cross-seed pairs only):\n")
@@ -280,6 +294,9 @@ def main() -> None:
                         help="sampler/grid/NFE the others are compared with (default: the paper's)")
     parser.add_argument("--reliability", action="store_true",
                         help="draw every sampler twice and report its std correlation corrected for N-sample noise")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="also draw the reference with other noise (the 'ceiling' row; --no-ceiling "
+                             "saves one reference run per image when the standard errors suffice)")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
     parser.add_argument("--threads", type=int, default=1)
@@ -299,6 +316,8 @@ def main() -> None:
     for sampler, grid, _ in [*args.plan, args.reference]:
         if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
             parser.error(f"unknown sampler/grid {sampler}/{grid}")
+    if args.reliability and not args.ceiling:
+        parser.error("--reliability needs the reference's second draw: drop --no-ceiling")
     if not (args.qpi_model or args.sr_model):
         parser.error("give --qpi-model and/or --sr-model")
     torch.set_num_threads(args.threads)
