@@ -29,6 +29,7 @@ Usage (about 5 min on 1 CPU thread for tiny 64² models with the defaults)::
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -199,6 +200,7 @@ def tiling_check(model, condition: torch.Tensor, args, sampler: str = "dpm_solve
 
 
 def run_task(task: str, path: str, args) -> None:
+    path_of_model = str(path)
     model, info = load_model(path, torch.device("cpu"))
     print(f"\n## {task.upper()}: {path} (preset {info.config.preset}, schedule {info.config.schedule}, "
           f"trained {info.training.get('steps', '?')} steps; default sampler {info.sampler})\n", flush=True)
@@ -251,17 +253,30 @@ def run_task(task: str, path: str, args) -> None:
             v = np.mean(rows[(sampler, grid, n)], 0) if rows.get((sampler, grid, n)) else None
             cells.append("–" if v is None else f"{v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} ({v[4]:.2f}) / {v[3]:.2f}")
         print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
-    print("\nDifference to the reference, paired by image (ΔPSNR dB / ΔMS-SSIM"
-          + (", each ± its standard error over the images" if len(pairs) > 1 else "") + "):\n")
-    print(header)
-    for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
-        cells = []
-        for n in nfes:
-            if not rows.get((sampler, grid, n)):
-                cells.append("–")
-                continue
-            cells.append(paired_difference(rows[(sampler, grid, n)], rows[reference_config]))
-        print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    for baseline in [reference_config, *args.compare_to]:
+        print(f"\nDifference to {'the reference' if baseline == reference_config else '/'.join(map(str, baseline))}, "
+              "paired by image (ΔPSNR dB / ΔMS-SSIM"
+              + (", each ± its standard error over the images" if len(pairs) > 1 else "") + "):\n")
+        print(header)
+        for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+            cells = []
+            for n in nfes:
+                if not rows.get((sampler, grid, n)) or (sampler, grid, n) == baseline:
+                    cells.append("–")
+                    continue
+                cells.append(paired_difference(rows[(sampler, grid, n)], rows[baseline]))
+            print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    if args.save:
+        columns = ["psnr_db", "ms_ssim", "std_pearson", "std_ratio", "std_pearson_smoothed",
+                   "reliability_cross", "reliability_self", "reliability_reference"]
+        per_image = {("/".join(map(str, key)) if isinstance(key, tuple) else key): [{c: (v if np.isfinite(v) else None) for c, v in zip(columns, row)}
+                                                                                     for row in values]
+                     for key, values in rows.items()}
+        path = Path(args.save).with_suffix(f".{task}.json")
+        path.write_text(json.dumps({"task": task, "model": path_of_model, "images": len(pairs), "size": args.size,
+                                    "samples": args.samples, "reference": "/".join(map(str, reference_config)),
+                                    "per_image": per_image}, indent=1, default=float))
+        print(f"\nper-image rows written to {path}")
     if args.ceiling:
         print(f"| ceiling (reference, seed 1) | {reference_config[1]} | "
               f"{paired_difference(rows['ceiling'], rows[reference_config])} at NFE {reference_config[2]} |")
@@ -292,6 +307,9 @@ def main() -> None:
                         help="instead of samplers × grids × nfe: 'sampler/grid=n,n;sampler/grid=n,...'")
     parser.add_argument("--reference", default="/".join(map(str, PAPER_REFERENCE)),
                         help="sampler/grid/NFE the others are compared with (default: the paper's)")
+    parser.add_argument("--compare-to", action="append", default=[], metavar="SAMPLER/GRID/NFE",
+                        help="also tabulate the paired differences to this configuration of the plan (repeatable)")
+    parser.add_argument("--save", metavar="FILE", help="write the per-image rows to FILE.<task>.json")
     parser.add_argument("--reliability", action="store_true",
                         help="draw every sampler twice and report its std correlation corrected for N-sample noise")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
@@ -308,11 +326,19 @@ def main() -> None:
     else:
         nfes = [int(n) for n in args.nfe.split(",")]
         args.plan = [(s, g, nfes) for s in args.samplers.split(",") for g in args.grids.split(",")]
-    try:
-        sampler, grid, nfe = args.reference.split("/")
-        args.reference = (sampler, grid, int(nfe))
-    except ValueError:
-        parser.error(f"--reference must be sampler/grid/NFE, e.g. ancestral/log_snr/1000 (got {args.reference})")
+    def configuration(text: str, flag: str) -> tuple[str, str, int]:
+        try:
+            sampler, grid, nfe = text.split("/")
+            return sampler, grid, int(nfe)
+        except ValueError:
+            parser.error(f"{flag} must be sampler/grid/NFE, e.g. ancestral/log_snr/1000 (got {text})")
+
+    args.reference = configuration(args.reference, "--reference")
+    args.compare_to = [configuration(text, "--compare-to") for text in args.compare_to]
+    planned = {(s, g, n) for s, g, nfes in args.plan for n in nfes}
+    for config in args.compare_to:
+        if config not in planned:
+            parser.error(f"--compare-to {'/'.join(map(str, config))} is not in the plan")
     for sampler, grid, _ in [*args.plan, args.reference]:
         if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
             parser.error(f"unknown sampler/grid {sampler}/{grid}")
