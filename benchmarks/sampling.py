@@ -18,7 +18,11 @@ with the truth rather than with the (itself approximate) reference.
 N samples only estimate the std, so even a second reference run with other
 seeds does not correlate perfectly with the first: its scores are printed as
 the "ceiling" row. Seeds are fixed; every configuration sees the same initial
-noise (seed 0), the ceiling row seed 1.
+noise (seed 0), the ceiling row seed 1. With several images, the differences to
+the reference (and to any ``--compare-to`` configuration) are paired by image
+and given with their standard error over the images, which measures the same
+scatter as the ceiling row without its extra reference run (``--no-ceiling``);
+``--save`` keeps the per-image rows.
 
 Usage (about 5 min on 1 CPU thread for tiny 64² models with the defaults)::
 
