@@ -81,6 +81,16 @@ def scores(task: str, mean: np.ndarray, truth: np.ndarray) -> tuple[float, float
     return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0)
 
 
+def coverage(task: str, mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of pixels whose truth lies in mean ± 1.96 std, the std scaled like the mean (as cvdm evaluate)."""
+    if task == "qpi":
+        estimate = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth)
+        return metrics.coverage(estimate, truth, std * PHASE_RANGE_RAD / 2)
+    estimate = metrics.scale_to_reference(mean, truth)
+    spread = float(np.std(mean))
+    return metrics.coverage(estimate, truth, std * (float(np.std(estimate)) / spread if spread > 0 else 1.0))
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
@@ -235,14 +245,15 @@ def run_task(task: str, path: str, args) -> None:
             terms = (float("nan"),) * 3
             if args.reliability and key not in (reference_config, "ceiling"):
                 terms = reliability_terms(std, draw(model, y, key, args, seed=1)[1], ref_std, ceiling_std)
-            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms))
+            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms,
+                              coverage(task, mean, std, truth)))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
           f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
           "/ mean ratio.\n")
     reference = np.mean(rows[reference_config], 0)
     print(f"reference {'/'.join(map(str, reference_config))}: PSNR {reference[0]:.2f} dB, "
-          f"MS-SSIM {reference[1]:.4f}")
+          f"MS-SSIM {reference[1]:.4f}, coverage of mean ± 1.96 std {reference[8]:.3f}")
     if args.ceiling:
         ceiling = np.mean(rows["ceiling"], 0)
         print(f"ceiling (reference, other seed): PSNR {ceiling[0]:.2f} dB, MS-SSIM {ceiling[1]:.4f}, "
@@ -256,6 +267,12 @@ def run_task(task: str, path: str, args) -> None:
         for n in nfes:
             v = np.mean(rows[(sampler, grid, n)], 0) if rows.get((sampler, grid, n)) else None
             cells.append("–" if v is None else f"{v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} ({v[4]:.2f}) / {v[3]:.2f}")
+        print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+    print("\nCoverage: fraction of pixels with the truth inside mean ± 1.96 std (0.95 = calibrated):\n")
+    print(header)
+    for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
+        cells = [f"{np.mean(rows[(sampler, grid, n)], 0)[8]:.3f}" if rows.get((sampler, grid, n)) else "–"
+                 for n in nfes]
         print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
     for baseline in [reference_config, *args.compare_to]:
         print(f"\nDifference to {'the reference' if baseline == reference_config else '/'.join(map(str, baseline))}, "
@@ -272,7 +289,7 @@ def run_task(task: str, path: str, args) -> None:
             print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
     if args.save:
         columns = ["psnr_db", "ms_ssim", "std_pearson", "std_ratio", "std_pearson_smoothed",
-                   "reliability_cross", "reliability_self", "reliability_reference"]
+                   "reliability_cross", "reliability_self", "reliability_reference", "coverage_95"]
         per_image = {("/".join(map(str, key)) if isinstance(key, tuple) else key): [{c: (v if np.isfinite(v) else None) for c, v in zip(columns, row)}
                                                                                      for row in values]
                      for key, values in rows.items()}

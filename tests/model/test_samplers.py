@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from napari_cvdm.model import CVDM, GRIDS, SAMPLERS, ModelConfig, sample, sample_statistics
-from napari_cvdm.model.samplers import LOG_SNR_MAX, STOCHASTIC, ddim_step, predict_data, time_grid
+from napari_cvdm.model.samplers import (
+    LOG_SNR_MAX, STOCHASTIC, ddim_step, dpm_solver_step, predict_data, time_grid,
+)
 
 
 def _model(schedule: str = "cvdm") -> CVDM:
@@ -69,8 +71,25 @@ def test_eta_one_step_equals_the_vdm_ancestral_update():
     vdm = alpha_s / alpha_t * (x_t - c * sigma_t * eps_hat) + sigma_s * c.sqrt() * xi
 
     x0_hat = predict_data(x_t, eps_hat, gamma_t, clip=None)
-    ours = ddim_step(x0_hat, eps_hat, gamma_t, gamma_s, eta=1.0, noise=xi)
+    ours = ddim_step(x_t, x0_hat, gamma_t, gamma_s, eta=1.0, noise=xi)
     assert torch.allclose(ours, vdm, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_family_equals_first_order_dpm_solver_where_x0_is_clipped(eta):
+    """With x̂0 clipped, DDIM (η = 0) is the first-order 2M step and ancestral (η = 1) the first-order
+    2M-SDE step: both step from x_t and the clipped x̂0, so the samplers share one limit."""
+    g = torch.Generator().manual_seed(4)
+    gamma_t = torch.rand(1, 1, 6, 6, generator=g, dtype=torch.float64) * 0.5 + 0.1
+    gamma_s = gamma_t + (1 - gamma_t) * torch.rand(1, 1, 6, 6, generator=g, dtype=torch.float64)
+    x_t, xi = (torch.randn(1, 1, 6, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    eps_hat = 3 * torch.randn(1, 1, 6, 6, generator=g, dtype=torch.float64)
+    x0_hat = predict_data(x_t, eps_hat, gamma_t, clip=1.0)
+    assert bool((x0_hat.abs() == 1).any())  # the case under test: some pixels clipped
+
+    ddim = ddim_step(x_t, x0_hat, gamma_t, gamma_s, eta=eta, noise=xi)
+    dpm, _ = dpm_solver_step(x_t, x0_hat, [], gamma_t, gamma_s, eta=eta, noise=xi)
+    assert torch.allclose(ddim, dpm, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
