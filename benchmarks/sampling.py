@@ -131,7 +131,7 @@ def paired_difference(rows, reference_rows) -> str:
 def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
     sampler, grid, nfe = config
     stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
-                              generator=torch.Generator().manual_seed(seed))
+                              clip=args.clip, generator=torch.Generator().manual_seed(seed))
     return stats.mean[0, 0].numpy(), stats.variance[0, 0].clamp_min(0).sqrt().numpy()
 
 
@@ -338,6 +338,8 @@ def main() -> None:
                              "saves one reference run per image when the standard errors suffice)")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
+    parser.add_argument("--clip", type=lambda text: None if text.lower() == "none" else float(text), default=1.0,
+                        help="x̂0 clipping bound of every sampler on the trained models, or 'none' (default: 1)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="held-out data seed (as paper_tables)")
     args = parser.parse_args()
