@@ -13,9 +13,8 @@ sampler. With ``α = sqrt(γ)``, ``σ = sqrt(1 − γ)``, one step from t to s <
   x̂0 alone: the ancestral step is the DDPM posterior mean given the clipped x̂0
   plus its noise, exactly the first-order step of 2M SDE, and DDIM the first-order
   step of 2M, wherever clipping acts too. Mixing the unclipped ε̂ with the clipped
-  x̂0 instead pulls clipped pixels back harder at every step, and a chain of 1000
-  such steps narrowed QPI samples to half the spread of the 20-step 2M SDE, whose
-  spread matches its errors (docs/benchmarks.md).
+  x̂0 instead pulls clipped pixels back harder at every step: on QPI a long chain of
+  such steps had half the spread of the 20-step 2M SDE (docs/benchmarks.md).
 - DPM-Solver++ 2M (data prediction, multistep), per pixel:
   ``λ_t = log(α_t/σ_t)``, ``h = λ_s − λ_t``,
   ``x_s = (σ_s/σ_t) x_t − α_s expm1(−h) D`` with ``D = x̂0 + (h / 2h_prev)(x̂0 − x̂0_prev)``.
