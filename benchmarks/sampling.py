@@ -71,24 +71,17 @@ def held_out(task: str, n: int, size: int, seed: int) -> list[tuple[np.ndarray, 
     return pairs
 
 
-def scores(task: str, mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and MS-SSIM of a normalised mean on the [0, 1] scale of the truth (as paper_tables)."""
+def scores(task: str, mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """PSNR (dB) and MS-SSIM of a normalised mean on the [0, 1] scale of the truth (as paper_tables),
+    and the coverage of mean ± 1.96 std with the std scaled like the mean (as cvdm evaluate)."""
     if task == "qpi":
-        estimate = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth)
+        estimate, scale = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth), PHASE_RANGE_RAD / 2
+        covered = metrics.coverage(estimate, truth, std * scale)
         estimate, truth = metrics.to_unit_range(estimate, truth), metrics.to_unit_range(truth)
     else:
-        estimate = metrics.scale_to_reference(mean, truth)
-    return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0)
-
-
-def coverage(task: str, mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of pixels whose truth lies in mean ± 1.96 std, the std scaled like the mean (as cvdm evaluate)."""
-    if task == "qpi":
-        estimate = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth)
-        return metrics.coverage(estimate, truth, std * PHASE_RANGE_RAD / 2)
-    estimate = metrics.scale_to_reference(mean, truth)
-    spread = float(np.std(mean))
-    return metrics.coverage(estimate, truth, std * (float(np.std(estimate)) / spread if spread > 0 else 1.0))
+        estimate, spread = metrics.scale_to_reference(mean, truth), float(np.std(mean))
+        covered = metrics.coverage(estimate, truth, std * (float(np.std(estimate)) / spread if spread > 0 else 1.0))
+    return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0), covered
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -214,7 +207,6 @@ def tiling_check(model, condition: torch.Tensor, args, sampler: str = "dpm_solve
 
 
 def run_task(task: str, path: str, args) -> None:
-    path_of_model = str(path)
     model, info = load_model(path, torch.device("cpu"))
     print(f"\n## {task.upper()}: {path} (preset {info.config.preset}, schedule {info.config.schedule}, "
           f"trained {info.training.get('steps', '?')} steps; default sampler {info.sampler})\n", flush=True)
@@ -239,14 +231,13 @@ def run_task(task: str, path: str, args) -> None:
         if args.ceiling:
             entries["ceiling"] = ceiling_mean, ceiling_std = draw(model, y, reference_config, args, seed=1)
         for key, (mean, std) in entries.items():
-            psnr, msssim = scores(task, mean, truth)
+            psnr, msssim, covered = scores(task, mean, std, truth)
             corr = pearson(std, ref_std)
             smooth = pearson(gaussian_filter(std, SMOOTH_PX), gaussian_filter(ref_std, SMOOTH_PX))
             terms = (float("nan"),) * 3
             if args.reliability and key not in (reference_config, "ceiling"):
                 terms = reliability_terms(std, draw(model, y, key, args, seed=1)[1], ref_std, ceiling_std)
-            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms,
-                              coverage(task, mean, std, truth)))
+            rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms, covered))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
           f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
@@ -287,20 +278,20 @@ def run_task(task: str, path: str, args) -> None:
                     continue
                 cells.append(paired_difference(rows[(sampler, grid, n)], rows[baseline]))
             print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+        if args.ceiling and baseline == reference_config:
+            print(f"| ceiling (reference, seed 1) | {reference_config[1]} | "
+                  f"{paired_difference(rows['ceiling'], rows[reference_config])} at NFE {reference_config[2]} |")
     if args.save:
         columns = ["psnr_db", "ms_ssim", "std_pearson", "std_ratio", "std_pearson_smoothed",
                    "reliability_cross", "reliability_self", "reliability_reference", "coverage_95"]
-        per_image = {("/".join(map(str, key)) if isinstance(key, tuple) else key): [{c: (v if np.isfinite(v) else None) for c, v in zip(columns, row)}
-                                                                                     for row in values]
+        per_image = {"/".join(map(str, key)) if isinstance(key, tuple) else key:
+                     [{c: (v if np.isfinite(v) else None) for c, v in zip(columns, row)} for row in values]
                      for key, values in rows.items()}
-        path = Path(args.save).with_suffix(f".{task}.json")
-        path.write_text(json.dumps({"task": task, "model": path_of_model, "images": len(pairs), "size": args.size,
-                                    "samples": args.samples, "reference": "/".join(map(str, reference_config)),
-                                    "per_image": per_image}, indent=1, default=float))
-        print(f"\nper-image rows written to {path}")
-    if args.ceiling:
-        print(f"| ceiling (reference, seed 1) | {reference_config[1]} | "
-              f"{paired_difference(rows['ceiling'], rows[reference_config])} at NFE {reference_config[2]} |")
+        out = Path(args.save).with_suffix(f".{task}.json")
+        out.write_text(json.dumps({"task": task, "model": str(path), "images": len(pairs), "size": args.size,
+                                   "samples": args.samples, "reference": "/".join(map(str, reference_config)),
+                                   "per_image": per_image}, indent=1, default=float))
+        print(f"\nper-image rows written to {out}")
     if args.reliability:
         print("\nStd map vs the reference's, corrected for the N-sample noise of both (Spearman's "
               "disattenuation over the images; every sampler drawn again with seed 1, cross-seed pairs only):\n")
@@ -312,6 +303,16 @@ def run_task(task: str, path: str, args) -> None:
                     if rows.get((sampler, grid, n)) else float("nan")
                 cells.append("–" if not np.isfinite(value) else f"{value:.2f}")
             print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
+
+
+def clip_bound(text: str) -> float | None:
+    """``--clip`` value: a number, or ``none`` for no clipping."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
 def main() -> None:
@@ -338,7 +339,7 @@ def main() -> None:
                              "saves one reference run per image when the standard errors suffice)")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
-    parser.add_argument("--clip", type=lambda text: None if text.lower() == "none" else float(text), default=1.0,
+    parser.add_argument("--clip", type=clip_bound, default=1.0,
                         help="x̂0 clipping bound of every sampler on the trained models, or 'none' (default: 1)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="held-out data seed (as paper_tables)")
@@ -349,6 +350,7 @@ def main() -> None:
     else:
         nfes = [int(n) for n in args.nfe.split(",")]
         args.plan = [(s, g, nfes) for s in args.samplers.split(",") for g in args.grids.split(",")]
+
     def configuration(text: str, flag: str) -> tuple[str, str, int]:
         try:
             sampler, grid, nfe = text.split("/")
