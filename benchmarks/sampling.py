@@ -17,8 +17,12 @@ with the truth rather than with the (itself approximate) reference.
 
 N samples only estimate the std, so even a second reference run with other
 seeds does not correlate perfectly with the first: its scores are printed as
-the "ceiling" row. Seeds are fixed; every configuration sees the same initial
-noise (seed 0), the ceiling row seed 1. With several images, the differences to
+the "ceiling" row. Seeds are fixed: on image i every configuration draws with seed
+i (the same initial noise), the ceiling row and the reliability's second draws with
+seed ``SECOND_DRAW + i``. One seed for every image would give every image the same
+Monte-Carlo error (the same noise picks the same low-frequency modes), which no
+average over images removes and no standard error over images shows
+(docs/benchmarks.md). With several images, the differences to
 the reference (and to any ``--compare-to`` configuration) are paired by image
 and given with their standard error over the images, which measures the same
 scatter as the ceiling row without its extra reference run (``--no-ceiling``);
@@ -50,13 +54,15 @@ from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
 from napari_cvdm.model import GRIDS, SAMPLERS, sample, sample_statistics  # noqa: E402
-from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS  # noqa: E402
+from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS, _gamma, _log_snr, _row_grids  # noqa: E402
 
 TEST_SPLIT = 2  # the held-out stream of benchmarks/paper_tables.py
 PHASE_RANGE_RAD = QPISimulationConfig().phase_max_rad
 PAPER_REFERENCE = ("ancestral", "uniform", 200)
 #: Gaussian smoothing (px) of the std maps for the second correlation (averages the N-sample noise).
 SMOOTH_PX = 2.0
+#: Seed offset of the second, independent draws of an image (ceiling, reliability).
+SECOND_DRAW = 10_000
 
 
 def held_out(task: str, n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -121,8 +127,63 @@ def paired_difference(rows, reference_rows) -> str:
     return f"{mean[0]:+.2f} ± {error[0]:.2f} / {mean[1]:+.4f} ± {error[1]:.4f}"
 
 
-def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int):
+class CoupledNoise:
+    """One Brownian path per sample shared by every configuration's chain (``--coupled``).
+
+    The union of all the configurations' time grids splits (0, 1] into intervals, each
+    with its own standard normal ξ_u per pixel. A step from t to s of any grid gets
+    ``Σ w_u ξ_u / sqrt(Σ w_u²)`` over the union intervals u between t and s, with
+    ``w_u = e^{−(λ_s − λ_u)} sqrt(1 − e^{−2(λ_u − λ_{u−1})})`` per pixel (λ the half log-SNR
+    at the interval's ends): the weight with which that interval's noise reaches s under
+    the linear part of the reverse SDE, so a coarse step gets the noise a fine chain
+    through the same interval would have accumulated. All chains start from the same x₁.
+    Each chain's step noises remain independent standard normals, so every chain samples
+    exactly as with fresh noise; only their Monte-Carlo errors are shared, and a paired
+    difference of two chains' means cancels most of them.
+    """
+
+    def __init__(self, model, condition: torch.Tensor, n: int, configs, seed: int):
+        with torch.no_grad():
+            schedule_map = model.schedule.schedule_map(condition)
+            self.grids = {config: _row_grids(config[2], config[1], model.schedule, schedule_map, None)
+                          .double().numpy() for config in configs}
+            points = np.unique(np.concatenate(list(self.grids.values())))[::-1]  # 1 … > 0, then 0
+            self.points = points[points > 0]
+            self.half_log_snr = torch.stack([
+                _log_snr(_gamma(model, torch.tensor([t], dtype=torch.float32), schedule_map))[0]
+                for t in self.points])  # (U, C, H, W)
+        shape = (len(self.points), n, model.config.x_channels, *condition.shape[-2:])
+        self.draws = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # [0]: x₁
+        self.last_draws = None
+
+    def source(self, config):
+        """The :data:`NoiseSource` of ``config``'s chain."""
+        index = {t: u for u, t in enumerate(self.points)}
+        grid = self.grids[config]
+
+        def noise(stage: int) -> torch.Tensor:
+            if stage == 0:
+                return self.draws[0]
+            start, end = index[grid[stage - 1]], index[grid[stage]]
+            lam = self.half_log_snr
+            weights = torch.exp(-(lam[end] - lam[start + 1:end + 1])) * \
+                (-torch.expm1(-2 * (lam[start + 1:end + 1] - lam[start:end]))).clamp_min(0).sqrt()
+            combined = (weights[:, None] * self.draws[start + 1:end + 1]).sum(0)
+            return combined / weights.pow(2).sum(0).sqrt().clamp_min(1e-30)
+
+        return noise
+
+
+def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int,
+         coupled: CoupledNoise | None = None):
+    """Mean and std ``(H, W)`` of ``args.samples`` samples; with ``coupled``, its noise (seed unused)."""
     sampler, grid, nfe = config
+    if coupled is not None:
+        with torch.no_grad():
+            draws = sample(model, condition.expand(args.samples, -1, -1, -1), steps=nfe, sampler=sampler,
+                           grid=grid, clip=args.clip, noise=coupled.source(config)).double()[:, 0]
+        coupled.last_draws = draws
+        return draws.mean(0).float().numpy(), draws.var(0).clamp_min(0).sqrt().float().numpy()
     stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
                               clip=args.clip, generator=torch.Generator().manual_seed(seed))
     return stats.mean[0, 0].numpy(), stats.variance[0, 0].clamp_min(0).sqrt().numpy()
@@ -219,29 +280,48 @@ def run_task(task: str, path: str, args) -> None:
         return
     reference_config = args.reference
     rows: dict = {config: [] for config in [*configs, reference_config, "ceiling"]}
+    coupling: dict = {config: [] for config in configs}
     if not args.ceiling:
         del rows["ceiling"]
     start = time.perf_counter()
-    for condition, truth in pairs:
+    for index, (condition, truth) in enumerate(pairs):
         y = torch.from_numpy(condition[None])
-        ref_mean, ref_std = draw(model, y, reference_config, args, seed=0)
-        entries = {config: draw(model, y, config, args, seed=0) for config in configs
-                   if config != reference_config}
+        shared = CoupledNoise(model, y, args.samples, [reference_config, *configs], seed=index) \
+            if args.coupled else None
+        ref_mean, ref_std = draw(model, y, reference_config, args, seed=index, coupled=shared)
+        reference_draws = shared.last_draws if shared else None
+        entries = {}
+        for config in configs:
+            if config == reference_config:
+                continue
+            entries[config] = draw(model, y, config, args, seed=index, coupled=shared)
+            if shared:
+                coupling[config].append(pearson(shared.last_draws - shared.last_draws.mean(0),
+                                                reference_draws - reference_draws.mean(0)))
         entries[reference_config] = (ref_mean, ref_std)
         if args.ceiling:
-            entries["ceiling"] = ceiling_mean, ceiling_std = draw(model, y, reference_config, args, seed=1)
+            entries["ceiling"] = ceiling_mean, ceiling_std = draw(model, y, reference_config, args,
+                                                                   seed=SECOND_DRAW + index)
         for key, (mean, std) in entries.items():
             psnr, msssim, covered = scores(task, mean, std, truth)
             corr = pearson(std, ref_std)
             smooth = pearson(gaussian_filter(std, SMOOTH_PX), gaussian_filter(ref_std, SMOOTH_PX))
             terms = (float("nan"),) * 3
             if args.reliability and key not in (reference_config, "ceiling"):
-                terms = reliability_terms(std, draw(model, y, key, args, seed=1)[1], ref_std, ceiling_std)
+                terms = reliability_terms(std, draw(model, y, key, args, seed=SECOND_DRAW + index)[1],
+                                          ref_std, ceiling_std)
             rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms, covered))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
           f"{time.perf_counter() - start:.0f} s. Cells: PSNR (dB) / MS-SSIM of the mean; "
           f"std vs the reference: Pearson r (r of the maps smoothed by {SMOOTH_PX:g} px) "
           "/ mean ratio.\n")
+    if args.coupled:
+        print("Coupled (--coupled): every chain ran on one shared Brownian path per sample. Correlation "
+              "of sample n with the reference's sample n (deviations from the per-pixel means, mean over "
+              "images; 1 = the same draw): "
+              + ", ".join(f"{'/'.join(map(str, key))} {np.mean(value):.2f}" for key, value in coupling.items()
+                          if value)
+              + ". The std r columns are inflated by the shared noise: take r from an uncoupled run.\n")
     reference = np.mean(rows[reference_config], 0)
     print(f"reference {'/'.join(map(str, reference_config))}: PSNR {reference[0]:.2f} dB, "
           f"MS-SSIM {reference[1]:.4f}, coverage of mean ± 1.96 std {reference[8]:.3f}")
@@ -279,7 +359,7 @@ def run_task(task: str, path: str, args) -> None:
                 cells.append(paired_difference(rows[(sampler, grid, n)], rows[baseline]))
             print(f"| {sampler} | {grid} | " + " | ".join(cells) + " |")
         if args.ceiling and baseline == reference_config:
-            print(f"| ceiling (reference, seed 1) | {reference_config[1]} | "
+            print(f"| ceiling (reference, other seeds) | {reference_config[1]} | "
                   f"{paired_difference(rows['ceiling'], rows[reference_config])} at NFE {reference_config[2]} |")
     if args.save:
         columns = ["psnr_db", "ms_ssim", "std_pearson", "std_ratio", "std_pearson_smoothed",
@@ -294,7 +374,7 @@ def run_task(task: str, path: str, args) -> None:
         print(f"\nper-image rows written to {out}")
     if args.reliability:
         print("\nStd map vs the reference's, corrected for the N-sample noise of both (Spearman's "
-              "disattenuation over the images; every sampler drawn again with seed 1, cross-seed pairs only):\n")
+              "disattenuation over the images; every sampler drawn again with other seeds, cross-seed pairs only):\n")
         print(header)
         for sampler, grid, _ in dict.fromkeys((s, g, None) for s, g, _ in configs):
             cells = []
@@ -337,6 +417,9 @@ def main() -> None:
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="also draw the reference with other noise (the 'ceiling' row; --no-ceiling "
                              "saves one reference run per image when the standard errors suffice)")
+    parser.add_argument("--coupled", action="store_true",
+                        help="run every configuration on one shared Brownian path per sample (CoupledNoise), "
+                             "so that paired differences of the means lose most of their Monte-Carlo error")
     parser.add_argument("--check-only", action="store_true", help="only the exact-denoiser and tiling checks")
     parser.add_argument("--skip-checks", action="store_true", help="only the trained-model scores")
     parser.add_argument("--clip", type=clip_bound, default=1.0,
@@ -367,6 +450,8 @@ def main() -> None:
     for sampler, grid, _ in [*args.plan, args.reference]:
         if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS or grid not in GRIDS:
             parser.error(f"unknown sampler/grid {sampler}/{grid}")
+    if args.coupled and args.reliability:
+        parser.error("--coupled and --reliability exclude each other (the reliability needs independent draws)")
     if args.reliability and not args.ceiling:
         parser.error("--reliability needs the reference's second draw: drop --no-ceiling")
     if not (args.qpi_model or args.sr_model):
