@@ -26,7 +26,9 @@ average over images removes and no standard error over images shows
 the reference (and to any ``--compare-to`` configuration) are paired by image
 and given with their standard error over the images, which measures the same
 scatter as the ceiling row without its extra reference run (``--no-ceiling``);
-``--save`` keeps the per-image rows.
+``--coupled`` runs every chain of an image on one shared Brownian path per sample
+(:class:`CoupledNoise`), which takes most of the Monte-Carlo error out of those
+differences; ``--save`` keeps the per-image rows.
 
 Usage (about 5 min on 1 CPU thread for tiny 64² models with the defaults)::
 
