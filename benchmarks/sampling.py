@@ -55,7 +55,7 @@ from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
-from napari_cvdm.model import GRIDS, SAMPLERS, sample, sample_statistics  # noqa: E402
+from napari_cvdm.model import GRIDS, SAMPLERS, sample  # noqa: E402
 from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS, _gamma, _log_snr, _row_grids  # noqa: E402
 
 TEST_SPLIT = 2  # the held-out stream of benchmarks/paper_tables.py
@@ -156,7 +156,6 @@ class CoupledNoise:
                 for t in self.points])  # (U, C, H, W)
         shape = (len(self.points), n, model.config.x_channels, *condition.shape[-2:])
         self.draws = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # [0]: x₁
-        self.last_draws = None
 
     def source(self, config):
         """The :data:`NoiseSource` of ``config``'s chain."""
@@ -177,18 +176,21 @@ class CoupledNoise:
 
 
 def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, seed: int,
-         coupled: CoupledNoise | None = None):
-    """Mean and std ``(H, W)`` of ``args.samples`` samples; with ``coupled``, its noise (seed unused)."""
+         coupled: CoupledNoise | None = None) -> torch.Tensor:
+    """``args.samples`` samples ``(N, H, W)`` (float64) of ``condition``: fresh noise from ``seed``,
+    or ``coupled``'s path for ``config``."""
     sampler, grid, nfe = config
-    if coupled is not None:
-        with torch.no_grad():
-            draws = sample(model, condition.expand(args.samples, -1, -1, -1), steps=nfe, sampler=sampler,
-                           grid=grid, clip=args.clip, noise=coupled.source(config)).double()[:, 0]
-        coupled.last_draws = draws
-        return draws.mean(0).float().numpy(), draws.var(0).clamp_min(0).sqrt().float().numpy()
-    stats = sample_statistics(model, condition, args.samples, steps=nfe, sampler=sampler, grid=grid,
-                              clip=args.clip, generator=torch.Generator().manual_seed(seed))
-    return stats.mean[0, 0].numpy(), stats.variance[0, 0].clamp_min(0).sqrt().numpy()
+    noise = coupled.source(config) if coupled is not None else None
+    with torch.no_grad():
+        draws = sample(model, condition.expand(args.samples, -1, -1, -1), steps=nfe, sampler=sampler, grid=grid,
+                       clip=args.clip, noise=noise, generator=torch.Generator().manual_seed(seed))
+    return draws.double()[:, 0]
+
+
+def mean_and_std(draws: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and unbiased std ``(H, W)`` of samples ``(N, H, W)``."""
+    std = draws.var(0) if len(draws) > 1 else torch.zeros_like(draws[0])
+    return draws.mean(0).float().numpy(), std.sqrt().float().numpy()
 
 
 def gaussian_check(model, condition: torch.Tensor, configs, args) -> None:
@@ -290,27 +292,27 @@ def run_task(task: str, path: str, args) -> None:
         y = torch.from_numpy(condition[None])
         shared = CoupledNoise(model, y, args.samples, [reference_config, *configs], seed=index) \
             if args.coupled else None
-        ref_mean, ref_std = draw(model, y, reference_config, args, seed=index, coupled=shared)
-        reference_draws = shared.last_draws if shared else None
+        reference_draws = draw(model, y, reference_config, args, seed=index, coupled=shared)
+        ref_mean, ref_std = mean_and_std(reference_draws)
         entries = {}
         for config in configs:
             if config == reference_config:
                 continue
-            entries[config] = draw(model, y, config, args, seed=index, coupled=shared)
+            draws = draw(model, y, config, args, seed=index, coupled=shared)
+            entries[config] = mean_and_std(draws)
             if shared:
-                coupling[config].append(pearson(shared.last_draws - shared.last_draws.mean(0),
-                                                reference_draws - reference_draws.mean(0)))
+                coupling[config].append(pearson(draws - draws.mean(0), reference_draws - reference_draws.mean(0)))
         entries[reference_config] = (ref_mean, ref_std)
         if args.ceiling:
-            entries["ceiling"] = ceiling_mean, ceiling_std = draw(model, y, reference_config, args,
-                                                                   seed=SECOND_DRAW + index)
+            entries["ceiling"] = ceiling_mean, ceiling_std = mean_and_std(
+                draw(model, y, reference_config, args, seed=SECOND_DRAW + index))
         for key, (mean, std) in entries.items():
             psnr, msssim, covered = scores(task, mean, std, truth)
             corr = pearson(std, ref_std)
             smooth = pearson(gaussian_filter(std, SMOOTH_PX), gaussian_filter(ref_std, SMOOTH_PX))
             terms = (float("nan"),) * 3
             if args.reliability and key not in (reference_config, "ceiling"):
-                terms = reliability_terms(std, draw(model, y, key, args, seed=SECOND_DRAW + index)[1],
+                terms = reliability_terms(std, mean_and_std(draw(model, y, key, args, seed=SECOND_DRAW + index))[1],
                                           ref_std, ceiling_std)
             rows[key].append((psnr, msssim, corr, float(std.mean() / ref_std.mean()), smooth, *terms, covered))
     print(f"{len(pairs)} held-out images of {args.size}² px, N = {args.samples} samples each, "
