@@ -67,7 +67,9 @@ def test_exported_sr_model_carries_what_reconstruction_needs(tmp_path):
     assert info.input_pixel_size_um == pytest.approx(0.0626)
     assert info.output_pixel_size_um == pytest.approx(0.0313)
     assert info.input_normalization["mode"] == "percentile"
-    assert info.sampler == {"name": "dpm_solver_2m_sde", "steps": 7, "n_samples": 3, "clip": 1.0}
+    assert info.config.formulation == "residual" and info.config.base == "predictor"
+    assert info.sampler == {"name": "dpm_solver_2m_sde", "steps": 7, "n_samples": 3,
+                            "clip": 2.0 / info.config.residual_scale}
     training = info.training
     assert training["steps"] == 3 and "simulated sr" in training["data"] and training["device"] == "cpu"
     assert training["wall_time_s"] > 0 and set(training["validation"]) >= {"psnr", "ssim", "mae", "loss"}

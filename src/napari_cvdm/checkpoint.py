@@ -44,6 +44,7 @@ class ModelInfo:
     by ``upsampling_factor``. ``target_unit``: unit of the denormalised output
     (``rad`` for phase). ``sampler``: default sampler, steps and sample count.
     ``training``: free-form summary (data, steps, device, wall time, metrics).
+    ``base``: the physics base of a residual QPI model (:class:`~napari_cvdm.base_estimate.TIEBase`).
     """
 
     task: str
@@ -56,6 +57,7 @@ class ModelInfo:
     sampler: dict = field(default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": 20, "n_samples": 8})
     training: dict = field(default_factory=dict)
     description: str = ""
+    base: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -59,14 +59,20 @@ from .model.unet import DENOISER_PRESETS
 log = logging.getLogger(__name__)
 
 TRAIN_TASKS = ("sr", "qpi", "generic")
-LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser")
+LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser", "base")
+FORMULATIONS = ("paper", "residual")
+#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
+#: trained predictor's error is a few tenths, so r is about unit size.
+PREDICTOR_RESIDUAL_SCALE = 0.25
+#: λ of residual models is predicted at 1/4 of the resolution (smooth, tile-independent).
+RESIDUAL_SCHEDULE_DOWNSAMPLE = 4
 VALIDATION_METRICS = ("loss", "psnr", "ssim", "mae")
 LOG_COLUMNS = ("step", "elapsed_s", "lr", *LOSS_TERMS, "grad_norm", "skipped",
                *(f"val_{name}" for name in VALIDATION_METRICS))
 #: Settings a resumed run must share with the run it continues (the rest, e.g. steps, may change).
 RESUME_KEYS = ("task", "preset", "schedule", "patch_size", "batch_size", "learning_rate", "warmup_steps",
                "weight_decay", "seed", "input_dir", "target_dir", "simulated_images", "simulated_size",
-               "input_channels", "target_channels", "init_model")
+               "input_channels", "target_channels", "init_model", "formulation")
 STATE_FILE = "last.pt"
 BEST_FILE = "best.safetensors"
 LOG_FILE = "log.csv"
@@ -98,6 +104,10 @@ class TrainConfig:
     ``init_model``: fine-tune — start from the weights of this model file (e.g. a shipped
     model) instead of a random network; its task must match, and its architecture
     (preset, schedule) and normalisation are used whatever ``preset``/``schedule`` say.
+    ``formulation``: ``residual`` (predict-and-refine: QPI refines a TIE base, SR a jointly
+    trained direct predictor) or ``paper`` (the CVDM of the paper); see
+    :mod:`napari_cvdm.model.cvdm`. ``wavelength_um``/``dz_um``: the QPI optics of the data
+    (the physics base needs them; simulated data use the simulator's).
     """
 
     task: str = "sr"
@@ -134,6 +144,9 @@ class TrainConfig:
     max_bad_steps: int = 20
     description: str = ""
     init_model: str | None = None
+    formulation: str = "residual"
+    wavelength_um: float = 0.521
+    dz_um: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -164,6 +177,8 @@ class TrainConfig:
             raise InputError(f"Unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULE_KINDS)}.")
         if self.sampler not in SAMPLERS:
             raise InputError(f"Unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+        if self.formulation not in FORMULATIONS:
+            raise InputError(f"Unknown formulation '{self.formulation}'; choose one of: {', '.join(FORMULATIONS)}.")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"Unknown precision '{self.precision}'; choose auto, fp32 or bf16.")
         positive = ("patch_size", "batch_size", "steps", "validation_patches", "validation_samples",
@@ -287,6 +302,8 @@ class TrainingData:
     description: str
     input_pixel_size_um: float | None
     probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))
+    physics_base: object = None  # base_estimate.TIEBase of a residual QPI model
+    residual_scale: float = 1.0
 
 
 def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
@@ -354,8 +371,8 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources),
     normalised as the base model ``base`` was when fine-tuning."""
     from .data import (
-        QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders, make_validation_set,
-        normalize_pair, pairs_from_arrays, split_by_image,
+        Normalizer, QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders,
+        make_validation_set, pairs_from_arrays, split_by_image,
     )
 
     spec = _task_spec(config, base)
@@ -391,12 +408,76 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     if small:
         raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
                          "lower patch_size or use larger images.")
+    physics_base = None
+    if config.formulation == "residual" and spec.name == "qpi":
+        physics_base = _physics_base(config, all_pairs, pixel_size, base, pairs is not None)
+    train_pairs = [_normalized_pair(p, spec, physics_base) for p in all_pairs]
     validation = None
     if validation_pairs:
-        validation = make_validation_set(validation_pairs, spec, config.patch_size, config.validation_patches)
-    train_pairs = [normalize_pair(p, spec) for p in all_pairs]
+        # the pairs are normalised (and given their base channel) here, so the set keeps them as they are
+        identity = Normalizer.fixed(-1.0, 1.0)
+        as_is = dataclasses.replace(spec, input_channels=train_pairs[0].input.shape[0],
+                                    input_normalizer=identity, target_normalizer=identity)
+        validation = make_validation_set([_normalized_pair(p, spec, physics_base) for p in validation_pairs],
+                                         as_is, config.patch_size, config.validation_patches)
+    residual_scale = _residual_scale(config, spec, train_pairs, base)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
-    return TrainingData(spec, train_pairs, validation, description, pixel_size, area / area.sum())
+    return TrainingData(spec, train_pairs, validation, description, pixel_size, area / area.sum(),
+                        physics_base, residual_scale)
+
+
+def _physics_base(config: TrainConfig, pairs: list, pixel_size: float | None, base: ModelInfo | None,
+                  pairs_given: bool):
+    """The TIE base of a residual QPI model: the fine-tuned model's, else fitted on the training pairs."""
+    from .base_estimate import TIEBase
+
+    if base is not None and base.base:
+        return TIEBase.from_dict(base.base)
+    from .data import QPISimulationConfig
+
+    simulated = QPISimulationConfig()
+    if pixel_size is None:
+        pixel_size = simulated.pixel_um
+        log.warning("the data carry no pixel size; the TIE base assumes %g µm (set input_pixel_size_um)",
+                    pixel_size)
+    if config.input_dir is None and not pairs_given:
+        wavelength, dz = simulated.wavelength_um, simulated.dz_um
+    else:
+        wavelength, dz = config.wavelength_um, config.dz_um
+    target_range = _task_spec(config).target_normalizer
+    offset = 0.5 * (target_range.low[0] + target_range.high[0])
+    physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
+                                      wavelength, dz, pixel_size, offset)
+    log.info("TIE base: regularisation %.3g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
+             physics_base.regularization, error, min(len(pairs), 16))
+    return physics_base
+
+
+def _normalized_pair(pair, spec, physics_base):
+    """The pair normalised for training; with a physics base, its base phase is appended to the
+    input (normalised like the target) and the target shifted to the base's mean phase."""
+    from .data import ImagePair, normalize_pair
+
+    if physics_base is None:
+        return normalize_pair(pair, spec)
+    phase = physics_base.phase(pair.input)
+    target = pair.target - pair.target.mean() + phase.mean()
+    normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
+    base_channel = spec.target_normalizer.normalize(phase[None])
+    return ImagePair(pair.name, np.concatenate([normalised.input, base_channel]), normalised.target)
+
+
+def _residual_scale(config: TrainConfig, spec, train_pairs: list, base: ModelInfo | None) -> float:
+    """s of r = (x0 − b)/s: kept when fine-tuning; twice the RMS of x0 − b for a physics base."""
+    if base is not None:
+        return base.config.residual_scale
+    if config.formulation != "residual":
+        return 1.0
+    if spec.name != "qpi":
+        return PREDICTOR_RESIDUAL_SCALE
+    channels = spec.target_channels
+    squares = [float(np.mean((p.target - p.input[-channels:]) ** 2)) for p in train_pairs]
+    return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")
 
 
 def _seed(*parts: int) -> int:
@@ -472,6 +553,18 @@ def _learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def _model_config(config: TrainConfig, data: TrainingData) -> ModelConfig:
+    """The architecture a new run trains: the paper's CVDM, or the residual one with a smooth schedule."""
+    spec = data.spec
+    residual = {}
+    if config.formulation == "residual":
+        residual = dict(base="physics" if data.physics_base is not None else "predictor",
+                        residual_scale=data.residual_scale, schedule_downsample=RESIDUAL_SCHEDULE_DOWNSAMPLE,
+                        padding="reflect")
+    return ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
+                       preset=config.preset, schedule=config.schedule, **residual)
+
+
 class Trainer:
     """A training run: model, EMA copy, optimiser, data and files. :func:`train` drives it.
 
@@ -489,6 +582,7 @@ class Trainer:
         if base is not None:
             # the run is defined by the base's architecture and its absolute path (compared on resume)
             adopted = {"preset": base.config.preset, "schedule": base.config.schedule,
+                       "formulation": base.config.formulation,
                        "init_model": str(Path(config.init_model).expanduser().resolve())}
             if config.task == "generic":
                 adopted.update(input_channels=base.config.y_channels, target_channels=base.config.x_channels)
@@ -513,8 +607,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.data = load_training_data(config, pairs, base)
         spec = self.data.spec
-        self.model_config = ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
-                                        preset=config.preset, schedule=config.schedule)
+        self.model_config = base.config if base is not None else _model_config(config, self.data)
         torch.manual_seed(config.seed)
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -646,7 +739,7 @@ class Trainer:
             stats = sample_statistics(
                 self.ema, y, config.validation_samples, steps=config.validation_sample_steps,
                 sampler=config.sampler, generator=torch.Generator(self.device).manual_seed(config.seed),
-                autocast_dtype=self.autocast_dtype,
+                autocast_dtype=self.autocast_dtype, clip=self.ema.clip,
             )
             for prediction, target in zip(stats.mean.cpu().numpy(), x0.cpu().numpy()):
                 for p, t in zip(prediction, target):
@@ -798,8 +891,9 @@ class Trainer:
             input_pixel_size_um=self.data.input_pixel_size_um, upsampling_factor=spec.input_upsample,
             target_unit="rad" if spec.name == "qpi" else "a.u.",
             sampler={"name": config.sampler, "steps": config.sample_steps, "n_samples": config.n_samples,
-                     "clip": 1.0},
+                     "clip": self.ema.clip},
             training=training, description=config.description,
+            base={} if self.data.physics_base is None else self.data.physics_base.to_dict(),
         )
 
     def export(self, path: str | os.PathLike | None = None, stopped: bool = False) -> Path:

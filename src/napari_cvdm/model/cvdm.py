@@ -14,6 +14,36 @@ Loss (paper eq. 6 with the reference code's weights)::
 
 The fixed (``cddpm``) schedule has no schedule parameters and trains on
 ``L_noise`` alone; its schedule terms are still reported as diagnostics.
+
+Predict-and-refine (residual) formulation, ``ModelConfig.base != "none"``
+--------------------------------------------------------------------------
+A base estimate ``b(y)`` on the output grid carries what a direct method
+already gets right; the diffusion models only the rest,
+``r = (x0 − b) / s`` with a fixed ``residual_scale`` s chosen so that r is
+about unit size (RDDM, Resfusion, ResShift; Whang et al., CVPR 2022, "deblurring
+via stochastic refinement"). Nothing else changes: the condition the
+schedule and the denoiser see is ``c = [y, b]``, and every formula above holds
+with ``x0 → r`` and ``y → c``:
+
+    r_t = sqrt(γ) r + sqrt(1 − γ) ε,    γ = γ(t, c) = exp(−λ(c) τ̃(t))
+    L_noise = (ε − ε_θ([r_t, c], γ_t))²
+    L_prior = ½ (γ1 r² − γ1 − log(1 − γ1))
+
+so ``∂L_prior/∂λ ∝ γ1 (1 − r²) τ̃(1)``-type terms pull λ up where the *base is
+wrong* (|r| large), instead of where the target is bright. Sampling draws r̂ with
+any sampler unchanged (x̂0 is clipped at ±2/s, the largest |x0 − b| for data and
+base in [−1, 1]) and returns ``x̂ = b + s r̂``: the mean of N samples is
+``b + s·mean(r̂)``, the variance ``s²·var(r̂)``, the γ map the residual schedule's.
+
+Bases (``ModelConfig.base``):
+
+- ``"physics"``: b is computed outside the network from the physics (QPI:
+  transport of intensity on the whole image plane) and arrives as the last
+  ``x_channels`` channels of the condition, normalised like the target;
+- ``"predictor"``: b = P(y), a U-Net of the denoiser's size trained jointly with
+  ``L_base = (P(y) − x0)²`` (so P estimates the posterior mean E[x0 | y]); the
+  diffusion losses see b through a stop-gradient, so they never pull P away from it.
+  ``L = L_CVDM(r) + L_base``.
 """
 
 from __future__ import annotations
@@ -25,7 +55,10 @@ import torch
 from torch import nn
 
 from .schedule import SCHEDULE_KINDS, Schedule
-from .unet import DENOISER_PRESETS, SCHEDULE_PRESETS, UNet
+from .unet import DENOISER_PRESETS, PADDINGS, SCHEDULE_PRESETS, UNet
+
+#: ``none`` = the paper's formulation; the others are the residual formulation's bases.
+BASES = ("none", "physics", "predictor")
 
 ODE_WEIGHT = 2.0
 PRIOR_WEIGHT = 2.0
@@ -35,20 +68,54 @@ REGULARISER_ALPHA = 1e-3
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a CVDM: channel counts, size preset and schedule kind."""
+    """Architecture of a CVDM: channel counts, size preset, schedule kind and formulation.
+
+    ``y_channels`` counts the input's channels (a physics base adds ``x_channels``
+    more to the condition). ``base``: one of :data:`BASES` (module docstring);
+    ``residual_scale``: s of the residual formulation. ``schedule_downsample`` and
+    ``padding`` shape the schedule network (:mod:`.schedule`). The defaults are the
+    paper's formulation, so model files written before these fields load unchanged.
+    """
 
     x_channels: int = 1
     y_channels: int = 1
     preset: str = "small"
     schedule: str = "cvdm"
+    base: str = "none"
+    residual_scale: float = 1.0
+    schedule_downsample: int = 1
+    padding: str = "zeros"
 
     def __post_init__(self):
         if self.preset not in DENOISER_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {tuple(DENOISER_PRESETS)}")
         if self.schedule not in SCHEDULE_KINDS:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULE_KINDS}")
-        if self.x_channels < 1 or self.y_channels < 1:
-            raise ValueError("x_channels and y_channels must be at least 1")
+        for name in ("x_channels", "y_channels", "schedule_downsample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+                raise ValueError(f"{name} must be an integer from 1 to 64 (got {value!r})")
+        if self.base not in BASES:
+            raise ValueError(f"unknown base {self.base!r}; expected one of {BASES}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"unknown padding {self.padding!r}; expected one of {PADDINGS}")
+        if not (isinstance(self.residual_scale, int | float) and 1e-3 <= self.residual_scale <= 1e3):
+            raise ValueError(f"residual_scale must be a number from 1e-3 to 1e3 (got {self.residual_scale!r})")
+
+    @property
+    def formulation(self) -> str:
+        """``"paper"`` (CVDM on x0) or ``"residual"`` (CVDM on r = (x0 − b)/s)."""
+        return "paper" if self.base == "none" else "residual"
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the condition c the schedule and denoiser see: y, plus b when residual."""
+        return self.y_channels + (0 if self.base == "none" else self.x_channels)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the model takes: y, plus the physics base when it comes from outside."""
+        return self.y_channels + (self.x_channels if self.base == "physics" else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,13 +126,14 @@ class ModelConfig:
 
 
 class LossTerms(NamedTuple):
-    """Weighted total and each unweighted term's batch mean (scalars)."""
+    """Weighted total and each unweighted term's batch mean (scalars); ``base`` is 0 without a predictor."""
 
     total: torch.Tensor
     noise: torch.Tensor
     ode: torch.Tensor
     prior: torch.Tensor
     regulariser: torch.Tensor
+    base: torch.Tensor
 
 
 def low_discrepancy_times(batch: int, generator: torch.Generator | None = None,
@@ -76,24 +144,55 @@ def low_discrepancy_times(batch: int, generator: torch.Generator | None = None,
 
 
 class CVDM(nn.Module):
-    """Denoiser plus schedule. ``forward`` is not used; call :meth:`loss`."""
+    """Denoiser plus schedule (plus a base predictor). ``forward`` is not used; call :meth:`loss`.
+
+    Inputs ``y`` have ``config.input_channels`` channels; :meth:`condition` turns them into
+    the condition ``c`` and the base ``b`` that sampling works with (module docstring).
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.denoiser = UNet(
-            config.x_channels + config.y_channels,
+            config.x_channels + config.condition_channels,
             config.x_channels,
             DENOISER_PRESETS[config.preset],
             gamma_channels=config.x_channels,
+            padding=config.padding,
         )
         self.schedule = Schedule(
-            config.schedule, config.y_channels, config.x_channels, SCHEDULE_PRESETS[config.preset]
+            config.schedule, config.condition_channels, config.x_channels, SCHEDULE_PRESETS[config.preset],
+            downsample=config.schedule_downsample, padding=config.padding,
         )
+        #: weight of L_prior (the oracle benchmark's ablation sets it to 0)
+        self.prior_weight = PRIOR_WEIGHT
+        self.base_net = None
+        if config.base == "predictor":
+            self.base_net = UNet(config.y_channels, config.x_channels, DENOISER_PRESETS[config.preset],
+                                 padding=config.padding)
 
-    def predict_noise(self, x_t: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """ε̂ = ε_θ(concat[x_t, y], γ_t), shaped like ``x_t``."""
-        return self.denoiser(torch.cat([x_t, y], dim=1), gamma)
+    def condition(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(c, b)``: the condition ``(B, condition_channels, H, W)`` and the base ``(B, Cx, H, W)``
+        (None for the paper's formulation, where ``c = y``)."""
+        if self.config.base == "none":
+            return y, None
+        if self.config.base == "physics":
+            return y, y[:, self.config.y_channels:]
+        base = self.base_net(y)
+        return torch.cat([y, base.detach()], dim=1), base
+
+    def to_output(self, residual: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+        """The sampled quantity back in normalised target units: ``b + s r`` (``r`` itself without a base)."""
+        return residual if base is None else base + self.config.residual_scale * residual
+
+    @property
+    def clip(self) -> float:
+        """Data range of x̂0 in the sampled space: ±1, or ±2/s for a residual."""
+        return 1.0 if self.config.base == "none" else 2.0 / self.config.residual_scale
+
+    def predict_noise(self, x_t: torch.Tensor, c: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """ε̂ = ε_θ(concat[x_t, c], γ_t), shaped like ``x_t``; ``c`` from :meth:`condition`."""
+        return self.denoiser(torch.cat([x_t, c], dim=1), gamma)
 
     def loss(
         self,
@@ -109,7 +208,15 @@ class CVDM(nn.Module):
             t = low_discrepancy_times(batch, generator, x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        c, base = self.condition(y)
+        base_loss = torch.zeros((), device=x0.device)
+        if base is not None:
+            if self.base_net is not None:
+                base_loss = (base - x0).pow(2).mean()
+            x0 = (x0 - base.detach()) / self.config.residual_scale
+        return self._diffusion_loss(x0, c, t, noise, base_loss)
 
+    def _diffusion_loss(self, x0, y, t, noise, base_loss) -> LossTerms:
         schedule_map = self.schedule.schedule_map(y)
         terms = self.schedule.terms(t, schedule_map)
         # α and σ from log γ: sqrt(γ) would give NaN gradients where γ underflows to 0
@@ -131,12 +238,12 @@ class CVDM(nn.Module):
         prior_loss = (0.5 * (gamma_end * x0.pow(2) - gamma_end - log_one_minus_gamma_end)).mean()
         regulariser_loss = (REGULARISER_ALPHA * terms.d2_gamma.pow(2)).mean()
 
-        total = noise_loss
+        total = noise_loss + base_loss
         if self.schedule.learned:
             total = (
                 total
                 + ODE_WEIGHT * ode_loss
-                + PRIOR_WEIGHT * prior_loss
+                + self.prior_weight * prior_loss
                 + REGULARISER_WEIGHT * regulariser_loss
             )
-        return LossTerms(total, noise_loss, ode_loss, prior_loss, regulariser_loss)
+        return LossTerms(total, noise_loss, ode_loss, prior_loss, regulariser_loss, base_loss)

@@ -441,9 +441,10 @@ def sample_statistics(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> SampleStatistics:
-    """Mean, unbiased variance and γ(0.5, y) of ``n_samples`` samples per input.
+    """Mean, unbiased variance and γ(0.5, c) of ``n_samples`` samples per input.
 
-    ``y``: ``(B, Cy, H, W)``. λ(y) is computed once; the N samples of each
+    ``y``: the model's input ``(B, Cy, H, W)``; the statistics are of ``b + s r̂`` for a
+    residual model (:meth:`CVDM.condition`), in normalised target units. λ(c) is computed once; the N samples of each
     input are drawn together as one batch (at most ``max_batch`` rows at a
     time, merged with Chan's parallel variance update). Other arguments as in
     :func:`sample` (the ``log_snr`` grid follows each input's own λ map).
@@ -452,6 +453,7 @@ def sample_statistics(
         raise ValueError("n_samples must be at least 1")
     batch = y.shape[0]
     chunk = n_samples if max_batch is None else max(1, min(n_samples, max_batch // max(batch, 1)))
+    y, base = model.condition(y)
     schedule_map = model.schedule.schedule_map(y)
     n_chunks = -(-n_samples // chunk)
     moments, kept = RunningMoments(dim=1), []
@@ -466,6 +468,7 @@ def sample_statistics(
             autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile,
             progress=chunk_progress, should_stop=should_stop,
         ).reshape(batch, k, *schedule_map.shape[1:])
+        draws = model.to_output(draws, None if base is None else base[:, None].float())
         moments.add(draws)
         if keep_samples:
             kept.append(draws)

@@ -12,6 +12,13 @@ kind            spatial factor λ(y)           time factor τ̃(t)
 ==============  ===========================  ==========================
 
 Shapes: λ and γ are shaped like the target ``(B, C, H, W)``; ``t`` is ``(B,)``.
+
+A *smooth* spatial factor (``downsample = d > 1``, new models) is predicted on
+the condition area-averaged to ``1/d`` of its size and upsampled bilinearly,
+with reflect-padded convolutions: λ then has no structure finer than ``d``
+pixels (no per-pixel streaks), no dark frame from zero padding, and is computed
+once per image plane whatever tiles the sampler later works on. ``d = 1`` with
+zero padding is the paper's per-pixel network (files written before keep it).
 Because λ does not depend on t it is computed once per input, and the time
 derivatives are closed-form:
 ``∂γ/∂t = −λ τ̃' γ`` and ``∂²γ/∂t² = γ (λ² τ̃'² − λ τ̃'')``.
@@ -132,18 +139,23 @@ class Schedule(nn.Module):
     """γ(t, y) = exp(−λ(y) τ̃(t)) for one of :data:`SCHEDULE_KINDS`.
 
     ``y_channels``: condition channels; ``x_channels``: target channels (one
-    λ map per target channel); ``size``: the S(y) network size.
+    λ map per target channel); ``size``: the S(y) network size; ``downsample``
+    and ``padding``: see the module docstring.
     """
 
-    def __init__(self, kind: str, y_channels: int, x_channels: int, size: UNetSize):
+    def __init__(self, kind: str, y_channels: int, x_channels: int, size: UNetSize,
+                 downsample: int = 1, padding: str = "zeros"):
         super().__init__()
         if kind not in SCHEDULE_KINDS:
             raise ValueError(f"unknown schedule kind {kind!r}; expected one of {SCHEDULE_KINDS}")
+        if int(downsample) < 1:
+            raise ValueError(f"downsample must be a positive integer, got {downsample!r}")
         self.kind = kind
         self.x_channels = x_channels
+        self.downsample = int(downsample)
         self.learned = kind != "cddpm"
         if self.learned:
-            self.spatial_net = UNet(y_channels, x_channels, size)
+            self.spatial_net = UNet(y_channels, x_channels, size, padding=padding)
             with torch.no_grad():  # λ ≈ 1 at initialisation, as for the fixed schedule
                 self.spatial_net.output_conv.bias.fill_(_inverse_softplus(1.0))
             self.time = MonotoneTime()
@@ -157,7 +169,12 @@ class Schedule(nn.Module):
             return torch.ones(
                 y.shape[0], self.x_channels, *y.shape[-2:], dtype=y.dtype, device=y.device
             )
-        raw = self.spatial_net(y)
+        if self.downsample > 1:
+            coarse = F.interpolate(y, scale_factor=1 / self.downsample, mode="area")
+            raw = F.interpolate(self.spatial_net(coarse), size=y.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        else:
+            raw = self.spatial_net(y)
         if self.kind == "cvdm_simple":
             raw = raw.mean(dim=(-2, -1), keepdim=True).expand_as(raw)
         return F.softplus(raw) + LAMBDA_FLOOR

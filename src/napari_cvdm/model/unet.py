@@ -5,7 +5,10 @@ channel), not as a scalar time: it is embedded with softplus(conv7×7) at every
 resolution (average-pooled to that level) and added inside every residual
 block. 2-D multi-head self-attention runs at the lowest resolution only.
 Inputs of any size are padded to a multiple of the network's stride and
-cropped back, so callers never have to.
+cropped back, so callers never have to. ``padding="reflect"`` makes every
+convolution pad by reflection instead of zeros: a constant input then gives a
+constant output, and the network does not ring in from the image borders
+(zero padding is seen as a dark frame).
 """
 
 from __future__ import annotations
@@ -59,15 +62,18 @@ def _group_count(channels: int) -> int:
     return 1
 
 
+PADDINGS = ("zeros", "reflect")
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, gamma_ch: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, gamma_ch: int, dropout: float, padding: str = "zeros"):
         super().__init__()
         self.norm1 = nn.GroupNorm(_group_count(in_ch), in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, padding_mode=padding)
         self.gamma_proj = nn.Conv2d(gamma_ch, out_ch, 1) if gamma_ch else None
         self.norm2 = nn.GroupNorm(_group_count(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, padding_mode=padding)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -107,6 +113,7 @@ class UNet(nn.Module):
 
     With ``gamma_channels > 0`` the forward pass takes a γ map
     ``(B, gamma_channels, H, W)`` that conditions every residual block.
+    ``padding``: one of :data:`PADDINGS`, used by every convolution.
     """
 
     def __init__(
@@ -115,17 +122,22 @@ class UNet(nn.Module):
         out_channels: int,
         size: UNetSize,
         gamma_channels: int = 0,
+        padding: str = "zeros",
     ):
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding {padding!r}; expected one of {PADDINGS}")
         self.size = size
+        self.padding = padding
         self.stride = 2 ** (len(size.channel_mults) - 1)
         widths = [size.base_channels * m for m in size.channel_mults]
         embed_ch = widths if gamma_channels else [0] * len(widths)
         self.gamma_embed = nn.ModuleList(
-            [nn.Conv2d(gamma_channels, ch, 7, padding=3) for ch in widths] if gamma_channels else []
+            [nn.Conv2d(gamma_channels, ch, 7, padding=3, padding_mode=padding) for ch in widths]
+            if gamma_channels else []
         )
 
-        self.input_conv = nn.Conv2d(in_channels, size.base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels, size.base_channels, 3, padding=1, padding_mode=padding)
         self.down_blocks = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         skip_widths = [size.base_channels]
@@ -133,17 +145,17 @@ class UNet(nn.Module):
         for level, width in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(size.blocks_per_level):
-                blocks.append(ResidualBlock(ch, width, embed_ch[level], size.dropout))
+                blocks.append(ResidualBlock(ch, width, embed_ch[level], size.dropout, padding))
                 ch = width
                 skip_widths.append(ch)
             self.down_blocks.append(blocks)
             if level < len(widths) - 1:
-                self.downsamplers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.downsamplers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1, padding_mode=padding))
                 skip_widths.append(ch)
 
-        self.mid_block1 = ResidualBlock(ch, ch, embed_ch[-1], size.dropout)
+        self.mid_block1 = ResidualBlock(ch, ch, embed_ch[-1], size.dropout, padding)
         self.mid_attention = SelfAttention2d(ch, size.attention_heads)
-        self.mid_block2 = ResidualBlock(ch, ch, embed_ch[-1], size.dropout)
+        self.mid_block2 = ResidualBlock(ch, ch, embed_ch[-1], size.dropout, padding)
 
         self.up_blocks = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
@@ -151,15 +163,15 @@ class UNet(nn.Module):
             blocks = nn.ModuleList()
             for _ in range(size.blocks_per_level + 1):
                 blocks.append(
-                    ResidualBlock(ch + skip_widths.pop(), widths[level], embed_ch[level], size.dropout)
+                    ResidualBlock(ch + skip_widths.pop(), widths[level], embed_ch[level], size.dropout, padding)
                 )
                 ch = widths[level]
             self.up_blocks.append(blocks)
             if level > 0:
-                self.upsamplers.append(nn.Conv2d(ch, ch, 3, padding=1))
+                self.upsamplers.append(nn.Conv2d(ch, ch, 3, padding=1, padding_mode=padding))
 
         self.output_norm = nn.GroupNorm(_group_count(ch), ch)
-        self.output_conv = nn.Conv2d(ch, out_channels, 3, padding=1)
+        self.output_conv = nn.Conv2d(ch, out_channels, 3, padding=1, padding_mode=padding)
         nn.init.zeros_(self.output_conv.weight)
         nn.init.zeros_(self.output_conv.bias)
 
@@ -174,6 +186,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.stride, -width % self.stride
+        if self.padding == "reflect":  # reflection needs at least two pixels at the lowest level
+            pad_h, pad_w = max(pad_h, 2 * self.stride - height), max(pad_w, 2 * self.stride - width)
         if pad_h or pad_w:
             # replicate works for any size; reflect fails on images smaller than the pad
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")

@@ -1,0 +1,98 @@
+"""The physics base b(y) of residual QPI models: a TIE phase of the whole plane, in target units.
+
+The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate. For
+QPI the base comes from the physics: FFT-TIE with mirror boundaries (no ringing at the
+edges of a real, non-periodic stack), with one Tikhonov regulariser per model, fitted
+on its training pairs and stored in the model file (``ModelInfo.base``). It is computed
+on the *whole* image plane before any tiling, so the largest scales, where a defocus
+pair's phase lives and a network on small patches is blind, come from a global solve
+at every image size.
+
+A TIE fixes the phase only up to a constant; the base is given the mean
+``offset_rad`` (the middle of the target range) and training targets are shifted to
+the base's mean per whole image, so the residual carries no arbitrary offset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .physics.tie import BOUNDARIES, fft_tie, fit_regularization
+
+KIND = "fft_tie"
+#: Images used to fit the regulariser (the fit is cheap, but a few images already pin it).
+FIT_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class TIEBase:
+    """FFT-TIE base: Tikhonov ``regularization`` (µm⁻⁴), the training optics (µm) and the mean phase (rad)."""
+
+    regularization: float
+    wavelength_um: float
+    dz_um: float
+    pixel_um: float
+    offset_rad: float
+    boundary: str = "mirror"
+    kind: str = KIND
+
+    def __post_init__(self):
+        if self.kind != KIND:
+            raise ValueError(f"unknown base kind {self.kind!r}; this version knows {KIND!r}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"unknown TIE boundary {self.boundary!r}; expected one of {BOUNDARIES}")
+        for name in ("regularization", "wavelength_um", "dz_um", "pixel_um"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"base {name} must be a positive number (got {value!r})")
+        if not (isinstance(self.offset_rad, int | float) and math.isfinite(self.offset_rad)):
+            raise ValueError(f"base offset_rad must be a finite number (got {self.offset_rad!r})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TIEBase:
+        if not isinstance(data, dict):
+            raise ValueError("the base settings must be a mapping")
+        return cls(**data)
+
+    def phase(self, stack: np.ndarray, wavelength_um: float | None = None, dz_um: float | None = None,
+              pixel_um: float | None = None) -> np.ndarray:
+        """Base phase ``(H, W)`` float32 in rad (mean ``offset_rad``) of one stack ``(2, H, W)``.
+
+        The optics default to the model's training optics; pass the input's own where known.
+        """
+        phase = fft_tie(stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
+                        pixel_um or self.pixel_um, self.regularization, self.boundary)
+        return (phase + self.offset_rad).astype(np.float32)
+
+    def with_optics(self, wavelength_um: float, dz_um: float, pixel_um: float) -> TIEBase:
+        return replace(self, wavelength_um=float(wavelength_um), dz_um=float(dz_um), pixel_um=float(pixel_um))
+
+    @classmethod
+    def fit(cls, stacks: list[np.ndarray], phases: list[np.ndarray], wavelength_um: float, dz_um: float,
+            pixel_um: float, offset_rad: float) -> tuple[TIEBase, float]:
+        """The base whose regulariser has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
+
+        Returns the base and that MAE (rad)."""
+        regularization, error = fit_regularization(
+            [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
+            [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]],
+            dz_um, wavelength_um, pixel_um)
+        return cls(regularization, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad)), error
+
+
+def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
+    """A warning sentence when the input's optics differ from the model's training optics by > 10 %."""
+    differ = [f"{name} {given:g} µm (model: {trained:g} µm)"
+              for name, given, trained in (("wavelength", wavelength_um, base.wavelength_um),
+                                           ("defocus", dz_um, base.dz_um))
+              if given is not None and abs(given / trained - 1.0) > 0.1]
+    if not differ:
+        return None
+    return ("The input's " + " and ".join(differ) + " differ from the model's training optics; the TIE base "
+            "uses the input's, but the refinement was trained on the model's.")
