@@ -2,8 +2,10 @@
 
 The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate. For
 QPI the base comes from the physics: FFT-TIE with mirror boundaries (no ringing at the
-edges of a real, non-periodic stack), with one Tikhonov regulariser per model, fitted
-on its training pairs and stored in the model file (``ModelInfo.base``). It is computed
+edges of a real, non-periodic stack), with a Wiener-like Tikhonov regulariser
+``a = strength · (σ̂² + floor²)`` that follows each input's estimated noise std σ̂
+(:func:`~napari_cvdm.physics.tie.noise_adaptive_regularization`); the one ``strength``
+per model is fitted on its training pairs and stored in the model file (``ModelInfo.base``). It is computed
 on the *whole* image plane before any tiling, so the largest scales, where a defocus
 pair's phase lives and a network on small patches is blind, come from a global solve
 at every image size.
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .physics.tie import BOUNDARIES, fft_tie, fit_regularization
+from .physics.tie import BOUNDARIES, fft_tie, fit_regularization, noise_adaptive_regularization
 
 KIND = "fft_tie"
 #: Images used to fit the regulariser (the fit is cheap, but a few images already pin it).
@@ -29,9 +31,10 @@ FIT_IMAGES = 16
 
 @dataclass(frozen=True)
 class TIEBase:
-    """FFT-TIE base: Tikhonov ``regularization`` (µm⁻⁴), the training optics (µm) and the mean phase (rad)."""
+    """FFT-TIE base: regulariser ``strength`` (µm⁻⁴ per unit noise variance), the training optics (µm)
+    and the mean phase (rad)."""
 
-    regularization: float
+    strength: float
     wavelength_um: float
     dz_um: float
     pixel_um: float
@@ -44,7 +47,7 @@ class TIEBase:
             raise ValueError(f"unknown base kind {self.kind!r}; this version knows {KIND!r}")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"unknown TIE boundary {self.boundary!r}; expected one of {BOUNDARIES}")
-        for name in ("regularization", "wavelength_um", "dz_um", "pixel_um"):
+        for name in ("strength", "wavelength_um", "dz_um", "pixel_um"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"base {name} must be a positive number (got {value!r})")
@@ -66,8 +69,9 @@ class TIEBase:
 
         The optics default to the model's training optics; pass the input's own where known.
         """
+        regularization = noise_adaptive_regularization(stack, self.strength)
         phase = fft_tie(stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
-                        pixel_um or self.pixel_um, self.regularization, self.boundary)
+                        pixel_um or self.pixel_um, regularization, self.boundary)
         return (phase + self.offset_rad).astype(np.float32)
 
     def with_optics(self, wavelength_um: float, dz_um: float, pixel_um: float) -> TIEBase:
@@ -76,14 +80,14 @@ class TIEBase:
     @classmethod
     def fit(cls, stacks: list[np.ndarray], phases: list[np.ndarray], wavelength_um: float, dz_um: float,
             pixel_um: float, offset_rad: float) -> tuple[TIEBase, float]:
-        """The base whose regulariser has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
+        """The base whose regulariser strength has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
 
         Returns the base and that MAE (rad)."""
-        regularization, error = fit_regularization(
+        strength, error = fit_regularization(
             [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
             [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]],
             dz_um, wavelength_um, pixel_um)
-        return cls(regularization, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad)), error
+        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad)), error
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:

@@ -398,6 +398,18 @@ def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings
     return sampler, steps, float(eta), clip, grid
 
 
+def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_um) -> dict:
+    """The optics the TIE base uses (None = the model's), with a warning when they differ from training."""
+    if model.config.base != "physics":
+        return {}
+    from .base_estimate import TIEBase, optics_mismatch
+
+    mismatch = optics_mismatch(TIEBase.from_dict(info.base), wavelength_um, dz_um)
+    if mismatch:
+        warnings.warn(mismatch, UserWarning, stacklevel=3)
+    return {"wavelength_um": wavelength_um, "dz_um": dz_um, "pixel_um": pixel_size_um}
+
+
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
@@ -414,6 +426,52 @@ def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, 
     return image.reshape(-1, channels, *image.shape[-2:]), lead
 
 
+@torch.no_grad()
+def _plane_condition(model: CVDM, info: ModelInfo, raw: np.ndarray, normalised: np.ndarray,
+                     device: torch.device, optics: dict) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The network condition c ``(1, Cc, H, W)`` (CPU) of one plane and its base b ``(Cx, H, W)``.
+
+    Both are computed on the whole plane, before any tiling: the TIE base of a physics
+    model from the raw stack ``raw`` with the input's optics (``optics``: ``wavelength_um``,
+    ``dz_um``, ``pixel_um``, each None for the model's), a predictor's base on the whole
+    normalised plane. None for the paper's formulation.
+    """
+    y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
+    if model.config.base == "physics":
+        from .base_estimate import TIEBase
+
+        phase = TIEBase.from_dict(info.base).phase(raw, **optics)
+        base = _normalizer(info.target_normalization).normalize(phase[None])
+        return torch.cat([y, torch.from_numpy(base)[None]], dim=1), base
+    if model.config.base == "predictor":
+        c, base = model.condition(y.to(device))
+        return c.float().cpu(), base[0].float().cpu().numpy()
+    return y, None
+
+
+@torch.no_grad()
+def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.device, rows, cols,
+                        row_weights, col_weights) -> list:
+    """``[(rows, cols, wy, wx, λ (1, Cx, h, w) on the CPU), ...]`` for every tile.
+
+    A smooth schedule network (``schedule_downsample > 1``) runs once on the whole plane and
+    is cut into tiles, so λ does not depend on the tiling; the paper's per-pixel network
+    runs per tile, as the model files written for it expect.
+    """
+    plane_lambda = None
+    if model.config.schedule_downsample > 1:
+        plane_lambda = model.schedule.schedule_map(condition.to(device)).float().cpu()
+    tiles = []
+    for (r0, r1), wy in zip(rows, row_weights):
+        for (c0, c1), wx in zip(cols, col_weights):
+            if plane_lambda is not None:
+                lam = plane_lambda[..., r0:r1, c0:c1]
+            else:
+                lam = model.schedule.schedule_map(condition[..., r0:r1, c0:c1].to(device)).float().cpu()
+            tiles.append(((r0, r1), (c0, c1), wy, wx, lam))
+    return tiles
+
+
 def reconstruct(
     model: CVDM,
     info: ModelInfo,
@@ -424,6 +482,8 @@ def reconstruct(
     *,
     input_pixel_size_um: float | None = None,
     upsampled: bool = False,
+    wavelength_um: float | None = None,
+    dz_um: float | None = None,
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
@@ -434,6 +494,8 @@ def reconstruct(
     divided by the upsampling factor. ``upsampled``: an SR input is already on the
     output grid (e.g. a training pair's input), so it is not upsampled again
     (``input_pixel_size_um`` still means the raw input's pixel size). The model is moved to ``settings.device``.
+    ``wavelength_um``/``dz_um``: the QPI input's optics for a model with a TIE base (None: the
+    model's training optics; a warning when they differ).
     """
     from .physics import upsample
 
@@ -443,6 +505,7 @@ def reconstruct(
     mismatch = check_pixel_size(info, input_pixel_size_um)
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=2)
+    optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
     sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
@@ -491,31 +554,21 @@ def reconstruct(
         condition = raw.astype(np.float32)
         if factor > 1:
             condition = upsample(condition, factor)
-        fitted_input = input_normalizer.fit(condition) if input_normalizer is not None else None
         scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
+        normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
+        plane_condition, plane_base = _plane_condition(model, info, condition, normalised, device, optics)
         noise_field = NoiseField(settings.seed, p, n_samples, x_channels)
-        # λ(y) once per tile (kept on the CPU); the log-SNR time grid is built for the median of
-        # the plane's blended λ map, so every tile walks the same grid as the untiled image
-        tiles, lam_plane = [], np.zeros((x_channels, height, width), np.float32)
-        for (r0, r1), wy in zip(rows, row_weights):
-            for (c0, c1), wx in zip(cols, col_weights):
-                window = condition[:, r0:r1, c0:c1]
-                if fitted_input is not None:
-                    window = fitted_input.normalize(window)
-                y = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(device)
-                with torch.no_grad():
-                    lam = model.schedule.schedule_map(y).float().cpu()
+        tiles = _tile_schedule_maps(model, plane_condition, device, rows, cols, row_weights, col_weights)
+        lam_ref = None
+        if grid == "log_snr":  # one grid for the plane: every tile walks the grid the untiled image would
+            lam_plane = np.zeros((x_channels, height, width), np.float32)
+            for (r0, r1), (c0, c1), wy, wx, lam in tiles:
                 lam_plane[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * lam[0].numpy()
-                tiles.append(((r0, r1), (c0, c1), wy, wx, lam))
-        lam_plane *= (1.0 / row_total).astype(np.float32)[:, None]
-        lam_plane *= (1.0 / col_total).astype(np.float32)
-        lam_ref = float(np.median(lam_plane)) if grid == "log_snr" else None
-        del lam_plane
+            lam_ref = float(np.median(lam_plane / np.outer(row_total, col_total).astype(np.float32)))
+            del lam_plane
+        residual_scale = 1.0 if plane_base is None else float(model.config.residual_scale)
         for (r0, r1), (c0, c1), wy, wx, lam in tiles:
-            window = condition[:, r0:r1, c0:c1]
-            if fitted_input is not None:
-                window = fitted_input.normalize(window)
-            y = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(device)
+            y = plane_condition[:, :, r0:r1, c0:c1].to(device)
             stats = _tile_statistics(
                 model, y, lam.to(device), noise_field, (r0, r1), (c0, c1), n_samples, chunk,
                 steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid, lam_ref=lam_ref,
@@ -523,13 +576,15 @@ def reconstruct(
                 compile=settings.compile, tick=tick, should_stop=should_stop,
                 keep_samples=settings.keep_samples,
             )
+            base = 0.0 if plane_base is None else plane_base[:, r0:r1, c0:c1]
             weight = (wy[:, None] * wx[None, :]).astype(np.float32)
             region = (slice(None), slice(r0, r1), slice(c0, c1))
-            mean_out[p][region] += weight * (scale * stats["mean"] + offset).astype(np.float32)
-            variance_out[p][region] += weight * (scale**2 * stats["variance"]).astype(np.float32)
+            mean_out[p][region] += weight * (scale * (base + residual_scale * stats["mean"]) + offset).astype(np.float32)
+            variance_out[p][region] += weight * ((scale * residual_scale) ** 2 * stats["variance"]).astype(np.float32)
             gamma_out[p][region] += weight * stats["gamma"]
             if samples_out is not None:
-                samples_out[p][(slice(None), *region)] += weight * (scale * stats["samples"] + offset)
+                samples_out[p][(slice(None), *region)] += weight * (
+                    scale * (base + residual_scale * stats["samples"]) + offset)
         lam_refs.append(lam_ref)
     for array in (mean_out, variance_out, gamma_out, samples_out):
         if array is not None:  # divide by the summed weight, one axis at a time (no full-size temporary)
@@ -551,7 +606,7 @@ def reconstruct(
         unit=info.target_unit,
         metadata={
             **asdict(settings), "sampler": sampler, "steps": steps, "eta": eta, "clip": clip, "grid": grid,
-            "grid_reference_lambda": lam_refs,
+            "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
             "device": str(device), "precision": "bf16" if autocast_dtype is not None else "fp32",
             "tiles": [len(rows), len(cols)], "network_stride": align,
             "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
