@@ -1,8 +1,9 @@
 """The physics base b(y) of residual QPI models: a TIE phase of the whole plane, in target units.
 
 The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate. For
-QPI the base comes from the physics: FFT-TIE with mirror boundaries (no ringing at the
-edges of a real, non-periodic stack), with a Wiener-like Tikhonov regulariser
+QPI the base comes from the physics: FFT-TIE with periodic or mirror boundaries (whichever
+fits the training data: mirror keeps one edge of a real stack from wrapping into the
+opposite one, periodic is exact for periodic simulations), with a Wiener-like Tikhonov regulariser
 ``a = strength · (σ̂² + floor²)`` that follows each input's estimated noise std σ̂
 (:func:`~napari_cvdm.physics.tie.noise_adaptive_regularization`); the one ``strength``
 per model is fitted on its training pairs and stored in the model file (``ModelInfo.base``). It is computed
@@ -83,11 +84,11 @@ class TIEBase:
         """The base whose regulariser strength has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
 
         Returns the base and that MAE (rad)."""
-        strength, error = fit_regularization(
+        strength, boundary, error = fit_regularization(
             [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
             [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]],
             dz_um, wavelength_um, pixel_um)
-        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad)), error
+        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary), error
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
