@@ -163,7 +163,7 @@ def valid_dict():
     [
         (lambda d: d.pop("scale"), "missing"),
         (lambda d: d.update(levels=[0.9, 0.8, 0.95]), "increasing"),
-        (lambda d: d.update(levels=[0.8, 0.9, 1.5]), r"inside \(0, 1\)"),
+        (lambda d: d.update(levels=[0.8, 0.9, 1.5]), r"in \(0, 1\)"),
         (lambda d: d.update(scale=[1.0, -2.0, 1.0]), "positive"),
         (lambda d: d.update(scale=[1.0, 2.0]), "3 values"),
         (lambda d: d.update(scale="2.5"), "list of numbers"),

@@ -102,12 +102,17 @@ def _as_images(name: str, images) -> list[np.ndarray]:
 
 def _pooled_scores(means, stds, targets) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """Per-image flat scores and stds (std floored), and the floor used."""
-    means, stds, targets = (_as_images(n, x) for n, x in (("means", means), ("stds", stds), ("targets", targets)))
+    means, stds = _as_images("means", means), _as_images("stds", stds)
+    targets = _as_images("targets", targets)
     if not len(means) == len(stds) == len(targets):
-        raise ValueError(f"got {len(means)} means, {len(stds)} stds and {len(targets)} targets; give one of each per image")
+        raise ValueError(
+            f"got {len(means)} means, {len(stds)} stds and {len(targets)} targets; give one of each per image"
+        )
     for index, (m, s, t) in enumerate(zip(means, stds, targets)):
         if not m.shape == s.shape == t.shape:
-            raise ValueError(f"image {index}: mean {m.shape}, std {s.shape} and target {t.shape} differ in shape")
+            raise ValueError(
+                f"image {index}: mean {m.shape}, std {s.shape} and target {t.shape} differ in shape"
+            )
         if not (np.isfinite(m).all() and np.isfinite(s).all() and np.isfinite(t).all()):
             raise ValueError(f"image {index} has NaN or infinite values")
         if (s < 0).any():
@@ -116,7 +121,9 @@ def _pooled_scores(means, stds, targets) -> tuple[list[np.ndarray], list[np.ndar
         raise ValueError(f"every std is zero (a single sample?); {NO_VARIANCE_MESSAGE}")
     all_targets = np.concatenate([t.ravel() for t in targets])
     low, high = np.percentile(all_targets, [0.5, 99.5])
-    floor = STD_FLOOR_FRACTION * float(high - low) or STD_FLOOR_FRACTION * float(np.abs(all_targets).max() or 1.0)
+    # A constant target has no range: fall back to its magnitude (or 1).
+    span = float(high - low) or float(np.abs(all_targets).max()) or 1.0
+    floor = STD_FLOOR_FRACTION * span
     flat_stds = [np.maximum(s.ravel(), floor) for s in stds]
     scores = [np.abs(t.ravel() - m.ravel()) / s for m, s, t in zip(means, flat_stds, targets)]
     return scores, flat_stds, floor
@@ -131,7 +138,8 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     n = scores.size
     rank = math.ceil((n + 1) * level)
     if rank > n:
-        raise ValueError(f"{n} pixels are too few for a conformal quantile at level {level}; need {math.ceil(level / (1 - level))}")
+        need = math.ceil(level / (1 - level))
+        raise ValueError(f"{n} pixels are too few for a conformal quantile at level {level}; need {need}")
     return float(np.partition(scores, rank - 1)[rank - 1])
 
 
@@ -210,7 +218,7 @@ class Calibration:
             raise ValueError(f"calibration is missing the field(s) {', '.join(missing)}")
         levels = _float_list(data, "levels")
         if not levels or any(not 0.0 < x < 1.0 for x in levels) or sorted(set(levels)) != levels:
-            raise ValueError(f"calibration levels must be distinct, increasing and inside (0, 1), got {levels}")
+            raise ValueError(f"calibration levels must be distinct, increasing and in (0, 1), got {levels}")
         scale = _float_list(data, "scale", len(levels), positive=True)
         n_images, n_pixels = _count(data, "n_images"), _count(data, "n_pixels")
         if n_pixels < n_images:
@@ -218,7 +226,7 @@ class Calibration:
         std_floor = _float_list({"std_floor": [data["std_floor"]]}, "std_floor", 1, positive=True)[0]
         edges = _float_list(data, "bin_edges") if data.get("bin_edges") else []
         rows = data.get("bin_scale") or []
-        if not isinstance(rows, list) or (bool(edges) != bool(rows)) or (rows and len(edges) != len(rows) + 1):
+        if not isinstance(rows, list) or len(edges) != (len(rows) + 1 if rows else 0):
             raise ValueError("calibration bin_edges must have one more value than bin_scale has bins")
         if edges and any(b < a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"calibration bin_edges must be non-decreasing, got {edges}")
@@ -246,12 +254,19 @@ class Calibration:
         when = f" on {self.date[:10]}" if self.date else ""
         bins = f", {len(self.bin_scale)} std bins" if self.binned else ""
         scale95 = ", ".join(f"{lvl:.0%}: ×{s:.2f}" for lvl, s in zip(self.levels, self.scale))
-        return f"calibrated{where}{when} ({self.n_images} images, {self.n_pixels} pixels{bins}); std scale {scale95}"
+        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}"
+        return f"calibrated{where}{when} ({used}); std scale {scale95}"
 
 
-def _float_list(data: dict, key: str, length: int | None = None, positive: bool = False, unit: bool = False) -> list[float]:
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_list(
+    data: dict, key: str, length: int | None = None, positive: bool = False, unit: bool = False
+) -> list[float]:
     values = data.get(key)
-    if not isinstance(values, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+    if not isinstance(values, list) or not all(_is_number(x) for x in values):
         raise ValueError(f"calibration {key} must be a list of numbers, got {values!r}")
     values = [float(x) for x in values]
     if length is not None and len(values) != length:
@@ -379,7 +394,7 @@ def calibrated_std(std, calibration: Calibration, level: float = 0.95) -> np.nda
 
 
 def error_bound(std, calibration: Calibration, level: float = 0.95) -> np.ndarray:
-    """Half-width of the "± error at ``level``" interval around the mean, ``q_level · std``, same units as the std."""
+    """Half-width of the "± error at ``level``" interval around the mean, ``q_level · std`` (std units)."""
     return normal_quantile(level) * calibrated_std(std, calibration, level)
 
 
@@ -459,8 +474,8 @@ class DistributionSummary:
                 raise ValueError(f"calibration distribution feature {name} must be [min, median, max] ≥ 0")
             features[str(name)] = triple
         pixel = data.get("pixel_size_um")
-        if pixel is not None and (not isinstance(pixel, (int, float)) or isinstance(pixel, bool) or not pixel > 0):
-            raise ValueError(f"calibration distribution pixel_size_um must be a positive number, got {pixel!r}")
+        if pixel is not None and (not _is_number(pixel) or not pixel > 0):
+            raise ValueError(f"calibration distribution pixel_size_um must be positive, got {pixel!r}")
         return cls(n_images, features, None if pixel is None else float(pixel))
 
 
@@ -479,7 +494,7 @@ def summarize_distribution(stds, images, pixel_size_um: float | None = None) -> 
 def check_in_distribution(
     summary: DistributionSummary, std, image, pixel_size_um: float | None = None
 ) -> str | None:
-    """A warning sentence when ``image`` (the model input) and its ``std`` lie far outside the calibration data, else None.
+    """A warning sentence when ``image`` (the model input) and its ``std`` are far off calibration, else None.
 
     "Far": a feature more than :data:`FEATURE_MARGIN` × beyond the calibration's [min, max],
     or a pixel size more than :data:`PIXEL_SIZE_TOLERANCE` away from the calibration's.
@@ -488,7 +503,8 @@ def check_in_distribution(
     if pixel_size_um is not None and summary.pixel_size_um is not None:
         ratio = float(pixel_size_um) / summary.pixel_size_um
         if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
-            reasons.append(f"its pixel size {pixel_size_um:.4g} µm differs from {summary.pixel_size_um:.4g} µm")
+            seen = f"{summary.pixel_size_um:.4g} µm"
+            reasons.append(f"its pixel size {pixel_size_um:.4g} µm differs from {seen}")
     values = _features(np.asarray(std, dtype=np.float64), np.asarray(image, dtype=np.float64))
     for name, words in _FEATURE_WORDS.items():
         if name not in summary.features:
@@ -496,9 +512,11 @@ def check_in_distribution(
         low, _, high = summary.features[name]
         value = values[name]
         if value > FEATURE_MARGIN * high:
-            reasons.append(f"its {words} is {value:.3g}, {value / max(high, 1e-300):.1f}× the highest seen ({high:.3g})")
+            times = value / max(high, 1e-300)
+            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× the highest seen ({high:.3g})")
         elif value * FEATURE_MARGIN < low:
-            reasons.append(f"its {words} is {value:.3g}, {low / max(value, 1e-300):.1f}× below the lowest seen ({low:.3g})")
+            times = low / max(value, 1e-300)
+            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× below the lowest seen ({low:.3g})")
     if not reasons:
         return None
     return (

@@ -37,7 +37,8 @@ def _pool(name: str, images) -> np.ndarray:
 def _triple(mean, std, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean, std, target = _pool("mean", mean), _pool("std", std), _pool("target", target)
     if not mean.size == std.size == target.size:
-        raise ValueError(f"mean ({mean.size}), std ({std.size}) and target ({target.size}) differ in pixel count")
+        sizes = f"mean ({mean.size}), std ({std.size}) and target ({target.size})"
+        raise ValueError(f"{sizes} differ in pixel count")
     return mean, std, target
 
 
@@ -62,7 +63,8 @@ def uce(mean, std, target, n_bins: int = 10) -> float:
     """
     mean, std, target = _triple(mean, std, target)
     squared_error, variance = (target - mean) ** 2, std**2
-    total = sum(chunk.size * abs(squared_error[chunk].mean() - variance[chunk].mean()) for chunk in _variance_bins(std, n_bins))
+    bins = _variance_bins(std, n_bins)
+    total = sum(chunk.size * abs(squared_error[chunk].mean() - variance[chunk].mean()) for chunk in bins)
     return float(total / std.size)
 
 
@@ -114,8 +116,11 @@ def spearman(mean, std, target) -> float:
 
 
 def uncertainty_report(mean, std, target, levels: Sequence[float] = DEFAULT_LEVELS, n_bins: int = 10) -> dict:
-    """All the metrics above: ``{"coverage_80": …, "coverage_90": …, "coverage_95": …, "uce", "ence", "ause", "spearman"}``."""
-    report = {f"coverage_{round(level * 100)}": value for level, value in coverage(mean, std, target, levels).items()}
+    """All the metrics above, keyed ``coverage_80``, ``coverage_90``, ``coverage_95``, ``uce``, ``ence``,
+    ``ause`` and ``spearman``.
+    """
+    covered = coverage(mean, std, target, levels)
+    report = {f"coverage_{round(level * 100)}": value for level, value in covered.items()}
     report["uce"] = uce(mean, std, target, n_bins)
     report["ence"] = ence(mean, std, target, n_bins)
     report["ause"] = ause(mean, std, target)
@@ -141,7 +146,7 @@ def self_consistency_report(
     means, stds, targets = [], [], []
     for stack in stacks:
         if stack.shape[0] < 3:
-            raise ValueError(f"the self-consistency ceiling needs at least 3 samples per image, got {stack.shape[0]}")
+            raise ValueError(f"the self-consistency ceiling needs at least 3 samples, got {stack.shape[0]}")
         chosen = range(stack.shape[0]) if held_out is None else [held_out]
         for index in chosen:
             others = np.delete(stack, index, axis=0)
