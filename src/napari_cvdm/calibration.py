@@ -157,8 +157,9 @@ class Calibration:
       ``bin_scale`` (``[bin][level]``): the same per bin of the std; a bin with too few
       pixels holds the global scale (``bin_fallback`` marks it).
     - ``std_floor``: stds below it are raised to it before scaling (same as in the fit).
-    - ``n_images``, ``n_pixels``: what the fit used; ``image_coverage``: per level the
-      leave-one-image-out coverage over images at :data:`SPREAD_QUANTILES` (empty for 1 image).
+    - ``n_images``, ``n_pixels``: what the fit used; ``image_coverage``: per level, the
+      coverage of the global bound on each image when fitted on the others (leave one image
+      out), at the :data:`SPREAD_QUANTILES` over images (empty for 1 image).
     - ``source`` (free text: which data), ``date`` (ISO 8601, UTC), ``units`` of the std.
     - ``distribution``: what the calibration inputs looked like (for :func:`check_in_distribution`).
     """
@@ -230,14 +231,15 @@ class Calibration:
             raise ValueError("calibration bin_edges must have one more value than bin_scale has bins")
         if edges and any(b < a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"calibration bin_edges must be non-decreasing, got {edges}")
-        bin_scale = [_float_list({"bin": row}, "bin", len(levels), positive=True) for row in rows]
+        bin_scale = [_float_list({"bin row": r}, "bin row", len(levels), positive=True) for r in rows]
         fallback = [bool(x) for x in (data.get("bin_fallback") or [False] * len(rows))]
         if len(fallback) != len(rows):
             raise ValueError("calibration bin_fallback must have one flag per bin")
         coverage = data.get("image_coverage") or []
         if not isinstance(coverage, list) or (coverage and len(coverage) != len(levels)):
             raise ValueError("calibration image_coverage must have one row per level")
-        coverage = [_float_list({"row": row}, "row", len(SPREAD_QUANTILES), unit=True) for row in coverage]
+        key = "image_coverage row"
+        coverage = [_float_list({key: r}, key, len(SPREAD_QUANTILES), unit=True) for r in coverage]
         texts = {key: data.get(key, "") for key in ("source", "date", "units")}
         for key, value in texts.items():
             if not isinstance(value, str):
@@ -270,7 +272,7 @@ def _float_list(
         raise ValueError(f"calibration {key} must be a list of numbers, got {values!r}")
     values = [float(x) for x in values]
     if length is not None and len(values) != length:
-        raise ValueError(f"calibration {key} must have {length} values (one per level), got {len(values)}")
+        raise ValueError(f"calibration {key} must have {length} values, got {len(values)}")
     if not all(math.isfinite(x) for x in values):
         raise ValueError(f"calibration {key} must be finite, got {values}")
     if positive and any(x <= 0 for x in values):
