@@ -1,9 +1,18 @@
-"""Microscopy physics in numpy: optics (OTF/PSF, propagation), TIE phase retrieval, deconvolution.
+"""Microscopy physics in numpy: optics (OTF/PSF, propagation), TIE phase retrieval, deconvolution,
+data-consistency maps.
 
 Lengths are in µm (``*_um`` arguments), spatial frequencies in cycles/µm, phases in
 radians. No torch, Qt or napari imports.
 """
 
+from .consistency import (
+    qpi_consistency,
+    qpi_forward,
+    qpi_residual_planes,
+    sr_consistency,
+    sr_forward,
+    sr_noise_variance,
+)
 from .deconvolution import richardson_lucy, richardson_lucy_widefield, widefield_transfer
 from .optics import (
     angular_spectrum_transfer,
@@ -35,8 +44,14 @@ __all__ = [
     "pixel_integration_mtf",
     "propagate",
     "psf_from_otf",
+    "qpi_consistency",
+    "qpi_forward",
+    "qpi_residual_planes",
     "richardson_lucy",
     "richardson_lucy_widefield",
+    "sr_consistency",
+    "sr_forward",
+    "sr_noise_variance",
     "upsample",
     "us_tie",
     "widefield_transfer",

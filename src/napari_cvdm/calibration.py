@@ -1,0 +1,527 @@
+"""Calibrated uncertainty: from the sample std of a model to error bars with a coverage guarantee.
+
+Split-conformal calibration (Vovk et al.; Angelopoulos & Bates 2021): on held-out pairs
+the score ``s = |target − mean| / std`` is computed per pixel, and for each nominal level
+``α`` its conformal quantile ``q_α`` (the ``⌈(n+1)·α⌉``-th smallest of ``n`` scores). On a new
+image drawn like the calibration images, ``|target − mean| ≤ q_α · std`` then holds for a
+fraction ``≥ α`` of the pixels. The guarantee needs exchangeable *images*: pixels of one
+image are correlated, so the effective sample size is nearer ``n_images`` than
+``n_pixels``. Both are recorded, and so is the leave-one-image-out spread of per-image
+coverage (what a user should expect on one new image).
+
+Optionally the quantile is fitted per bin of the std (equal-count bins), since models are
+often over-confident where they are confident and the reverse where they are not.
+
+Everything here is numpy (stdlib ``statistics`` for normal quantiles); no torch, no Qt.
+A :class:`Calibration` is JSON-safe through :meth:`Calibration.to_dict`, for the model
+file's metadata under ``calibration``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "Calibration",
+    "DistributionSummary",
+    "calibrated_std",
+    "check_in_distribution",
+    "conformal_quantile",
+    "error_bound",
+    "fit_calibration",
+    "haar_noise_std",
+    "normal_quantile",
+    "sample_variance_note",
+    "summarize_distribution",
+    "variance_relative_error",
+]
+
+DEFAULT_LEVELS = (0.8, 0.9, 0.95)
+# Per-image coverage spread is reported at these quantiles over images: min, p10, median, p90, max.
+SPREAD_QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+# A std below this fraction of the targets' robust range is treated as this floor: an exact
+# zero (N = 1, or all samples clipped to the same value) would make the score infinite.
+STD_FLOOR_FRACTION = 1e-3
+NO_VARIANCE_MESSAGE = (
+    "With 1 sample there is no variance: the std map would be all zeros, which is not confidence; "
+    "draw at least 2 samples (8 or more for a usable error bar)."
+)
+
+
+def normal_quantile(level: float) -> float:
+    """Two-sided standard-normal quantile: ``z`` with ``P(|Z| ≤ z) = level`` (1.96 for 0.95)."""
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+# ----------------------------------------------------------------------------- small N
+
+
+def variance_relative_error(n_samples: int) -> float:
+    """Relative standard error of a sample variance from ``n_samples`` Gaussian draws, ``sqrt(2/(N−1))``.
+
+    The std's own relative error is about half of it, ``sqrt(1/(2(N−1)))``. Raises
+    ValueError (with :data:`NO_VARIANCE_MESSAGE`) for ``N = 1``: one sample has no variance.
+    """
+    n = int(n_samples)
+    if n < 1:
+        raise ValueError(f"the number of samples must be at least 1, got {n_samples}")
+    if n == 1:
+        raise ValueError(NO_VARIANCE_MESSAGE)
+    return math.sqrt(2.0 / (n - 1))
+
+
+def sample_variance_note(n_samples: int) -> str:
+    """One sentence for the user on how far the std map of ``n_samples`` samples can be trusted."""
+    if int(n_samples) == 1:
+        return NO_VARIANCE_MESSAGE
+    relative = variance_relative_error(n_samples)
+    return (
+        f"With {int(n_samples)} samples the variance map is itself uncertain by about ±{relative:.0%} "
+        f"(the std by ±{relative / 2:.0%}) per pixel."
+    )
+
+
+# ----------------------------------------------------------------------------- data handling
+
+
+def _as_images(name: str, images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        images = [images] if images.ndim <= 2 else list(images)
+    arrays = [np.asarray(image, dtype=np.float64) for image in images]
+    if not arrays:
+        raise ValueError(f"{name} is empty: give at least one image")
+    return arrays
+
+
+def _pooled_scores(means, stds, targets) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Per-image flat scores and stds (std floored), and the floor used."""
+    means, stds = _as_images("means", means), _as_images("stds", stds)
+    targets = _as_images("targets", targets)
+    if not len(means) == len(stds) == len(targets):
+        raise ValueError(
+            f"got {len(means)} means, {len(stds)} stds and {len(targets)} targets; give one of each per image"
+        )
+    for index, (m, s, t) in enumerate(zip(means, stds, targets)):
+        if not m.shape == s.shape == t.shape:
+            raise ValueError(
+                f"image {index}: mean {m.shape}, std {s.shape} and target {t.shape} differ in shape"
+            )
+        if not (np.isfinite(m).all() and np.isfinite(s).all() and np.isfinite(t).all()):
+            raise ValueError(f"image {index} has NaN or infinite values")
+        if (s < 0).any():
+            raise ValueError(f"image {index} has negative std values")
+    if all(not s.any() for s in stds):
+        raise ValueError(f"every std is zero (a single sample?); {NO_VARIANCE_MESSAGE}")
+    all_targets = np.concatenate([t.ravel() for t in targets])
+    low, high = np.percentile(all_targets, [0.5, 99.5])
+    # A constant target has no range: fall back to its magnitude (or 1).
+    span = float(high - low) or float(np.abs(all_targets).max()) or 1.0
+    floor = STD_FLOOR_FRACTION * span
+    flat_stds = [np.maximum(s.ravel(), floor) for s in stds]
+    scores = [np.abs(t.ravel() - m.ravel()) / s for m, s, t in zip(means, flat_stds, targets)]
+    return scores, flat_stds, floor
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ``⌈(n+1)·level⌉``-th smallest of ``n`` scores (split-conformal, finite-sample valid).
+
+    Raises ValueError when ``n`` is too small for the level (the rank would exceed ``n``).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n = scores.size
+    rank = math.ceil((n + 1) * level)
+    if rank > n:
+        need = math.ceil(level / (1 - level))
+        raise ValueError(f"{n} pixels are too few for a conformal quantile at level {level}; need {need}")
+    return float(np.partition(scores, rank - 1)[rank - 1])
+
+
+# ----------------------------------------------------------------------------- the calibration
+
+
+@dataclass
+class Calibration:
+    """A fitted mapping from the model's sample std to error bars, JSON-safe via :meth:`to_dict`.
+
+    - ``levels``: nominal coverage levels, increasing, in (0, 1).
+    - ``scale``: per level, ``q_level / z_level`` (``z`` the normal quantile): multiply the
+      std by it so that ``mean ± z_level·scale·std`` covers ``level``. 1 = already calibrated.
+    - ``bin_edges`` (std units, ``n_bins + 1`` values, empty when unbinned) and
+      ``bin_scale`` (``[bin][level]``): the same per bin of the std; a bin with too few
+      pixels holds the global scale (``bin_fallback`` marks it).
+    - ``std_floor``: stds below it are raised to it before scaling (same as in the fit).
+    - ``n_images``, ``n_pixels``: what the fit used; ``image_coverage``: per level, the
+      coverage of the global bound on each image when fitted on the others (leave one image
+      out), at the :data:`SPREAD_QUANTILES` over images (empty for 1 image).
+    - ``source`` (free text: which data), ``date`` (ISO 8601, UTC), ``units`` of the std.
+    - ``distribution``: what the calibration inputs looked like (for :func:`check_in_distribution`).
+    """
+
+    levels: list[float]
+    scale: list[float]
+    n_images: int
+    n_pixels: int
+    std_floor: float
+    bin_edges: list[float] = field(default_factory=list)
+    bin_scale: list[list[float]] = field(default_factory=list)
+    bin_fallback: list[bool] = field(default_factory=list)
+    image_coverage: list[list[float]] = field(default_factory=list)
+    source: str = ""
+    date: str = ""
+    units: str = ""
+    distribution: DistributionSummary | None = None
+
+    @property
+    def binned(self) -> bool:
+        return len(self.bin_scale) > 0
+
+    def level_index(self, level: float) -> int:
+        """Index of ``level`` in :attr:`levels` (ValueError naming the fitted levels otherwise)."""
+        for index, fitted in enumerate(self.levels):
+            if abs(fitted - level) < 1e-9:
+                return index
+        raise ValueError(f"level {level} was not calibrated; fitted levels are {self.levels}")
+
+    def to_dict(self) -> dict:
+        """Plain floats, ints, strings and lists (and a nested dict for ``distribution``)."""
+        out = {
+            "levels": [float(x) for x in self.levels],
+            "scale": [float(x) for x in self.scale],
+            "n_images": int(self.n_images),
+            "n_pixels": int(self.n_pixels),
+            "std_floor": float(self.std_floor),
+            "bin_edges": [float(x) for x in self.bin_edges],
+            "bin_scale": [[float(x) for x in row] for row in self.bin_scale],
+            "bin_fallback": [bool(x) for x in self.bin_fallback],
+            "image_coverage": [[float(x) for x in row] for row in self.image_coverage],
+            "source": str(self.source),
+            "date": str(self.date),
+            "units": str(self.units),
+        }
+        if self.distribution is not None:
+            out["distribution"] = self.distribution.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data) -> Calibration:
+        """Validate and rebuild; raises ValueError with one sentence naming the bad field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"calibration must be a mapping, got {type(data).__name__}")
+        missing = [key for key in ("levels", "scale", "n_images", "n_pixels", "std_floor") if key not in data]
+        if missing:
+            raise ValueError(f"calibration is missing the field(s) {', '.join(missing)}")
+        levels = _float_list(data, "levels")
+        if not levels or any(not 0.0 < x < 1.0 for x in levels) or sorted(set(levels)) != levels:
+            raise ValueError(f"calibration levels must be distinct, increasing and in (0, 1), got {levels}")
+        scale = _float_list(data, "scale", len(levels), positive=True)
+        n_images, n_pixels = _count(data, "n_images"), _count(data, "n_pixels")
+        if n_pixels < n_images:
+            raise ValueError(f"calibration has fewer pixels ({n_pixels}) than images ({n_images})")
+        std_floor = _float_list({"std_floor": [data["std_floor"]]}, "std_floor", 1, positive=True)[0]
+        edges = _float_list(data, "bin_edges") if data.get("bin_edges") else []
+        rows = data.get("bin_scale") or []
+        if not isinstance(rows, list) or len(edges) != (len(rows) + 1 if rows else 0):
+            raise ValueError("calibration bin_edges must have one more value than bin_scale has bins")
+        if edges and any(b < a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"calibration bin_edges must be non-decreasing, got {edges}")
+        bin_scale = [_float_list({"bin row": r}, "bin row", len(levels), positive=True) for r in rows]
+        fallback = [bool(x) for x in (data.get("bin_fallback") or [False] * len(rows))]
+        if len(fallback) != len(rows):
+            raise ValueError("calibration bin_fallback must have one flag per bin")
+        coverage = data.get("image_coverage") or []
+        if not isinstance(coverage, list) or (coverage and len(coverage) != len(levels)):
+            raise ValueError("calibration image_coverage must have one row per level")
+        key = "image_coverage row"
+        coverage = [_float_list({key: r}, key, len(SPREAD_QUANTILES), unit=True) for r in coverage]
+        texts = {key: data.get(key, "") for key in ("source", "date", "units")}
+        for key, value in texts.items():
+            if not isinstance(value, str):
+                raise ValueError(f"calibration {key} must be a string, got {type(value).__name__}")
+        distribution = data.get("distribution")
+        return cls(
+            levels, scale, n_images, n_pixels, std_floor, edges, bin_scale, fallback, coverage, **texts,
+            distribution=None if distribution is None else DistributionSummary.from_dict(distribution),
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """One line for ``cvdm info`` and the model card."""
+        where = f" from {self.source}" if self.source else ""
+        when = f" on {self.date[:10]}" if self.date else ""
+        bins = f", {len(self.bin_scale)} std bins" if self.binned else ""
+        scale95 = ", ".join(f"{lvl:.0%}: ×{s:.2f}" for lvl, s in zip(self.levels, self.scale))
+        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}"
+        return f"calibrated{where}{when} ({used}); std scale {scale95}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_list(
+    data: dict, key: str, length: int | None = None, positive: bool = False, unit: bool = False
+) -> list[float]:
+    values = data.get(key)
+    if not isinstance(values, list) or not all(_is_number(x) for x in values):
+        raise ValueError(f"calibration {key} must be a list of numbers, got {values!r}")
+    values = [float(x) for x in values]
+    if length is not None and len(values) != length:
+        raise ValueError(f"calibration {key} must have {length} values, got {len(values)}")
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError(f"calibration {key} must be finite, got {values}")
+    if positive and any(x <= 0 for x in values):
+        raise ValueError(f"calibration {key} must be positive, got {values}")
+    if unit and any(not 0.0 <= x <= 1.0 for x in values):
+        raise ValueError(f"calibration {key} must lie in [0, 1], got {values}")
+    return values
+
+
+def _count(data: dict, key: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"calibration {key} must be a positive integer, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _scales(scores: np.ndarray, levels: Sequence[float]) -> list[float]:
+    return [conformal_quantile(scores, level) / normal_quantile(level) for level in levels]
+
+
+def _leave_one_image_out(scores: list[np.ndarray], levels: Sequence[float]) -> list[list[float]]:
+    """Per level, the spread over images of the coverage of a bound fitted on the other images."""
+    if len(scores) < 2:
+        return []
+    coverage = np.empty((len(scores), len(levels)))
+    for held_out, image_scores in enumerate(scores):
+        rest = np.concatenate([s for index, s in enumerate(scores) if index != held_out])
+        for j, level in enumerate(levels):
+            coverage[held_out, j] = np.mean(image_scores <= conformal_quantile(rest, level))
+    return [np.quantile(coverage[:, j], SPREAD_QUANTILES).tolist() for j in range(len(levels))]
+
+
+def _binned_scales(scores, stds, levels, bins, min_pixels_per_bin, global_scale):
+    edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
+    index = _bin_index(stds, edges)
+    rows, fallback = [], []
+    for b in range(bins):
+        in_bin = scores[index == b]
+        enough = in_bin.size >= min_pixels_per_bin
+        rows.append(_scales(in_bin, levels) if enough else list(global_scale))
+        fallback.append(not enough)
+    return edges.tolist(), rows, fallback
+
+
+def _bin_index(std: np.ndarray, edges) -> np.ndarray:
+    """Bin of each std: interior edges split the bins; values beyond the outer edges go to the end bins."""
+    return np.searchsorted(np.asarray(edges)[1:-1], std, side="right")
+
+
+def fit_calibration(
+    means,
+    stds,
+    targets,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    bins: int = 1,
+    min_pixels_per_bin: int = 1000,
+    source: str = "",
+    units: str = "",
+    inputs=None,
+    pixel_size_um: float | None = None,
+) -> Calibration:
+    """Split-conformal calibration of the sample std on held-out pairs.
+
+    ``means``, ``stds``, ``targets``: lists of per-image arrays (any shape, the three of an
+    image alike; images may differ in size), or one stacked array ``(n, ...)``. ``bins > 1``
+    fits one quantile per equal-count bin of the std (a bin with fewer than
+    ``min_pixels_per_bin`` pixels keeps the global scale). ``inputs`` (the model inputs of
+    the same images) and ``pixel_size_um`` add a :class:`DistributionSummary`.
+    """
+    levels = sorted(float(x) for x in levels)
+    if not levels or any(not 0.0 < x < 1.0 for x in levels):
+        raise ValueError(f"levels must lie inside (0, 1), got {levels}")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    scores, flat_stds, floor = _pooled_scores(means, stds, targets)
+    pooled_scores = np.concatenate(scores)
+    scale = _scales(pooled_scores, levels)
+    calibration = Calibration(
+        levels=levels,
+        scale=scale,
+        n_images=len(scores),
+        n_pixels=int(pooled_scores.size),
+        std_floor=floor,
+        image_coverage=_leave_one_image_out(scores, levels),
+        source=source,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        units=units,
+    )
+    if int(bins) > 1:
+        edges, rows, fallback = _binned_scales(
+            pooled_scores, np.concatenate(flat_stds), levels, int(bins), max(min_pixels_per_bin, 1), scale
+        )
+        calibration.bin_edges, calibration.bin_scale, calibration.bin_fallback = edges, rows, fallback
+    if inputs is not None:
+        calibration.distribution = summarize_distribution(stds, inputs, pixel_size_um)
+    return calibration
+
+
+# ----------------------------------------------------------------------------- applying
+
+
+def _scale_map(std: np.ndarray, calibration: Calibration, level: float) -> np.ndarray:
+    j = calibration.level_index(level)
+    if not calibration.binned:
+        return np.full(std.shape, calibration.scale[j])
+    per_bin = np.array([row[j] for row in calibration.bin_scale])
+    return per_bin[_bin_index(std, calibration.bin_edges)]
+
+
+def calibrated_std(std, calibration: Calibration, level: float = 0.95) -> np.ndarray:
+    """The std rescaled so that ``mean ± z·calibrated`` covers ``level`` (``z = 1.96`` at 0.95).
+
+    ``scale = q_level / z_level`` (per std bin if fitted so), applied to ``max(std, std_floor)``.
+    Same shape as ``std``, float64, same units.
+    """
+    std = np.maximum(np.asarray(std, dtype=np.float64), calibration.std_floor)
+    return std * _scale_map(std, calibration, level)
+
+
+def error_bound(std, calibration: Calibration, level: float = 0.95) -> np.ndarray:
+    """Half-width of the "± error at ``level``" interval around the mean, ``q_level · std`` (std units)."""
+    return normal_quantile(level) * calibrated_std(std, calibration, level)
+
+
+# ----------------------------------------------------------------------------- out of distribution
+
+# A feature this many times beyond the range seen in calibration counts as "far outside".
+# Over n calibration images, the observed [min, max] of a feature already brackets about
+# (n−1)/(n+1) of the population (≥ 88 % for n ≥ 16); a further factor 2 is far past the
+# sampling noise of the features themselves (the MAD noise estimate of a 128² image is good
+# to ~1 %, std quantiles to less) and past the spread a calibrated model tolerates (its
+# scale factors change by well under 2× between std bins on the shipped models).
+FEATURE_MARGIN = 2.0
+# The model's optics live in pixels: a pixel size 20 % off moves the OTF cut-off in
+# cycles/pixel further than the whole NA/λ range of the simulated training data (±7 %).
+PIXEL_SIZE_TOLERANCE = 0.2
+
+_FEATURE_WORDS = {
+    "std_p50": "median std relative to the input's intensity range",
+    "std_p90": "90th-percentile std relative to the input's intensity range",
+    "noise": "noise level relative to the input's intensity range",
+}
+
+
+def _robust_range(image: np.ndarray) -> float:
+    low, high = np.percentile(image, [0.5, 99.5])
+    return float(high - low)
+
+
+def haar_noise_std(image) -> float:
+    """Noise std of ``(..., H, W)`` from the finest diagonal Haar detail, ``median|d| / 0.6745``.
+
+    For white noise of std σ the detail ``(a − b − c + d)/2`` of each 2×2 block has std σ;
+    smooth signal barely enters it and the median ignores sparse edges (Donoho & Johnstone 1994).
+    """
+    image = np.asarray(image, dtype=np.float64)
+    h, w = (image.shape[-2] // 2) * 2, (image.shape[-1] // 2) * 2
+    x = image[..., :h, :w]
+    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(detail)) / 0.6745)
+
+
+def _features(std: np.ndarray, image: np.ndarray) -> dict[str, float]:
+    span = max(_robust_range(image), 1e-12)
+    p50, p90 = np.percentile(std, [50, 90])
+    return {"std_p50": float(p50) / span, "std_p90": float(p90) / span, "noise": haar_noise_std(image) / span}
+
+
+@dataclass
+class DistributionSummary:
+    """What the calibration inputs looked like: per feature ``[min, median, max]`` over images.
+
+    Features (unitless, per image): the std's median and 90th percentile and the input's
+    Haar noise estimate, each divided by the input's robust (0.5–99.5 %) intensity range;
+    ``pixel_size_um`` of the input (None if unknown).
+    """
+
+    n_images: int
+    features: dict[str, list[float]]
+    pixel_size_um: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "n_images": int(self.n_images),
+            "features": {k: [float(x) for x in v] for k, v in self.features.items()},
+            "pixel_size_um": None if self.pixel_size_um is None else float(self.pixel_size_um),
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> DistributionSummary:
+        if not isinstance(data, dict) or not isinstance(data.get("features"), dict):
+            raise ValueError("calibration distribution must be a mapping with a 'features' mapping")
+        n_images = _count(data, "n_images")
+        features = {}
+        for name, values in data["features"].items():
+            triple = _float_list({f"distribution feature {name}": values}, f"distribution feature {name}", 3)
+            if not 0 <= triple[0] <= triple[1] <= triple[2]:
+                raise ValueError(f"calibration distribution feature {name} must be [min, median, max] ≥ 0")
+            features[str(name)] = triple
+        pixel = data.get("pixel_size_um")
+        if pixel is not None and (not _is_number(pixel) or not pixel > 0):
+            raise ValueError(f"calibration distribution pixel_size_um must be positive, got {pixel!r}")
+        return cls(n_images, features, None if pixel is None else float(pixel))
+
+
+def summarize_distribution(stds, images, pixel_size_um: float | None = None) -> DistributionSummary:
+    """Summarise per-image features of the calibration inputs ``images`` and their model stds."""
+    stds, images = _as_images("stds", stds), _as_images("inputs", images)
+    if len(stds) != len(images):
+        raise ValueError(f"got {len(stds)} std maps for {len(images)} inputs")
+    per_image = [_features(s, x) for s, x in zip(stds, images)]
+    features = {
+        name: np.quantile([f[name] for f in per_image], [0.0, 0.5, 1.0]).tolist() for name in _FEATURE_WORDS
+    }
+    return DistributionSummary(len(images), features, pixel_size_um)
+
+
+def check_in_distribution(
+    summary: DistributionSummary, std, image, pixel_size_um: float | None = None
+) -> str | None:
+    """A warning sentence when ``image`` (the model input) and its ``std`` are far off calibration, else None.
+
+    "Far": a feature more than :data:`FEATURE_MARGIN` × beyond the calibration's [min, max],
+    or a pixel size more than :data:`PIXEL_SIZE_TOLERANCE` away from the calibration's.
+    """
+    reasons = []
+    if pixel_size_um is not None and summary.pixel_size_um is not None:
+        ratio = float(pixel_size_um) / summary.pixel_size_um
+        if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
+            seen = f"{summary.pixel_size_um:.4g} µm"
+            reasons.append(f"its pixel size {pixel_size_um:.4g} µm differs from {seen}")
+    values = _features(np.asarray(std, dtype=np.float64), np.asarray(image, dtype=np.float64))
+    for name, words in _FEATURE_WORDS.items():
+        if name not in summary.features:
+            continue
+        low, _, high = summary.features[name]
+        value = values[name]
+        if value > FEATURE_MARGIN * high:
+            times = value / max(high, 1e-300)
+            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× the highest seen ({high:.3g})")
+        elif value * FEATURE_MARGIN < low:
+            times = low / max(value, 1e-300)
+            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× below the lowest seen ({low:.3g})")
+    if not reasons:
+        return None
+    return (
+        f"This image is unlike the {summary.n_images} calibration image(s): {'; '.join(reasons)}; "
+        "the error bars may not hold."
+    )
