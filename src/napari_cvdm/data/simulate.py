@@ -46,10 +46,45 @@ __all__ = [
     "write_simulated_folders",
 ]
 
-STRUCTURE_KINDS = ("ccp", "er", "microtubule", "actin")
+STRUCTURE_KINDS = ("ccp", "er", "microtubule", "actin")  # the training structures
+UNSEEN_STRUCTURE_KINDS = ("nucleus", "mitochondria")  # families held out of training, for the unseen test
 
 # Fluorophore cross-section (Gaussian sigma, µm) of each structure kind: FWHM ≈ 2.355·sigma.
-_CROSS_SECTION_SIGMA_UM = {"ccp": 0.015, "er": 0.025, "microtubule": 0.011, "actin": 0.004}
+_CROSS_SECTION_SIGMA_UM = {"ccp": 0.015, "er": 0.025, "microtubule": 0.011, "actin": 0.004,
+                           "nucleus": 0.02, "mitochondria": 0.02}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StructureSettings:
+    """Ranges the structure generators draw from (µm, per µm², rad); the defaults are the training ranges.
+
+    A ``(low, high)`` pair is drawn uniformly per image (per object for sizes);
+    ``actin_filaments_per_bundle`` is ``numpy``'s ``integers(low, high)`` (high excluded).
+    ``width_scale`` multiplies every structure's cross-section sigma.
+    """
+
+    ccp_density_per_um2: tuple[float, float] = (0.6, 2.0)
+    ccp_radius_um: tuple[float, float] = (0.05, 0.10)
+    ccp_hollow_fraction: float = 0.7
+    er_density_per_um2: tuple[float, float] = (1.5, 4.0)  # Voronoi seeds: the mesh size
+    er_missing_edge_fraction: float = 0.12
+    microtubule_density_per_um2: tuple[float, float] = (0.15, 0.4)
+    microtubule_length_um: tuple[float, float] = (4.0, 15.0)
+    microtubule_persistence_um: tuple[float, float] = (6.0, 20.0)  # curvature ~ 1/persistence
+    actin_bundle_density_per_um2: tuple[float, float] = (0.2, 0.5)
+    actin_filaments_per_bundle: tuple[int, int] = (2, 7)
+    actin_persistence_um: tuple[float, float] = (30.0, 100.0)
+    actin_mesh_density_per_um2: tuple[float, float] = (0.5, 1.5)
+    actin_mesh_persistence_um: tuple[float, float] = (10.0, 30.0)
+    width_scale: float = 1.0
+    # Held-out families (not in SR_TRAIN's kinds).
+    nucleus_radius_um: tuple[float, float] = (2.0, 4.0)
+    nucleus_grain_um: tuple[float, float] = (0.04, 0.12)  # chromatin texture correlation length
+    mitochondria_density_per_um2: tuple[float, float] = (0.15, 0.4)
+    mitochondria_length_um: tuple[float, float] = (0.8, 4.0)
+    mitochondria_persistence_um: tuple[float, float] = (1.5, 6.0)
+    mitochondria_radius_um: tuple[float, float] = (0.1, 0.2)
+    mitochondria_membrane_fraction: float = 0.5  # images labelled on the outer membrane (hollow tubes)
 # Spacing of fluorophore samples along curves, well below the 31.3 nm pixel.
 _STEP_UM = 0.008
 
@@ -77,7 +112,7 @@ def _splat(points_um: np.ndarray, weights: np.ndarray, shape: tuple[int, int], p
     return out.reshape(shape)
 
 
-def _worm_like_chains(
+def _chain_points(
     rng: np.random.Generator,
     n: int,
     field_um: np.ndarray,
@@ -85,14 +120,14 @@ def _worm_like_chains(
     persistence_um: tuple[float, float],
     start: np.ndarray | None = None,
     heading: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` 2-D worm-like chains sampled every ``_STEP_UM``.
 
-    Returns points ``(m, 2)`` [y, x] µm and per-point weights: arc length times a
-    per-filament brightness (log-normal, 20 % spread).
+    Returns points ``(m, 2)`` [y, x] µm, per-point weights (arc length times a
+    per-filament brightness, log-normal, 20 % spread) and the tangent angle (rad) at each point.
     """
     if n == 0:
-        return np.zeros((0, 2)), np.zeros(0)
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0)
     lengths = rng.uniform(*length_um, size=n)
     persistence = rng.uniform(*persistence_um, size=n)
     steps = int(np.ceil(lengths.max() / _STEP_UM))
@@ -107,17 +142,23 @@ def _worm_like_chains(
     points = start[:, None, :] + offsets
     inside = np.arange(steps)[None, :] * _STEP_UM < lengths[:, None]
     brightness = np.broadcast_to(rng.lognormal(0.0, 0.2, size=(n, 1)), inside.shape)
-    return points[inside], _STEP_UM * brightness[inside]
+    return points[inside], _STEP_UM * brightness[inside], angles[inside]
 
 
-def _render_ccp(rng, field_um):
-    """Clathrin-coated pits: hollow rings or filled discs of 50–100 nm radius."""
+def _worm_like_chains(rng, n, field_um, length_um, persistence_um, start=None, heading=None):
+    """Points ``(m, 2)`` µm and weights of :func:`_chain_points` (without the tangents)."""
+    points, weights, _ = _chain_points(rng, n, field_um, length_um, persistence_um, start, heading)
+    return points, weights
+
+
+def _render_ccp(rng, field_um, s):
+    """Clathrin-coated pits: hollow rings or filled discs (radius ``s.ccp_radius_um``)."""
     area = field_um[0] * field_um[1]
-    n = rng.poisson(rng.uniform(0.6, 2.0) * area)
+    n = rng.poisson(rng.uniform(*s.ccp_density_per_um2) * area)
     per_pit = 48
     centres = rng.uniform(0, 1, size=(n, 2)) * field_um
-    radius = rng.uniform(0.05, 0.10, size=n)
-    hollow = rng.random(n) < 0.7
+    radius = rng.uniform(*s.ccp_radius_um, size=n)
+    hollow = rng.random(n) < s.ccp_hollow_fraction
     angle = rng.uniform(0, 2 * np.pi, size=(n, per_pit))
     # Rings sit on their radius (coat thickness from the cross-section); discs fill uniformly.
     r = np.where(hollow[:, None], radius[:, None], radius[:, None] * np.sqrt(rng.random((n, per_pit))))
@@ -127,19 +168,19 @@ def _render_ccp(rng, field_um):
     return points.reshape(-1, 2), weights
 
 
-def _render_microtubule(rng, field_um):
+def _render_microtubule(rng, field_um, s):
     """Microtubules: long, smooth, persistent filaments (~25 nm)."""
     area = field_um[0] * field_um[1]
-    n = max(1, rng.poisson(rng.uniform(0.15, 0.4) * area))
-    return _worm_like_chains(rng, n, field_um, (4.0, 15.0), (6.0, 20.0))
+    n = max(1, rng.poisson(rng.uniform(*s.microtubule_density_per_um2) * area))
+    return _worm_like_chains(rng, n, field_um, s.microtubule_length_um, s.microtubule_persistence_um)
 
 
-def _render_actin(rng, field_um):
+def _render_actin(rng, field_um, s):
     """F-actin: dense, straight filaments, partly bundled along a preferred orientation, over a thin mesh."""
     area = field_um[0] * field_um[1]
     orientation = rng.uniform(0, np.pi)
-    n_bundles = max(1, rng.poisson(rng.uniform(0.2, 0.5) * area))
-    per_bundle = rng.integers(2, 7, size=n_bundles)
+    n_bundles = max(1, rng.poisson(rng.uniform(*s.actin_bundle_density_per_um2) * area))
+    per_bundle = rng.integers(*s.actin_filaments_per_bundle, size=n_bundles)
     n_fil = int(per_bundle.sum())
     bundle_of = np.repeat(np.arange(n_bundles), per_bundle)
     centre = rng.uniform(0, 1, size=(n_bundles, 2)) * field_um
@@ -153,18 +194,18 @@ def _render_actin(rng, field_um):
         + normal * rng.normal(0, 0.04, size=(n_fil, 1))
         + along * rng.uniform(-1.0, 1.0, size=(n_fil, 1))
     )
-    bundled, w_bundled = _worm_like_chains(rng, n_fil, field_um, (2.0, 10.0), (30.0, 100.0), start, heading)
-    n_mesh = rng.poisson(rng.uniform(0.5, 1.5) * area)
-    mesh, w_mesh = _worm_like_chains(rng, n_mesh, field_um, (0.5, 3.0), (10.0, 30.0))
+    bundled, w_bundled = _worm_like_chains(rng, n_fil, field_um, (2.0, 10.0), s.actin_persistence_um, start, heading)
+    n_mesh = rng.poisson(rng.uniform(*s.actin_mesh_density_per_um2) * area)
+    mesh, w_mesh = _worm_like_chains(rng, n_mesh, field_um, (0.5, 3.0), s.actin_mesh_persistence_um)
     return np.concatenate([bundled, mesh]), np.concatenate([w_bundled, 0.6 * w_mesh])
 
 
-def _render_er(rng, field_um):
+def _render_er(rng, field_um, s):
     """Endoplasmic reticulum: a polygonal network of ~60 nm tubules (periodic Voronoi edges)."""
     from scipy.spatial import Voronoi
 
     area = field_um[0] * field_um[1]
-    n = max(4, rng.poisson(rng.uniform(1.5, 4.0) * area))
+    n = max(4, rng.poisson(rng.uniform(*s.er_density_per_um2) * area))
     seeds = rng.uniform(0, 1, size=(n, 2)) * field_um
     tiles = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]) * field_um
     vor = Voronoi((seeds[None, :, :] + tiles[:, None, :]).reshape(-1, 2))
@@ -173,7 +214,7 @@ def _render_er(rng, field_um):
     a, b = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
     mid = (a + b) / 2
     # Each edge of the periodic network appears once with its midpoint in the central tile.
-    keep = np.all((mid >= 0) & (mid < field_um), axis=1) & (rng.random(len(mid)) > 0.12)
+    keep = np.all((mid >= 0) & (mid < field_um), axis=1) & (rng.random(len(mid)) > s.er_missing_edge_fraction)
     a, b = a[keep], b[keep]
     lengths = np.linalg.norm(b - a, axis=1)
     counts = np.maximum(1, np.ceil(lengths / _STEP_UM).astype(int))
@@ -184,28 +225,115 @@ def _render_er(rng, field_um):
     return points, weights
 
 
+def _render_mitochondria(rng, field_um, s):
+    """Mitochondria: short, curved tubes of 100–200 nm radius, labelled on the outer membrane or in the matrix.
+
+    Each centreline point spreads its weight over the tube's width: the projection of a
+    hollow cylinder (membrane label, bright edges) or of a filled one (matrix label).
+    """
+    area = field_um[0] * field_um[1]
+    n = max(1, rng.poisson(rng.uniform(*s.mitochondria_density_per_um2) * area))
+    centre, weights, angles = _chain_points(rng, n, field_um, s.mitochondria_length_um, s.mitochondria_persistence_um)
+    radius = rng.uniform(*s.mitochondria_radius_um)
+    membrane = rng.random() < s.mitochondria_membrane_fraction
+    k = 12
+    theta = (np.arange(k) + 0.5) * np.pi / k
+    across = radius * np.cos(theta)  # offsets across the tube, µm
+    # Uniform θ = surface density of a hollow cylinder; sin²θ = chord length of a filled one.
+    profile = np.full(k, 1.0 / k) if membrane else np.sin(theta) ** 2 / np.sum(np.sin(theta) ** 2)
+    normal = np.stack([np.cos(angles), -np.sin(angles)], axis=-1)
+    points = centre[:, None, :] + across[None, :, None] * normal[:, None, :]
+    return points.reshape(-1, 2), (weights[:, None] * profile[None, :]).ravel()
+
+
 _RENDERERS = {
     "ccp": _render_ccp,
     "er": _render_er,
     "microtubule": _render_microtubule,
     "actin": _render_actin,
+    "mitochondria": _render_mitochondria,
 }
 
 
-def render_structure(kind: str, shape: tuple[int, int], pixel_um: float, rng: np.random.Generator) -> np.ndarray:
+def _periodic_offsets(shape: tuple[int, int], pixel_um: float, centre_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wrapped distances ``(dy, dx)`` µm of every pixel centre from ``centre_um`` on a periodic field."""
+    field_um = np.array(shape) * pixel_um
+    dy = (np.arange(shape[0]) * pixel_um - centre_um[0] + field_um[0] / 2) % field_um[0] - field_um[0] / 2
+    dx = (np.arange(shape[1]) * pixel_um - centre_um[1] + field_um[1] / 2) % field_um[1] - field_um[1] / 2
+    return dy[:, None], dx[None, :]
+
+
+def _render_nucleus(rng, shape, pixel_um, s):
+    """Nuclei: dense, irregular blobs (radius ``s.nucleus_radius_um``) of granular chromatin with dark nucleoli.
+
+    Returns a density grid ``(H, W)`` directly (not points): the object fills much of the field.
+    """
+    field_um = np.array(shape) * pixel_um
+    fy, fx = frequency_grid(shape, pixel_um)
+    grain = rng.uniform(*s.nucleus_grain_um)
+    chromatin = np.exp(0.6 * _unit_field(rng, shape, np.exp(-2 * np.pi**2 * grain**2 * (fx**2 + fy**2))))
+    density = np.zeros(shape)
+    for _ in range(1 + rng.poisson(field_um.prod() / 200.0)):
+        centre = rng.uniform(0, 1, size=2) * field_um
+        radius = min(rng.uniform(*s.nucleus_radius_um), 0.45 * field_um.min())
+        aspect, tilt = rng.uniform(0.7, 1.0), rng.uniform(0, np.pi)
+        dy, dx = _periodic_offsets(shape, pixel_um, centre)
+        u = (np.cos(tilt) * dy + np.sin(tilt) * dx) / aspect
+        v = -np.sin(tilt) * dy + np.cos(tilt) * dx
+        phi = np.arctan2(u, v)
+        modes = np.arange(2, 6)
+        outline = 1 + np.sum(rng.normal(0, 0.04, size=(4, 1, 1)) * np.cos(modes[:, None, None] * phi
+                                                                         + rng.uniform(0, 2 * np.pi, (4, 1, 1))), axis=0)
+        rho = np.sqrt(u**2 + v**2) / (radius * outline)
+        inside = np.clip((1 - rho) * radius / 0.05, 0.0, 1.0)  # a 50 nm soft edge
+        rim = np.exp(-(((rho - 1) * radius / 0.06) ** 2))  # the nuclear lamina, slightly brighter
+        dark = np.ones(shape)
+        for _ in range(rng.integers(1, 4)):  # nucleoli: chromatin-poor ellipses inside
+            spot = centre + rng.uniform(-0.5, 0.5, size=2) * radius
+            ody, odx = _periodic_offsets(shape, pixel_um, spot)
+            r_nucleolus = rng.uniform(0.1, 0.25) * radius
+            dark -= 0.75 * np.exp(-((ody**2 + odx**2) / r_nucleolus**2) ** 2)
+        density += rng.lognormal(0.0, 0.3) * (inside * chromatin * dark + 0.5 * rim)
+    return density
+
+
+def _unit_field(rng, shape, transfer):
+    """A zero-mean, unit-variance periodic Gaussian random field with the given transfer function."""
+    field_ = apply_transfer(rng.normal(size=shape), transfer)
+    return (field_ - field_.mean()) / max(field_.std(), 1e-12)
+
+
+_DENSITY_RENDERERS = {"nucleus": _render_nucleus}
+ALL_STRUCTURE_KINDS = STRUCTURE_KINDS + UNSEEN_STRUCTURE_KINDS
+
+
+def render_structure(
+    kind: str,
+    shape: tuple[int, int],
+    pixel_um: float,
+    rng: np.random.Generator,
+    settings: StructureSettings | None = None,
+) -> np.ndarray:
     """Fluorophore density of one structure kind on an ``(H, W)`` grid of ``pixel_um`` pixels.
 
-    ``kind`` is one of :data:`STRUCTURE_KINDS`. The structure's cross-section (e.g. 25 nm
-    microtubules, 60 nm ER tubules) is included; the result is periodic, non-negative
-    float64 in arbitrary units (scaled to photons by :func:`simulate_sr`).
+    ``kind`` is one of :data:`ALL_STRUCTURE_KINDS` (the training kinds
+    :data:`STRUCTURE_KINDS` and the held-out :data:`UNSEEN_STRUCTURE_KINDS`); ``settings``
+    (default :class:`StructureSettings`, the training ranges) sets densities, sizes,
+    curvature and widths. The structure's cross-section (e.g. 25 nm microtubules, 60 nm
+    ER tubules) is included; the result is periodic, non-negative float64 in arbitrary
+    units (scaled to photons by :func:`simulate_sr`).
     """
-    if kind not in _RENDERERS:
-        raise ValueError(f"unknown structure kind {kind!r}; choose from {STRUCTURE_KINDS}")
-    field_um = np.array(shape, dtype=float) * pixel_um
-    points, weights = _RENDERERS[kind](rng, field_um)
-    density = _splat(points, weights, shape, pixel_um)
+    if kind not in ALL_STRUCTURE_KINDS:
+        raise ValueError(f"unknown structure kind {kind!r}; choose from {ALL_STRUCTURE_KINDS}")
+    settings = settings if settings is not None else StructureSettings()
+    if kind in _DENSITY_RENDERERS:
+        density = _DENSITY_RENDERERS[kind](rng, shape, pixel_um, settings)
+    else:
+        field_um = np.array(shape, dtype=float) * pixel_um
+        points, weights = _RENDERERS[kind](rng, field_um, settings)
+        density = _splat(points, weights, shape, pixel_um)
     fy, fx = frequency_grid(shape, pixel_um)
-    sigma = _CROSS_SECTION_SIGMA_UM[kind]
+    sigma = _CROSS_SECTION_SIGMA_UM[kind] * settings.width_scale
     return np.clip(apply_transfer(density, np.exp(-2 * np.pi**2 * sigma**2 * (fx**2 + fy**2))), 0.0, None)
 
 
@@ -228,6 +356,42 @@ class SRSimulationConfig:
     read_noise_electrons: float = 1.5
     offset_adu: float = 100.0
     kinds: tuple[str, ...] = STRUCTURE_KINDS
+    structures: StructureSettings = StructureSettings()
+
+
+# The training distribution (today's defaults) and a test distribution outside it.
+#
+# | setting                              | SR_TRAIN          | SR_UNSEEN_TEST            |
+# |--------------------------------------|-------------------|---------------------------|
+# | structure kinds                      | ccp, er, microtubule, actin | those + nucleus, mitochondria |
+# | NA                                   | 1.30–1.49 (oil)   | 1.15–1.28 (water/silicone) |
+# | emission wavelength (µm)             | 0.50–0.65         | 0.44–0.495                |
+# | OTF cut-off 2NA/λ (cycles/µm)        | 4.0–6.0           | 4.6–5.8 (same band, other optics) |
+# | peak photons (SNR)                   | 15–1500           | 1500–6000                 |
+# | background photons                   | 1–20              | 20–60                     |
+# | cross-section width scale            | 1.0               | 1.8                       |
+# | CCP density (/µm²), radius (µm), hollow | 0.6–2, 0.05–0.10, 70 % | 2.5–5, 0.10–0.15, 30 % |
+# | ER seeds (/µm²), missing edges       | 1.5–4, 12 %       | 5–9, 30 %                 |
+# | microtubule density, length, persistence | 0.15–0.4, 4–15, 6–20 | 0.6–1.2, 1.5–4, 1.5–5 |
+# | actin bundles (/µm²), per bundle, persistence | 0.2–0.5, 2–6, 30–100 | 0.6–1.0, 7–11, 8–25 |
+# | actin mesh density, persistence      | 0.5–1.5, 10–30    | 1.6–3.0, 3–9              |
+SR_TRAIN = SRSimulationConfig()
+SR_UNSEEN_TEST = SRSimulationConfig(
+    na_range=(1.15, 1.28),
+    emission_wavelength_um_range=(0.44, 0.495),
+    peak_photons_range=(1500.0, 6000.0),
+    background_photons_range=(20.0, 60.0),
+    kinds=STRUCTURE_KINDS + UNSEEN_STRUCTURE_KINDS,
+    structures=StructureSettings(
+        ccp_density_per_um2=(2.5, 5.0), ccp_radius_um=(0.10, 0.15), ccp_hollow_fraction=0.3,
+        er_density_per_um2=(5.0, 9.0), er_missing_edge_fraction=0.3,
+        microtubule_density_per_um2=(0.6, 1.2), microtubule_length_um=(1.5, 4.0),
+        microtubule_persistence_um=(1.5, 5.0),
+        actin_bundle_density_per_um2=(0.6, 1.0), actin_filaments_per_bundle=(7, 12),
+        actin_persistence_um=(8.0, 25.0), actin_mesh_density_per_um2=(1.6, 3.0), actin_mesh_persistence_um=(3.0, 9.0),
+        width_scale=1.8,
+    ),
+)  # fmt: skip
 
 
 @dataclass
@@ -281,7 +445,7 @@ def simulate_sr(
     shape = (size, size)
     pixel = config.target_pixel_um
 
-    obj = render_structure(kind, shape, pixel, rng)
+    obj = render_structure(kind, shape, pixel, rng, config.structures)
     spectrum = np.fft.fft2(obj)
     widefield_fine = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength)))
     target = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength, config.target_cutoff_scale)))
