@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,18 +31,26 @@ from ..physics.optics import apply_transfer, bin_pixels, frequency_grid, incoher
 from .datasets import ImagePair, get_task
 
 __all__ = [
+    "ALL_STRUCTURE_KINDS",
+    "IMAGE_SUFFIXES",
+    "SOURCE_SPLITS",
+    "SR_TRAIN",
+    "SR_UNSEEN_TEST",
     "STRUCTURE_KINDS",
+    "UNSEEN_STRUCTURE_KINDS",
     "QPISample",
     "QPISimulationConfig",
     "SRSample",
     "SRSimulationConfig",
     "SimulatedPairs",
+    "StructureSettings",
     "natural_image_names",
     "phase_object_stack",
     "qpi_source_image",
     "render_structure",
     "simulate_qpi",
     "simulate_sr",
+    "split_source_files",
     "write_simulated_folders",
 ]
 
@@ -552,12 +560,73 @@ def _natural_images() -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(images)
 
 
-def _crop_natural(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """A randomly zoomed (×0.5–2), rotated and flipped crop of a bundled image, bilinear."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SOURCE_SPLITS = ("train", "validation", "test")
+
+
+def split_source_files(
+    folder: str | os.PathLike, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[Path]]:
+    """Split the image files of ``folder`` by file into ``{"train", "validation", "test"}`` (sorted lists).
+
+    Each file's split depends only on its name and ``seed``: a hash of both gives
+    ``u ∈ [0, 1)``, and ``u`` below ``fractions[0]`` is training, below
+    ``fractions[0] + fractions[1]`` validation, otherwise test. So the split is
+    deterministic, the three lists are disjoint and cover every image, and adding files
+    to the folder never moves a file already there to another split (the counts follow
+    the fractions only on average). Image files: :data:`IMAGE_SUFFIXES`, not recursive.
+    """
+    import hashlib
+
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"source image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    bounds = np.cumsum(fractions)[:2]
+    split: dict[str, list[Path]] = {name: [] for name in SOURCE_SPLITS}
+    for path in files:
+        digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2.0**64
+        split[SOURCE_SPLITS[int(np.searchsorted(bounds, u, side="right"))]].append(path)
+    return split
+
+
+@functools.lru_cache(maxsize=None)
+def _load_photo(path: Path) -> np.ndarray:
+    """A photo as grayscale float32 in [0, 1] (cached: each file is read once per process)."""
+    from skimage.color import rgb2gray, rgba2rgb
+    from skimage.io import imread
+
+    try:
+        image = imread(path)
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad source file
+        raise ValueError(f"cannot read source image {path}: {error}") from error
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = rgba2rgb(image)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        image = rgb2gray(image)
+    if image.ndim != 2 or min(image.shape) < 8:
+        raise ValueError(f"source image {path} is not a 2-D grayscale or RGB image of at least 8×8 ({image.shape})")
+    image = image.astype(np.float64)
+    return ((image - image.min()) / max(np.ptp(image), 1e-12)).astype(np.float32)
+
+
+def _crop_image(rng: np.random.Generator, image: np.ndarray, size: int, fit: bool = False) -> np.ndarray:
+    """A randomly zoomed (×0.5–2), rotated and flipped ``size × size`` crop of ``image``, bilinear.
+
+    ``fit``: raise the zoom where needed so that the rotated crop lies inside the image
+    (a photo smaller than the crop is upsampled rather than mirrored at its edges).
+    """
     from scipy.ndimage import map_coordinates
 
-    name, image = _natural_images()[rng.integers(len(_natural_images()))]
     zoom = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    if fit:  # the rotated square needs a circle of radius 0.71·extent inside the image
+        zoom = max(zoom, 0.71 * size / (min(image.shape) / 2 - 1))
     angle = rng.uniform(0, 2 * np.pi)
     extent = size / zoom  # source pixels spanned by the crop
     # Centre the crop so that its rotated square stays inside the image where possible.
@@ -570,7 +639,18 @@ def _crop_natural(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]
     crop = map_coordinates(image, coords, order=1, mode="mirror")
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    return crop, name
+    return crop
+
+
+def _crop_natural(
+    rng: np.random.Generator, size: int, files: Sequence[Path] | None = None
+) -> tuple[np.ndarray, str]:
+    """A random crop (:func:`_crop_image`) of a bundled image (stem as name) or of one of ``files`` (file name)."""
+    if files:
+        path = Path(files[rng.integers(len(files))])
+        return _crop_image(rng, _load_photo(path).astype(np.float64), size, fit=True), path.name
+    name, image = _natural_images()[rng.integers(len(_natural_images()))]
+    return _crop_image(rng, image, size), name
 
 
 def _gaussian_random_field(rng, size):
@@ -627,15 +707,18 @@ def _voronoi_cells(rng, size):
 _TEXTURES = {"gaussian_field": _gaussian_random_field, "blobs": _random_blobs, "cells": _voronoi_cells}
 
 
-def qpi_source_image(rng: np.random.Generator, size: int, natural_fraction: float = 0.5) -> tuple[np.ndarray, str]:
+def qpi_source_image(
+    rng: np.random.Generator, size: int, natural_fraction: float = 0.5, files: Sequence[Path] | None = None
+) -> tuple[np.ndarray, str]:
     """A grayscale image ``g`` ``(size, size)`` scaled to [0, 1] and the name of its source.
 
-    With probability ``natural_fraction`` a random crop of a bundled scikit-image image,
+    With probability ``natural_fraction`` a random crop of a photo: one of ``files``
+    (named by file name) when given, else a bundled scikit-image image (named by stem);
     otherwise a procedural texture (random field, blobs or cells).
     """
     for _ in range(20):
-        if rng.random() < natural_fraction and _natural_images():
-            image, name = _crop_natural(rng, size)
+        if rng.random() < natural_fraction and (files or _natural_images()):
+            image, name = _crop_natural(rng, size, files)
         else:
             name = str(rng.choice(list(_TEXTURES)))
             image = _TEXTURES[name](rng, size)
@@ -651,14 +734,19 @@ def simulate_qpi(
     config: QPISimulationConfig = QPISimulationConfig(),
     source: np.ndarray | None = None,
     noise_std: float | None = None,
+    source_files: Sequence[Path] | None = None,
+    natural_fraction: float | None = None,
 ) -> QPISample:
     """Simulate one QPI pair ``(2, size, size)`` / ``(size, size)`` as in the CVDM paper.
 
     ``source`` (a grayscale image, scaled to [0, 1] here) defaults to
-    :func:`qpi_source_image`; ``noise_std`` defaults to ``U(noise_std_range)``.
+    :func:`qpi_source_image` drawing photos from ``source_files`` (default: the bundled
+    images) with probability ``natural_fraction`` (default
+    ``config.natural_image_fraction``); ``noise_std`` defaults to ``U(noise_std_range)``.
     """
     if source is None:
-        g, name = qpi_source_image(rng, size, config.natural_image_fraction)
+        fraction = config.natural_image_fraction if natural_fraction is None else natural_fraction
+        g, name = qpi_source_image(rng, size, fraction, source_files)
     else:
         source = np.asarray(source, dtype=np.float64)
         g, name = (source - source.min()) / max(np.ptp(source), 1e-12), "given"
@@ -685,6 +773,19 @@ class SimulatedPairs:
     (SR input already upsampled). ``split`` is mixed into the seed, so the training,
     validation and test streams of one ``seed`` never share a pair.
     ``for pair in SimulatedPairs("qpi", 128, seed=0): ...`` or ``.take(16)`` for a fixed set.
+
+    QPI photos from a folder: with ``source_dir`` the photos are that folder's files of
+    this ``split`` only (:func:`split_source_files` with ``source_fractions`` and
+    ``source_seed``, which are independent of ``seed``), so no test phase object comes
+    from a photo that a training crop came from. ``natural_fraction`` is the share of
+    photo objects (the rest procedural textures); ``None`` means
+    ``qpi_config.natural_image_fraction``, except 1.0 (photos only) for the validation and
+    test splits of a ``source_dir``. Without ``source_dir`` the bundled scikit-image
+    photos serve every split (other crops of the same photos: not an unseen test).
+    Validation and test pairs of a ``source_dir`` take its photos in a seeded order
+    (all different until the split's files are used up); training pairs draw them at random.
+    ``balanced_kinds``: SR structure kinds in turn (``sr_config.kinds[i % n]``) instead of drawn.
+    Pair names end with the object's source (photo file name or texture) or SR kind.
     """
 
     task: str
@@ -693,23 +794,64 @@ class SimulatedPairs:
     split: str = "train"
     sr_config: SRSimulationConfig = field(default_factory=SRSimulationConfig)
     qpi_config: QPISimulationConfig = field(default_factory=QPISimulationConfig)
+    source_dir: str | os.PathLike | None = None
+    natural_fraction: float | None = None
+    source_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    source_seed: int = 0
+    balanced_kinds: bool = False
 
     def __post_init__(self):
         self.task = get_task(self.task).name
         if self.split not in _SPLITS:
             raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {self.split!r}")
+        self.source_files: tuple[Path, ...] | None = None
+        if self.source_dir is not None and self.task != "qpi":
+            raise ValueError("source images are phase objects for QPI; the SR simulator renders its own structures")
+        if self.source_dir is not None:
+            self.source_files = tuple(split_source_files(self.source_dir, self.source_fractions, self.source_seed)[self.split])
+            if not self.source_files:
+                raise ValueError(f"the {self.split} split of {self.source_dir} has no images; add images "
+                                 f"or change the split fractions {self.source_fractions}")  # fmt: skip
+        fraction = self.natural_fraction
+        if fraction is None:
+            unseen = self.source_files is not None and self.split != "train"
+            fraction = 1.0 if unseen else self.qpi_config.natural_image_fraction
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"natural_fraction must be in [0, 1], got {fraction}")
+        self._natural_fraction = fraction
         self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLITS[self.split]]))
         self._count = 0
+        # Validation and test pairs go through the split's photos in a seeded order, so a
+        # small evaluation set has as many different photos as it can.
+        self._photo_order = None
+        if self.source_files is not None and self.split != "train":
+            order_rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLITS[self.split], 1]))
+            self._photo_order = order_rng.permutation(len(self.source_files))
 
     def __iter__(self) -> Iterator[ImagePair]:
         return self
 
-    def __next__(self) -> ImagePair:
-        name = f"{self.task}-{self.split}-{self.seed}-{self._count:06d}"
+    def draw_sample(self) -> tuple[str, SRSample | QPISample]:
+        """The next simulated sample (with its raw data and settings) and its pair name."""
+        index = self._count
         self._count += 1
         if self.task == "sr":
-            return simulate_sr(self._rng, self.size, config=self.sr_config).pair(name)
-        return simulate_qpi(self._rng, self.size, config=self.qpi_config).pair(name)
+            kinds = self.sr_config.kinds
+            kind = kinds[index % len(kinds)] if self.balanced_kinds else None
+            sample = simulate_sr(self._rng, self.size, kind=kind, config=self.sr_config)
+            label = sample.kind
+        else:
+            files = self.source_files
+            if self._photo_order is not None:
+                files = (files[self._photo_order[index % len(files)]],)
+            sample = simulate_qpi(self._rng, self.size, config=self.qpi_config, source_files=files,
+                                  natural_fraction=self._natural_fraction)  # fmt: skip
+            label = sample.source
+        return f"{self.task}-{self.split}-{self.seed}-{index:06d}-{label}", sample
+
+    def __next__(self) -> ImagePair:
+        name, sample = self.draw_sample()
+        return sample.pair(name)
 
     def take(self, n: int) -> list[ImagePair]:
         """The next ``n`` pairs as a list (e.g. a fixed validation set)."""
@@ -728,23 +870,27 @@ def write_simulated_folders(
     seed: int = 0,
     sr_config: SRSimulationConfig = SRSimulationConfig(),
     qpi_config: QPISimulationConfig = QPISimulationConfig(),
+    split: str = "train",
+    source_dir: str | os.PathLike | None = None,
+    natural_fraction: float | None = None,
 ) -> tuple[Path, Path]:
     """Write ``n_images`` simulated pairs as TIFF folders ``out_dir/inputs`` and ``out_dir/targets``.
 
-    Files are matched by name (``<task>_<index>[_<kind>].tif``), laid out like real data:
-    SR inputs are the raw widefield camera images ``(size/2, size/2)`` (ADU, 62.6 nm
+    The pairs are those of ``SimulatedPairs(task, size, seed, split, ..., source_dir=...)``.
+    Files are matched by name (``<task>_<index>[_<kind or photo>].tif``), laid out like real
+    data: SR inputs are the raw widefield camera images ``(size/2, size/2)`` (ADU, 62.6 nm
     pixels), SR targets ``(size, size)``; QPI inputs are 2-plane stacks ``(2, size, size)``
     ``[I(−dz), I(+dz)]``, QPI targets the phase in radians. Pixel sizes are stored as
     ImageJ resolution in µm. Returns ``(inputs_dir, targets_dir)``.
     """
     import tifffile
 
-    task = get_task(task).name
+    stream = SimulatedPairs(task, size, seed, split, sr_config, qpi_config, source_dir=source_dir,
+                            natural_fraction=natural_fraction)  # fmt: skip
     out = Path(out_dir)
     inputs_dir, targets_dir = out / "inputs", out / "targets"
     inputs_dir.mkdir(parents=True, exist_ok=True)
     targets_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLITS["train"]]))
 
     def write(path, array, pixel_um):
         tifffile.imwrite(
@@ -753,14 +899,13 @@ def write_simulated_folders(
         )  # fmt: skip
 
     for index in range(n_images):
-        if task == "sr":
-            sample = simulate_sr(rng, size, config=sr_config)
+        _, sample = stream.draw_sample()
+        if stream.task == "sr":
             name = f"sr_{index:04d}_{sample.kind}.tif"
             write(inputs_dir / name, sample.widefield, sample.camera_pixel_um)
             write(targets_dir / name, sample.target, sample.target_pixel_um)
         else:
-            sample = simulate_qpi(rng, size, config=qpi_config)
-            name = f"qpi_{index:04d}.tif"
+            name = f"qpi_{index:04d}_{Path(sample.source).stem}.tif" if source_dir is not None else f"qpi_{index:04d}.tif"
             write(inputs_dir / name, sample.stack, qpi_config.pixel_um)
             write(targets_dir / name, sample.phase, qpi_config.pixel_um)
     return inputs_dir, targets_dir
