@@ -777,7 +777,9 @@ class SimulatedPairs:
     QPI photos from a folder: with ``source_dir`` the photos are that folder's files of
     this ``split`` only (:func:`split_source_files` with ``source_fractions`` and
     ``source_seed``, which are independent of ``seed``), so no test phase object comes
-    from a photo that a training crop came from. ``natural_fraction`` is the share of
+    from a photo that a training crop came from. ``source_split`` overrides which files'
+    split to draw from (e.g. ``"train"`` with ``split="test"``: new crops of the training
+    photos, the "seen" figure). ``natural_fraction`` is the share of
     photo objects (the rest procedural textures); ``None`` means
     ``qpi_config.natural_image_fraction``, except 1.0 (photos only) for the validation and
     test splits of a ``source_dir``. Without ``source_dir`` the bundled scikit-image
@@ -798,6 +800,7 @@ class SimulatedPairs:
     natural_fraction: float | None = None
     source_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     source_seed: int = 0
+    source_split: str | None = None
     balanced_kinds: bool = False
 
     def __post_init__(self):
@@ -807,14 +810,18 @@ class SimulatedPairs:
         self.source_files: tuple[Path, ...] | None = None
         if self.source_dir is not None and self.task != "qpi":
             raise ValueError("source images are phase objects for QPI; the SR simulator renders its own structures")
+        file_split = self.source_split or self.split
+        if file_split not in SOURCE_SPLITS:
+            raise ValueError(f"source_split must be one of {SOURCE_SPLITS}, got {file_split!r}")
         if self.source_dir is not None:
-            self.source_files = tuple(split_source_files(self.source_dir, self.source_fractions, self.source_seed)[self.split])
+            files = split_source_files(self.source_dir, self.source_fractions, self.source_seed)[file_split]
+            self.source_files = tuple(files)
             if not self.source_files:
-                raise ValueError(f"the {self.split} split of {self.source_dir} has no images; add images "
+                raise ValueError(f"the {file_split} split of {self.source_dir} has no images; add images "
                                  f"or change the split fractions {self.source_fractions}")  # fmt: skip
         fraction = self.natural_fraction
         if fraction is None:
-            unseen = self.source_files is not None and self.split != "train"
+            unseen = self.source_files is not None and file_split != "train"
             fraction = 1.0 if unseen else self.qpi_config.natural_image_fraction
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"natural_fraction must be in [0, 1], got {fraction}")
@@ -824,7 +831,7 @@ class SimulatedPairs:
         # Validation and test pairs go through the split's photos in a seeded order, so a
         # small evaluation set has as many different photos as it can.
         self._photo_order = None
-        if self.source_files is not None and self.split != "train":
+        if self.source_files is not None and file_split != "train":
             order_rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLITS[self.split], 1]))
             self._photo_order = order_rng.permutation(len(self.source_files))
 
