@@ -9,9 +9,15 @@
 - **QPI** (the CVDM paper's setup): a grayscale image ``g ∈ [0, 1]`` becomes the pure
   phase object ``exp(iφ)``, ``φ = 3.5·g`` rad, imaged at ``±dz = ±1 µm`` with
   ``λ = 0.521 µm`` and 0.21 µm pixels (Fresnel, periodic boundaries), plus additive
-  Gaussian noise of std ``s ~ U(0, 0.2)`` per pair. Sources are scikit-image's bundled
-  images (no download) under random crops, zooms and rotations, and procedural
-  textures, so the stream never repeats.
+  Gaussian noise of std ``s ~ U(0, 0.2)`` per pair. Sources are photos under random
+  crops, zooms and rotations, and procedural textures, so the stream never repeats. The
+  photos are scikit-image's bundled images (no download; every split crops the same
+  photos), or a folder of the user's split by file (:func:`split_source_files`), so
+  that test objects come from photos no training crop came from.
+
+Unseen test sets (``docs/data.md``): QPI from the test split of a photo folder; SR from
+:data:`SR_UNSEEN_TEST`, settings outside :data:`SR_TRAIN`'s ranges plus the held-out
+families :data:`UNSEEN_STRUCTURE_KINDS`.
 
 Everything takes a ``numpy.random.Generator``; the same seed gives the same data.
 Images are periodic (rendered with wrap-around), matching the FFT-based optics.
@@ -86,7 +92,7 @@ class StructureSettings:
     actin_mesh_persistence_um: tuple[float, float] = (10.0, 30.0)
     width_scale: float = 1.0
     # Held-out families (not in SR_TRAIN's kinds).
-    nucleus_radius_um: tuple[float, float] = (2.0, 4.0)
+    nucleus_radius_um: tuple[float, float] = (3.0, 5.0)
     nucleus_grain_um: tuple[float, float] = (0.04, 0.12)  # chromatin texture correlation length
     mitochondria_density_per_um2: tuple[float, float] = (0.15, 0.4)
     mitochondria_length_um: tuple[float, float] = (0.8, 4.0)
@@ -574,7 +580,9 @@ def split_source_files(
     ``fractions[0] + fractions[1]`` validation, otherwise test. So the split is
     deterministic, the three lists are disjoint and cover every image, and adding files
     to the folder never moves a file already there to another split (the counts follow
-    the fractions only on average). Image files: :data:`IMAGE_SUFFIXES`, not recursive.
+    the fractions only on average). Only in a folder so small that a split with a positive
+    fraction would be empty, that split takes the file whose hash is nearest to its
+    interval. Image files: :data:`IMAGE_SUFFIXES`, not recursive.
     """
     import hashlib
 
@@ -587,13 +595,19 @@ def split_source_files(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    bounds = np.cumsum(fractions)[:2]
-    split: dict[str, list[Path]] = {name: [] for name in SOURCE_SPLITS}
-    for path in files:
-        digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2.0**64
-        split[SOURCE_SPLITS[int(np.searchsorted(bounds, u, side="right"))]].append(path)
-    return split
+    u = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{p.name}".encode()).digest()[:8], "big") / 2.0**64
+                  for p in files])  # fmt: skip
+    edges = np.concatenate([[0.0], np.cumsum(fractions)])
+    which = np.searchsorted(edges[1:3], u, side="right")
+    # A folder too small for the fractions may leave a split empty: it takes the file whose
+    # hash lies nearest to its interval (from a split with files to spare).
+    for k in np.flatnonzero(np.asarray(fractions) > 0):
+        counts = np.bincount(which, minlength=3)
+        if counts[k] == 0 and len(files) >= np.count_nonzero(fractions):
+            distance = np.maximum(edges[k] - u, u - edges[k + 1])
+            distance[counts[which] < 2] = np.inf
+            which[int(np.argmin(distance))] = k
+    return {name: [p for p, w in zip(files, which) if w == k] for k, name in enumerate(SOURCE_SPLITS)}
 
 
 @functools.lru_cache(maxsize=None)
