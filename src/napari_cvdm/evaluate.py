@@ -64,7 +64,7 @@ class EvaluationTable:
     task: str
     rows: list[dict]
     metrics: list[str]
-    data: str = ""  # one line saying what the test data are (e.g. whether they are unseen)
+    data: str = ""  # simulated data: one line saying which test set (unseen or not); written above the table
 
     def summary(self) -> list[dict]:
         """Mean of every metric per method (in order of first appearance)."""
@@ -137,7 +137,7 @@ def _load_pairs(options: EvaluationOptions, task: str):
         pairs = load_pair_folders(options.input_dir, options.target_dir, task)
         pixel = options.pixel_size_um or _folder_pixel_size(Path(options.input_dir), Path(options.target_dir),
                                                              2 if task == "sr" else 1)
-        return pairs, pixel, f"folders {options.input_dir} and {options.target_dir}"
+        return pairs, pixel, ""  # the user's own folders: nothing to warn about
     if options.simulate is None:
         raise InputError("No data: give --input-dir and --target-dir, or --simulate sr|qpi.")
     if options.images < 1:
