@@ -220,6 +220,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     options = EvaluationOptions(
         models=[Path(m) for m in args.model], baselines=not args.no_baselines, settings=_settings(args),
         task=args.task, input_dir=args.input_dir, target_dir=args.target_dir, simulate=args.simulate, images=args.images,
+        source_images=args.source_images, test_set=args.test_set,
         size=args.size, seed=args.seed, na=args.na, wavelength_um=args.wavelength, offset=args.offset,
         dz_um=args.dz, qpi_wavelength_um=args.qpi_wavelength, pixel_size_um=args.pixel_size,
     )
@@ -236,12 +237,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from .data import write_simulated_folders
+    from .data import SR_TRAIN, SR_UNSEEN_TEST, write_simulated_folders
 
     if args.images < 1:
         raise_input(f"--images must be at least 1 (got {args.images}).")
+    sr_config = SR_UNSEEN_TEST if args.split == "test" else SR_TRAIN  # SR's test split is the unseen settings
     try:
-        inputs, targets = write_simulated_folders(args.out, args.task, args.images, size=args.size, seed=args.seed)
+        inputs, targets = write_simulated_folders(args.out, args.task, args.images, size=args.size, seed=args.seed,
+                                                  sr_config=sr_config, split=args.split, source_dir=args.source_images)
     except ValueError as error:
         raise_input(str(error))
     print(inputs)
@@ -326,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--simulate", choices=("sr", "qpi"), help="simulated test pairs of this task")
     source.add_argument("--images", type=int, default=8, help="simulated pairs (default: 8)")
     source.add_argument("--size", type=int, default=128, help="simulated image side (default: 128)")
+    source.add_argument("--source-images", metavar="DIR",
+                        help="QPI: phase objects from the test split (by file) of this folder of photos")
+    source.add_argument("--test-set", choices=("unseen", "seen"), default="unseen",
+                        help="simulated data outside the training distribution (default) or from it")
     optics = evaluate.add_argument_group("optics for the classical baselines")
     optics.add_argument("--na", type=float, default=1.4, help="SR numerical aperture (default: 1.4)")
     optics.add_argument("--wavelength", type=float, default=0.575, help="SR emission µm (default: 0.575)")
@@ -345,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--images", type=int, default=16, help="pairs (default: 16)")
     simulate.add_argument("--size", type=int, default=256, help="target image side in pixels (default: 256)")
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--split", choices=("train", "validation", "test"), default="train",
+                          help="stream to write (default: train); SR's test split uses the unseen settings")
+    simulate.add_argument("--source-images", metavar="DIR",
+                          help="QPI: phase objects from this folder's photos of --split (split by file)")
     simulate.set_defaults(run=_simulate)
 
     info = commands.add_parser("info", help="print a model file's metadata (JSON)")

@@ -42,6 +42,10 @@ class EvaluationOptions:
     input_dir: str | None = None
     target_dir: str | None = None
     simulate: str | None = None
+    # Simulated test data: "unseen" = outside the training data (QPI: photos of the test
+    # split of source_images; SR: SR_UNSEEN_TEST), "seen" = the training distribution's test stream.
+    test_set: str = "unseen"
+    source_images: str | None = None
     images: int = 8
     size: int = 128
     seed: int = 0
@@ -60,6 +64,7 @@ class EvaluationTable:
     task: str
     rows: list[dict]
     metrics: list[str]
+    data: str = ""  # simulated data: one line saying which test set (unseen or not); written above the table
 
     def summary(self) -> list[dict]:
         """Mean of every metric per method (in order of first appearance)."""
@@ -88,9 +93,42 @@ def _task_of(options: EvaluationOptions, infos: list) -> str:
     return task
 
 
+def _simulated_test_pairs(options: EvaluationOptions, task: str) -> tuple[list, str]:
+    """``(pairs, one line saying what they are)`` of the simulated test set chosen by ``options``."""
+    from .data import SR_UNSEEN_TEST, SimulatedPairs
+
+    if options.test_set not in ("unseen", "seen"):
+        raise InputError(f"test set must be 'unseen' or 'seen', got {options.test_set!r}.")
+    if options.source_images and task != "qpi":
+        raise InputError("--source-images are QPI phase objects; the SR test set renders its own structures.")
+    unseen = options.test_set == "unseen"
+    try:
+        if task == "sr" and unseen:
+            stream = SimulatedPairs("sr", options.size, options.seed, "test", sr_config=SR_UNSEEN_TEST,
+                                    balanced_kinds=True)  # fmt: skip
+            data = ("unseen SR test set: SR_UNSEEN_TEST (NA, wavelength, SNR and structure densities, widths and "
+                    "curvature outside the training ranges; held-out families nucleus and mitochondria)")
+        elif task == "qpi" and options.source_images:
+            file_split = "test" if unseen else "train"
+            stream = SimulatedPairs("qpi", options.size, options.seed, "test", source_dir=options.source_images,
+                                    source_split=file_split)  # fmt: skip
+            data = (f"unseen QPI test set: phase objects from the {len(stream.source_files)} test-split photos of "
+                    f"{options.source_images} (split by file: no training or validation crop came from them)"
+                    if unseen else f"QPI test stream of the training distribution (NOT unseen: new crops of the "
+                    f"{len(stream.source_files)} training-split photos of {options.source_images}, and textures)")
+        else:
+            stream = SimulatedPairs(task, options.size, options.seed, "test")
+            data = (f"{task.upper()} test stream of the training distribution (NOT unseen: "
+                    + ("other crops of the bundled scikit-image photos the training crops come from; "
+                       "give --source-images DIR for an unseen test)" if task == "qpi" else "SR_TRAIN settings)"))
+        return stream.take(options.images), data
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+
 def _load_pairs(options: EvaluationOptions, task: str):
-    """``(pairs, raw input pixel size µm or None)``; pairs have inputs on the target grid."""
-    from .data import QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders
+    """``(pairs, raw input pixel size µm or None, description)``; pairs have inputs on the target grid."""
+    from .data import QPISimulationConfig, SRSimulationConfig, load_pair_folders
     from .train import _folder_pixel_size
 
     if options.input_dir or options.target_dir:
@@ -99,14 +137,14 @@ def _load_pairs(options: EvaluationOptions, task: str):
         pairs = load_pair_folders(options.input_dir, options.target_dir, task)
         pixel = options.pixel_size_um or _folder_pixel_size(Path(options.input_dir), Path(options.target_dir),
                                                              2 if task == "sr" else 1)
-        return pairs, pixel
+        return pairs, pixel, ""  # the user's own folders: nothing to warn about
     if options.simulate is None:
         raise InputError("No data: give --input-dir and --target-dir, or --simulate sr|qpi.")
     if options.images < 1:
         raise InputError(f"--images must be at least 1 (got {options.images}).")
-    pairs = SimulatedPairs(task, options.size, seed=options.seed, split="test").take(options.images)
+    pairs, data = _simulated_test_pairs(options, task)
     default = SRSimulationConfig().target_pixel_um * 2 if task == "sr" else QPISimulationConfig().pixel_um
-    return pairs, options.pixel_size_um or default
+    return pairs, options.pixel_size_um or default, data
 
 
 def _scores(prediction: np.ndarray, target: np.ndarray, task: str, std: np.ndarray | None,
@@ -161,7 +199,7 @@ def evaluate(options: EvaluationOptions, progress: Callable[[str], None] | None 
     options.settings.check()
     infos = [read_model_info(path) for path in options.models]
     task = _task_of(options, infos)
-    pairs, pixel_um = _load_pairs(options, task)
+    pairs, pixel_um, data = _load_pairs(options, task)
     target_pixel_nm = None if pixel_um is None else pixel_um * 1000 / (2 if task == "sr" else 1)
     methods: dict[str, Callable] = {}
     device = resolve_device(options.settings.device)
@@ -190,7 +228,7 @@ def evaluate(options: EvaluationOptions, progress: Callable[[str], None] | None 
     names = list(FIDELITY) + (["resolution_nm"] if task == "sr" and target_pixel_nm else [])
     if options.models:
         names += list(UNCERTAINTY)
-    return EvaluationTable(task, rows, names)
+    return EvaluationTable(task, rows, names, data)
 
 
 def _format(value) -> str:
@@ -206,7 +244,8 @@ def write_tables(table: EvaluationTable, out_dir: Path) -> tuple[Path, Path, Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = table.summary()
     header = ["method", "images", *table.metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Test data: {table.data}", ""] if table.data else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in summary:
         cells = [entry["method"], str(entry["images"])] + [_format(entry[name]) for name in table.metrics]
         lines.append("| " + " | ".join(cells) + " |")

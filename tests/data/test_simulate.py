@@ -3,15 +3,20 @@ import pytest
 
 from napari_cvdm.data.datasets import load_pair_folders
 from napari_cvdm.data.simulate import (
+    SR_TRAIN,
+    SR_UNSEEN_TEST,
     STRUCTURE_KINDS,
+    UNSEEN_STRUCTURE_KINDS,
     QPISimulationConfig,
     SimulatedPairs,
+    StructureSettings,
     natural_image_names,
     phase_object_stack,
     qpi_source_image,
     render_structure,
     simulate_qpi,
     simulate_sr,
+    split_source_files,
     write_simulated_folders,
 )
 from napari_cvdm.physics.optics import frequency_grid
@@ -127,3 +132,166 @@ def test_written_folders_load_back_as_pairs(tmp_path, task):
     assert len(pairs) == 2
     assert pairs[0].input.shape[-2:] == pairs[0].target.shape[-2:] == (32, 32)
     assert pairs[0].input.shape[0] == (1 if task == "sr" else 2)
+
+
+# ----------------------------------------------------------------------------- defaults unchanged
+
+
+def test_default_streams_give_the_same_images_as_before_the_unseen_test_sets():
+    # Sums of seeded draws recorded with the code of commit e5e9dba (before source folders,
+    # structure settings and the unseen SR configuration existed).
+    before = {
+        "qpi": ([1916.3066833438352, 1777.2352191017708, 1680.5957443322986],
+                [2051.3681187443435, 2052.76096732571, 2048.9824071526527]),
+        "sr": ([18748.392126321793, 2554.2482012808323, 26679.36317873001],
+               [122381.22343444824, 107213.63806915283, 133612.78772735596]),
+    }  # fmt: skip
+    for task, (targets, inputs) in before.items():
+        pairs = SimulatedPairs(task, 32, seed=3, split="test").take(3)
+        assert [p.target.astype(np.float64).sum() for p in pairs] == pytest.approx(targets, rel=1e-6)
+        assert [p.input.astype(np.float64).sum() for p in pairs] == pytest.approx(inputs, rel=1e-6)
+    assert SR_TRAIN == simulate_sr.__defaults__[2] and SR_TRAIN.structures == StructureSettings()
+
+
+# ----------------------------------------------------------------------------- photos from a folder
+
+
+def write_photos(folder, n, shape=(40, 56)):
+    """``n`` tiny distinct grayscale PNGs ``photo_XX.png`` (and a non-image file) in ``folder``."""
+    from skimage.io import imsave
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        imsave(folder / f"photo_{i:02d}.png", (rng.random(shape) * 255).astype(np.uint8), check_contrast=False)
+    (folder / "README.md").write_text("not an image")
+    return folder
+
+
+def test_source_split_is_by_file_disjoint_complete_deterministic_and_stable(tmp_path):
+    folder = write_photos(tmp_path / "photos", 60, shape=(8, 8))
+    split = split_source_files(folder)
+    names = [p.name for files in split.values() for p in files]
+    assert sorted(names) == [f"photo_{i:02d}.png" for i in range(60)]  # every image once, README ignored
+    assert len(split["train"]) > 3 * len(split["test"]) > 0 and split["validation"]
+    assert split == split_source_files(folder)
+    assert split != split_source_files(folder, seed=1)
+    write_photos(tmp_path / "photos", 90, shape=(8, 8))  # the folder gains 30 photos: none of the old ones moves
+    grown = split_source_files(folder)
+    for key, files in split.items():
+        assert set(files) <= set(grown[key])
+    with pytest.raises(ValueError, match="fractions"):
+        split_source_files(folder, (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="no images"):
+        split_source_files(tmp_path)
+
+
+@pytest.mark.parametrize("n", [3, 5, 12, 30])
+def test_a_small_folder_still_gets_a_photo_in_every_split(tmp_path, n):
+    split = split_source_files(write_photos(tmp_path / "photos", n, shape=(8, 8)))
+    assert all(split.values()) and sum(len(files) for files in split.values()) == n
+
+
+def test_pairs_from_a_folder_use_only_their_splits_photos(tmp_path):
+    folder = write_photos(tmp_path / "photos", 30)
+    split = {key: {p.name for p in files} for key, files in split_source_files(folder).items()}
+
+    def sources(stream, n):
+        return [pair.name.split("-", 4)[-1] for pair in stream.take(n)]
+
+    test = sources(SimulatedPairs("qpi", 32, seed=1, split="test", source_dir=folder), 6)
+    assert set(test) <= split["test"]  # photos only, never a training photo
+    assert len(set(test)) == min(6, len(split["test"]))  # distinct photos first
+    assert set(sources(SimulatedPairs("qpi", 32, split="validation", source_dir=folder), 6)) <= split["validation"]
+    train = sources(SimulatedPairs("qpi", 32, source_dir=folder), 40)
+    photos = {name for name in train if name.startswith("photo_")}
+    assert photos and photos <= split["train"] and set(train) - photos <= {"gaussian_field", "blobs", "cells"}
+    assert set(train) - photos  # the training default mixes in textures (natural_image_fraction 0.5)
+    only_photos = sources(SimulatedPairs("qpi", 32, source_dir=folder, natural_fraction=1.0), 10)
+    assert set(only_photos) <= split["train"]
+    seen = sources(SimulatedPairs("qpi", 32, split="test", source_dir=folder, source_split="train"), 10)
+    assert {n for n in seen if n.startswith("photo_")} <= split["train"]
+    with pytest.raises(ValueError, match="QPI"):
+        SimulatedPairs("sr", 32, source_dir=folder)
+
+
+def test_a_photo_smaller_than_the_crop_is_upsampled_not_mirrored(tmp_path):
+    from skimage.io import imsave
+
+    folder = tmp_path / "ramp"
+    folder.mkdir()
+    ramp = np.tile(np.arange(24, dtype=np.uint8) * 10, (20, 1))  # brightness rises left to right
+    imsave(folder / "ramp.png", ramp, check_contrast=False)
+    for seed in range(5):
+        image, name = qpi_source_image(np.random.default_rng(seed), 64, 1.0, [folder / "ramp.png"])
+        assert name == "ramp.png" and image.shape == (64, 64)
+        # Inside the photo a bilinear ramp stays linear: no mirrored fold (a second extremum).
+        gy, gx = np.gradient(image)
+        direction = np.array([gy.mean(), gx.mean()]) / np.hypot(gy.mean(), gx.mean())
+        along = gy * direction[0] + gx * direction[1]
+        assert np.mean(along > -1e-6) > 0.99
+
+
+@pytest.mark.parametrize("task", ["sr", "qpi"])
+def test_written_test_split_folders_name_their_source(tmp_path, task):
+    folder = write_photos(tmp_path / "photos", 30) if task == "qpi" else None
+    config = SR_UNSEEN_TEST if task == "sr" else SR_TRAIN
+    inputs, _ = write_simulated_folders(tmp_path / "out", task, 2, size=32, seed=0, sr_config=config,
+                                        split="test", source_dir=folder)  # fmt: skip
+    test = {p.stem for p in split_source_files(folder)["test"]} if folder else None
+    for path in sorted(inputs.iterdir()):
+        label = path.stem.split("_", 2)[-1]
+        assert label in test if task == "qpi" else label in SR_UNSEEN_TEST.kinds
+
+
+# ----------------------------------------------------------------------------- SR unseen settings
+
+
+def _ranges(config):
+    """Every (low, high) setting of an SR configuration by name, structures included."""
+    out = {name: value for name, value in vars(config).items() if isinstance(value, tuple) and name != "kinds"}
+    out.update({name: value for name, value in vars(config.structures).items() if isinstance(value, tuple)})
+    return out
+
+
+def test_unseen_sr_settings_lie_outside_the_training_ranges_and_add_held_out_families():
+    train, test = _ranges(SR_TRAIN), _ranges(SR_UNSEEN_TEST)
+    held_out_only = {name for name in train if name.startswith(("nucleus", "mitochondria"))}
+    changed = {name for name in train if train[name] != test[name]}
+    assert changed == set(train) - held_out_only  # every training-structure range and optics/SNR range moved
+    for name in changed:
+        (a, b), (c, d) = train[name], test[name]
+        # integers(low, high) excludes high: (2, 7) and (7, 12) share no value
+        assert d <= a or c >= b, f"{name}: unseen {test[name]} overlaps training {train[name]}"
+    assert 1.0 <= SR_UNSEEN_TEST.na_range[0] and SR_UNSEEN_TEST.na_range[1] <= 1.49  # physical immersion NA
+    assert SR_UNSEEN_TEST.structures.width_scale != SR_TRAIN.structures.width_scale
+    assert set(UNSEEN_STRUCTURE_KINDS) <= set(SR_UNSEEN_TEST.kinds)
+    assert not set(UNSEEN_STRUCTURE_KINDS) & set(SR_TRAIN.kinds)
+
+
+@pytest.mark.parametrize("kind", UNSEEN_STRUCTURE_KINDS)
+def test_held_out_families_render_seeded_non_negative_densities(kind):
+    density = render_structure(kind, (128, 128), 0.0313, np.random.default_rng(1))
+    np.testing.assert_array_equal(density, render_structure(kind, (128, 128), 0.0313, np.random.default_rng(1)))
+    assert density.min() >= 0 and density.max() > 0
+    sample = simulate_sr(np.random.default_rng(2), 64, kind=kind, config=SR_UNSEEN_TEST)
+    assert sample.kind == kind and 1.15 <= sample.na <= 1.28 and sample.peak_photons >= 1500
+
+
+def test_nucleus_is_a_dense_blob_and_mitochondria_wide_tubes_unlike_the_training_structures():
+    from scipy.ndimage import binary_erosion
+
+    def survives_erosion(kind, pixels):  # share of the bright area left after eroding it by `pixels`
+        density = render_structure(kind, (256, 256), 0.0313, np.random.default_rng(3))
+        bright = density > 0.1 * np.percentile(density, 99.5)
+        return binary_erosion(bright, iterations=pixels).sum() / bright.sum()
+
+    assert survives_erosion("nucleus", 5) > 0.3  # filled over hundreds of nm
+    assert survives_erosion("mitochondria", 2) > 0.4  # tubes wider than 4 px (125 nm)
+    for kind in STRUCTURE_KINDS:  # thin lines and small rings
+        assert survives_erosion(kind, 5) < 0.05 and survives_erosion(kind, 2) < 0.2
+
+
+def test_balanced_kinds_take_every_structure_in_turn():
+    pairs = SimulatedPairs("sr", 32, split="test", sr_config=SR_UNSEEN_TEST, balanced_kinds=True).take(6)
+    assert [p.name.rsplit("-", 1)[-1] for p in pairs] == list(SR_UNSEEN_TEST.kinds)

@@ -27,22 +27,31 @@ from .datasets import (
 )
 from .normalize import Normalizer
 from .simulate import (
+    ALL_STRUCTURE_KINDS,
+    SR_TRAIN,
+    SR_UNSEEN_TEST,
     STRUCTURE_KINDS,
+    UNSEEN_STRUCTURE_KINDS,
     QPISample,
     QPISimulationConfig,
     SimulatedPairs,
     SRSample,
     SRSimulationConfig,
+    StructureSettings,
     natural_image_names,
     phase_object_stack,
     qpi_source_image,
     render_structure,
     simulate_qpi,
     simulate_sr,
+    split_source_files,
     write_simulated_folders,
 )
 
 __all__ = [
+    "ALL_STRUCTURE_KINDS",
+    "SR_TRAIN",
+    "SR_UNSEEN_TEST",
     "STRUCTURE_KINDS",
     "TASKS",
     "DataError",
@@ -53,7 +62,9 @@ __all__ = [
     "SRSample",
     "SRSimulationConfig",
     "SimulatedPairs",
+    "StructureSettings",
     "TaskSpec",
+    "UNSEEN_STRUCTURE_KINDS",
     "bin_pixels",
     "check_image",
     "get_task",
@@ -74,6 +85,7 @@ __all__ = [
     "simulate_qpi",
     "simulate_sr",
     "split_by_image",
+    "split_source_files",
     "upsample",
     "write_simulated_folders",
 ]
