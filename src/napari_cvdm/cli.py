@@ -266,9 +266,10 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             _predict_one(args, model, info, settings, path, planned[path], f"{index}/{len(files)}")
         except CVDMError as error:
+            message = str(error) if str(error).startswith(path.name) else f"{path.name}: {error}"
             if len(files) == 1:
-                raise type(error)(f"{path.name}: {error}") from None
-            _say(f"cvdm predict: skipped {path.name}: {' '.join(str(error).split())}")
+                raise type(error)(message) from None
+            _say(f"cvdm predict: skipped {' '.join(message.split())}")
             failed.append(path.name)
     if failed:
         raise InputError(f"{len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
@@ -477,9 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cvdm argv``; returns the exit code (see the module docstring)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
     except SystemExit as stop:  # a usage error (one line, code 2) or --help (0)
         return stop.code if isinstance(stop.code, int) else 0
+    if unknown:
+        print(f"cvdm {args.command}: error: unrecognized arguments: {' '.join(unknown)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         code = args.run(args)
     except CVDMError as error:
