@@ -155,7 +155,7 @@ def test_a_corrupt_or_missing_model_file(tmp_path, models, capsys, damage):
 
 
 def test_bad_settings_and_training_input(tmp_path, capsys):
-    _run_failing(capsys, ["predict", str(tmp_path), "--model", "m.safetensors", "--tile-size", "8"], "Tile size")
+    _run_failing(capsys, ["predict", str(tmp_path), "--model", "m.safetensors", "--tile-size", "8"], "tile_size")
     (tmp_path / "run.toml").write_text("stepz = 3\n")
     _run_failing(capsys, ["train", "--config", str(tmp_path / "run.toml")], "stepz")
     _run_failing(capsys, ["train", "--task", "sr", "--input-dir", str(tmp_path / "none"), "--target-dir",

@@ -109,7 +109,9 @@ def test_validation_on_a_flat_patch_does_not_stop_training(tmp_path):
 def _cli_train(config: TrainConfig, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "napari_cvdm.cli", "train"]
     for name, value in config.to_dict().items():
-        if value is not None:
+        if isinstance(value, bool):  # a switch
+            args += ["--" + name.replace("_", "-")] if value else []
+        elif value is not None:
             args += ["--" + name.replace("_", "-"), str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(args + list(extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -307,5 +309,5 @@ def test_fine_tuning_refuses_a_model_of_another_task_or_a_damaged_file(tmp_path)
         Trainer(_config(tmp_path, "m", init_model=str(tmp_path / "missing.safetensors")))
     with pytest.raises(InputError, match="would overwrite it"):
         _config(tmp_path, "base", init_model=str(base_path)).check()
-    with pytest.raises(InputError, match="path of a model file"):
+    with pytest.raises(InputError, match="init_model: must be a valid string"):
         _config(tmp_path, "n", init_model=False).check()

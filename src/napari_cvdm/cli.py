@@ -1,13 +1,18 @@
 """Command-line interface: ``cvdm train | predict | evaluate | simulate | info``.
 
-Every error caused by user input is printed as one line and exits with code 2.
+Exit codes: 0 success; 2 a user error (a bad flag, file or setting), printed as one
+line before any computing where it can be known then; 3 ``cvdm train`` stopped by
+SIGINT/SIGTERM after saving its checkpoint and model (resume with ``--resume``);
+130 aborted by a second signal without saving.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import signal
 import sys
 import time
@@ -15,7 +20,57 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import CVDMError
+from .errors import CVDMError, InputError
+
+EXIT_USER_ERROR = 2
+#: ``cvdm train`` stopped by a signal, checkpoint and model saved: a scheduler requeues with --resume.
+EXIT_STOPPED = 3
+EXIT_ABORTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``cvdm predict: error: ...``) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _bounded(kind: type, low: float | None = None, high: float | None = None, above: bool = False):
+    """An argparse type: a finite ``kind`` ≥ ``low`` (> ``low`` if ``above``) and ≤ ``high``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        too_low = low is not None and (value < low or (above and value == low))
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            words = [f"{'>' if above else '≥'} {low:g}" if low is not None else "",
+                     f"≤ {high:g}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(w for w in words if w) or 'finite'}, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    from .config import DEVICE_PATTERN
+
+    if not re.match(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, mps, cuda or cuda:N, got {text!r}")
+    return text.strip()
+
+
+POSITIVE = _bounded(float, 0, above=True)
+# Bounds of the numeric flags: far beyond real use, small enough never to exhaust memory on their own.
+MAX_SAMPLES = 10_000
+MAX_SAMPLER_STEPS = 100_000
+MAX_SIDE = 1_000_000
+MAX_IMAGES = 100_000
+MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE = 16, 4096
+SEED = _bounded(int, 0, 2**63 - 1)
 
 
 def _say(message: str) -> None:
@@ -66,12 +121,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
     defaults = TrainConfig()
-    types = {"int": (int, "N"), "float": (float, "X"), "str": (str, "TEXT"), "str | None": (str, "PATH"),
-             "float | None": (float, "X")}
     for f in dataclasses.fields(TrainConfig):
-        kind, metavar = types[str(f.type)]
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(_config_flag(f.name), dest=f"config_{f.name}", action="store_true", default=None,
+                                help="(default: off)")
+            continue
+        # ranges and choices are checked by TrainConfig, which names the setting
+        kind, metavar = {int: (int, "N"), float: (float, "X")}.get(type(default), (str, "TEXT"))
+        if f.name == "input_pixel_size_um":
+            kind, metavar = float, "X"
         parser.add_argument(_config_flag(f.name), dest=f"config_{f.name}", type=kind, default=None,
-                            metavar=metavar, help=f"(default: {getattr(defaults, f.name)!r})")
+                            metavar=metavar, help=f"(default: {default!r})")
 
 
 def _train_config(args: argparse.Namespace):
@@ -82,7 +143,11 @@ def _train_config(args: argparse.Namespace):
         from .train import read_config_file
 
         data = read_config_file(args.config)
-        data = dict(data.get("train", data)) if set(data) == {"train"} else data
+        if set(data) == {"train"}:
+            if not isinstance(data["train"], dict):
+                raise InputError(f"The [train] section of {Path(args.config).name} must hold settings "
+                                 f"(got {data['train']!r}).")
+            data = dict(data["train"])
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f"config_{f.name}")
         if value is not None:
@@ -90,7 +155,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig.from_dict(data)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     import logging
     import os
 
@@ -124,12 +189,15 @@ def _train(args: argparse.Namespace) -> None:
 
     result = train(config, progress=progress, should_stop=lambda: bool(stop_requested), resume=args.resume)
     line.done()
-    if rank == 0:
+    if rank == 0 and not result.exported:
+        _say("cvdm train: stopped before the first training step; nothing was saved or exported")
+    elif rank == 0:
         state = "stopped early" if result.stopped else "finished"
         _say(f"cvdm train: {state} at step {result.steps_done}; model written to {result.model_path}")
         if result.validation:
             _say("cvdm train: validation " + ", ".join(f"{k} {v:.4g}" for k, v in result.validation.items()))
         print(result.model_path)
+    return EXIT_STOPPED if result.stopped and stop_requested else 0
 
 
 # ----------------------------------------------------------------------------- predict
@@ -155,60 +223,108 @@ def _output_axes(input_axes: str | None, lead_ndim: int) -> str | None:
     return "".join(lead) + "YX" if len(lead) == lead_ndim else None
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from . import __version__
-    import numpy as np
+NO_VARIANCE = "not written: one sample (--n-samples 1) has no spread; use 2 or more samples for a variance"
 
+
+def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace) -> dict[Path, dict[str, Path]]:
+    """Every file ``predict`` will write, per input; InputError before any computing if one would
+    replace an input, two inputs would write the same names, or one exists (without --overwrite)."""
+    names = ["mean", "gamma"] + (["variance"] if args.n_samples > 1 else []) + (["samples"] if args.keep_samples else [])
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        other = by_stem.setdefault(path.stem.lower(), path)
+        if other != path:
+            raise InputError(f"{other} and {path} would both write {path.stem}_*.tif; "
+                             "predict them into separate --out folders.")
+    inputs = {path.resolve() for path in files}
+    if out_dir.resolve() in {path.parent for path in inputs}:
+        raise InputError(f"--out {out_dir} is a folder of inputs; choose another output folder, "
+                         "so that results never mix with (or replace) the images they came from.")
+    planned = {path: {**{name: out_dir / f"{path.stem}_{name}.tif" for name in names},
+                      "sidecar": out_dir / f"{path.stem}_cvdm.json"} for path in files}
+    targets = [target for outputs in planned.values() for target in outputs.values()]
+    existing = [target for target in targets if target.exists()]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]} already exists{more}; use --overwrite to replace, or another --out.")
+    return planned
+
+
+def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .io import list_images, read_image, write_image, write_sidecar
-    from .reconstruct import check_pixel_size, reconstruct, resolve_device, validate_input
+    from .io import check_writable_folder, list_images
+    from .reconstruct import resolve_device
 
     settings = _settings(args)
     settings.check()
     files = list_images(args.inputs)
+    out_dir = check_writable_folder(args.out)
+    planned = _planned_outputs(files, out_dir, args)
     model, info = load_model(args.model, resolve_device(settings.device))
-    out_dir = Path(args.out)
-    line = _ProgressLine()
+    failed = []
     for index, path in enumerate(files, 1):
-        image = read_image(path)
         try:
-            validate_input(info, image.array, image.axes)
+            _predict_one(args, model, info, settings, path, planned[path], f"{index}/{len(files)}")
         except CVDMError as error:
-            raise type(error)(f"{path.name}: {error}") from None
-        pixel_size = args.pixel_size if args.pixel_size is not None else image.pixel_size_um
-        mismatch = check_pixel_size(info, pixel_size)
-        if mismatch:
-            _say(f"cvdm predict: warning: {path.name}: {mismatch}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the pixel-size warning was printed above
-            result = reconstruct(
-                model, info, image.array, settings, input_pixel_size_um=pixel_size,
-                progress=lambda done, total: line.show(f"{path.name} ({index}/{len(files)}): "
-                                                       f"step {done}/{total}", force=done == total),
-            )
-        line.done()
-        lead_ndim = result.mean.ndim - 2
-        axes = _output_axes(image.axes, lead_ndim)
-        written = {}
-        for name, array in (("mean", result.mean), ("variance", result.variance), ("gamma", result.gamma_map)):
-            written[name] = write_image(out_dir / f"{path.stem}_{name}.tif", array, result.pixel_size_um, axes)
-        if result.samples is not None:
-            # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
-            samples = np.moveaxis(result.samples, -3, 0)
-            sample_axes = "T" + axes if axes is not None and "T" not in axes else None
-            written["samples"] = write_image(out_dir / f"{path.stem}_samples.tif", samples, result.pixel_size_um,
-                                             sample_axes)
-        sidecar = write_sidecar(out_dir / f"{path.stem}_cvdm.json", {
-            "input": str(path), "input_shape": list(image.array.shape), "input_axes": image.axes,
-            "input_pixel_size_um": pixel_size, "output_pixel_size_um": result.pixel_size_um,
-            "upsampling_factor": result.upsampling_factor, "unit": result.unit,
-            "outputs": {name: p.name for name, p in written.items()},
-            "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
-            "settings": result.metadata, "napari_cvdm_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        for written_path in (*written.values(), sidecar):
-            print(written_path)
+            message = str(error) if str(error).startswith(path.name) else f"{path.name}: {error}"
+            if len(files) == 1:
+                raise type(error)(message) from None
+            _say(f"cvdm predict: skipped {' '.join(message.split())}")
+            failed.append(path.name)
+    if failed:
+        raise InputError(f"{len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
+                         f"the other {len(files) - len(failed)} were written to {out_dir}.")
+    return 0
+
+
+def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str) -> None:
+    """Reconstruct one file and write its outputs (names from :func:`_planned_outputs`)."""
+    from . import __version__
+    import numpy as np
+
+    from .io import read_image, write_image, write_sidecar
+    from .reconstruct import check_pixel_size, reconstruct, validate_input
+
+    image = read_image(path)
+    if image.array.ndim > 5:
+        raise InputError(f"the image has {image.array.ndim} dimensions {image.array.shape}; "
+                         "at most 5 (T, Z, C, Y, X) can be reconstructed and written.")
+    validate_input(info, image.array, image.axes)
+    pixel_size = args.pixel_size if args.pixel_size is not None else image.pixel_size_um
+    mismatch = check_pixel_size(info, pixel_size)
+    if mismatch:
+        _say(f"cvdm predict: warning: {path.name}: {mismatch}")
+    line = _ProgressLine()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the pixel-size warning was printed above
+        result = reconstruct(
+            model, info, image.array, settings, input_pixel_size_um=pixel_size,
+            progress=lambda done, total: line.show(f"{path.name} ({counter}): step {done}/{total}",
+                                                   force=done == total),
+        )
+    line.done()
+    axes = _output_axes(image.axes, result.mean.ndim - 2)
+    written = {}
+    for name, array in (("mean", result.mean), ("variance", result.variance), ("gamma", result.gamma_map)):
+        if name in outputs:
+            written[name] = write_image(outputs[name], array, result.pixel_size_um, axes)
+    if "samples" in outputs:
+        # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
+        samples = np.moveaxis(result.samples, -3, 0)
+        sample_axes = "T" + axes if axes is not None and "T" not in axes else None
+        written["samples"] = write_image(outputs["samples"], samples, result.pixel_size_um, sample_axes)
+    sidecar = write_sidecar(outputs["sidecar"], {
+        "input": str(path), "input_shape": list(image.array.shape), "input_axes": image.axes,
+        "input_pixel_size_um": pixel_size, "output_pixel_size_um": result.pixel_size_um,
+        "upsampling_factor": result.upsampling_factor, "unit": result.unit,
+        "outputs": {name: p.name for name, p in written.items()},
+        **({} if "variance" in outputs else {"variance": NO_VARIANCE}),
+        "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
+        "settings": result.metadata, "napari_cvdm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    for written_path in (*written.values(), sidecar):
+        print(written_path)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -216,6 +332,9 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import EvaluationOptions, evaluate, write_tables
+    from .io import check_writable_folder
+
+    check_writable_folder(args.out)
 
     options = EvaluationOptions(
         models=[Path(m) for m in args.model], baselines=not args.no_baselines, settings=_settings(args),
@@ -238,9 +357,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _simulate(args: argparse.Namespace) -> None:
     from .data import SR_TRAIN, SR_UNSEEN_TEST, write_simulated_folders
+    from .io import check_writable_folder
 
-    if args.images < 1:
-        raise_input(f"--images must be at least 1 (got {args.images}).")
+    out = check_writable_folder(args.out)
+    for sub in ("inputs", "targets"):
+        if (out / sub).is_dir() and any((out / sub).iterdir()):
+            raise_input(f"--out {out}: {out / sub} already holds files; choose an empty or new folder.")
     sr_config = SR_UNSEEN_TEST if args.split == "test" else SR_TRAIN  # SR's test split is the unseen settings
     try:
         inputs, targets = write_simulated_folders(args.out, args.task, args.images, size=args.size, seed=args.seed,
@@ -260,8 +382,6 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def raise_input(message: str) -> None:
-    from .errors import InputError
-
     raise InputError(message)
 
 
@@ -272,26 +392,26 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     from .model import GRIDS, SAMPLERS
 
     group = parser.add_argument_group("sampling")
-    group.add_argument("--n-samples", type=int, default=8, help="samples per image (default: 8)")
+    group.add_argument("--n-samples", type=_bounded(int, 1, MAX_SAMPLES), default=8, help="samples per image (default: 8)")
     group.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's")
-    group.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    group.add_argument("--steps", type=_bounded(int, 1, MAX_SAMPLER_STEPS), default=None, help="sampling steps (default: the model's)")
     group.add_argument("--grid", choices=GRIDS, default=None, help="sampler time grid (default: the model's)")
-    group.add_argument("--eta", type=float, default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--device", default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
+    group.add_argument("--eta", type=_bounded(float, 0, 1), default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
+    group.add_argument("--seed", type=SEED, default=0)
+    group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto = bf16 on CUDA, else fp32")
-    group.add_argument("--tile-size", type=int, default=256,
+    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=256,
                        help="tile side in output pixels; 0 = whole image (default: 256)")
-    group.add_argument("--tile-overlap", type=int, default=32, help="output pixels (default: 32)")
-    group.add_argument("--max-batch", type=int, default=None, help="samples per network call (default: all)")
+    group.add_argument("--tile-overlap", type=_bounded(int, 0, MAX_SIDE), default=32, help="output pixels (default: 32)")
+    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call (default: all)")
     group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the network (first call slow; pays off on large images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvdm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cvdm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
@@ -311,9 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="TIFF files or folders")
     predict.add_argument("--model", required=True, help="model file (.safetensors)")
     predict.add_argument("--out", default="out/predict", help="output folder (default: out/predict)")
-    predict.add_argument("--pixel-size", type=float, default=None,
+    predict.add_argument("--pixel-size", type=POSITIVE, default=None,
                          help="input pixel size in µm (default: the TIFF's, else the model's)")
     predict.add_argument("--keep-samples", action="store_true", help="also write the individual samples")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_reconstruction_flags(predict)
     predict.set_defaults(run=_predict)
 
@@ -327,19 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input-dir")
     source.add_argument("--target-dir")
     source.add_argument("--simulate", choices=("sr", "qpi"), help="simulated test pairs of this task")
-    source.add_argument("--images", type=int, default=8, help="simulated pairs (default: 8)")
-    source.add_argument("--size", type=int, default=128, help="simulated image side (default: 128)")
+    source.add_argument("--images", type=_bounded(int, 1, MAX_IMAGES), default=8, help="simulated pairs (default: 8)")
+    source.add_argument("--size", type=_bounded(int, MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE), default=128,
+                        help="simulated image side (default: 128)")
     source.add_argument("--source-images", metavar="DIR",
                         help="QPI: phase objects from the test split (by file) of this folder of photos")
     source.add_argument("--test-set", choices=("unseen", "seen"), default="unseen",
                         help="simulated data outside the training distribution (default) or from it")
     optics = evaluate.add_argument_group("optics for the classical baselines")
-    optics.add_argument("--na", type=float, default=1.4, help="SR numerical aperture (default: 1.4)")
-    optics.add_argument("--wavelength", type=float, default=0.575, help="SR emission µm (default: 0.575)")
-    optics.add_argument("--offset", type=float, default=100.0, help="SR camera offset ADU (default: 100)")
-    optics.add_argument("--dz", type=float, default=1.0, help="QPI defocus µm (default: 1)")
-    optics.add_argument("--qpi-wavelength", type=float, default=0.521, help="QPI µm (default: 0.521)")
-    optics.add_argument("--pixel-size", type=float, default=None,
+    optics.add_argument("--na", type=_bounded(float, 0, 2, above=True), default=1.4, help="SR numerical aperture (default: 1.4)")
+    optics.add_argument("--wavelength", type=POSITIVE, default=0.575, help="SR emission µm (default: 0.575)")
+    optics.add_argument("--offset", type=_bounded(float), default=100.0, help="SR camera offset ADU (default: 100)")
+    optics.add_argument("--dz", type=POSITIVE, default=1.0, help="QPI defocus µm (default: 1)")
+    optics.add_argument("--qpi-wavelength", type=POSITIVE, default=0.521, help="QPI µm (default: 0.521)")
+    optics.add_argument("--pixel-size", type=POSITIVE, default=None,
                         help="raw input pixel µm (default: the data's, else the model's)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
     evaluate.add_argument("--out", default="out/evaluate", help="output folder (default: out/evaluate)")
@@ -349,9 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="write a simulated dataset as paired TIFF folders")
     simulate.add_argument("--task", choices=("sr", "qpi"), required=True)
     simulate.add_argument("--out", required=True, help="folder; gets inputs/ and targets/")
-    simulate.add_argument("--images", type=int, default=16, help="pairs (default: 16)")
-    simulate.add_argument("--size", type=int, default=256, help="target image side in pixels (default: 256)")
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--images", type=_bounded(int, 1, MAX_IMAGES), default=16, help="pairs (default: 16)")
+    simulate.add_argument("--size", type=_bounded(int, MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE), default=256,
+                          help="target image side in pixels (default: 256)")
+    simulate.add_argument("--seed", type=SEED, default=0)
     simulate.add_argument("--split", choices=("train", "validation", "test"), default="train",
                           help="stream to write (default: train); SR's test split uses the unseen settings")
     simulate.add_argument("--source-images", metavar="DIR",
@@ -366,19 +489,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``cvdm argv``; returns the exit code (see the module docstring)."""
     try:
-        args.run(args)
+        args, unknown = build_parser().parse_known_args(argv)
+    except SystemExit as stop:  # a usage error (one line, code 2) or --help (0)
+        return stop.code if isinstance(stop.code, int) else 0
+    if unknown:
+        print(f"cvdm {args.command}: error: unrecognized arguments: {' '.join(unknown)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        code = args.run(args)
     except CVDMError as error:
         message = " ".join(str(error).split())  # always one line
         print(f"cvdm {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"cvdm {args.command}: stopped", file=sys.stderr)
-        return 130
+        return EXIT_ABORTED
     except BrokenPipeError:  # output piped into a reader that quit early (`cvdm info m | head`)
         sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

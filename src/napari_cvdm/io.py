@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,33 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
+#: Free space (bytes) below which an output folder counts as full.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Raise InputError unless ``folder`` is, or can be created as, a folder this process can write to.
+
+    Checked before any computing: the nearest existing ancestor must be a writable folder
+    (probed by creating a temporary file, which also catches read-only file systems and
+    root) with at least :data:`MIN_FREE_BYTES` free. ``what`` names the setting in messages.
+    """
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder}: {existing} is a file, not a folder; choose another location.")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".cvdm-write-test."):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot write to {existing} ({exc.strerror}).") from None
+    if shutil.disk_usage(existing).free < MIN_FREE_BYTES:
+        raise InputError(f"{what} {folder}: the disk holding {existing} is full; free some space.")
+    return folder
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read the first series of a TIFF file as float32 with its axes and pixel size."""
     path = Path(path)
@@ -86,6 +114,9 @@ def read_image(path: str | os.PathLike) -> ImageData:
         raise InputError(f"Cannot read {path.name} as a TIFF image ({exc}).") from None
     if array.dtype.kind not in "uif":
         raise InputError(f"{path.name} holds {array.dtype} data; expected a grayscale intensity image.")
+    if axes.endswith("S") and array.shape[-1] in (3, 4):  # samples per pixel: RGB(A)
+        raise InputError(f"{path.name} is an RGB colour image; expected a grayscale intensity image "
+                         "(split the channels or convert it to grayscale first).")
     axes = axes if len(axes) == array.ndim and set(axes) <= _NAMED_AXES else None
     return ImageData(np.asarray(array, dtype=np.float32), axes, pixel_size, path)
 

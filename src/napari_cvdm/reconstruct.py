@@ -149,27 +149,58 @@ class ReconstructionSettings:
     compile: bool = False
 
     def check(self) -> None:
-        """Raise InputError naming the first unusable setting."""
-        if int(self.n_samples) < 1:
-            raise InputError(f"Number of samples must be at least 1 (got {self.n_samples}).")
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise InputError(f"Unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
-        if self.steps is not None and int(self.steps) < 1:
-            raise InputError(f"Sampling steps must be at least 1 (got {self.steps}).")
-        if self.tile_size is not None:
-            if int(self.tile_size) < MIN_TILE_SIZE:
-                raise InputError(f"Tile size must be at least {MIN_TILE_SIZE} pixels (got {self.tile_size}).")
-            if not 0 <= int(self.tile_overlap) <= int(self.tile_size) // 2:
-                raise InputError(f"Tile overlap must be between 0 and half the tile size "
-                                 f"({int(self.tile_size) // 2}); got {self.tile_overlap}.")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"Unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}.")
-        if self.eta is not None and not 0.0 <= float(self.eta) <= 1.0:
-            raise InputError(f"η must be between 0 and 1 (got {self.eta}).")
-        if self.max_batch is not None and int(self.max_batch) < 1:
-            raise InputError(f"Batch size must be at least 1 (got {self.max_batch}).")
-        if self.grid is not None and self.grid not in GRIDS:
-            raise InputError(f"Unknown time grid '{self.grid}'; choose one of: {', '.join(GRIDS)}.")
+        """Raise InputError naming the first unusable setting (type, range or choice)."""
+        _whole("n_samples", self.n_samples, 1, MAX_SAMPLES)
+        _whole("steps", self.steps, 1, MAX_SAMPLER_STEPS, optional=True)
+        _whole("tile_size", self.tile_size, MIN_TILE_SIZE, None, optional=True)
+        _whole("tile_overlap", self.tile_overlap, 0, None)
+        _whole("seed", self.seed, 0, 2**63 - 1)
+        _whole("max_batch", self.max_batch, 1, None, optional=True)
+        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("grid", self.grid, GRIDS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if not (value is None and name != "precision") and (not isinstance(value, str) or value not in choices):
+                raise InputError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
+        if self.tile_size is not None and self.tile_overlap > self.tile_size // 2:
+            raise InputError(f"Tile overlap must be between 0 and half the tile size "
+                             f"({self.tile_size // 2}); got {self.tile_overlap}.")
+        if self.eta is not None and (isinstance(self.eta, bool) or not isinstance(self.eta, int | float)
+                                     or not 0.0 <= float(self.eta) <= 1.0):
+            raise InputError(f"η (eta) must be a number between 0 and 1 (got {self.eta!r}).")
+        base, colon, index = str(self.device).strip().lower().partition(":")
+        if not isinstance(self.device, str) or base not in ("auto", "cpu", "mps", "cuda") \
+                or (colon and (base == "auto" or not index.isdigit())):
+            raise InputError(f"Unknown device {self.device!r}; choose auto, cpu, mps, cuda or cuda:N.")
+        for name in ("keep_samples", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"Setting {name} must be True or False (got {getattr(self, name)!r}).")
+
+
+#: Bounds that keep a setting from exhausting memory or time on its own.
+MAX_SAMPLES = 10_000
+MAX_SAMPLER_STEPS = 100_000
+
+
+def _whole(name: str, value, low: int, high: int | None, optional: bool = False) -> None:
+    """InputError unless ``value`` is an int (not a bool) in [low, high] (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"Setting {name} must be a whole number (got {value!r}).")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InputError(f"Setting {name} must be {bound} (got {value}).")
+
+
+def check_call(settings, input_pixel_size_um) -> None:
+    """InputError for arguments of :func:`reconstruct` of the wrong kind (before any computing)."""
+    if settings is not None and not isinstance(settings, ReconstructionSettings):
+        raise InputError(f"settings must be a ReconstructionSettings (got {type(settings).__name__}); "
+                         "e.g. ReconstructionSettings(**your_dict).")
+    if input_pixel_size_um is None:
+        return
+    if isinstance(input_pixel_size_um, bool) or not isinstance(input_pixel_size_um, int | float | np.floating) \
+            or not np.isfinite(input_pixel_size_um) or input_pixel_size_um <= 0:
+        raise InputError(f"input_pixel_size_um must be a positive number of µm (got {input_pixel_size_um!r}).")
 
 
 @dataclass
@@ -499,6 +530,7 @@ def reconstruct(
     """
     from .physics import upsample
 
+    check_call(settings, input_pixel_size_um)
     settings = settings or ReconstructionSettings()
     settings.check()
     validate_input(info, image)

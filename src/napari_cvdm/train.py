@@ -50,17 +50,13 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import ModelInfo, load_model, save_model, write_atomically
+from .config import TRAIN_TASKS, TrainConfig, read_config_file  # noqa: F401 - re-exported
 from .errors import CVDMError, InputError, ModelFileError
-from .model import CVDM, SAMPLERS, ModelConfig, low_discrepancy_times, sample_statistics
-from .model.samplers import DEFAULT_SAMPLER
-from .model.schedule import SCHEDULE_KINDS
-from .model.unet import DENOISER_PRESETS
+from .model import CVDM, ModelConfig, low_discrepancy_times, sample_statistics
 
 log = logging.getLogger(__name__)
 
-TRAIN_TASKS = ("sr", "qpi", "generic")
 LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser", "base")
-FORMULATIONS = ("paper", "residual")
 #: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
 #: trained predictor's error is a few tenths, so r is about unit size.
 PREDICTOR_RESIDUAL_SCALE = 0.25
@@ -76,169 +72,17 @@ RESUME_KEYS = ("task", "preset", "schedule", "patch_size", "batch_size", "learni
 STATE_FILE = "last.pt"
 BEST_FILE = "best.safetensors"
 LOG_FILE = "log.csv"
+#: In the run folder while a run uses it: the owner's host name and process id.
+LOCK_FILE = "lock"
+#: What ``last.pt`` must hold to be resumed.
+STATE_KEYS = ("config", "step", "bad_steps", "elapsed_s", "validation", "best_validation", "model", "ema",
+              "optimizer", "scheduler", "torch_rng")
 # Separate seed streams, so that data, diffusion noise and validation never share draws.
 _DATA_STREAM, _NOISE_STREAM, _VALIDATION_STREAM = 1, 2, 3
 
 
 class TrainingDiverged(CVDMError):
     """Training produced non-finite losses or gradients too many steps in a row."""
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. Lengths in pixels of the target grid.
-
-    Data: ``input_dir``/``target_dir`` (paired TIFF folders matched by file name), or
-    in-memory pairs given to :func:`train`, or else ``simulated_images`` simulated
-    pairs of ``simulated_size`` pixels of ``task`` (``sr`` or ``qpi``) made up front.
-    ``batch_size`` is per process. ``validate_every``/``checkpoint_every`` count steps
-    (0 = only at the end). ``precision``: ``auto`` (bf16 autocast on CUDA), ``fp32``
-    or ``bf16``. ``sampler``/``sample_steps``/``n_samples`` become the model's
-    reconstruction defaults; validation samples ``validation_samples`` per patch with
-    ``validation_sample_steps`` steps of the same sampler. ``input_pixel_size_um``
-    overrides the pixel size read from the data (raw input grid, µm).
-    ``generic`` models take ``input_channels`` and predict ``target_channels``.
-    ``init_model``: fine-tune — start from the weights of this model file (e.g. a shipped
-    model) instead of a random network; its task must match, and its architecture
-    (preset, schedule) and normalisation are used whatever ``preset``/``schedule`` say.
-    ``formulation``: ``residual`` (predict-and-refine: QPI refines a TIE base, SR a jointly
-    trained direct predictor) or ``paper`` (the CVDM of the paper); see
-    :mod:`napari_cvdm.model.cvdm`. ``wavelength_um``/``dz_um``: the QPI optics of the data
-    (the physics base needs them; simulated data use the simulator's).
-    """
-
-    task: str = "sr"
-    preset: str = "small"
-    schedule: str = "cvdm"
-    patch_size: int = 64
-    batch_size: int = 8
-    steps: int = 10_000
-    learning_rate: float = 2e-4
-    warmup_steps: int = 200
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    validation_fraction: float = 0.1
-    validate_every: int = 500
-    validation_patches: int = 16
-    validation_samples: int = 2
-    validation_sample_steps: int = 10
-    checkpoint_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    output: str = "models/model.safetensors"
-    input_dir: str | None = None
-    target_dir: str | None = None
-    simulated_images: int = 128
-    simulated_size: int = 128
-    input_pixel_size_um: float | None = None
-    input_channels: int = 1
-    target_channels: int = 1
-    sampler: str = DEFAULT_SAMPLER
-    sample_steps: int = 20
-    n_samples: int = 8
-    max_bad_steps: int = 20
-    description: str = ""
-    init_model: str | None = None
-    formulation: str = "residual"
-    wavelength_um: float = 0.521
-    dz_um: float = 1.0
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        """Build from a mapping (a config file's contents); unknown keys are an InputError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        flat = dict(data.get("train", {})) if set(data) == {"train"} else dict(data)
-        unknown = sorted(set(flat) - names)
-        if unknown:
-            raise InputError(f"Unknown training setting(s) {', '.join(unknown)}; "
-                             f"valid settings are: {', '.join(sorted(names))}.")
-        return cls(**flat)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a TOML file (``.toml``) or, when PyYAML is installed, a YAML file (``.yaml``/``.yml``)."""
-        return cls.from_dict(read_config_file(path))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def check(self) -> None:
-        """Raise InputError naming the first unusable setting."""
-        if self.task not in TRAIN_TASKS:
-            raise InputError(f"Unknown task '{self.task}'; choose one of: {', '.join(TRAIN_TASKS)}.")
-        if self.preset not in DENOISER_PRESETS:
-            raise InputError(f"Unknown preset '{self.preset}'; choose one of: {', '.join(DENOISER_PRESETS)}.")
-        if self.schedule not in SCHEDULE_KINDS:
-            raise InputError(f"Unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULE_KINDS)}.")
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"Unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
-        if self.formulation not in FORMULATIONS:
-            raise InputError(f"Unknown formulation '{self.formulation}'; choose one of: {', '.join(FORMULATIONS)}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"Unknown precision '{self.precision}'; choose auto, fp32 or bf16.")
-        positive = ("patch_size", "batch_size", "steps", "validation_patches", "validation_samples",
-                    "validation_sample_steps", "sample_steps", "n_samples", "max_bad_steps",
-                    "input_channels", "target_channels", "simulated_images", "simulated_size")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"Setting {name} must be at least 1 (got {getattr(self, name)}).")
-        for name in ("validate_every", "checkpoint_every", "warmup_steps"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"Setting {name} must not be negative (got {getattr(self, name)}).")
-        if self.learning_rate <= 0:
-            raise InputError(f"The learning rate must be positive (got {self.learning_rate}).")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise InputError(f"ema_decay must be in [0, 1) (got {self.ema_decay}).")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise InputError(f"validation_fraction must be in [0, 1) (got {self.validation_fraction}).")
-        if (self.input_dir is None) != (self.target_dir is None):
-            raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
-        if not str(self.output).endswith(".safetensors"):
-            raise InputError(f"The output model file must end in .safetensors (got {self.output}).")
-        if self.init_model is not None:
-            if not isinstance(self.init_model, str | os.PathLike):
-                raise InputError(f"init_model must be the path of a model file (got {self.init_model!r}).")
-            if Path(self.init_model).expanduser().resolve() == Path(self.output).expanduser().resolve():
-                raise InputError(f"Fine-tuning {Path(self.init_model).name} would overwrite it; "
-                                 "choose another output file.")
-
-    @property
-    def run_dir(self) -> Path:
-        """Folder beside the exported model with checkpoints and logs: ``name.run``."""
-        output = Path(self.output)
-        return output.with_name(output.name[: -len(".safetensors")] + ".run")
-
-
-def read_config_file(path: str | os.PathLike) -> dict:
-    """The mapping in a TOML or YAML config file; InputError for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise InputError(f"{path.name} is YAML but PyYAML is not installed; use a TOML file.") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    else:
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path.name} is not valid TOML: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path.name} must hold a mapping of settings.")
-    return data
 
 
 # ----------------------------------------------------------------------------- progress and result
@@ -261,7 +105,8 @@ class TrainProgress:
 @dataclass
 class TrainResult:
     """``model_path``: the exported model; ``stopped``: ended early by ``should_stop``;
-    ``validation``: the last validation metrics (None without validation data)."""
+    ``validation``: the last validation metrics (None without validation data); ``exported``:
+    False when stopped before the first step (nothing saved, ``model_path`` untouched)."""
 
     model_path: Path
     steps_done: int
@@ -269,6 +114,7 @@ class TrainResult:
     validation: dict[str, float] | None
     run_dir: Path | None = None
     best_validation: dict[str, float] | None = None
+    exported: bool = True
 
 
 # ----------------------------------------------------------------------------- data
@@ -605,6 +451,20 @@ class Trainer:
         self.autocast_dtype = (torch.bfloat16 if config.precision == "bf16"
                                or (config.precision == "auto" and self.device.type == "cuda") else None)
         self.run_dir = config.run_dir
+        self._lock: Path | None = None
+        self._log_writer = None
+        self._tensorboard = None
+        try:
+            if self.dist.is_main:
+                self._claim_run_dir(resume)
+            self._build(pairs, base, base_net, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, pairs, base: ModelInfo | None, base_net: CVDM | None, resume: bool) -> None:
+        """Data, model, optimiser and (resumed) state; the run folder is written only once all is well."""
+        config = self.config
         self.data = load_training_data(config, pairs, base)
         spec = self.data.spec
         self.model_config = base.config if base is not None else _model_config(config, self.data)
@@ -625,13 +485,10 @@ class Trainer:
         self.elapsed_before_s = 0.0
         self.validation: dict[str, float] | None = None
         self.best_validation: dict[str, float] | None = None
-        self._log_writer = None
-        self._tensorboard = None
-        if self.dist.is_main:
-            self._prepare_run_dir(resume)
         if resume and (self.run_dir / STATE_FILE).is_file():
-            self.load_state(self.run_dir / STATE_FILE)
+            self.load_state(self.run_dir / STATE_FILE)  # before anything is written: a refusal changes nothing
         if self.dist.is_main:
+            self._prepare_run_dir()
             self._open_logs()
             action = "resuming" if self.step else "fine-tuning" if base is not None else "training"
             log.info("%s %s model (%s, %s%s) on %s, %s: step %d of %d; batch %d × %d process(es); run folder %s",
@@ -753,12 +610,34 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ files
-    def _prepare_run_dir(self, resume: bool) -> None:
-        state = self.run_dir / STATE_FILE
-        if state.exists() and not resume:
-            raise InputError(f"{self.run_dir} holds a checkpoint of an earlier run; resume it, "
-                             "or choose another output (or delete that folder) to start afresh.")
+    def _claim_run_dir(self, resume: bool) -> None:
+        """Refuse, before any data is read, a run that would replace the user's files; then lock the run folder."""
+        from .io import check_writable_folder
+
+        config, output = self.config, Path(self.config.output)
+        has_state = (self.run_dir / STATE_FILE).exists()
+        if has_state and not resume and not config.overwrite:
+            raise InputError(f"{self.run_dir} holds a checkpoint of an earlier run; resume it (--resume), "
+                             "start afresh with --overwrite, or choose another output.")
+        if output.exists() and not (resume and has_state) and not config.overwrite:
+            raise InputError(f"{output} already exists; use --overwrite to replace it, or choose another output.")
+        check_writable_folder(output.parent, "output")
+        self._created_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.run_dir)
+
+    def _release_run_dir(self) -> None:
+        if self._lock is None:
+            return
+        self._lock.unlink(missing_ok=True)
+        self._lock = None
+        if self._created_run_dir and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()  # a run refused before it wrote anything leaves nothing behind
+
+    def _prepare_run_dir(self) -> None:
+        if self.step == 0 and self.config.overwrite:  # starting afresh: the earlier run is discarded
+            for name in (STATE_FILE, BEST_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
         for stale in self.run_dir.glob(".*.tmp"):  # left by a run killed while writing
             stale.unlink(missing_ok=True)
         write_atomically(self.run_dir / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
@@ -802,7 +681,8 @@ class Trainer:
                 self._tensorboard.add_scalar(f"validation/{name}", value, self.step)
 
     def close(self) -> None:
-        """Close the log files and leave a process group this trainer joined."""
+        """Close the log files, unlock the run folder and leave a process group this trainer joined."""
+        self._release_run_dir()
         if self._log_writer is not None:
             self._log_handle.close()
             self._log_writer = None
@@ -847,12 +727,27 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises several types for damaged files
             raise InputError(f"Cannot resume from {path}: the checkpoint is unreadable ({exc}).") from None
-        saved = json.loads(state["config"])
+        missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else ["any state"]
+        try:
+            saved = json.loads(state["config"]) if not missing else None
+        except (TypeError, ValueError):
+            missing = ["a readable config"]
+        if missing or not isinstance(saved, dict):
+            raise InputError(f"Cannot resume from {path}: it is not a napari-cvdm training checkpoint "
+                             f"(no {', '.join(missing or ['config'])}); move it away to start afresh.")
         changed = [key for key in RESUME_KEYS if saved.get(key) != getattr(self.config, key)]
         if changed:
             key = changed[0]
             raise InputError(f"Cannot resume {self.run_dir}: it was trained with {key} = {saved.get(key)!r}, "
                              f"not {getattr(self.config, key)!r}; use the same settings or another output.")
+        try:
+            self._restore(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"Cannot resume from {path}: its state does not fit this run "
+                             f"({' '.join(str(exc).split())[:200]}).") from None
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -865,7 +760,6 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def model_info(self, stopped: bool = False) -> ModelInfo:
         """The ModelInfo of the current EMA weights (normalisation, pixel size, sampler, summary)."""
@@ -944,15 +838,16 @@ class Trainer:
                     rate = (self.step - first_step) / max(self._run_elapsed(), 1e-9)
                     eta = (config.steps - self.step) / rate if rate > 0 else None
                     progress(TrainProgress(self.step, config.steps, values, validation, elapsed, eta, skipped))
-            if self.dist.is_main:
+            # nothing trained yet (stopped while the data were prepared): nothing replaces the output
+            exported = self.step > 0
+            path = Path(config.output)
+            if self.dist.is_main and exported:
                 if saved_at != self.step:
                     self.save_state()
                 path = self.export(stopped=stopped)
-            else:
-                path = Path(config.output)
         finally:
             self.close()
-        return TrainResult(path, self.step, stopped, self.validation, self.run_dir, self.best_validation)
+        return TrainResult(path, self.step, stopped, self.validation, self.run_dir, self.best_validation, exported)
 
     def _validate_and_keep_best(self) -> dict[str, float] | None:
         validation = self.validate()
@@ -963,6 +858,41 @@ class Trainer:
             self.best_validation = dict(self.validation)
             save_model(self.run_dir / BEST_FILE, self.ema, self.model_info())
         return validation
+
+
+def _acquire_lock(run_dir: Path) -> Path:
+    """Create ``run_dir/lock`` for this process; InputError if a live run holds it (a dead one's is taken over)."""
+    import socket
+
+    path, host = run_dir / LOCK_FILE, socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner_host, _, pid = path.read_text(errors="replace").strip().rpartition(" ")
+            if owner_host and owner_host != host:
+                raise InputError(f"{run_dir} is in use by a run on {owner_host}; if that run is gone, "
+                                 f"delete {path}.") from None
+            if pid.isdigit() and _process_alive(int(pid)):
+                raise InputError(f"{run_dir} is in use by another training run (process {pid}); "
+                                 "wait for it to finish or choose another output.") from None
+            log.info("taking over the lock of %s from process %s, which has ended", run_dir, pid or "?")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{host} {os.getpid()}\n")
+        return path
+    raise InputError(f"Cannot lock {run_dir}: other runs keep taking it.")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def train(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,

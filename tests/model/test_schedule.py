@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,37 @@ def test_analytic_time_derivatives_match_finite_differences(kind):
     assert relative_error(terms.d_gamma, d_numeric) < 1e-3
     assert relative_error(terms.d2_gamma, d2_numeric) < 1e-3
     assert torch.allclose(terms.log_gamma.exp(), terms.gamma)
+
+
+def _smooth_schedule(seed: int) -> Schedule:
+    """A residual model's schedule network (λ at 1/4 resolution, reflect padding), weights off their init."""
+    torch.manual_seed(seed)
+    schedule = Schedule("cvdm", y_channels=2, x_channels=1, size=SCHEDULE_PRESETS["tiny"],
+                        downsample=4, padding="reflect").double()
+    with torch.no_grad():
+        for parameter in schedule.spatial_net.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return schedule
+
+
+def test_a_constant_input_gives_a_flat_lambda():
+    y = torch.full((1, 2, 40, 56), 0.3, dtype=torch.float64)
+    lam = _smooth_schedule(0).schedule_map(y)
+    assert float(lam.max() - lam.min()) < 1e-9 * float(lam.mean())
+    # the paper's zero-padded network sees a dark frame around the same input
+    paper = _randomised_schedule("cvdm", 0).schedule_map(y)
+    assert float(paper.max() - paper.min()) > 1e-3 * float(paper.mean())
+
+
+def test_smooth_lambda_has_no_structure_finer_than_its_resolution():
+    # stripe measure: the fraction of λ's variance above 1/8 cycle per pixel (the coarse grid's
+    # Nyquist is 1/8 for downsample 4; bilinear upsampling leaves only its small side lobes there)
+    from skimage.data import camera
+
+    image = torch.from_numpy(camera()[::2, ::2].astype(np.float64) / 255.0)
+    y = torch.stack([image, image.flip(-1)])[None]
+    lam = _smooth_schedule(1).schedule_map(y)[0, 0].detach().numpy()
+    power = np.abs(np.fft.fft2(lam - lam.mean())) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(lam.shape[0]), np.fft.fftfreq(lam.shape[1]), indexing="ij")
+    fine = np.maximum(np.abs(fy), np.abs(fx)) > 1 / 8
+    assert power[fine].sum() < 0.05 * power.sum()
