@@ -33,6 +33,14 @@ def test_psnr_and_ssim_agree_with_scikit_image(images):
     assert metrics.psnr(reference, reference) == float("inf")
 
 
+def test_ssim_of_images_smaller_than_the_window(images):
+    prediction, reference = images
+    for size in (10, 7, 4):
+        crop = (slice(0, size), slice(0, size))
+        assert 0.0 < metrics.ssim(prediction[crop], reference[crop], data_range=1.0) < 1.0
+        assert metrics.ssim(reference[crop], reference[crop], data_range=1.0) == pytest.approx(1.0)
+
+
 def test_ms_ssim_agrees_with_pytorch_msssim(images):
     from pytorch_msssim import ms_ssim as torch_ms_ssim
 

@@ -3,36 +3,69 @@
 Layout: the model's ``state_dict`` as safetensors tensors, and under the
 metadata key ``napari_cvdm`` one JSON object (:class:`ModelInfo`) holding the
 format version, task, architecture, normalisation, physical pixel sizes,
-upsampling factor, sampler defaults and a training summary. Loading checks
-every part and raises :class:`ModelFileError` with one readable sentence for a
-missing, corrupt, truncated, foreign or newer-version file.
+upsampling factor, sampler defaults and a training summary. safetensors reads
+the header (and refuses empty, truncated and foreign files); pydantic checks
+every metadata value against :class:`ModelInfo`'s annotated types and bounds.
+Any problem is a :class:`ModelFileError` with one readable sentence.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Iterator, Literal
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
+from typing_extensions import TypedDict
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
 from .model.samplers import DEFAULT_SAMPLER
 
-FORMAT_VERSION = 1
+#: 2 added the residual formulation (ModelConfig.base, ...) and ModelInfo.base/calibration; 1 still loads.
+FORMAT_VERSION = 2
 METADATA_KEY = "napari_cvdm"
 MODEL_SUFFIX = ".safetensors"
 TASKS = ("sr", "qpi", "generic")
-#: A safetensors header larger than this is not one of ours (and not worth parsing).
-MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: Bounds on metadata values: beyond them a file is damaged or hostile, not a model.
+MAX_UPSAMPLING = 8
+MAX_SAMPLER_STEPS = 10_000
+MAX_SAMPLES = 1_000
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
+def _model_config(value):
+    """ModelConfig checks its own values (from_dict); pydantic then checks their types."""
+    if not isinstance(value, dict):
+        return value  # pydantic reports the wrong type
+    try:
+        config = ModelConfig.from_dict(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(str(exc)) from None
+    return TypeAdapter(ModelConfig).validate_json(json.dumps(config.to_dict()), strict=True)
+
+
+@with_config(ConfigDict(extra="allow"))
+class SamplerDefaults(TypedDict, total=False):
+    """A model's default sampling settings; each is optional (reconstruction fills in the rest)."""
+
+    name: str
+    steps: Annotated[int, Field(ge=1, le=MAX_SAMPLER_STEPS)]
+    n_samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+    eta: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    clip: PositiveFinite | None
+    grid: str
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass
 class ModelInfo:
     """Everything besides the weights that is needed to use a model correctly.
@@ -44,20 +77,24 @@ class ModelInfo:
     by ``upsampling_factor``. ``target_unit``: unit of the denormalised output
     (``rad`` for phase). ``sampler``: default sampler, steps and sample count.
     ``training``: free-form summary (data, steps, device, wall time, metrics).
-    ``base``: the physics base of a residual QPI model (:class:`~napari_cvdm.base_estimate.TIEBase`).
+    ``base``: the physics base of a residual QPI model (:class:`~napari_cvdm.base_estimate.TIEBase`);
+    ``calibration``: the uncertainty calibration (both empty when unused).
+    The annotations are the file format's schema: :func:`read_model_info` enforces them.
     """
 
-    task: str
-    config: ModelConfig
+    task: Literal[TASKS]
+    config: Annotated[ModelConfig, BeforeValidator(_model_config)]
     input_normalization: dict = field(default_factory=dict)
     target_normalization: dict = field(default_factory=dict)
-    input_pixel_size_um: float | None = None
-    upsampling_factor: int = 1
+    input_pixel_size_um: PositiveFinite | None = None
+    upsampling_factor: Annotated[int, Field(ge=1, le=MAX_UPSAMPLING)] = 1
     target_unit: str = "a.u."
-    sampler: dict = field(default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": 20, "n_samples": 8})
+    sampler: SamplerDefaults = field(
+        default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": 20, "n_samples": 8})
     training: dict = field(default_factory=dict)
     description: str = ""
     base: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -72,9 +109,12 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelInfo:
+        """Validate ``data`` (a ``to_dict()`` result) against the schema; ValueError names the field."""
         fields = {k: v for k, v in data.items() if k != "format_version"}
-        fields["config"] = ModelConfig.from_dict(fields["config"])
-        return cls(**fields)
+        try:
+            return _SCHEMA.validate_json(json.dumps(fields), strict=True)
+        except ValidationError as exc:
+            raise ValueError(_first_problem(exc)) from None
 
     @property
     def output_pixel_size_um(self) -> float | None:
@@ -83,18 +123,45 @@ class ModelInfo:
         return self.input_pixel_size_um / self.upsampling_factor
 
 
+_SCHEMA = TypeAdapter(ModelInfo)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """The first validation error as 'field.sub: problem (got value)'."""
+    errors = exc.errors(include_url=False)
+    first, kind = errors[0], errors[0]["type"]
+    where = ".".join(str(part) for part in first["loc"]) or "metadata"
+    if kind == "missing":
+        problem = f"{where} is missing"
+    elif kind == "unexpected_keyword_argument":
+        problem = f"{where} is not a field of this model format"
+    elif kind == "value_error":  # raised by our own checks: their message is already a sentence part
+        problem = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+    else:
+        problem = f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]} (got {_short(first.get('input'))})"
+    return problem + (f"; and {len(errors) - 1} more problem(s)" if len(errors) > 1 else "")
+
+
 def save_model(path: str | os.PathLike, model: CVDM, info: ModelInfo,
                dtype: torch.dtype = torch.float32) -> Path:
     """Write ``model`` and ``info`` to ``path`` atomically (temporary file, then rename).
 
     ``dtype=torch.float16`` halves the file; weights are cast back to float32 on load.
+    ValueError, before anything is written, if ``info`` would not be readable again.
     """
     if info.config != model.config:
         raise ValueError("ModelInfo.config does not match the model's config")
+    metadata = info.to_dict()
+    ModelInfo.from_dict(metadata)  # never write a file that read_model_info refuses
     path = Path(path)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
-    payload = save_safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(info.to_dict())})
+    payload = save_safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(metadata)})
     write_atomically(path, payload)
     return path
 
@@ -124,28 +191,24 @@ def _current_umask() -> int:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """Read and validate only the metadata (fast: used for model pickers and cards)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"Model file not found: {path}")
-    try:  # the header alone: pickers list large models without reading their weights
-        with path.open("rb") as handle:
-            start = handle.read(8)
-            size = struct.unpack("<Q", start)[0] if len(start) == 8 else 0
-            head = start + handle.read(min(size, MAX_HEADER_BYTES + 1))
-            file_size = path.stat().st_size
-    except OSError as exc:
-        raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
-    return _parse_info(path, _read_header(path, head, file_size))
+    with _opened(path) as handle:
+        return _parse_info(path, handle.metadata())
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[CVDM, ModelInfo]:
-    """Load a model file; returns the model in eval mode (float32) on ``device`` and its info."""
+    """Load a model file; returns the model in eval mode (float32) on ``device`` and its info.
+
+    The metadata is validated before any weight is read; metadata and weights come
+    from one memory-mapped handle (what ``safetensors.torch.load_file`` does), so
+    both belong to the same version of a file that is being replaced.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    info = _parse_info(path, _read_header(path, data))
-    try:
-        tensors = load_safetensors_bytes(data)
-    except Exception as exc:  # safetensors raises its own error types for damaged data
-        raise ModelFileError(f"{path.name} is damaged: its weights cannot be read ({exc}).") from None
+    with _opened(path) as handle:
+        info = _parse_info(path, handle.metadata())
+        try:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, RuntimeError, ValueError) as exc:
+            raise ModelFileError(f"{path.name} is damaged: its weights cannot be read ({exc}).") from None
     model = CVDM(info.config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -159,52 +222,49 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     return model.to(device).eval(), info
 
 
-def _read_bytes(path: Path) -> bytes:
+@contextmanager
+def _opened(path: Path) -> Iterator:
+    """A safetensors handle on ``path``: its header is parsed and checked, no weight is read."""
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}")
     try:
-        return path.read_bytes()
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as exc:
+        raise ModelFileError(_header_problem(path, str(exc))) from None
     except OSError as exc:
-        raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
+        raise ModelFileError(f"Cannot read model file {path}: {exc.strerror or exc}.") from None
+    with handle:
+        yield handle
 
 
-def _read_header(path: Path, data: bytes, file_size: int | None = None) -> dict:
-    """Parse the safetensors header without trusting any of it.
-
-    ``data`` is the whole file, or its start when ``file_size`` gives the full length.
-    """
+def _header_problem(path: Path, message: str) -> str:
+    """One sentence for safetensors' refusal of a header."""
     not_ours = f"{path.name} is not a napari-cvdm model file"
-    file_size = len(data) if file_size is None else file_size
-    if len(data) < 8:
-        raise ModelFileError(f"{not_ours} (it is empty or truncated).")
-    (header_size,) = struct.unpack("<Q", data[:8])
-    if header_size > MAX_HEADER_BYTES or header_size > min(len(data), file_size) - 8:
-        raise ModelFileError(f"{not_ours} (not a safetensors file, or truncated).")
-    try:
-        header = json.loads(data[8:8 + header_size])
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFileError(f"{not_ours} (its header is not valid safetensors JSON).") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{not_ours} (its header is not valid safetensors JSON).")
-    data_size = file_size - 8 - header_size
-    ends = [entry["data_offsets"][1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
-    if ends and max(ends) > data_size:
-        raise ModelFileError(f"{path.name} is truncated: it ends before its weights do.")
-    return header
+    detail = message.removeprefix("Error while deserializing header: ")
+    if "header too small" in detail:
+        return f"{not_ours} (it is empty or truncated)."
+    if "header too large" in detail or "invalid header length" in detail:
+        return f"{not_ours} (not a safetensors file, or truncated)."
+    if "incomplete metadata" in detail:
+        return f"{path.name} is truncated or damaged: its length does not match its header."
+    return f"{not_ours} (its safetensors header is invalid: {detail})."
 
 
-def _parse_info(path: Path, header: dict) -> ModelInfo:
-    metadata = header.get("__metadata__") or {}
-    if METADATA_KEY not in metadata:
+def _parse_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
+    if not metadata or METADATA_KEY not in metadata:
         raise ModelFileError(
             f"{path.name} is a safetensors file but not a napari-cvdm model (no '{METADATA_KEY}' metadata)."
         )
     try:
         raw = json.loads(metadata[METADATA_KEY])
-        version = int(raw["format_version"])
-    except (ValueError, KeyError, TypeError):
-        raise ModelFileError(f"{path.name} has unreadable napari-cvdm metadata.") from None
+    except (ValueError, RecursionError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{path.name} has unreadable napari-cvdm metadata (not a JSON object).")
+    version = raw.get("format_version")
+    if type(version) is not int or version < 1:  # bool is an int subclass: refused too
+        raise ModelFileError(f"{path.name} has invalid napari-cvdm metadata: format_version must be "
+                             f"a positive integer (got {_short(version)}).")
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path.name} was written by a newer napari-cvdm (model format {version}, this version "
@@ -212,5 +272,5 @@ def _parse_info(path: Path, header: dict) -> ModelInfo:
         )
     try:
         return ModelInfo.from_dict(raw)
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise ModelFileError(f"{path.name} has invalid napari-cvdm metadata: {exc}.") from None

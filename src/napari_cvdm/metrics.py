@@ -53,10 +53,14 @@ def _range(reference: np.ndarray, data_range: float | None) -> float:
 
 
 def psnr(prediction, reference, data_range: float | None = None) -> float:
-    """Peak signal-to-noise ratio in dB, ``10·log10(data_range² / MSE)``."""
+    """Peak signal-to-noise ratio in dB, ``10·log10(data_range² / MSE)`` (scikit-image's)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
     prediction, reference = _pair(prediction, reference)
-    mse = float(np.mean((prediction - reference) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(_range(reference, data_range) ** 2 / mse)
+    data_range = _range(reference, data_range)
+    if np.array_equal(prediction, reference):
+        return float("inf")  # scikit-image gets there too, through a division-by-zero warning
+    return float(peak_signal_noise_ratio(reference, prediction, data_range=data_range))
 
 
 def _gaussian_window(size: int, sigma: float) -> np.ndarray:
@@ -97,15 +101,18 @@ def _window_for(shape, win_size: int) -> int:
 def ssim(prediction, reference, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5) -> float:
     """Structural similarity (Wang et al. 2004): Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03.
 
-    Local statistics use population (1/N) weighting and the map is averaged over the
-    positions where the window fits in the image. This equals
     ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=...)``. Images smaller than the window use
-    the largest odd window that fits.
+    use_sample_covariance=False, data_range=...)``: population (1/N) local statistics,
+    the map averaged over the positions where the window fits in the image. Images
+    smaller than the window use the largest odd window that fits.
     """
+    from skimage.metrics import structural_similarity
+
     prediction, reference = _pair(prediction, reference)
-    size = _window_for(prediction.shape, win_size)
-    return _ssim_and_cs(prediction, reference, _range(reference, data_range), size, sigma)[0]
+    return float(structural_similarity(
+        reference, prediction, data_range=_range(reference, data_range),
+        win_size=_window_for(prediction.shape, win_size), gaussian_weights=True, sigma=sigma,
+        use_sample_covariance=False))
 
 
 def _downsample2(image: np.ndarray) -> np.ndarray:

@@ -225,3 +225,24 @@ def test_sampling_choices_survive_a_registry_update(viewer, sr_model_path, qpi_m
     assert widget.steps_spin.value() == 37
     widget.select_model(qpi_model_path)  # another model: its defaults
     assert widget.steps_spin.value() == 2
+
+
+def test_the_one_model_that_fits_the_input_layer_is_preselected(viewer, sr_model_path, qpi_model_path):
+    from napari_cvdm._widgets._registry import ModelRegistry
+
+    registry = ModelRegistry(shipped_dirs=[])
+    for path in (sr_model_path, qpi_model_path):
+        registry.add(path, "opened")
+    empty = ReconstructWidget(viewer, registry=registry)
+    assert empty.selected_entry() is None  # no layer: two models, no guess
+
+    viewer.open_sample("napari-cvdm", "cell_defocus_stack")  # a (2, H, W) defocus stack: only the QPI model fits
+    assert empty.selected_entry().path == qpi_model_path.resolve()
+    assert ReconstructWidget(viewer, registry=registry).selected_entry().path == qpi_model_path.resolve()
+
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="widefield")  # 2-D: only the SR model fits
+    assert ReconstructWidget(viewer, registry=registry).selected_entry().path == sr_model_path.resolve()
+    empty.model_combo.setCurrentIndex(0)
+    viewer.add_image(np.zeros((2, 32, 32), np.float32), name="either")  # both fit (a 2-plane image or a stack)
+    assert empty.selected_entry() is None

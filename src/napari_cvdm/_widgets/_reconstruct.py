@@ -22,9 +22,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -44,7 +42,8 @@ from ._layers import (
     robust_limits,
 )
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
-from ._workers import BackgroundTask, ConnectionSet, Outcome
+from ._run_panel import RunPanel, spin_box
+from ._workers import ConnectionSet, Outcome
 
 CURRENT_PLANE = "current plane"
 ALL_PLANES = "all planes"
@@ -69,6 +68,19 @@ def fits_model(layer, channels: int) -> bool:
     if channels == 1:
         return True
     return layer.ndim >= 3 and layer.data.shape[-3] == channels
+
+
+def fits_model_info(layer, info: ModelInfo) -> bool:
+    """Whether a layer can be the whole input of the model ``info`` describes (a defocus stack only of QPI)."""
+    channels = input_channels(info)
+    if channels == 1 and "defocus_um" in getattr(layer, "metadata", {}):
+        return False
+    return fits_model(layer, channels)
+
+
+def is_output_layer(layer) -> bool:
+    """A layer this widget made (mean, variance, γ map, samples): never an input."""
+    return layer.name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX))
 
 
 @dataclass
@@ -118,7 +130,6 @@ class ReconstructWidget(QWidget):
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else MODEL_REGISTRY
         self.models = ModelCache()
-        self.task: BackgroundTask | None = None
         self._job: ReconstructionJob | None = None
         self._defaults_from: Path | None = None
 
@@ -133,6 +144,7 @@ class ReconstructWidget(QWidget):
         self.connections.connect(self.registry.changed, self._refresh_models)
         for event in ("inserted", "removed", "reordered"):
             self.connections.connect(getattr(self.viewer.layers.events, event), self._on_layers_changed)
+        self.connections.connect(self.viewer.layers.selection.events.active, self._preselect_model)
         for layer in self.viewer.layers:
             self._watch_layer(layer)
         self._refresh_models()
@@ -186,19 +198,19 @@ class ReconstructWidget(QWidget):
         group = QGroupBox("Sampling")
         form = QFormLayout(group)
         defaults = engine.ReconstructionSettings()
-        self.samples_spin = _spin(1, 512, defaults.n_samples,
+        self.samples_spin = spin_box(1, 512, defaults.n_samples,
                                   "Number of samples N: the mean and variance are over these")
         self.sampler_combo = QComboBox()
         self.sampler_combo.addItems(list(SAMPLERS))
         self.sampler_combo.setToolTip("dpm_solver_2m_sde: fast and stochastic (10–25 steps, the best "
                                       "measured); dpm_solver_2m, ddim: deterministic; "
                                       "ancestral: the paper's sampler (~200 steps)")
-        self.steps_spin = _spin(1, 5000, 20, "Denoising steps per sample")
-        self.tile_spin = _spin(32, 8192, defaults.tile_size, "Tile size in output pixels; smaller uses less memory")
+        self.steps_spin = spin_box(1, 5000, 20, "Denoising steps per sample")
+        self.tile_spin = spin_box(32, 8192, defaults.tile_size, "Tile size in output pixels; smaller uses less memory")
         self.tile_spin.setSingleStep(32)
         self.device_combo = QComboBox()
         self.device_combo.addItems(engine.available_devices())
-        self.seed_spin = _spin(0, 2**31 - 1, defaults.seed, "Random seed: the same seed gives the same samples")
+        self.seed_spin = spin_box(0, 2**31 - 1, defaults.seed, "Random seed: the same seed gives the same samples")
         self.keep_samples_check = QCheckBox("add the N samples as a layer")
         form.addRow("Samples N", self.samples_spin)
         form.addRow("Sampler", self.sampler_combo)
@@ -210,21 +222,17 @@ class ReconstructWidget(QWidget):
         return group
 
     def _build_run_row(self) -> QVBoxLayout:
-        column = QVBoxLayout()
-        row = QHBoxLayout()
         self.run_button = QPushButton("Reconstruct")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.run_panel = RunPanel(self, [self.run_button], self.cancel_button, stopping="Stopping…",
+                                  busy="A reconstruction is already running; wait for it or press Cancel.")
+        self.progress_bar, self.status_label = self.run_panel.progress_bar, self.run_panel.status_label
+        row = QHBoxLayout()
         row.addWidget(self.run_button, 1)
         row.addWidget(self.cancel_button)
+        column = QVBoxLayout()
         column.addLayout(row)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
         column.addWidget(self.progress_bar)
         column.addWidget(self.status_label)
         return column
@@ -240,11 +248,35 @@ class ReconstructWidget(QWidget):
             self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path),
                                          Qt.ItemDataRole.ToolTipRole)
         index = self.model_combo.findData(str(current.path)) if current is not None else -1
+        if index < 0:
+            index = self.model_combo.findData(self._model_for_layer())
         if index < 0 and self.model_combo.count() == 2:
             index = 1  # a single model: choose it
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
         self._on_model_changed()
+
+    def _model_for_layer(self) -> str | None:
+        """The path of the only model that fits the selected (else the only) visible input layer, if any.
+
+        Hidden layers are left out: a sample's ground truth (e.g. the cell's phase) is not an input.
+        """
+        images = [layer for layer in self.viewer.layers
+                  if layer.visible and is_candidate_image(layer) and not is_output_layer(layer)]
+        active = self.viewer.layers.selection.active
+        layer = active if active in images else images[0] if len(images) == 1 else None
+        if layer is None:
+            return None
+        fitting = [entry for entry in self.registry.entries()
+                   if entry.info is not None and fits_model_info(layer, entry.info)]
+        return str(fitting[0].path) if len(fitting) == 1 else None
+
+    def _preselect_model(self, *_) -> None:
+        """While no model is chosen, choose the one that fits the input layer (if only one does)."""
+        if self.selected_entry() is None:
+            index = self.model_combo.findData(self._model_for_layer())
+            if index > 0:
+                self.model_combo.setCurrentIndex(index)  # _on_model_changed refreshes the layers
 
     def selected_entry(self) -> ModelEntry | None:
         path = self.model_combo.currentData() if hasattr(self, "model_combo") else None
@@ -312,9 +344,7 @@ class ReconstructWidget(QWidget):
         for widget in (self.minus_label, self.minus_combo, self.plus_label, self.plus_combo):
             widget.setVisible(two_layer_mode)
         self.input_label.setText("Image" if channels == 1 else "Defocus stack")
-        output_names = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
-        images = [layer for layer in self.viewer.layers
-                  if is_candidate_image(layer) and not layer.name.endswith(output_names)]
+        images = [layer for layer in self.viewer.layers if is_candidate_image(layer) and not is_output_layer(layer)]
         _fill(self.input_combo, [layer for layer in images if fits_model(layer, channels)])
         _fill(self.minus_combo, images)
         _fill(self.plus_combo, images, prefer_index=1)
@@ -402,8 +432,7 @@ class ReconstructWidget(QWidget):
 
     def start(self) -> bool:
         """Check the choices and start a reconstruction; returns whether it started."""
-        if self.task is not None and self.task.running:
-            notifications.show_warning("A reconstruction is already running; wait for it or press Cancel.")
+        if self.run_panel.refuse_if_running():
             return False
         entry = self.selected_entry()
         if entry is None:
@@ -428,58 +457,41 @@ class ReconstructWidget(QWidget):
             model = models.get(path, settings.device)
             return engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
 
-        self.task = BackgroundTask(compute, f"CVDM: reconstructing {job.input_name}",
-                                   on_done=self._finish, on_progress=self._show_progress)
-        self.destroyed.connect(self.task.abandon)  # closing the viewer stops the work
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress_bar.setRange(0, 0)
-        self.status_label.setText(f"Loading {path.name}…")
-        self.task.start()
+        self.run_panel.launch(compute, f"CVDM: reconstructing {job.input_name}", f"Loading {path.name}…",
+                              on_done=self._finish, on_progress=self._show_progress)
         return True
 
     def cancel(self) -> None:
         """Stop the running reconstruction at its next denoising step."""
-        if self.task is not None and self.task.running:
-            self.task.stop()
-            self.cancel_button.setEnabled(False)
-            self.status_label.setText("Stopping…")
+        self.run_panel.stop()
 
     @property
     def running(self) -> bool:
-        return self.task is not None and self.task.running
+        return self.run_panel.running
+
+    @property
+    def task(self):
+        """The current (or last) background reconstruction, if any."""
+        return self.run_panel.task
 
     def _show_progress(self, done: int, total: int) -> None:
-        if self.task is not None and self.task.stop_requested:
-            return
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(done)
-        self.status_label.setText(f"Denoising step {done} of {total}")
+        self.run_panel.show_progress(done, total, f"Denoising step {done} of {total}")
 
     def _finish(self, outcome: Outcome) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
         job, self._job = self._job, None
         if isinstance(outcome.error, Cancelled):
             self.status_label.setText("Cancelled.")
             notifications.show_info("Reconstruction cancelled.")
             return
         if outcome.error is not None:
-            message = describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size)
-            self.status_label.setText(message)
-            notifications.show_error(message)
+            self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
         try:
             layers = self.show_result(outcome.value, job)
         except Exception as exc:  # a display problem must not escape into the event loop
-            message = describe_failure(exc, "Showing the reconstruction")
-            notifications.show_error(message)
-            self.status_label.setText(message)
+            self.run_panel.failed(describe_failure(exc, "Showing the reconstruction"))
             return
-        self.progress_bar.setValue(1)
-        self.status_label.setText(f"Done: {', '.join(layer.name for layer in layers)}.")
+        self.run_panel.succeeded(f"Done: {', '.join(layer.name for layer in layers)}.")
 
     # ------------------------------------------------------------------ output
     def show_result(self, result: engine.Reconstruction, job: ReconstructionJob) -> list:
@@ -516,14 +528,6 @@ class ReconstructWidget(QWidget):
                 metadata={"cvdm": {**metadata, "role": "individual samples (axis 0)"}},
             ))
         return layers
-
-
-def _spin(minimum: int, maximum: int, value: int, tooltip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(minimum, maximum)
-    spin.setValue(value)
-    spin.setToolTip(tooltip)
-    return spin
 
 
 def _fill(combo: QComboBox, layers: list, prefer_index: int = 0) -> None:

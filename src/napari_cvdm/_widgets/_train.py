@@ -23,9 +23,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +37,8 @@ from ._layers import GAMMA_SUFFIX, MEAN_SUFFIX, SAMPLES_SUFFIX, VARIANCE_SUFFIX
 from ._loss_plot import LossPlot
 from ._reconstruct import is_candidate_image, layer_pixel_size_um
 from ._registry import MODEL_REGISTRY, ModelRegistry
-from ._workers import BackgroundTask, ConnectionSet, Outcome
+from ._run_panel import RunPanel, spin_box
+from ._workers import ConnectionSet, Outcome
 
 LAYERS_SOURCE = "image layers"
 FOLDERS_SOURCE = "TIFF folders"
@@ -71,7 +70,6 @@ class TrainWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else MODEL_REGISTRY
-        self.task: BackgroundTask | None = None
         self.last_result = None
 
         layout = QVBoxLayout(self)
@@ -79,11 +77,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self._build_model_group())
         layout.addWidget(self._build_training_group())
         layout.addLayout(self._build_buttons())
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        self.progress_bar, self.status_label = self.run_panel.progress_bar, self.run_panel.status_label
         self.loss_plot = LossPlot()
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
@@ -160,10 +154,10 @@ class TrainWidget(QWidget):
         group = QGroupBox("Training")
         form = QFormLayout(group)
         defaults = _config_defaults()
-        self.patch_spin = _spin(16, 1024, defaults.get("patch_size", 64), "Patch size on the target grid (pixels)")
+        self.patch_spin = spin_box(16, 1024, defaults.get("patch_size", 64), "Patch size on the target grid (pixels)")
         self.patch_spin.setSingleStep(16)
-        self.batch_spin = _spin(1, 512, defaults.get("batch_size", 8), "Patches per training step")
-        self.steps_spin = _spin(1, 10_000_000, defaults.get("steps", 1000), "Training steps in total")
+        self.batch_spin = spin_box(1, 512, defaults.get("batch_size", 8), "Patches per training step")
+        self.steps_spin = spin_box(1, 10_000_000, defaults.get("steps", 1000), "Training steps in total")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(1e-6, 1.0)
@@ -175,7 +169,7 @@ class TrainWidget(QWidget):
         self.validation_spin.setSingleStep(0.05)
         self.validation_spin.setValue(defaults.get("validation_fraction", 0.1))
         self.validation_spin.setToolTip("Fraction of the images held out for validation (whole images)")
-        self.validate_every_spin = _spin(1, 1_000_000, defaults.get("validate_every", 100),
+        self.validate_every_spin = spin_box(1, 1_000_000, defaults.get("validate_every", 100),
                                          "Validate (and draw a validation point) every this many steps")
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
@@ -196,14 +190,15 @@ class TrainWidget(QWidget):
         self.start_button.clicked.connect(lambda: self.start(resume=False))
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current step and save the model")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Continue training the model at 'Save to' where it stopped")
         self.resume_button.setEnabled(False)
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         for button in (self.start_button, self.stop_button, self.resume_button):
             row.addWidget(button)
+        self.run_panel = RunPanel(self, [self.start_button], self.stop_button, on_buttons=self._update_resume,
+                                  busy="Training is already running; press Stop first.",
+                                  stopping="Stopping after this step…")
         return row
 
     # ------------------------------------------------------------------ choices
@@ -379,8 +374,7 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ run
     def start(self, resume: bool = False) -> bool:
         """Start (or resume) training in the background; returns whether it started."""
-        if self.task is not None and self.task.running:
-            notifications.show_warning("Training is already running; press Stop first.")
+        if self.run_panel.refuse_if_running():
             return False
         try:
             pairs = self.gather_pairs()
@@ -405,33 +399,31 @@ class TrainWidget(QWidget):
 
             return trainer.train(config, pairs=pairs, progress=on_progress, should_stop=should_stop, resume=resume)
 
-        self.task = BackgroundTask(run, f"CVDM: training {Path(config.output).name}", on_done=self._finish,
-                                   on_report=self._show_progress, with_report=True)
-        self.destroyed.connect(self.task.abandon)  # closing the viewer stops (and saves) the training
-        self.progress_bar.setRange(0, 0)
-        self.status_label.setText("Preparing data…" if not resume else "Resuming…")
-        self.task.start()
-        self._update_buttons()
+        self.run_panel.launch(run, f"CVDM: training {Path(config.output).name}",
+                              "Resuming…" if resume else "Preparing data…",
+                              on_done=self._finish, on_report=self._show_progress)
         return True
 
     def stop(self) -> None:
         """Ask training to stop after the current step; the model is saved and can be resumed."""
-        if self.task is not None and self.task.running:
-            self.task.stop()
-            self.stop_button.setEnabled(False)
-            self.status_label.setText("Stopping after this step…")
+        self.run_panel.stop()
 
     @property
     def running(self) -> bool:
-        return self.task is not None and self.task.running
+        return self.run_panel.running
+
+    @property
+    def task(self):
+        """The current (or last) background training, if any."""
+        return self.run_panel.task
 
     def _update_buttons(self, *_) -> None:
-        running = self.running
-        self.start_button.setEnabled(not running)
-        self.stop_button.setEnabled(running)
+        self.run_panel.update_buttons()
+
+    def _update_resume(self) -> None:
         run_dir = self.run_dir()
         resumable = run_dir is not None and (run_dir / trainer.STATE_FILE).is_file()
-        self.resume_button.setEnabled(not running and resumable)
+        self.resume_button.setEnabled(not self.running and resumable)
 
     def _load_history(self, log_path: Path) -> None:
         """Draw the curve of the run being resumed from its ``log.csv``."""
@@ -457,35 +449,26 @@ class TrainWidget(QWidget):
         validation_loss = validation.get("loss")
         if validation_loss is not None:
             self.loss_plot.add_validation(state.step, float(validation_loss))
-        self.progress_bar.setRange(0, max(int(state.total_steps), 1))
-        self.progress_bar.setValue(int(state.step))
         text = f"Step {state.step} of {state.total_steps}"
         if train_loss is not None:
             text += f" · loss {float(train_loss):.4g}"
         if validation_loss is not None:
             text += f" · validation {float(validation_loss):.4g}"
         text += f" · {format_duration(state.elapsed_s)} elapsed · ETA {format_duration(state.eta_s)}"
-        self.status_label.setText(text)
+        self.run_panel.show_progress(state.step, state.total_steps, text)
 
     def _finish(self, outcome: Outcome) -> None:
-        self.progress_bar.setRange(0, 1)
         if outcome.error is not None:
-            self.progress_bar.setValue(0)
-            message = describe_failure(outcome.error, "Training")
-            self.status_label.setText(message)
-            notifications.show_error(message)
-            self._update_buttons()
+            self.run_panel.failed(describe_failure(outcome.error, "Training"))
             return
         result = self.last_result = outcome.value
         path = Path(result.model_path)
         self.registry.add(path, "trained")
-        self.progress_bar.setValue(1)
-        self._update_buttons()
         if result.stopped:
             message = f"Training stopped at step {result.steps_done}; the model is saved to {path} (Resume continues)."
         else:
             message = f"Training finished after {result.steps_done} steps; the model is saved to {path}."
-        self.status_label.setText(message)
+        self.run_panel.succeeded(message)
         notifications.show_info(message)
 
 
@@ -518,14 +501,6 @@ def _run_init_model(run_dir: Path) -> str | None:
         return json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("init_model")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _spin(minimum: int, maximum: int, value: int, tooltip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(minimum, maximum)
-    spin.setValue(int(value))
-    spin.setToolTip(tooltip)
-    return spin
 
 
 def _folder_row(parent: QWidget, tooltip: str) -> tuple[QLineEdit, QWidget]:
