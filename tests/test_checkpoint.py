@@ -177,7 +177,7 @@ HOSTILE_METADATA = {
     "sampler n_samples zero": (_with("sampler.n_samples", 0), "sampler.n_samples"),
     "sampler eta nan": (_with("sampler.eta", float("nan")), "sampler.eta"),
     "sampler clip negative": (_with("sampler.clip", -1.0), "sampler.clip"),
-    "x_channels fractional": (_with("config.x_channels", 1.5), "config.x_channels"),
+    "x_channels fractional": (_with("config.x_channels", 1.5), "x_channels"),
     "x_channels zero": (_with("config.x_channels", 0), "x_channels"),
     "config unknown preset": (_with("config.preset", "huge"), "preset"),
     "config unknown field": (_with("config.bogus", 1), "bogus"),
