@@ -404,3 +404,54 @@ def coverage(prediction, reference, std, z: float = 1.96) -> float:
     """Fraction of pixels with ``|reference − prediction| ≤ z·std`` (0.95 expected for z = 1.96 if Gaussian and calibrated)."""
     prediction, reference, std = _flat(prediction, reference, std)
     return float(np.mean(np.abs(reference - prediction) <= z * std))
+
+
+def fourier_ring_correlation(image, reference) -> tuple[np.ndarray, np.ndarray]:
+    """FRC of two images ``(H, W)`` in rings one frequency bin wide: ``(frequency in cycles/pixel, frc)``.
+
+    Both images are apodised at their edges (Hann over 1/8 of the side) so that the
+    edge jump of a non-periodic image does not add a cross of fake high frequencies.
+    """
+    a, b = (_apodize_edges(np.asarray(x, np.float64) - np.mean(x), max(1, min(np.shape(x)) // 8))
+            for x in (image, reference))
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    fy, fx = np.meshgrid(np.fft.fftfreq(a.shape[0]), np.fft.fftfreq(a.shape[1]), indexing="ij")
+    ring = np.round(np.hypot(fy, fx) * min(a.shape)).astype(int)
+    n_rings = min(a.shape) // 2
+    cross = np.bincount(ring.ravel(), (fa * np.conj(fb)).real.ravel(), minlength=n_rings + 1)[:n_rings]
+    power_a = np.bincount(ring.ravel(), (np.abs(fa) ** 2).ravel(), minlength=n_rings + 1)[:n_rings]
+    power_b = np.bincount(ring.ravel(), (np.abs(fb) ** 2).ravel(), minlength=n_rings + 1)[:n_rings]
+    frc = cross / np.sqrt(np.maximum(power_a * power_b, 1e-300))
+    return np.arange(n_rings) / min(a.shape), frc
+
+
+def frc_resolution(image, reference, pixel_size: float, threshold: float = 1 / 7) -> float:
+    """Resolution (unit of ``pixel_size``) where the FRC against ``reference`` first falls below
+    ``threshold`` (the usual 1/7): ``1 / f_c``. NaN if it never rises above it."""
+    frequency, frc = fourier_ring_correlation(image, reference)
+    below = np.nonzero(frc[1:] < threshold)[0]
+    if frc[1] < threshold:
+        return float("nan")
+    cut = frequency[below[0] + 1] if below.size else frequency[-1]
+    return float(pixel_size / cut)
+
+
+def octave_error_power(prediction, reference) -> list[float]:
+    """Mean error power per octave band of spatial frequency, from 1 cycle per image to Nyquist.
+
+    Band k holds frequencies in ``[2^k, 2^(k+1))`` cycles per image (the last band ends at
+    Nyquist); the error is taken with its mean removed. Returns one value per band.
+    """
+    error = np.asarray(prediction, np.float64) - np.asarray(reference, np.float64)
+    error = error - error.mean()
+    power = np.abs(np.fft.fft2(error)) ** 2 / error.size
+    fy, fx = np.meshgrid(np.fft.fftfreq(error.shape[0]) * error.shape[0],
+                         np.fft.fftfreq(error.shape[1]) * error.shape[1], indexing="ij")
+    radius = np.hypot(fy, fx)
+    bands, low = [], 1.0
+    nyquist = min(error.shape) / 2
+    while low < nyquist:
+        inside = (radius >= low) & (radius < min(2 * low, nyquist + 1e-9))
+        bands.append(float(power[inside].sum() / error.size))
+        low *= 2
+    return bands

@@ -646,6 +646,38 @@ def reconstruct(
     )
 
 
+def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",
+                     input_pixel_size_um: float | None = None, wavelength_um: float | None = None,
+                     dz_um: float | None = None) -> np.ndarray | None:
+    """The residual model's base estimate b(y) alone, on the output grid in the target unit.
+
+    Cheap (no sampling: one TIE solve or one predictor pass per plane), so it serves as a
+    preview and as the direct predictor's own result. Shaped like ``reconstruct(...).mean``;
+    None for a model of the paper's formulation, which has no base.
+    """
+    from .physics import upsample
+
+    if model.config.base == "none":
+        return None
+    validate_input(info, image)
+    optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
+    torch_device = resolve_device(device)
+    model = model.to(torch_device).eval()
+    factor, x_channels = int(info.upsampling_factor), int(info.config.x_channels)
+    input_normalizer = _normalizer(info.input_normalization)
+    planes, lead = _planes(info, np.asarray(image))
+    out = []
+    for raw in planes:
+        condition = upsample(raw.astype(np.float32), factor) if factor > 1 else raw.astype(np.float32)
+        scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
+        normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
+        base = _plane_condition(model, info, condition, normalised, torch_device, optics)[1]
+        out.append((scale * base + offset).astype(np.float32))
+    stacked = np.stack(out)
+    spatial = stacked.shape[-2:] if x_channels == 1 else stacked.shape[-3:]
+    return stacked.reshape(*lead, *spatial)
+
+
 @torch.no_grad()
 def _tile_statistics(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise_field: NoiseField,
                      ys: tuple[int, int], xs: tuple[int, int], n_samples: int, chunk: int, *,

@@ -1,0 +1,265 @@
+"""Models against the best classical methods on images unlike their training sources.
+
+"Unseen" (docs/data.md):
+
+- QPI: phase objects from the *test split by file* of a folder of photos
+  (``--source-images``; the 280 research photos of ../shared/data/natural-images). The
+  shipped and benchmarked models were trained on scikit-image's bundled photos and
+  procedural textures, so no test photo was ever seen by them. Full images of
+  ``--size`` px at each noise std of ``--noise`` (and ``--large-images`` of
+  ``--large-size`` px at ``--large-noise``); FFT-TIE and US-TIE get their Tikhonov
+  regulariser (and FFT-TIE its boundary) chosen per noise level on the *validation*
+  split's photos, never on the test photos.
+- SR: :data:`~napari_cvdm.data.simulate.SR_UNSEEN_TEST` (optics, photon counts, densities
+  and widths outside the training ranges, and two structure families never trained
+  on), kinds in turn. Richardson–Lucy (10 iterations, each image's true optics),
+  bicubic upsampling, and the residual model's own direct predictor (trained jointly,
+  inside the same budget: the regression baseline at equal budget).
+
+Every model runs through :func:`napari_cvdm.reconstruct.reconstruct` exactly as a user's
+``cvdm predict`` would (N samples, the model's default sampler, 256-px tiles).
+Scores: MS-SSIM, MAE and PSNR on the [0, 1] scale (QPI: offset removed, ÷ the true phase's range;
+SR: CARE-style affine fit to the target), error power per octave band (contribution to
+the MSE, mean over images), FRC resolution of the mean and of one sample against the
+target, coverage of ±1.96 std, Spearman(std, |error|) and Spearman(λ, variance) (λ is
+read from the γ map: γ(½) = exp(−λ τ̃(½)) is decreasing in λ).
+
+Usage::
+
+    python benchmarks/unseen.py --task qpi --source-images ../shared/data/natural-images \\
+        --model CVDM-residual=runs/qpi-residual.safetensors --model CVDM-paper=models/cvdm-qpi-small.safetensors
+    python benchmarks/unseen.py --task sr --model CVDM-residual=runs/sr-residual.safetensors
+
+Prints the device and Markdown tables; ``--save FILE`` writes the per-image rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from napari_cvdm import metrics  # noqa: E402
+from napari_cvdm.checkpoint import load_model  # noqa: E402
+from napari_cvdm.data.simulate import (  # noqa: E402
+    SR_UNSEEN_TEST, QPISimulationConfig, simulate_qpi, simulate_sr, split_source_files,
+)
+from napari_cvdm.physics import upsample  # noqa: E402
+from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
+from napari_cvdm.physics.tie import BOUNDARIES, fft_tie, us_tie  # noqa: E402
+from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+
+RL_ITERATIONS = 10
+REGULARISERS = np.logspace(-6, 0, 13)
+
+
+def _scores(estimate, target, pixel, *, sample=None, std=None, gamma=None) -> dict:
+    """One image's row; ``estimate``/``target``/``sample`` on the [0, 1] scale, ``std`` on it too."""
+    row = {
+        "ms_ssim": metrics.ms_ssim(estimate, target, data_range=1.0),
+        "mae": metrics.mae(estimate, target, data_range=1.0),
+        "psnr": metrics.psnr(estimate, target, data_range=1.0),
+        "bands": metrics.octave_error_power(estimate, target),
+        "frc": metrics.frc_resolution(estimate, target, pixel),
+    }
+    if sample is not None:
+        row["frc_sample"] = metrics.frc_resolution(sample, target, pixel)
+    if std is not None and np.ptp(std) > 0:
+        error = np.abs(estimate - target)
+        row["coverage95"] = float(np.mean(error <= 1.96 * std))
+        row["spearman_std_error"] = float(spearmanr(std.ravel(), error.ravel()).statistic)
+        row["mse_over_variance"] = float(np.mean(error**2) / np.mean(std**2))
+        if gamma is not None and np.ptp(gamma) > 0:
+            row["spearman_lambda_variance"] = float(-spearmanr(gamma.ravel(), (std**2).ravel()).statistic)
+    return row
+
+
+def _model_rows(models, image, target_unit, pixel, args, to_unit, **optics) -> dict:
+    """Rows of every model on one input; ``to_unit(estimate)`` maps a result onto the [0, 1] target scale."""
+    rows = {}
+    settings = ReconstructionSettings(n_samples=args.samples, device=args.device, seed=args.seed,
+                                      keep_samples=True)
+    for name, (model, info) in models.items():
+        out = reconstruct(model, info, image, settings, **optics)
+        mean, slope = to_unit(out.mean)
+        rows[name] = _scores(mean, target_unit, pixel, sample=to_unit(out.samples[0], slope)[0],
+                             std=np.sqrt(out.variance) * abs(slope), gamma=out.gamma_map)
+        base = reconstruct_base(model, info, image, device=args.device, **optics)
+        if base is not None:
+            rows[f"{name}: base alone"] = _scores(to_unit(base)[0], target_unit, pixel)
+    return rows
+
+
+# ----------------------------------------------------------------------------- QPI
+
+
+def _qpi_pair(rng, files, size, noise):
+    sample = simulate_qpi(rng, size, source_files=files, noise_std=noise, natural_fraction=1.0)
+    return sample.stack, sample.phase
+
+
+def _phase_to_unit(estimate, phase):
+    """The offset-aligned estimate on the true phase's [0, 1] scale, and that scale's factor."""
+    return metrics.to_unit_range(metrics.align_offset(estimate, phase), phase), 1.0 / float(np.ptp(phase))
+
+
+def tune_tie(args, files, noise, optics) -> dict:
+    """FFT-TIE (a, boundary) and US-TIE a with the lowest MAE on validation photos at this noise."""
+    rng = np.random.default_rng(np.random.SeedSequence([args.seed, 1, int(noise * 1e4)]))
+    pairs = [_qpi_pair(rng, files, args.size, noise) for _ in range(args.tune_images)]
+
+    def mae(solver):
+        return np.mean([np.abs(metrics.align_offset(solver(stack), phase) - phase).mean() for stack, phase in pairs])
+
+    fft = min(((mae(lambda s, a=a, b=b: fft_tie(s, *optics, a, b)), a, b)
+               for a in REGULARISERS for b in BOUNDARIES))
+    us = min(((mae(lambda s, a=a: us_tie(s, *optics, a)), a) for a in REGULARISERS[::2]))
+    return {"fft_tie": fft[1:], "us_tie": us[1]}
+
+
+def run_qpi(args, models) -> dict:
+    config = QPISimulationConfig()
+    optics = (config.dz_um, config.wavelength_um, config.pixel_um)
+    split = split_source_files(args.source_images)
+    print(f"QPI photos by file: {len(split['train'])} train / {len(split['validation'])} validation / "
+          f"{len(split['test'])} test (test photos only below; tuning on validation photos)")
+    results = {}
+    sets = [(noise, args.size, args.images) for noise in args.noise]
+    if args.large_images:
+        sets.append((args.large_noise, args.large_size, args.large_images))
+    for noise, size, count in sets:
+        start = time.perf_counter()
+        tuned = tune_tie(args, split["validation"], noise, optics)
+        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, int(noise * 1e4), size]))
+        rows: dict[str, list] = {}
+        for _ in range(count):
+            stack, phase = _qpi_pair(rng, split["test"], size, noise)
+            target = metrics.to_unit_range(phase)
+            classical = {"FFT-TIE": fft_tie(stack, *optics, *tuned["fft_tie"]),
+                         "US-TIE": us_tie(stack, *optics, tuned["us_tie"])}
+            image_rows = {name: _scores(_phase_to_unit(est, phase)[0], target, config.pixel_um)
+                          for name, est in classical.items()}
+
+            def to_unit(estimate, slope=None, phase=phase):
+                return _phase_to_unit(estimate, phase)
+
+            image_rows.update(_model_rows(models, stack, target, config.pixel_um, args, to_unit))
+            for name, row in image_rows.items():
+                rows.setdefault(name, []).append(row)
+        key = f"noise {noise:g}, {count} × {size}²"
+        results[key] = rows
+        print(f"\n### QPI {key} (tuned on validation: FFT-TIE a = {tuned['fft_tie'][0]:.2g} µm⁻⁴, "
+              f"{tuned['fft_tie'][1]}; US-TIE a = {tuned['us_tie']:.2g} µm⁻⁴; {time.perf_counter() - start:.0f} s)\n")
+        print_table(rows)
+    return results
+
+
+# ----------------------------------------------------------------------------- SR
+
+
+def run_sr(args, models) -> dict:
+    rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2]))
+    results = {}
+    for kind in SR_UNSEEN_TEST.kinds:
+        rows: dict[str, list] = {}
+        for _ in range(args.images):
+            sample = simulate_sr(rng, args.size, kind=kind, config=SR_UNSEEN_TEST)
+            target = metrics.to_unit_range(sample.target)
+            pixel = 1000 * sample.target_pixel_um
+
+            def to_unit(estimate, slope=None, target=target):
+                if slope is None:
+                    slope = np.polyfit(np.ravel(estimate), target.ravel(), 1)[0]
+                return metrics.scale_to_reference(estimate, target), slope
+
+            classical = {
+                "Richardson–Lucy": richardson_lucy_widefield(sample.widefield, sample.camera_pixel_um, sample.na,
+                                                             sample.wavelength_um, iterations=RL_ITERATIONS,
+                                                             offset=sample.offset_adu),
+                "bicubic": upsample(sample.widefield.astype(np.float32)[None], 2)[0],
+            }
+            image_rows = {name: _scores(to_unit(est)[0], target, pixel) for name, est in classical.items()}
+            image_rows.update(_model_rows(models, sample.widefield, target, pixel, args, to_unit,
+                                          input_pixel_size_um=sample.camera_pixel_um))
+            for name, row in image_rows.items():
+                rows.setdefault(name, []).append(row)
+        results[kind] = rows
+        print(f"\n### SR {kind} ({args.images} × {args.size}², SR_UNSEEN_TEST; FRC in nm)\n")
+        print_table(rows)
+    return results
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _mean(rows, key):
+    values = np.array([r[key] for r in rows if key in r and np.isfinite(r[key])], dtype=float)
+    return (float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0) \
+        if len(values) else (float("nan"), float("nan"))
+
+
+def print_table(rows: dict[str, list]) -> None:
+    keys = ("ms_ssim", "mae", "psnr", "frc", "frc_sample", "coverage95", "spearman_std_error",
+            "mse_over_variance", "spearman_lambda_variance")
+    print("| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for name, method_rows in rows.items():
+        cells = []
+        for key in keys:
+            mean, sem = _mean(method_rows, key)
+            cells.append("" if not np.isfinite(mean) else f"{mean:.4g} ± {sem:.2g}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    bands = {name: np.array([r["bands"] for r in method_rows]) for name, method_rows in rows.items()}
+    n = min(len(b[0]) for b in bands.values())
+    print("\nerror power per octave (cycles per image: 1–2, 2–4, …; ×1e-4, mean ± s.e. over images)\n")
+    print("| method | " + " | ".join(f"{2**k}–{2**(k+1)}" for k in range(n)) + " |\n|---|" + "---|" * n)
+    for name, b in bands.items():
+        sem = b[:, :n].std(0, ddof=1) / np.sqrt(len(b)) if len(b) > 1 else np.zeros(n)
+        print(f"| {name} | " + " | ".join(f"{1e4 * m:.3g} ± {1e4 * s:.2g}" for m, s in zip(b[:, :n].mean(0), sem))
+              + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("qpi", "sr"), required=True)
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--source-images", type=Path, help="QPI: folder of photos, split by file")
+    parser.add_argument("--images", type=int, default=8, help="per noise level (QPI) or structure (SR)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--large-images", type=int, default=2)
+    parser.add_argument("--large-size", type=int, default=512)
+    parser.add_argument("--large-noise", type=float, default=0.05)
+    parser.add_argument("--tune-images", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"device: {args.device} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+          f"{args.threads} CPU threads; N = {args.samples}, each model's default sampler")
+    models = {}
+    for entry in args.model:
+        name, _, path = entry.partition("=")
+        model, info = load_model(path)
+        print(f"{name}: {path} ({info.config.formulation} formulation, {info.training.get('steps')} steps)")
+        models[name] = (model, info)
+    if args.task == "qpi" and args.source_images is None:
+        parser.error("--source-images is needed for the unseen QPI set")
+    results = run_qpi(args, models) if args.task == "qpi" else run_sr(args, models)
+    if args.save:
+        args.save.write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
