@@ -131,3 +131,25 @@ def test_calibration_metrics_flag_a_miscalibrated_or_uninformative_model():
     assert metrics.ause(prediction, reference, shuffled) > 2 * metrics.ause(prediction, reference, std)
     # The oracle ordering (std = |error|) has zero sparsification error.
     assert metrics.ause(prediction, reference, np.abs(reference - prediction)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frc_resolution_tracks_the_blur_of_an_estimate():
+    from scipy.ndimage import gaussian_filter
+    from skimage.data import camera
+
+    from napari_cvdm.metrics import frc_resolution
+
+    image = camera()[:128, :128].astype(float) / 255
+    noise = np.random.default_rng(0).normal(0, 0.01, image.shape)
+    sharp, blurred = (frc_resolution(gaussian_filter(image, s) + noise, image, 1.0) for s in (0.7, 2.5))
+    assert 2.0 <= sharp < blurred  # pixels; a finer estimate resolves finer
+
+
+def test_octave_error_power_sums_to_the_mse_and_finds_the_band():
+    from napari_cvdm.metrics import octave_error_power
+
+    yy, xx = np.mgrid[:64, :64]
+    error = np.cos(2 * np.pi * 5 * xx / 64)  # 5 cycles per image: the 4–8 band
+    bands = octave_error_power(error, np.zeros_like(error))
+    assert np.argmax(bands) == 2
+    assert sum(bands) == pytest.approx(np.mean(error**2), rel=1e-9)

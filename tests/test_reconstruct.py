@@ -411,3 +411,65 @@ def test_pixel_size_mismatch_warns():
     with pytest.warns(UserWarning, match="pixel size"):
         reconstruct(model, info, _qpi_stack(16, 16), ReconstructionSettings(n_samples=1, steps=1, device="cpu"),
                     input_pixel_size_um=0.5)
+
+
+def _residual_qpi() -> tuple[CVDM, ModelInfo]:
+    from napari_cvdm.base_estimate import TIEBase
+
+    torch.manual_seed(3)
+    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
+                         schedule_downsample=4, padding="reflect")
+    model = CVDM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    info = _info("qpi", config)
+    info.base = TIEBase(strength=10.0, wavelength_um=0.521, dz_um=1.0, pixel_um=0.21, offset_rad=1.75).to_dict()
+    return model.eval(), info
+
+
+def _qpi_stack(size: int = 48) -> np.ndarray:
+    from napari_cvdm.data.simulate import phase_object_stack
+
+    yy, xx = np.mgrid[:size, :size] / size
+    phase = 1.5 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.4) ** 2) / 0.05)
+    return phase_object_stack(phase, 1.0, 0.521, 0.21).astype(np.float32)
+
+
+def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
+    from napari_cvdm.reconstruct import reconstruct_base
+
+    model, info = _residual_qpi()
+    # ε̂ = x_t / σ_t makes every x̂0 = 0: the residual samples are all zero
+    model.predict_noise = lambda x, c, gamma: x / (1 - gamma).clamp_min(1e-12).sqrt()
+    stack = _qpi_stack()
+    out = reconstruct(model, info, stack, ReconstructionSettings(n_samples=2, device="cpu"))
+    base = reconstruct_base(model, info, stack, device="cpu")
+    np.testing.assert_allclose(out.mean, base, atol=1e-5)
+    assert float(np.abs(out.variance).max()) < 1e-10
+    # the base is the TIE phase of the whole plane, in rad, with the model's mean phase
+    assert out.mean.mean() == pytest.approx(1.75, abs=1e-4) and out.metadata["formulation"] == "residual"
+
+
+def test_a_residual_model_gives_the_same_schedule_map_whatever_the_tiles():
+    model, info = _residual_qpi()
+    stack = _qpi_stack(72)
+    whole = reconstruct(model, info, stack, ReconstructionSettings(n_samples=1, steps=2, device="cpu",
+                                                                   tile_size=None))
+    tiled = reconstruct(model, info, stack, ReconstructionSettings(n_samples=1, steps=2, device="cpu",
+                                                                   tile_size=32, tile_overlap=16))
+    assert tiled.metadata["tiles"] != [1, 1]
+    # λ is computed once per plane, so only float rounding of the blend remains
+    np.testing.assert_allclose(tiled.gamma_map, whole.gamma_map, rtol=1e-5, atol=1e-6)
+
+
+def test_the_input_optics_reach_the_tie_base_with_a_warning_when_they_differ():
+    from napari_cvdm.reconstruct import reconstruct_base
+
+    model, info = _residual_qpi()
+    stack = _qpi_stack()
+    with pytest.warns(UserWarning, match="defocus"):
+        far = reconstruct_base(model, info, stack, device="cpu", dz_um=2.0)
+    near = reconstruct_base(model, info, stack, device="cpu")
+    # the same intensity change read as twice the defocus is half the phase curvature
+    assert np.ptp(far) == pytest.approx(0.5 * np.ptp(near), rel=0.02)

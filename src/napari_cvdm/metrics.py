@@ -427,20 +427,25 @@ def fourier_ring_correlation(image, reference) -> tuple[np.ndarray, np.ndarray]:
 
 def frc_resolution(image, reference, pixel_size: float, threshold: float = 1 / 7) -> float:
     """Resolution (unit of ``pixel_size``) where the FRC against ``reference`` first falls below
-    ``threshold`` (the usual 1/7): ``1 / f_c``. NaN if it never rises above it."""
+    ``threshold`` (the usual 1/7) after having been above it: ``pixel_size / f_c``, with ``f_c``
+    in cycles per pixel. The lowest rings (< 4 cycles per image) hold too few frequencies to
+    decide; NaN if the FRC is never above the threshold."""
     frequency, frc = fourier_ring_correlation(image, reference)
-    below = np.nonzero(frc[1:] < threshold)[0]
-    if frc[1] < threshold:
+    above = np.nonzero(frc[4:] >= threshold)[0]
+    if not above.size:
         return float("nan")
-    cut = frequency[below[0] + 1] if below.size else frequency[-1]
+    first = 4 + above[0]
+    below = np.nonzero(frc[first:] < threshold)[0]
+    cut = frequency[first + below[0]] if below.size else frequency[-1]
     return float(pixel_size / cut)
 
 
 def octave_error_power(prediction, reference) -> list[float]:
-    """Mean error power per octave band of spatial frequency, from 1 cycle per image to Nyquist.
+    """Error power per octave band of spatial frequency, from 1 cycle per image to Nyquist.
 
     Band k holds frequencies in ``[2^k, 2^(k+1))`` cycles per image (the last band ends at
-    Nyquist); the error is taken with its mean removed. Returns one value per band.
+    Nyquist); each value is that band's contribution to the mean squared error (the error's
+    mean removed), so the bands sum to the MSE less the DC term. One value per band.
     """
     error = np.asarray(prediction, np.float64) - np.asarray(reference, np.float64)
     error = error - error.mean()

@@ -85,3 +85,49 @@ def test_low_discrepancy_times_cover_the_unit_interval_evenly():
 def test_config_rejects_unknown_values(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+def _residual(base: str) -> CVDM:
+    torch.manual_seed(2)
+    config = ModelConfig(x_channels=1, y_channels=2 if base == "physics" else 1, preset="tiny", base=base,
+                         residual_scale=0.5, schedule_downsample=2, padding="reflect")
+    model = CVDM(config).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_a_physics_base_is_the_last_condition_channel_and_the_residual_is_scaled_by_s():
+    model = _residual("physics")
+    x0, y, t, noise = _batch()
+    base = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    condition, b = model.condition(torch.cat([y, base], 1))
+    assert torch.equal(b, base) and condition.shape[1] == model.config.condition_channels == 3
+    residual = (x0 - base) / model.config.residual_scale
+    assert torch.allclose(model.to_output(residual, base), x0)
+    # the loss is the paper's loss on r = (x0 − b)/s with the condition c = [y, b]
+    terms = model.loss(x0, torch.cat([y, base], 1), t=t, noise=noise)
+    direct = model._diffusion_loss(residual, condition, t, noise, torch.zeros(()))
+    assert torch.allclose(terms.total, direct.total) and float(terms.base) == 0.0
+    assert model.clip == pytest.approx(2.0 / 0.5)
+
+
+def test_a_predictor_base_learns_by_l2_alone_and_the_diffusion_sees_it_through_a_stop_gradient():
+    model = _residual("predictor")
+    x0, y, t, noise = _batch()
+    y = y[:, :1]
+    terms = model.loss(x0, y, t=t, noise=noise)
+    _, base = model.condition(y)
+    assert float(terms.base) == pytest.approx(float((base - x0).pow(2).mean()))
+    (terms.total - terms.base).backward()  # the diffusion terms only
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.base_net.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.denoiser.parameters())
+
+
+def test_model_files_of_the_paper_formulation_keep_their_meaning():
+    config = ModelConfig.from_dict({"x_channels": 1, "y_channels": 2, "preset": "tiny", "schedule": "cvdm"})
+    assert config.formulation == "paper" and config.condition_channels == config.input_channels == 2
+    assert CVDM(config).clip == 1.0 and CVDM(config).base_net is None
+    with pytest.raises(ValueError, match="x_channels"):
+        ModelConfig(x_channels=1.5)

@@ -186,8 +186,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.stride, -width % self.stride
-        if self.padding == "reflect":  # reflection needs at least two pixels at the lowest level
-            pad_h, pad_w = max(pad_h, 2 * self.stride - height), max(pad_w, 2 * self.stride - width)
+        if self.padding == "reflect":  # the 7×7 γ embedding reflects 3 pixels: 4 at the lowest level
+            pad_h, pad_w = max(pad_h, 4 * self.stride - height), max(pad_w, 4 * self.stride - width)
         if pad_h or pad_w:
             # replicate works for any size; reflect fails on images smaller than the pad
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
