@@ -11,7 +11,14 @@ same wall-clock budget and report, on held-out inputs:
   the true noise level,
 - the Pearson and Spearman correlation of the learned λ(y) map with s.
 
-Usage: ``python benchmarks/gaussian_oracle.py --minutes 4``
+``--variants`` (issue "predict-and-refine", point 3) instead trains, for the same number
+of steps each, the paper's CVDM and the residual CVDM (a jointly trained L2 predictor as
+base) on the default problem and on the de-confounded one (μ² + s² constant, so the
+target's intensity says nothing about s), each also without the prior term, and
+reports whether λ tracks the noise level s or the intensity |μ|.
+
+Usage: ``python benchmarks/gaussian_oracle.py --minutes 4`` or
+``python benchmarks/gaussian_oracle.py --variants --steps 600``
 """
 
 from __future__ import annotations
@@ -28,15 +35,20 @@ from napari_cvdm.model import CVDM, ModelConfig, sample_statistics
 from napari_cvdm.toy import gaussian_oracle_batch
 
 
-def train(schedule: str, preset: str, minutes: float, size: int, batch: int, seed: int) -> tuple[CVDM, int]:
+def train(schedule: str, preset: str, minutes: float, size: int, batch: int, seed: int,
+          config: ModelConfig | None = None, steps: int | None = None, prior: bool = True,
+          deconfounded: bool = False) -> tuple[CVDM, int]:
+    """Train for ``minutes`` of wall time, or ``steps`` steps when given."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = CVDM(ModelConfig(x_channels=1, y_channels=2, preset=preset, schedule=schedule))
+    model = CVDM(config or ModelConfig(x_channels=1, y_channels=2, preset=preset, schedule=schedule))
+    if not prior:
+        model.prior_weight = 0.0
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     deadline = time.perf_counter() + 60 * minutes
     step = 0
-    while time.perf_counter() < deadline:
-        data = gaussian_oracle_batch(batch, size, generator)
+    while (step < steps) if steps else (time.perf_counter() < deadline):
+        data = gaussian_oracle_batch(batch, size, generator, deconfounded)
         terms = model.loss(data.x0, data.y)
         optimiser.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -50,8 +62,8 @@ def train(schedule: str, preset: str, minutes: float, size: int, batch: int, see
 
 
 def evaluate(model: CVDM, n_samples: int, steps: int, sampler: str, seed: int,
-             n_inputs: int, grid: str) -> dict[str, float]:
-    test = gaussian_oracle_batch(n_inputs, 64, torch.Generator().manual_seed(10_000 + seed))
+             n_inputs: int, grid: str, deconfounded: bool = False) -> dict[str, float]:
+    test = gaussian_oracle_batch(n_inputs, 64, torch.Generator().manual_seed(10_000 + seed), deconfounded)
     stats = sample_statistics(model, test.y, n_samples, steps=steps, sampler=sampler, clip=None, grid=grid,
                               generator=torch.Generator().manual_seed(seed))
     true_var = test.posterior_std**2
@@ -65,11 +77,36 @@ def evaluate(model: CVDM, n_samples: int, steps: int, sampler: str, seed: int,
         inside = region == r
         result[f"var_ratio_q{r + 1}"] = float(stats.variance[inside].mean() / true_var[inside].mean())
     with torch.no_grad():
-        lam = model.schedule.schedule_map(test.y).flatten().numpy()
+        lam = model.schedule.schedule_map(model.condition(test.y)[0]).flatten().numpy()
     s = test.posterior_std.flatten().numpy()
+    intensity = test.posterior_mean.abs().flatten().numpy()
     result["lambda_pearson"] = float(np.corrcoef(lam, s)[0, 1]) if lam.std() > 0 else float("nan")
     result["lambda_spearman"] = float(spearmanr(lam, s).statistic) if lam.std() > 0 else float("nan")
+    result["lambda_intensity_spearman"] = float(spearmanr(lam, intensity).statistic) if lam.std() > 0 \
+        else float("nan")
+    result["variance_spearman"] = float(spearmanr(lam, stats.variance.flatten().numpy()).statistic) \
+        if lam.std() > 0 else float("nan")
     return result
+
+
+def run_variants(args) -> None:
+    """λ against s and |μ| for the paper's and the residual CVDM, with and without the prior term."""
+    paper = ModelConfig(x_channels=1, y_channels=2, preset=args.preset)
+    residual = ModelConfig(x_channels=1, y_channels=2, preset=args.preset, base="predictor", residual_scale=0.5,
+                           schedule_downsample=2, padding="reflect")
+    print("\n| problem | formulation | prior term | λ–s Spearman | λ–|μ| Spearman | λ–variance Spearman "
+          "| var ratio q1 | q4 | mean MSE | MC floor |\n|---|---|---|---|---|---|---|---|---|---|")
+    for deconfounded in (False, True):
+        for name, config in (("paper", paper), ("residual", residual)):
+            for prior in (True, False):
+                model, _ = train("cvdm", args.preset, 0, args.size, args.batch, args.seed, config=config,
+                                 steps=args.steps, prior=prior, deconfounded=deconfounded)
+                r = evaluate(model.eval(), args.samples, 20, "dpm_solver_2m_sde", args.seed, args.inputs, args.grid,
+                             deconfounded)
+                print(f"| {'μ²+s² constant' if deconfounded else 'default'} | {name} | {'on' if prior else 'off'} | "
+                      f"{r['lambda_spearman']:.3f} | {r['lambda_intensity_spearman']:.3f} | "
+                      f"{r['variance_spearman']:.3f} | {r['var_ratio_q1']:.2f} | {r['var_ratio_q4']:.2f} | "
+                      f"{r['mean_mse']:.5f} | {r['mc_floor']:.5f} |", flush=True)
 
 
 def main() -> None:
@@ -83,8 +120,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", default="log_snr", help="sampling time grid: log_snr or uniform")
+    parser.add_argument("--variants", action="store_true", help="the de-confounding and prior-ablation table")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per model of --variants")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.variants:
+        print(f"device: cpu, torch {torch.__version__}; {args.steps} steps per model, preset {args.preset}, "
+              f"patch {args.size}, batch {args.batch}, N = {args.samples}, dpm_solver_2m_sde/20")
+        run_variants(args)
+        return
     print(f"device: cpu ({platform.processor() or platform.machine()}, {args.threads} threads), "
           f"torch {torch.__version__}")
     print(f"budget {args.minutes} min per model, preset {args.preset}, patch {args.size}, batch {args.batch}, "

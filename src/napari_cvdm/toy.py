@@ -47,11 +47,24 @@ def _smooth_field(batch: int, size: int, sigma_px: float, generator: torch.Gener
     return field / field.flatten(1).std(1).view(-1, 1, 1, 1)
 
 
-def gaussian_oracle_batch(batch: int, size: int, generator: torch.Generator) -> OracleBatch:
-    """Draw ``batch`` pairs of ``size × size`` pixels with their exact posterior."""
+#: ``μ² + s²`` of the de-confounded variant: every pixel has the same E[x0² | y].
+SECOND_MOMENT = S_MAX**2 + 0.1
+
+
+def gaussian_oracle_batch(batch: int, size: int, generator: torch.Generator,
+                          deconfounded: bool = False) -> OracleBatch:
+    """Draw ``batch`` pairs of ``size × size`` pixels with their exact posterior.
+
+    ``deconfounded``: the posterior mean is ``μ = sign(blur(signal))·sqrt(C − s²)`` with
+    ``C = SECOND_MOMENT``, so ``E[x0² | y] = μ² + s²`` is the same everywhere. In the default
+    problem it grows with s, so a λ map that follows the target's intensity (what the prior
+    term's gradient ∝ γ₁ x0² asks for) and one that follows the noise level look alike.
+    """
     signal = 0.5 * _smooth_field(batch, size, 2.0, generator)
     region = torch.sigmoid(3.0 * _smooth_field(batch, size, 6.0, generator))
     posterior_mean = gaussian_blur(signal, 1.5)
     posterior_std = S_MIN + (S_MAX - S_MIN) * region
+    if deconfounded:
+        posterior_mean = torch.sign(posterior_mean) * (SECOND_MOMENT - posterior_std**2).sqrt()
     x0 = posterior_mean + posterior_std * torch.randn(batch, 1, size, size, generator=generator)
     return OracleBatch(x0, torch.cat([signal, region], dim=1), posterior_mean, posterior_std)

@@ -196,3 +196,15 @@ def test_helpers():
     assert format_duration(3725) == "1:02:05"
     planes = split_planes(np.zeros((2, 3, 2, 8, 8)), 3)
     assert len(planes) == 6 and planes[0].shape == (2, 8, 8)
+
+
+def test_the_train_widget_offers_both_formulations_and_passes_the_choice(make_napari_viewer, tmp_path):
+    from napari_cvdm._widgets._train import TrainWidget
+
+    widget = TrainWidget(make_napari_viewer())
+    choices = [widget.formulation_combo.itemText(i) for i in range(widget.formulation_combo.count())]
+    assert choices == ["paper", "residual"] and widget.formulation_combo.currentText() == "residual"
+    widget.formulation_combo.setCurrentText("paper")
+    widget.input_dir_edit.setText(str(tmp_path))
+    widget.target_dir_edit.setText(str(tmp_path))
+    assert widget.config(pairs_from_layers=False).formulation == "paper"

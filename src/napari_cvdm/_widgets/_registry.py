@@ -60,6 +60,18 @@ def read_entry(path: Path, origin: str) -> ModelEntry:
         return ModelEntry(path, origin, error=f"{path.name} cannot be read: {exc}")
 
 
+def formulation_words(info) -> str:
+    """What the model's reconstruction is built from, in a few words (model card, info)."""
+    base = info.config.base
+    if base == "physics":
+        tie = info.base or {}
+        return (f"residual — refines a TIE phase ({tie.get('boundary', '?')} boundary) of the whole image"
+                if tie else "residual — refines a physics base")
+    if base == "predictor":
+        return "residual — refines a jointly trained direct (L2) prediction"
+    return "paper (CVDM on the image itself)"
+
+
 def model_card(entry: ModelEntry) -> str:
     """A few plain-text lines describing a model for the picker (task, pixel size, training data)."""
     if entry.info is None:
@@ -72,6 +84,7 @@ def model_card(entry: ModelEntry) -> str:
         lines.append(f"Pixel: {info.input_pixel_size_um * 1000:.1f} nm in → "
                      f"{info.output_pixel_size_um * 1000:.1f} nm out")
     lines.append(f"Network: {info.config.preset}, schedule {info.config.schedule}")
+    lines.append("Formulation: " + formulation_words(info))
     sampler = info.sampler or {}
     if sampler:
         lines.append(f"Sampler: {sampler.get('name', '?')}, {sampler.get('steps', '?')} steps, "

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import train as trainer
+from ..config import FORMULATIONS
 from ..errors import InputError
 from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
 from ..reconstruct import available_devices
@@ -127,6 +128,11 @@ class TrainWidget(QWidget):
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(list(SCHEDULE_KINDS))
         self.schedule_combo.setToolTip("cvdm: learned per-pixel schedule (the method); others are baselines")
+        self.formulation_combo = QComboBox()
+        self.formulation_combo.addItems(list(FORMULATIONS))
+        self.formulation_combo.setCurrentText(_config_defaults()["formulation"])
+        self.formulation_combo.setToolTip("residual: refine a base estimate (QPI: TIE phase; SR: a direct "
+                                          "predictor trained with it); paper: the CVDM of the paper")
         self.base_combo = QComboBox()
         self.base_combo.setToolTip("Fine-tune a trained model of this task (its size and schedule are kept), "
                                    "or start from random weights")
@@ -147,6 +153,7 @@ class TrainWidget(QWidget):
         form.addRow("Start from", self.base_combo)
         form.addRow("Size preset", self.preset_combo)
         form.addRow("Schedule", self.schedule_combo)
+        form.addRow("Formulation", self.formulation_combo)
         form.addRow("Save to", output_row)
         return group
 
@@ -268,12 +275,14 @@ class TrainWidget(QWidget):
         if fixed:
             self.preset_combo.setCurrentText(entry.info.config.preset)
             self.schedule_combo.setCurrentText(entry.info.config.schedule)
+            self.formulation_combo.setCurrentText(entry.info.config.formulation)
             if suggested or Path(current).expanduser().resolve() == path:
                 self.output_edit.setText(str(_DEFAULT_FOLDER / f"{path.stem}_tuned.safetensors"))
         elif suggested:
             self.output_edit.setText(str(_DEFAULT_FOLDER / f"{self.task_name}_model.safetensors"))
         self.preset_combo.setEnabled(not fixed)
         self.schedule_combo.setEnabled(not fixed)
+        self.formulation_combo.setEnabled(not fixed)
 
     def _refresh_layers(self, *_) -> None:
         outputs = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
@@ -333,7 +342,8 @@ class TrainWidget(QWidget):
         """The training settings as the engine's config object."""
         values = dict(
             task=self.task_name, preset=self.preset_combo.currentText(),
-            schedule=self.schedule_combo.currentText(), patch_size=self.patch_spin.value(),
+            schedule=self.schedule_combo.currentText(), formulation=self.formulation_combo.currentText(),
+            patch_size=self.patch_spin.value(),
             batch_size=self.batch_spin.value(), steps=self.steps_spin.value(),
             learning_rate=self.lr_spin.value(), validation_fraction=self.validation_spin.value(),
             validate_every=self.validate_every_spin.value(), device=self.device_combo.currentText(),
