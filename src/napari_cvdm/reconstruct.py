@@ -27,9 +27,15 @@ samplers) is a function of the *global* pixel position: it is drawn in fixed
 block column), so a tile sees exactly the noise the untiled run would see there
 and goes through :func:`napari_cvdm.model.sample` as its ``noise`` source.
 
-λ(y) is computed once per tile before sampling; the ``log_snr`` time grid is
-built for the median of the plane's blended λ map, so all tiles walk the grid
-the untiled image would.
+Residual models (:mod:`napari_cvdm.model.cvdm`): the base b(y) is computed once per
+*plane* before any tiling (the TIE phase of the whole stack, or the direct predictor
+on the whole plane), and so is λ of their smooth schedule network; tiles are then cut
+from the condition ``[y, b]`` and from λ, so both are the same whatever the tiling.
+The output is ``b + s·r̂`` per sample: the mean is b plus s times the residuals' mean,
+the variance s² times theirs. The paper's formulation computes λ(y) once per tile
+before sampling, as its files expect. Either way the ``log_snr`` time grid is built
+for the median of the plane's blended λ map, so all tiles walk the grid the untiled
+image would.
 
 Variance in overlaps: per-tile variances are blended with the same weights as
 the means, ``V = w V_a + (1 − w) V_b``. Each tile's N-sample variance estimates
