@@ -294,11 +294,18 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     mismatch = check_pixel_size(info, pixel_size)
     if mismatch:
         _say(f"cvdm predict: warning: {path.name}: {mismatch}")
+    if info.base:
+        from .base_estimate import TIEBase, optics_mismatch
+
+        optics = optics_mismatch(TIEBase.from_dict(info.base), args.wavelength_um, args.dz_um)
+        if optics:
+            _say(f"cvdm predict: warning: {path.name}: {optics}")
     line = _ProgressLine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the pixel-size warning was printed above
         result = reconstruct(
             model, info, image.array, settings, input_pixel_size_um=pixel_size,
+            wavelength_um=args.wavelength_um, dz_um=args.dz_um,
             progress=lambda done, total: line.show(f"{path.name} ({counter}): step {done}/{total}",
                                                    force=done == total),
         )
@@ -433,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="out/predict", help="output folder (default: out/predict)")
     predict.add_argument("--pixel-size", type=POSITIVE, default=None,
                          help="input pixel size in µm (default: the TIFF's, else the model's)")
+    predict.add_argument("--wavelength-um", type=POSITIVE, default=None,
+                         help="QPI: illumination wavelength in µm for a model's TIE base (default: the model's)")
+    predict.add_argument("--dz-um", type=POSITIVE, default=None,
+                         help="QPI: defocus distance ±dz in µm for a model's TIE base (default: the model's)")
     predict.add_argument("--keep-samples", action="store_true", help="also write the individual samples")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_reconstruction_flags(predict)
