@@ -218,3 +218,22 @@ def test_predict_prints_one_line_for_an_input_unlike_the_calibration_data(calibr
     assert len(lines) == 1 and lines[0].startswith("cvdm predict: warning: cell.tif:")
     sidecar = json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
     assert "pixel size" in sidecar["uncertainty"]["out_of_distribution"]
+
+
+# ----------------------------------------------------------------------------- end of training
+
+
+def test_training_calibrates_the_exported_model_on_its_validation_crops(tmp_path):
+    from napari_cvdm.train import TrainConfig, train
+
+    settings = dict(task="sr", preset="tiny", patch_size=16, batch_size=2, steps=2, warmup_steps=0,
+                    simulated_images=4, simulated_size=32, validation_fraction=0.25, validate_every=0,
+                    validation_patches=2, validation_samples=2, validation_sample_steps=2, checkpoint_every=0,
+                    sample_steps=4, n_samples=3, device="cpu")
+    result = train(TrainConfig(**settings, output=str(tmp_path / "on.safetensors")))
+    calibration = Calibration.from_dict(read_model_info(result.model_path).calibration)
+    assert calibration.n_images == 1 and calibration.n_pixels == 32 * 32  # one validation image, whole
+    assert "validation crop" in calibration.source and calibration.distribution.pixel_size_um > 0
+    load_model(result.model_path)
+    result = train(TrainConfig(**settings, output=str(tmp_path / "off.safetensors"), calibrate=False))
+    assert read_model_info(result.model_path).calibration == {}

@@ -123,9 +123,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(_config_flag(f.name), dest=f"config_{f.name}", action="store_true", default=None,
-                                help="(default: off)")
+        if isinstance(default, bool):  # a flag that switches the default: --overwrite, --no-calibrate
+            flag = _config_flag(f.name) if not default else "--no-" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=f"config_{f.name}", action="store_const", const=not default,
+                                default=None, help=f"(default: {'on' if default else 'off'})")
             continue
         # ranges and choices are checked by TrainConfig, which names the setting
         kind, metavar = {int: (int, "N"), float: (float, "X")}.get(type(default), (str, "TEXT"))
