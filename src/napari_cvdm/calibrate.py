@@ -181,9 +181,10 @@ class UncertaintyOutputs:
                 "variance_relative_error": self.variance_relative_error}
 
 
-def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray, n_samples: int,
+def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray | None, n_samples: int,
                         input_pixel_size_um: float | None = None, level: float = ERROR_LEVEL) -> UncertaintyOutputs:
-    """Calibrated std, ± error at ``level`` and the checks, for a reconstruction of ``image`` (raw input)."""
+    """Calibrated std, ± error at ``level`` and the checks, for a reconstruction of ``image`` (raw input;
+    None: no out-of-distribution check)."""
     n_samples = int(n_samples)
     relative = variance_relative_error(n_samples) if n_samples > 1 else None
     note = sample_variance_note(n_samples)
@@ -198,7 +199,7 @@ def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray
     std = np.sqrt(np.maximum(np.asarray(variance, np.float64), 0.0))
     pixel = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     warning = None
-    if calibration.distribution is not None:
+    if calibration.distribution is not None and image is not None:
         warning = check_in_distribution(calibration.distribution, std, image, pixel)
     return UncertaintyOutputs(
         True, level, calibration.describe(), calibrated_std(std, calibration, level).astype(np.float32),
