@@ -33,13 +33,13 @@ def calibrated_sr_path(sr_model_path, tmp_path):
     return save_model(tmp_path / "tiny_sr_calibrated.safetensors", model, with_calibration(info, calibration))
 
 
-def reconstruct_layer(viewer, model_path, data, wait_idle, name="wf"):
+def reconstruct_layer(viewer, model_path, data, wait_idle, name="wf", samples=2):
     viewer.add_image(data, name=name, scale=(PIXEL, PIXEL))
     _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "Reconstruct")
     widget: ReconstructWidget
     widget.select_model(model_path)
     widget.input_combo.setCurrentText(name)
-    widget.samples_spin.setValue(2)
+    widget.samples_spin.setValue(samples)
     widget.steps_spin.setValue(2)
     widget.device_combo.setCurrentText("cpu")
     assert widget.start()
@@ -81,3 +81,12 @@ def test_an_input_unlike_the_calibration_data_is_one_warning(make_napari_viewer,
     assert "noise level" in notifications.warning[0]
     assert "wf CVDM ± error (95 %)" in viewer.layers  # shown all the same, with the warning in its metadata
     assert viewer.layers["wf CVDM ± error (95 %)"].metadata["cvdm"]["out_of_distribution"]
+
+
+def test_one_sample_gives_no_variance_layer_and_says_why(make_napari_viewer, calibrated_sr_path, notifications,
+                                                         wait_idle):
+    viewer = make_napari_viewer()
+    reconstruct_layer(viewer, calibrated_sr_path, smooth(3), wait_idle, samples=1)
+    assert notifications.error == [] and any("no variance" in text for text in notifications.info)
+    assert "wf CVDM mean" in viewer.layers
+    assert "wf CVDM variance" not in viewer.layers and "wf CVDM ± error (95 %)" not in viewer.layers
