@@ -102,7 +102,10 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
         inputs.append(_raw_grid(info, pair.input))
         if progress is not None:
             progress(done, len(pairs))
-    calibration = fit_calibration(means, stds, targets, source=source, units=info.target_unit, bins=bins)
+    try:  # a multi-channel target counts one image per channel
+        calibration = fit_calibration(means, stds, targets, source=source, units=info.target_unit, bins=bins)
+    except ValueError as error:  # e.g. every std zero, too few pixels for a level
+        raise InputError(f"Cannot calibrate on these pairs: {error}") from None
     # the out-of-distribution summary: per image, the raw-grid input and its std (all channels)
     pixel = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     per_image = len(stds) // len(inputs)
