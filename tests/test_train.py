@@ -24,7 +24,8 @@ def _config(tmp_path: Path, name: str = "model", **overrides) -> TrainConfig:
     settings = dict(task="sr", preset="tiny", patch_size=16, batch_size=2, steps=6, learning_rate=1e-3,
                     warmup_steps=0, simulated_images=4, simulated_size=32, validation_fraction=0.25,
                     validate_every=0, validation_patches=2, validation_samples=2, validation_sample_steps=2,
-                    checkpoint_every=2, device="cpu", output=str(tmp_path / f"{name}.safetensors"))
+                    checkpoint_every=2, device="cpu", output=str(tmp_path / f"{name}.safetensors"),
+                    calibrate=False)  # the end-of-run calibration is tested in test_calibrate.py
     settings.update(overrides)
     return TrainConfig(**settings)
 

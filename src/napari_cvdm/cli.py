@@ -1,4 +1,4 @@
-"""Command-line interface: ``cvdm train | predict | evaluate | simulate | info``.
+"""Command-line interface: ``cvdm train | predict | calibrate | evaluate | simulate | info``.
 
 Exit codes: 0 success; 2 a user error (a bad flag, file or setting), printed as one
 line before any computing where it can be known then; 3 ``cvdm train`` stopped by
@@ -123,9 +123,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(_config_flag(f.name), dest=f"config_{f.name}", action="store_true", default=None,
-                                help="(default: off)")
+        if isinstance(default, bool):  # a flag that switches the default: --overwrite, --no-calibrate
+            flag = _config_flag(f.name) if not default else "--no-" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=f"config_{f.name}", action="store_const", const=not default,
+                                default=None, help=f"(default: {'on' if default else 'off'})")
             continue
         # ranges and choices are checked by TrainConfig, which names the setting
         kind, metavar = {int: (int, "N"), float: (float, "X")}.get(type(default), (str, "TEXT"))
@@ -224,12 +225,17 @@ def _output_axes(input_axes: str | None, lead_ndim: int) -> str | None:
 
 
 NO_VARIANCE = "not written: one sample (--n-samples 1) has no spread; use 2 or more samples for a variance"
+#: Output names of a calibrated model: the calibrated std and the half-width of mean ± error at 95 %.
+CALIBRATED_OUTPUTS = {"std_calibrated": "calibrated_std", "error95": "error"}
 
 
-def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace) -> dict[Path, dict[str, Path]]:
+def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
+                     calibrated: bool = False) -> dict[Path, dict[str, Path]]:
     """Every file ``predict`` will write, per input; InputError before any computing if one would
-    replace an input, two inputs would write the same names, or one exists (without --overwrite)."""
-    names = ["mean", "gamma"] + (["variance"] if args.n_samples > 1 else []) + (["samples"] if args.keep_samples else [])
+    replace an input, two inputs would write the same names, or one exists (without --overwrite).
+    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too."""
+    spread = ["variance"] + (list(CALIBRATED_OUTPUTS) if calibrated else []) if args.n_samples > 1 else []
+    names = ["mean", "gamma"] + spread + (["samples"] if args.keep_samples else [])
     by_stem: dict[str, Path] = {}
     for path in files:
         other = by_stem.setdefault(path.stem.lower(), path)
@@ -251,7 +257,7 @@ def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import load_model, read_model_info
     from .io import check_writable_folder, list_images
     from .reconstruct import resolve_device
 
@@ -259,7 +265,7 @@ def _predict(args: argparse.Namespace) -> int:
     settings.check()
     files = list_images(args.inputs)
     out_dir = check_writable_folder(args.out)
-    planned = _planned_outputs(files, out_dir, args)
+    planned = _planned_outputs(files, out_dir, args, calibrated=bool(read_model_info(args.model).calibration))
     model, info = load_model(args.model, resolve_device(settings.device))
     failed = []
     for index, path in enumerate(files, 1):
@@ -282,6 +288,7 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     from . import __version__
     import numpy as np
 
+    from .calibrate import uncertainty_outputs
     from .io import read_image, write_image, write_sidecar
     from .reconstruct import check_pixel_size, reconstruct, validate_input
 
@@ -310,10 +317,15 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
                                                    force=done == total),
         )
     line.done()
+    uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size)
+    if uncertainty.warning:
+        _say(f"cvdm predict: warning: {path.name}: {uncertainty.warning}")
     axes = _output_axes(image.axes, result.mean.ndim - 2)
     written = {}
-    for name, array in (("mean", result.mean), ("variance", result.variance), ("gamma", result.gamma_map)):
-        if name in outputs:
+    arrays = {"mean": result.mean, "variance": result.variance, "gamma": result.gamma_map,
+              **{name: getattr(uncertainty, field) for name, field in CALIBRATED_OUTPUTS.items()}}
+    for name, array in arrays.items():
+        if name in outputs and array is not None:
             written[name] = write_image(outputs[name], array, result.pixel_size_um, axes)
     if "samples" in outputs:
         # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
@@ -326,12 +338,73 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         "upsampling_factor": result.upsampling_factor, "unit": result.unit,
         "outputs": {name: p.name for name, p in written.items()},
         **({} if "variance" in outputs else {"variance": NO_VARIANCE}),
+        "calibrated": uncertainty.calibrated, "uncertainty": uncertainty.summary(),
         "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
         "settings": result.metadata, "napari_cvdm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     for written_path in (*written.values(), sidecar):
         print(written_path)
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def _calibration_output(args: argparse.Namespace) -> Path:
+    """Where ``calibrate`` writes the model; InputError (before any computing) if it would replace a file unasked."""
+    from .checkpoint import MODEL_SUFFIX
+    from .io import check_writable_folder
+
+    model = Path(args.model)
+    if args.in_place:
+        if args.output is not None:
+            raise InputError("Give either --output NEW.safetensors or --in-place, not both.")
+        output = model
+    elif args.output is None:
+        raise InputError(f"Say where the calibrated model goes: --output NEW{MODEL_SUFFIX}, "
+                         f"or --in-place to update {model.name}.")
+    else:
+        output = Path(args.output)
+        if not output.name.endswith(MODEL_SUFFIX):
+            raise InputError(f"The output model file must end in {MODEL_SUFFIX} (got {output}).")
+        if output.exists() and output.resolve() == model.resolve():
+            raise InputError(f"--output {output} is the model itself; use --in-place to update it.")
+        if output.exists() and not args.overwrite:
+            raise InputError(f"{output} already exists; use --overwrite to replace it, or another --output.")
+    check_writable_folder(output.parent)
+    return output
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_model, with_calibration
+    from .checkpoint import load_model, read_model_info, save_model
+    from .data import load_pair_folders
+    from .reconstruct import resolve_device
+    from .train import _folder_pixel_size
+
+    settings = _settings(args)
+    settings.check()
+    if settings.n_samples < 2:
+        raise InputError(f"Calibration needs a variance: --n-samples must be at least 2 (got {settings.n_samples}).")
+    output = _calibration_output(args)
+    info = read_model_info(args.model)
+    if info.task not in ("sr", "qpi"):
+        raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
+    pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
+    pixel = args.pixel_size or _folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
+                                                  int(info.upsampling_factor))
+    model, info = load_model(args.model, resolve_device(settings.device))
+    line = _ProgressLine()
+    calibration = calibrate_model(
+        model, info, pairs, settings, source=f"{len(pairs)} pair(s) of {Path(args.input_dir).resolve()}",
+        progress=lambda done, total: line.show(f"calibrating: image {done}/{total}", force=done == total),
+        input_pixel_size_um=pixel, bins=args.bins,
+    )
+    line.done()
+    save_model(output, model, with_calibration(info, calibration))
+    _say(f"cvdm calibrate: {calibration.describe()}")
+    print(output)
+    return 0
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -385,7 +458,11 @@ def _info(args: argparse.Namespace) -> None:
 
     from .checkpoint import read_model_info
 
-    print(json.dumps(read_model_info(args.model).to_dict(), indent=2))
+    from .calibrate import calibration_line
+
+    info = read_model_info(args.model)
+    print(json.dumps(info.to_dict(), indent=2))
+    _say(f"cvdm info: {calibration_line(info)}")
 
 
 def raise_input(message: str) -> None:
@@ -448,6 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_reconstruction_flags(predict)
     predict.set_defaults(run=_predict)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="calibrate a model's error bars on your own input/target pairs",
+        description="Reconstruct paired TIFF folders and fit split-conformal error bars (the std scale at 80, "
+                    "90 and 95 %%); writes the model with its calibration to --output, or into the model with "
+                    "--in-place. Use pairs the model never saw in training.")
+    calibrate.add_argument("--model", required=True, help="model file (.safetensors)")
+    calibrate.add_argument("--input-dir", required=True, help="folder of input TIFFs")
+    calibrate.add_argument("--target-dir", required=True, help="folder of target TIFFs (same file names)")
+    written = calibrate.add_argument_group("output (one of)")
+    written.add_argument("--output", default=None, help="new model file (.safetensors)")
+    written.add_argument("--in-place", action="store_true", help="update --model itself")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    calibrate.add_argument("--max-images", type=_bounded(int, 1, MAX_IMAGES), default=16,
+                           help="use at most this many pairs (default: 16)")
+    calibrate.add_argument("--bins", type=_bounded(int, 1, 64), default=1,
+                           help="fit one scale per equal-count bin of the std (default: 1)")
+    calibrate.add_argument("--pixel-size", type=POSITIVE, default=None,
+                           help="raw input pixel µm (default: the data's, else the model's)")
+    _add_reconstruction_flags(calibrate)
+    calibrate.set_defaults(run=_calibrate)
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics table of models and classical baselines on a dataset",

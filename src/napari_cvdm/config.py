@@ -66,6 +66,8 @@ class TrainConfig:
     :mod:`napari_cvdm.model.cvdm`. ``wavelength_um``/``dz_um``: the QPI optics of the data
     (the physics base needs them; simulated data use the simulator's). ``source_images``: a
     folder of source photos for the QPI simulator (None: the built-in synthetic scenes).
+    ``calibrate``: at the end of the run, calibrate the error bars on up to 4 validation crops
+    (:mod:`napari_cvdm.calibrate`) and store the calibration in the exported model.
     """
 
     task: Literal["sr", "qpi", "generic"] = "sr"
@@ -107,6 +109,7 @@ class TrainConfig:
     wavelength_um: Positive = 0.521
     dz_um: Positive = 1.0
     source_images: str | None = None
+    calibrate: bool = True
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True, revalidate_instances="always")
 

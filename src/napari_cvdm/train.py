@@ -150,6 +150,7 @@ class TrainingData:
     probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))
     physics_base: object = None  # base_estimate.TIEBase of a residual QPI model
     residual_scale: float = 1.0
+    validation_pairs: list = field(default_factory=list)  # raw (unnormalised) data.ImagePair, for the calibration
 
 
 def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
@@ -274,7 +275,7 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     residual_scale = _residual_scale(config, spec, train_pairs, base)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
     return TrainingData(spec, train_pairs, validation, description, pixel_size, area / area.sum(),
-                        physics_base, residual_scale)
+                        physics_base, residual_scale, validation_pairs)
 
 
 def _physics_base(config: TrainConfig, pairs: list, pixel_size: float | None, base: ModelInfo | None,
@@ -850,9 +851,36 @@ class Trainer:
                 if saved_at != self.step:
                     self.save_state()
                 path = self.export(stopped=stopped)
+                if config.calibrate and not stopped:
+                    self.calibrate(path)
         finally:
             self.close()
         return TrainResult(path, self.step, stopped, self.validation, self.run_dir, self.best_validation, exported)
+
+    def calibrate(self, path: Path) -> None:
+        """Calibrate the exported model on up to 4 validation crops of ≤ 128² (N ≤ 8) and re-save it.
+
+        Skipped (with a log line) without validation images; a failure is logged, never fatal:
+        the model is already exported and ``cvdm calibrate`` can do it later.
+        """
+        from .calibrate import TRAINING_MAX_SAMPLES, calibrate_model, crops, with_calibration
+        from .reconstruct import ReconstructionSettings
+
+        if not self.data.validation_pairs:
+            log.info("no validation images: the model is not calibrated (run cvdm calibrate on held-out pairs)")
+            return
+        chosen, info = crops(self.data.validation_pairs), self.model_info()
+        settings = ReconstructionSettings(n_samples=min(self.config.n_samples, TRAINING_MAX_SAMPLES),
+                                          tile_size=None, device=str(self.device), seed=self.config.seed)
+        source = f"{len(chosen)} validation crop(s) of the training run's data"
+        try:
+            calibration = calibrate_model(self.ema, info, chosen, settings, source=source,
+                                          input_pixel_size_um=info.input_pixel_size_um)
+        except (CVDMError, ValueError) as error:
+            log.warning("calibration on the validation images failed (%s); the model is uncalibrated", error)
+            return
+        save_model(path, self.ema, with_calibration(info, calibration))
+        log.info("%s", calibration.describe())
 
     def _validate_and_keep_best(self) -> dict[str, float] | None:
         validation = self.validate()

@@ -20,6 +20,7 @@ MEAN_SUFFIX = "CVDM mean"
 VARIANCE_SUFFIX = "CVDM variance"
 GAMMA_SUFFIX = "CVDM γ map"
 SAMPLES_SUFFIX = "CVDM samples"
+ERROR_SUFFIX = "CVDM ± error (95 %)"
 
 
 def output_geometry(scale: Sequence[float], translate: Sequence[float], factor: int,
@@ -54,6 +55,12 @@ def robust_limits(data: np.ndarray, low: float = 0.5, high: float = 99.5,
     if not upper > lower:
         upper = lower + (abs(lower) * 1e-3 or 1.0)
     return float(lower), float(upper)
+
+
+def remove_layer(viewer, name: str) -> None:
+    """Remove the layer called ``name`` if there is one (a result that the new run does not give)."""
+    if name in viewer.layers:
+        viewer.layers.remove(viewer.layers[name])
 
 
 def add_or_replace_image(viewer, name: str, data: np.ndarray, **properties):

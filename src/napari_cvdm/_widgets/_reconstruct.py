@@ -1,4 +1,4 @@
-"""Reconstruct dock widget: pick a model and an input layer, get mean, variance and γ-map layers.
+"""Reconstruct dock widget: pick a model and an input layer, get mean, variance, (calibrated) ± error and γ-map layers.
 
 The widget only gathers choices, starts :func:`napari_cvdm.reconstruct.reconstruct`
 in a worker thread and shows what comes back; all model logic lives in the engine.
@@ -28,17 +28,20 @@ from qtpy.QtWidgets import (
 )
 
 from .. import reconstruct as engine
+from ..calibrate import UncertaintyOutputs, calibration_line, uncertainty_outputs
 from ..checkpoint import ModelInfo, load_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ._errors import describe_failure
 from ._layers import (
+    ERROR_SUFFIX,
     GAMMA_SUFFIX,
     MEAN_SUFFIX,
     SAMPLES_SUFFIX,
     VARIANCE_SUFFIX,
     add_or_replace_image,
     output_geometry,
+    remove_layer,
     robust_limits,
 )
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
@@ -79,8 +82,8 @@ def fits_model_info(layer, info: ModelInfo) -> bool:
 
 
 def is_output_layer(layer) -> bool:
-    """A layer this widget made (mean, variance, γ map, samples): never an input."""
-    return layer.name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX))
+    """A layer this widget made (mean, variance, error, γ map, samples): never an input."""
+    return layer.name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX))
 
 
 @dataclass
@@ -307,7 +310,10 @@ class ReconstructWidget(QWidget):
         if entry is None:
             self.model_card.setText("No model chosen. Pick one, or press Open… to load a .safetensors model file.")
         else:
-            self.model_card.setText(model_card(entry))
+            card = model_card(entry)
+            if entry.info is not None:
+                card += f"\nError bars: {calibration_line(entry.info)}"
+            self.model_card.setText(card)
         if entry is not None and entry.info is not None and entry.path != self._defaults_from:
             self._defaults_from = entry.path  # a newly chosen model: take its sampling defaults once
             sampler = entry.info.sampler or {}
@@ -455,7 +461,9 @@ class ReconstructWidget(QWidget):
 
         def compute(progress, should_stop):
             model = models.get(path, settings.device)
-            return engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
+            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
+            return result, uncertainty_outputs(info, result.variance, image, settings.n_samples,
+                                               job.input_pixel_size_um)
 
         self.run_panel.launch(compute, f"CVDM: reconstructing {job.input_name}", f"Loading {path.name}…",
                               on_done=self._finish, on_progress=self._show_progress)
@@ -486,19 +494,31 @@ class ReconstructWidget(QWidget):
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
+        result, uncertainty = outcome.value
         try:
-            layers = self.show_result(outcome.value, job)
+            layers = self.show_result(result, job, uncertainty)
         except Exception as exc:  # a display problem must not escape into the event loop
             self.run_panel.failed(describe_failure(exc, "Showing the reconstruction"))
             return
+        if uncertainty.warning:
+            notifications.show_warning(uncertainty.warning)
+        if job.settings.n_samples == 1:
+            notifications.show_info(uncertainty.variance_note)
         self.run_panel.succeeded(f"Done: {', '.join(layer.name for layer in layers)}.")
 
     # ------------------------------------------------------------------ output
-    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob) -> list:
-        """Add (or update) the mean, variance and γ-map layers, and the samples if kept."""
+    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
+                    uncertainty: UncertaintyOutputs | None = None) -> list:
+        """Add (or update) the mean, variance, γ-map and (calibrated model) ± error layers, and the samples if kept.
+
+        N = 1 gives no variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
+        """
         factor = int(result.upsampling_factor)
         scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
         info = job.entry.info
+        if uncertainty is None:
+            uncertainty = uncertainty_outputs(info, result.variance, None, job.settings.n_samples,
+                                              job.input_pixel_size_um)
         metadata = {
             "model": str(job.entry.path), "model_task": info.task, "input_layer": job.input_name,
             "settings": asdict(job.settings), "plane": list(job.plane) if job.plane is not None else "all",
@@ -506,18 +526,24 @@ class ReconstructWidget(QWidget):
             "output_pixel_size_um": engine.output_pixel_size(info, job.input_pixel_size_um),
             "unit": result.unit, "engine": result.metadata,
         }
-        outputs = [
-            (MEAN_SUFFIX, result.mean, "gray", robust_limits(result.mean), "mean of the samples"),
-            (VARIANCE_SUFFIX, result.variance, "magma", robust_limits(result.variance, from_zero=True),
-             "per-pixel sample variance"),
-            (GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 0, 100),
-             "learned schedule γ(t = 0.5, y)"),
-        ]
+        outputs = [(MEAN_SUFFIX, result.mean, "gray", robust_limits(result.mean), {"role": "mean of the samples"})]
+        spread = {"role": "per-pixel sample variance (the model's own, not calibrated)", **uncertainty.summary()}
+        if job.settings.n_samples > 1:
+            outputs.append((VARIANCE_SUFFIX, result.variance, "magma",
+                            robust_limits(result.variance, from_zero=True), spread))
+        if uncertainty.error is not None:
+            role = f"half-width of mean ± error at {uncertainty.level:.0%} (calibrated), {result.unit}"
+            outputs.append((ERROR_SUFFIX, uncertainty.error, "magma",
+                            robust_limits(uncertainty.error, from_zero=True), {**spread, "role": role}))
+        outputs.append((GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 0, 100),
+                        {"role": "learned schedule γ(t = 0.5, y)"}))
+        for suffix in {VARIANCE_SUFFIX, ERROR_SUFFIX} - {output[0] for output in outputs}:
+            remove_layer(self.viewer, f"{job.input_name} {suffix}")  # a stale result of an earlier run
         layers = []
-        for suffix, data, colormap, limits, role in outputs:
+        for suffix, data, colormap, limits, extra in outputs:
             layers.append(add_or_replace_image(
                 self.viewer, f"{job.input_name} {suffix}", np.asarray(data), scale=scale, translate=translate,
-                colormap=colormap, contrast_limits=limits, metadata={"cvdm": {**metadata, "role": role}},
+                colormap=colormap, contrast_limits=limits, metadata={"cvdm": {**metadata, **extra}},
             ))
         if result.samples is not None:
             # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
