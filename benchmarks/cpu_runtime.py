@@ -49,7 +49,7 @@ def option_pairs(threads: int) -> list[tuple[str, dict, dict]]:
     ]
 
 
-def test_image(task: str, size: int, factor: int) -> np.ndarray:
+def input_image(task: str, size: int, factor: int) -> np.ndarray:
     """A seeded input giving a ``size``² output: a defocus pair (QPI) or a widefield image (SR)."""
     rng = np.random.default_rng(0)
     side = size // factor
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     print("\n| model | A → B | speed-up t_A / t_B per pair | min | median | max abs Δ mean |\n|---|---|---|---|---|---|")
     for task in args.tasks:
         model, info = load_model(MODELS[task], "cpu")
-        image = test_image(task, args.size, int(info.upsampling_factor))
+        image = input_image(task, args.size, int(info.upsampling_factor))
         for label, option_a, option_b in option_pairs(args.threads):
             compare(model, info, image, label, option_a, option_b, args)
     return 0
