@@ -112,6 +112,20 @@ def test_a_pixel_size_far_from_the_models_is_a_warning_not_an_error(tmp_path, mo
     assert "warning" in capsys.readouterr().err
 
 
+def test_predict_under_torchrun_writes_only_this_ranks_share_of_the_files(tmp_path, models, capsys, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        tifffile.imwrite(inputs / f"s{i}.tif", _stack(height=16, width=16, seed=i))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["predict", str(inputs), "--model", str(models["qpi"]), "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1_cvdm.json", "s1_gamma.tif", "s1_mean.tif",
+                                                                    "s1_variance.tif"]
+    assert json.loads((tmp_path / "out" / "s1_cvdm.json").read_text())["settings"]["device"] == "cpu"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -256,6 +256,25 @@ def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
     return planned
 
 
+def _rank_share(files: list[Path], device: str) -> tuple[list[Path], str]:
+    """This ``torchrun`` rank's inputs (files RANK, RANK + WORLD_SIZE, …) and device (``cuda:LOCAL_RANK``
+    for ``auto``/``cuda`` when CUDA is present); all files and ``device`` unchanged without torchrun.
+    No process group: each rank writes the names one process would, so the union is the same."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return files, device
+    stems = [path.stem.lower() for path in files]
+    clashes = [path for i, path in enumerate(files) if stems[i] in stems[:i]]
+    if clashes:  # on different ranks, no rank would see the clash: check the whole list here
+        raise InputError(f"two inputs would both write {clashes[0].stem}_*.tif; "
+                         "predict them into separate --out folders.")
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return files[rank::world], device
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info
     from .io import check_writable_folder, list_images
@@ -263,7 +282,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.check()
-    files = list_images(args.inputs)
+    files, settings.device = _rank_share(list_images(args.inputs), settings.device)
     out_dir = check_writable_folder(args.out)
     planned = _planned_outputs(files, out_dir, args, calibrated=bool(read_model_info(args.model).calibration))
     model, info = load_model(args.model, resolve_device(settings.device))
