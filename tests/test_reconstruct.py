@@ -428,7 +428,7 @@ def _residual_qpi() -> tuple[CVDM, ModelInfo]:
     return model.eval(), info
 
 
-def _qpi_stack(size: int = 48) -> np.ndarray:
+def _phase_bump_stack(size: int = 48) -> np.ndarray:
     from napari_cvdm.data.simulate import phase_object_stack
 
     yy, xx = np.mgrid[:size, :size] / size
@@ -442,7 +442,7 @@ def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
     model, info = _residual_qpi()
     # ε̂ = x_t / σ_t makes every x̂0 = 0: the residual samples are all zero
     model.predict_noise = lambda x, c, gamma: x / (1 - gamma).clamp_min(1e-12).sqrt()
-    stack = _qpi_stack()
+    stack = _phase_bump_stack()
     out = reconstruct(model, info, stack, ReconstructionSettings(n_samples=2, device="cpu"))
     base = reconstruct_base(model, info, stack, device="cpu")
     np.testing.assert_allclose(out.mean, base, atol=1e-5)
@@ -453,7 +453,7 @@ def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
 
 def test_a_residual_model_gives_the_same_schedule_map_whatever_the_tiles():
     model, info = _residual_qpi()
-    stack = _qpi_stack(72)
+    stack = _phase_bump_stack(72)
     whole = reconstruct(model, info, stack, ReconstructionSettings(n_samples=1, steps=2, device="cpu",
                                                                    tile_size=None))
     tiled = reconstruct(model, info, stack, ReconstructionSettings(n_samples=1, steps=2, device="cpu",
@@ -467,7 +467,7 @@ def test_the_input_optics_reach_the_tie_base_with_a_warning_when_they_differ():
     from napari_cvdm.reconstruct import reconstruct_base
 
     model, info = _residual_qpi()
-    stack = _qpi_stack()
+    stack = _phase_bump_stack()
     with pytest.warns(UserWarning, match="defocus"):
         far = reconstruct_base(model, info, stack, device="cpu", dz_um=2.0)
     near = reconstruct_base(model, info, stack, device="cpu")

@@ -5,8 +5,8 @@ QPI the base comes from the physics: FFT-TIE with periodic or mirror boundaries 
 fits the training data: mirror keeps one edge of a real stack from wrapping into the
 opposite one, periodic is exact for periodic simulations), with a Wiener-like Tikhonov regulariser
 ``a = strength · (σ̂² + floor²)`` that follows each input's estimated noise std σ̂
-(:func:`~napari_cvdm.physics.tie.noise_adaptive_regularization`); the one ``strength``
-per model is fitted on its training pairs and stored in the model file (``ModelInfo.base``). It is computed
+(:func:`~napari_cvdm.physics.tie.noise_adaptive_regularization`); ``strength`` and
+``exponent`` are fitted on the model's training pairs and stored in the model file (``ModelInfo.base``). It is computed
 on the *whole* image plane before any tiling, so the largest scales, where a defocus
 pair's phase lives and a network on small patches is blind, come from a global solve
 at every image size.
@@ -41,6 +41,7 @@ class TIEBase:
     pixel_um: float
     offset_rad: float
     boundary: str = "mirror"
+    exponent: float = 2.0
     kind: str = KIND
 
     def __post_init__(self):
@@ -48,7 +49,7 @@ class TIEBase:
             raise ValueError(f"unknown base kind {self.kind!r}; this version knows {KIND!r}")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"unknown TIE boundary {self.boundary!r}; expected one of {BOUNDARIES}")
-        for name in ("strength", "wavelength_um", "dz_um", "pixel_um"):
+        for name in ("strength", "wavelength_um", "dz_um", "pixel_um", "exponent"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"base {name} must be a positive number (got {value!r})")
@@ -70,7 +71,7 @@ class TIEBase:
 
         The optics default to the model's training optics; pass the input's own where known.
         """
-        regularization = noise_adaptive_regularization(stack, self.strength)
+        regularization = noise_adaptive_regularization(stack, self.strength, self.exponent)
         phase = fft_tie(stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
                         pixel_um or self.pixel_um, regularization, self.boundary)
         return (phase + self.offset_rad).astype(np.float32)
@@ -84,11 +85,12 @@ class TIEBase:
         """The base whose regulariser strength has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
 
         Returns the base and that MAE (rad)."""
-        strength, boundary, error = fit_regularization(
+        strength, exponent, boundary, error = fit_regularization(
             [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
             [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]],
             dz_um, wavelength_um, pixel_um)
-        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary), error
+        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
+                   exponent), error
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
@@ -101,3 +103,15 @@ def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | N
         return None
     return ("The input's " + " and ".join(differ) + " differ from the model's training optics; the TIE base "
             "uses the input's, but the refinement was trained on the model's.")
+
+
+def formulation_words(info) -> str:
+    """What the model's reconstruction is built from, in a few words (model card, info)."""
+    base = info.config.base
+    if base == "physics":
+        tie = info.base or {}
+        return (f"residual — refines a TIE phase ({tie.get('boundary', '?')} boundary) of the whole image"
+                if tie else "residual — refines a physics base")
+    if base == "predictor":
+        return "residual — refines a jointly trained direct (L2) prediction"
+    return "paper (CVDM on the image itself)"

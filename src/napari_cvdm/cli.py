@@ -475,12 +475,13 @@ def _simulate(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     import json
 
-    from .checkpoint import read_model_info
-
+    from .base_estimate import formulation_words
     from .calibrate import calibration_line
+    from .checkpoint import read_model_info
 
     info = read_model_info(args.model)
     print(json.dumps(info.to_dict(), indent=2))
+    _say(f"cvdm info: formulation: {formulation_words(info)}")
     _say(f"cvdm info: {calibration_line(info)}")
 
 

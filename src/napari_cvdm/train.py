@@ -300,8 +300,8 @@ def _physics_base(config: TrainConfig, pairs: list, pixel_size: float | None, ba
     offset = 0.5 * (target_range.low[0] + target_range.high[0])
     physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
                                       wavelength, dz, pixel_size, offset)
-    log.info("TIE base: %s boundary, regulariser strength %.3g µm⁻⁴ per noise variance (MAE %.4f rad on "
-             "%d training image(s))", physics_base.boundary, physics_base.strength, error, min(len(pairs), 16))
+    log.info("TIE base: %s boundary, regulariser %.3g·σ̂^%g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
+             physics_base.boundary, physics_base.strength, physics_base.exponent, error, min(len(pairs), 16))
     return physics_base
 
 

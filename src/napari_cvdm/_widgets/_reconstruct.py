@@ -535,7 +535,7 @@ class ReconstructWidget(QWidget):
             role = f"half-width of mean ± error at {uncertainty.level:.0%} (calibrated), {result.unit}"
             outputs.append((ERROR_SUFFIX, uncertainty.error, "magma",
                             robust_limits(uncertainty.error, from_zero=True), {**spread, "role": role}))
-        outputs.append((GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 0, 100),
+        outputs.append((GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 1, 99),
                         {"role": "learned schedule γ(t = 0.5, y)"}))
         for suffix in {VARIANCE_SUFFIX, ERROR_SUFFIX} - {output[0] for output in outputs}:
             remove_layer(self.viewer, f"{job.input_name} {suffix}")  # a stale result of an earlier run

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from psygnal import Signal
 
+from ..base_estimate import formulation_words
 from ..checkpoint import MODEL_SUFFIX, ModelInfo, read_model_info
 from ..errors import ModelFileError
 
@@ -58,18 +59,6 @@ def read_entry(path: Path, origin: str) -> ModelEntry:
         return ModelEntry(path, origin, error=str(exc))
     except Exception as exc:  # anything else unreadable must not break a picker
         return ModelEntry(path, origin, error=f"{path.name} cannot be read: {exc}")
-
-
-def formulation_words(info) -> str:
-    """What the model's reconstruction is built from, in a few words (model card, info)."""
-    base = info.config.base
-    if base == "physics":
-        tie = info.base or {}
-        return (f"residual — refines a TIE phase ({tie.get('boundary', '?')} boundary) of the whole image"
-                if tie else "residual — refines a physics base")
-    if base == "predictor":
-        return "residual — refines a jointly trained direct (L2) prediction"
-    return "paper (CVDM on the image itself)"
 
 
 def model_card(entry: ModelEntry) -> str:
