@@ -473,3 +473,19 @@ def test_the_input_optics_reach_the_tie_base_with_a_warning_when_they_differ():
     near = reconstruct_base(model, info, stack, device="cpu")
     # the same intensity change read as twice the defocus is half the phase curvature
     assert np.ptp(far) == pytest.approx(0.5 * np.ptp(near), rel=0.02)
+
+
+def test_values_too_large_for_float32_are_refused_before_computing():
+    model, info = _tiny("sr")
+    with pytest.raises(InputError, match="rescale"):
+        reconstruct(model, info, np.full((16, 16), 1e30, np.float32), ReconstructionSettings(device="cpu"))
+
+
+def test_a_result_larger_than_the_machine_is_refused_before_computing(monkeypatch):
+    import napari_cvdm.reconstruct as engine
+
+    model, info = _tiny("sr")
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: 100_000)  # the outputs need 327 kB
+    with pytest.raises(InputError, match="GiB"):
+        reconstruct(model, info, np.ones((64, 64), np.float32), ReconstructionSettings(device="cpu", n_samples=2,
+                                                                                        keep_samples=True))

@@ -177,6 +177,9 @@ def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float
     os.close(fd)
     try:
         tifffile.imwrite(tmp, array, **kwargs)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private (0600); outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -90,6 +90,10 @@ NOISE_BLOCK = 64
 MIN_INPUT_SIZE = 8
 #: Smallest tile side (output pixels).
 MIN_TILE_SIZE = 16
+#: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
+MAX_INPUT_MAGNITUDE = 1e15
+#: Fraction of the machine's memory a reconstruction's outputs may take.
+MEMORY_FRACTION = 0.7
 #: Relative mismatch of input and training pixel size above which a warning is given.
 PIXEL_SIZE_TOLERANCE = 0.1
 
@@ -280,6 +284,29 @@ def validate_input(info: ModelInfo, image: np.ndarray, axes: str | None = None) 
             bad = "NaN" if np.isnan(array).any() else "infinite"
             raise InputError(f"The image contains {bad} values ({int(array.size - finite.sum())} pixels); "
                              "replace them before reconstructing.")
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > MAX_INPUT_MAGNITUDE:  # squares of such values overflow float32 in the variance
+        raise InputError(f"The image holds values up to {largest:.3g}; intensities beyond "
+                         f"{MAX_INPUT_MAGNITUDE:.0e} cannot be reconstructed in float32: rescale it first.")
+
+
+def available_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(output_values: int) -> None:
+    """InputError before any computing when the float32 outputs alone would not fit in memory."""
+    needed, available = 4 * int(output_values), available_memory_bytes()
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise InputError(f"The result would need {needed / 2**30:.1f} GiB for its output images alone, but this "
+                         f"machine has {available / 2**30:.1f} GiB; crop the image, reconstruct fewer planes, "
+                         "or do not keep the samples.")
 
 
 def check_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> str | None:
@@ -558,6 +585,7 @@ def reconstruct(
 
     planes, lead = _planes(info, np.asarray(image))
     height, width = planes.shape[-2] * factor, planes.shape[-1] * factor
+    check_memory(len(planes) * x_channels * height * width * (3 + (n_samples if settings.keep_samples else 0)))
     rows = tile_spans(height, settings.tile_size, overlap, align)
     cols = tile_spans(width, settings.tile_size, overlap, align)
     row_weights = [tile_weights(span, height, overlap) for span in rows]
