@@ -208,3 +208,27 @@ def test_the_train_widget_offers_both_formulations_and_passes_the_choice(make_na
     widget.input_dir_edit.setText(str(tmp_path))
     widget.target_dir_edit.setText(str(tmp_path))
     assert widget.config(pairs_from_layers=False).formulation == "paper"
+
+
+def test_an_existing_model_is_replaced_only_when_the_user_agrees(viewer, tmp_path, notifications, wait_idle,
+                                                                   monkeypatch):
+    from napari_cvdm.data import write_simulated_folders
+
+    inputs, targets = write_simulated_folders(tmp_path / "pairs", "qpi", n_images=2, size=32)
+    existing = tmp_path / "mine.safetensors"
+    existing.write_bytes(b"the user's model")
+    widget = TrainWidget(viewer)
+    widget.source_combo.setCurrentText(FOLDERS_SOURCE)
+    widget.input_dir_edit.setText(str(inputs))
+    widget.target_dir_edit.setText(str(targets))
+    configure(widget, existing, steps=1, validate_every=0)
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))
+    widget.validation_spin.setValue(0.0)
+    asked = []
+    monkeypatch.setattr(widget, "confirm_replace", lambda path: asked.append(path) or False)
+    assert not widget.start()
+    assert asked == [existing] and existing.read_bytes() == b"the user's model"
+    monkeypatch.setattr(widget, "confirm_replace", lambda path: True)
+    assert widget.start()
+    wait_idle(widget)
+    assert notifications.error == [] and existing.read_bytes() != b"the user's model"

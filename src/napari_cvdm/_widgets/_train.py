@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -397,6 +398,10 @@ class TrainWidget(QWidget):
             return False
         if resume:  # a run continues from the model it was started from, whatever 'Start from' shows now
             config = dataclasses.replace(config, init_model=_run_init_model(config.run_dir))
+        elif Path(config.output).expanduser().exists() or (config.run_dir / trainer.STATE_FILE).is_file():
+            if not self.confirm_replace(Path(config.output)):
+                return False
+            config = dataclasses.replace(config, overwrite=True)
         self.loss_plot.clear()
         if resume:
             self._load_history(config.run_dir / trainer.LOG_FILE)
@@ -413,6 +418,13 @@ class TrainWidget(QWidget):
                               "Resuming…" if resume else "Preparing data…",
                               on_done=self._finish, on_report=self._show_progress)
         return True
+
+    def confirm_replace(self, path: Path) -> bool:
+        """Ask before a new run replaces the model (and run folder) at 'Save to'."""
+        answer = QMessageBox.question(
+            self, "Replace model?", f"{path} (or its run folder) already exists. Replace it with a new run?\n"
+            "Choose No to keep it (pick another 'Save to', or Resume that run).")
+        return answer == QMessageBox.StandardButton.Yes
 
     def stop(self) -> None:
         """Ask training to stop after the current step; the model is saved and can be resumed."""
@@ -473,6 +485,11 @@ class TrainWidget(QWidget):
             return
         result = self.last_result = outcome.value
         path = Path(result.model_path)
+        if not result.exported:
+            message = "Training stopped before its first step; nothing was saved."
+            self.run_panel.succeeded(message)
+            notifications.show_info(message)
+            return
         self.registry.add(path, "trained")
         if result.stopped:
             message = f"Training stopped at step {result.steps_done}; the model is saved to {path} (Resume continues)."
