@@ -8,7 +8,7 @@ bash scripts/setup.sh pyqt6
 cvdm=.venv/bin/cvdm
 for task in qpi sr; do
     $cvdm simulate --task "$task" --out "out/demo/$task" --images 1 --size 128 --seed 1
-    $cvdm predict "out/demo/$task/inputs" --model "models/cvdm-$task-small.safetensors" --out "out/demo/$task/cvdm"
+    $cvdm predict "out/demo/$task/inputs" --model "models/cvdm-$task-residual.safetensors" --out "out/demo/$task/cvdm"
 done
-$cvdm evaluate --model models/cvdm-qpi-small.safetensors --input-dir out/demo/qpi/inputs \
+$cvdm evaluate --model models/cvdm-qpi-residual.safetensors --input-dir out/demo/qpi/inputs \
     --target-dir out/demo/qpi/targets --out out/demo/qpi/evaluation
