@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh pyqt6
 cvdm=.venv/bin/cvdm
+rm -rf out/demo  # the demo's own results from an earlier run (nothing else is written there)
 for task in qpi sr; do
     $cvdm simulate --task "$task" --out "out/demo/$task" --images 1 --size 128 --seed 1
     $cvdm predict "out/demo/$task/inputs" --model "models/cvdm-$task-residual.safetensors" --out "out/demo/$task/cvdm"

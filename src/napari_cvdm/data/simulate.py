@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..physics.optics import apply_transfer, bin_pixels, frequency_grid, incoherent_otf, propagate, upsample
+from ..physics.consistency import qpi_forward as phase_object_stack  # noqa: F401 - the simulator's forward model
 from .datasets import ImagePair, get_task
 
 __all__ = [
@@ -513,22 +514,6 @@ class QPISample:
     def pair(self, name: str = "simulated") -> ImagePair:
         """The training pair: input ``(2, H, W)``, target ``(1, H, W)`` phase in radians."""
         return ImagePair(name, self.stack.astype(np.float32), self.phase[None].astype(np.float32))
-
-
-def phase_object_stack(
-    phase_rad: np.ndarray,
-    dz_um: float,
-    wavelength_um: float,
-    pixel_um: float,
-    amplitude: np.ndarray | None = None,
-    method: str = "fresnel",
-) -> np.ndarray:
-    """Noise-free intensities ``[I(−dz), I(+dz)]`` ``(2, H, W)`` of the object ``amplitude·exp(iφ)``."""
-    field_ = np.exp(1j * np.asarray(phase_rad, dtype=np.float64))
-    if amplitude is not None:
-        field_ = field_ * amplitude
-    planes = [np.abs(propagate(field_, dz, wavelength_um, pixel_um, method)) ** 2 for dz in (-dz_um, dz_um)]
-    return np.stack(planes)
 
 
 # scikit-image's images shipped inside the package (no pooch download needed).
