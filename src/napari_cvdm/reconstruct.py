@@ -536,6 +536,59 @@ def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.devi
     return tiles
 
 
+@dataclass(frozen=True)
+class _TileGrid:
+    """The tiles of one output plane: spans, separable blend profiles and their summed weight."""
+
+    rows: list
+    cols: list
+    row_weights: list
+    col_weights: list
+    row_total: np.ndarray
+    col_total: np.ndarray
+
+    @classmethod
+    def build(cls, height: int, width: int, tile: int | None, overlap: int, align: int) -> _TileGrid:
+        rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
+        row_weights = [tile_weights(span, height, overlap) for span in rows]
+        col_weights = [tile_weights(span, width, overlap) for span in cols]
+        # the profiles are separable and the tiles a product grid, so the summed weight is an outer product
+        row_total, col_total = np.zeros(height), np.zeros(width)
+        for (r0, r1), w in zip(rows, row_weights):
+            row_total[r0:r1] += w
+        for (c0, c1), w in zip(cols, col_weights):
+            col_total[c0:c1] += w
+        return cls(rows, cols, row_weights, col_weights, row_total, col_total)
+
+    def normalise(self, array: np.ndarray) -> None:
+        """Divide blended sums by the summed weight, one axis at a time (no full-size temporary)."""
+        array *= (1.0 / self.row_total).astype(np.float32)[:, None]
+        array *= (1.0 / self.col_total).astype(np.float32)
+
+    def median_lambda(self, tiles: list, shape: tuple[int, ...]) -> float:
+        """Median of the blended λ map: the reference pixel of the plane's ``log_snr`` grid."""
+        plane = np.zeros(shape, np.float32)
+        for (r0, r1), (c0, c1), wy, wx, lam in tiles:
+            plane[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * lam[0].numpy()
+        self.normalise(plane)
+        return float(np.median(plane))
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """Everything resolved once per call that every tile's sampling needs."""
+
+    sampler: str
+    steps: int
+    eta: float
+    clip: float | None
+    grid: str
+    n_samples: int
+    chunk: int
+    autocast_dtype: torch.dtype | None
+    settings: ReconstructionSettings
+
+
 def reconstruct(
     model: CVDM,
     info: ModelInfo,
@@ -551,18 +604,17 @@ def reconstruct(
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
-    ``progress(done, total)`` counts denoising steps over all planes, tiles and sample
-    batches; ``should_stop()`` is polled before every step and raises
-    :class:`~napari_cvdm.errors.Cancelled`. ``input_pixel_size_um`` (e.g. from the
-    TIFF) defaults to the model's training pixel size; the output pixel size is it
-    divided by the upsampling factor. ``upsampled``: an SR input is already on the
-    output grid (e.g. a training pair's input), so it is not upsampled again
-    (``input_pixel_size_um`` still means the raw input's pixel size). The model is moved to ``settings.device``.
-    ``wavelength_um``/``dz_um``: the QPI input's optics for a model with a TIE base (None: the
-    model's training optics; a warning when they differ).
+    Stages: check everything → per plane, the condition and base b(y) and λ on the whole
+    plane → the tiles' samples → their blend. ``progress(done, total)`` counts denoising
+    steps over all planes, tiles and sample batches; ``should_stop()`` is polled before
+    every step and raises :class:`~napari_cvdm.errors.Cancelled`. ``input_pixel_size_um``
+    (e.g. from the TIFF) defaults to the model's training pixel size; the output pixel
+    size is it divided by the upsampling factor. ``upsampled``: an SR input is already on
+    the output grid (e.g. a training pair's input), so it is not upsampled again
+    (``input_pixel_size_um`` still means the raw input's pixel size). The model is moved
+    to ``settings.device``. ``wavelength_um``/``dz_um``: the QPI input's optics for a model
+    with a TIE base (None: the model's training optics; a warning when they differ).
     """
-    from .physics import upsample
-
     check_call(settings, input_pixel_size_um)
     settings = settings or ReconstructionSettings()
     settings.check()
@@ -573,33 +625,16 @@ def reconstruct(
     optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
-    sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
-    autocast_dtype = _autocast_dtype(settings.precision, device)
+    run = _sampling(info, settings, device)
     factor = 1 if upsampled else int(info.upsampling_factor)
-    n_samples = int(settings.n_samples)
-    chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
     x_channels = int(info.config.x_channels)
-    align = network_stride(model)
-    overlap = int(settings.tile_overlap)
-    input_normalizer = _normalizer(info.input_normalization)
-
     planes, lead = _planes(info, np.asarray(image))
     height, width = planes.shape[-2] * factor, planes.shape[-1] * factor
-    check_memory(len(planes) * x_channels * height * width * (3 + (n_samples if settings.keep_samples else 0)))
-    rows = tile_spans(height, settings.tile_size, overlap, align)
-    cols = tile_spans(width, settings.tile_size, overlap, align)
-    row_weights = [tile_weights(span, height, overlap) for span in rows]
-    col_weights = [tile_weights(span, width, overlap) for span in cols]
-    # The profiles are separable and the tiles a product grid, so the summed weight is an outer product.
-    row_total = np.zeros(height)
-    for (r0, r1), w in zip(rows, row_weights):
-        row_total[r0:r1] += w
-    col_total = np.zeros(width)
-    for (c0, c1), w in zip(cols, col_weights):
-        col_total[c0:c1] += w
+    check_memory(len(planes) * x_channels * height * width * (3 + (run.n_samples if settings.keep_samples else 0)))
+    align = network_stride(model)
+    tiling = _TileGrid.build(height, width, settings.tile_size, int(settings.tile_overlap), align)
 
-    n_chunks = -(-n_samples // chunk)
-    total = len(planes) * len(rows) * len(cols) * n_chunks * steps
+    total = len(planes) * len(tiling.rows) * len(tiling.cols) * -(-run.n_samples // run.chunk) * run.steps
     done = 0
 
     def tick():
@@ -609,53 +644,17 @@ def reconstruct(
             progress(done, total)
 
     shape = (len(planes), x_channels, height, width)
-    mean_out = np.zeros(shape, np.float32)
-    variance_out = np.zeros(shape, np.float32)
-    gamma_out = np.zeros(shape, np.float32)
-    samples_out = np.zeros((len(planes), n_samples, x_channels, height, width), np.float32) \
-        if settings.keep_samples else None
-
+    outputs = {"mean": np.zeros(shape, np.float32), "variance": np.zeros(shape, np.float32),
+               "gamma": np.zeros(shape, np.float32)}
+    if settings.keep_samples:
+        outputs["samples"] = np.zeros((len(planes), run.n_samples, x_channels, height, width), np.float32)
     lam_refs = []
     for p, raw in enumerate(planes):
-        condition = raw.astype(np.float32)
-        if factor > 1:
-            condition = upsample(condition, factor)
-        scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
-        normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
-        plane_condition, plane_base = _plane_condition(model, info, condition, normalised, device, optics)
-        noise_field = NoiseField(settings.seed, p, n_samples, x_channels)
-        tiles = _tile_schedule_maps(model, plane_condition, device, rows, cols, row_weights, col_weights)
-        lam_ref = None
-        if grid == "log_snr":  # one grid for the plane: every tile walks the grid the untiled image would
-            lam_plane = np.zeros((x_channels, height, width), np.float32)
-            for (r0, r1), (c0, c1), wy, wx, lam in tiles:
-                lam_plane[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * lam[0].numpy()
-            lam_ref = float(np.median(lam_plane / np.outer(row_total, col_total).astype(np.float32)))
-            del lam_plane
-        residual_scale = 1.0 if plane_base is None else float(model.config.residual_scale)
-        for (r0, r1), (c0, c1), wy, wx, lam in tiles:
-            y = plane_condition[:, :, r0:r1, c0:c1].to(device)
-            stats = _tile_statistics(
-                model, y, lam.to(device), noise_field, (r0, r1), (c0, c1), n_samples, chunk,
-                steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid, lam_ref=lam_ref,
-                autocast_dtype=autocast_dtype, channels_last=settings.channels_last,
-                compile=settings.compile, tick=tick, should_stop=should_stop,
-                keep_samples=settings.keep_samples,
-            )
-            base = 0.0 if plane_base is None else plane_base[:, r0:r1, c0:c1]
-            weight = (wy[:, None] * wx[None, :]).astype(np.float32)
-            region = (slice(None), slice(r0, r1), slice(c0, c1))
-            mean_out[p][region] += weight * (scale * (base + residual_scale * stats["mean"]) + offset).astype(np.float32)
-            variance_out[p][region] += weight * ((scale * residual_scale) ** 2 * stats["variance"]).astype(np.float32)
-            gamma_out[p][region] += weight * stats["gamma"]
-            if samples_out is not None:
-                samples_out[p][(slice(None), *region)] += weight * (
-                    scale * (base + residual_scale * stats["samples"]) + offset)
-        lam_refs.append(lam_ref)
-    for array in (mean_out, variance_out, gamma_out, samples_out):
-        if array is not None:  # divide by the summed weight, one axis at a time (no full-size temporary)
-            array *= (1.0 / row_total).astype(np.float32)[:, None]
-            array *= (1.0 / col_total).astype(np.float32)
+        plane_outputs = {name: array[p] for name, array in outputs.items()}
+        lam_refs.append(_reconstruct_plane(model, info, raw, p, factor, optics, device, run, tiling,
+                                           plane_outputs, tick, should_stop))
+    for array in outputs.values():
+        tiling.normalise(array)
 
     def shaped(array: np.ndarray, extra: tuple[int, ...] = ()) -> np.ndarray:
         spatial = array.shape[-2:] if x_channels == 1 else array.shape[-3:]
@@ -663,21 +662,67 @@ def reconstruct(
 
     pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     return Reconstruction(
-        mean=shaped(mean_out),
-        variance=shaped(variance_out),
-        gamma_map=shaped(gamma_out),
-        samples=None if samples_out is None else shaped(samples_out, (n_samples,)),
+        mean=shaped(outputs["mean"]),
+        variance=shaped(outputs["variance"]),
+        gamma_map=shaped(outputs["gamma"]),
+        samples=shaped(outputs["samples"], (run.n_samples,)) if "samples" in outputs else None,
         upsampling_factor=int(info.upsampling_factor),
         pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
         unit=info.target_unit,
         metadata={
-            **asdict(settings), "sampler": sampler, "steps": steps, "eta": eta, "clip": clip, "grid": grid,
-            "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
-            "device": str(device), "precision": "bf16" if autocast_dtype is not None else "fp32",
-            "tiles": [len(rows), len(cols)], "network_stride": align,
+            **asdict(settings), "sampler": run.sampler, "steps": run.steps, "eta": run.eta, "clip": run.clip,
+            "grid": run.grid, "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
+            "device": str(device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+            "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": align,
             "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
         },
     )
+
+
+def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device) -> _Sampling:
+    sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
+    n_samples = int(settings.n_samples)
+    chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
+    return _Sampling(sampler, steps, eta, clip, grid, n_samples, chunk,
+                     _autocast_dtype(settings.precision, device), settings)
+
+
+def _reconstruct_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, plane: int, factor: int, optics: dict,
+                       device: torch.device, run: _Sampling, tiling: _TileGrid, outputs: dict[str, np.ndarray],
+                       tick: Callable[[], None], should_stop: StopCheck | None) -> float | None:
+    """Add one plane's weighted tile results to ``outputs`` (target units); returns its grid's reference λ."""
+    from .physics import upsample
+
+    x_channels = int(info.config.x_channels)
+    condition = upsample(raw.astype(np.float32), factor) if factor > 1 else raw.astype(np.float32)
+    scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
+    input_normalizer = _normalizer(info.input_normalization)
+    normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
+    plane_condition, plane_base = _plane_condition(model, info, condition, normalised, device, optics)
+    noise_field = NoiseField(run.settings.seed, plane, run.n_samples, x_channels)
+    tiles = _tile_schedule_maps(model, plane_condition, device, tiling.rows, tiling.cols, tiling.row_weights,
+                                tiling.col_weights)
+    # one time grid for the plane: every tile walks the grid the untiled image would
+    lam_ref = tiling.median_lambda(tiles, outputs["mean"].shape) if run.grid == "log_snr" else None
+    residual_scale = 1.0 if plane_base is None else float(model.config.residual_scale)
+    for (r0, r1), (c0, c1), wy, wx, lam in tiles:
+        stats = _tile_statistics(
+            model, plane_condition[:, :, r0:r1, c0:c1].to(device), lam.to(device), noise_field, (r0, r1),
+            (c0, c1), run.n_samples, run.chunk, steps=run.steps, sampler=run.sampler, eta=run.eta,
+            clip=run.clip, grid=run.grid, lam_ref=lam_ref, autocast_dtype=run.autocast_dtype,
+            channels_last=run.settings.channels_last, compile=run.settings.compile, tick=tick,
+            should_stop=should_stop, keep_samples=run.settings.keep_samples,
+        )
+        base = 0.0 if plane_base is None else plane_base[:, r0:r1, c0:c1]
+        weight = (wy[:, None] * wx[None, :]).astype(np.float32)
+        region = (slice(None), slice(r0, r1), slice(c0, c1))
+        outputs["mean"][region] += weight * (scale * (base + residual_scale * stats["mean"]) + offset).astype(np.float32)
+        outputs["variance"][region] += weight * ((scale * residual_scale) ** 2 * stats["variance"]).astype(np.float32)
+        outputs["gamma"][region] += weight * stats["gamma"]
+        if "samples" in outputs:
+            outputs["samples"][(slice(None), *region)] += weight * (
+                scale * (base + residual_scale * stats["samples"]) + offset)
+    return lam_ref
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",
