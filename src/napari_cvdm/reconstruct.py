@@ -68,6 +68,7 @@ for the input and the three output maps, so large images need a tile size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 from dataclasses import asdict, dataclass, field
 
 import warnings
@@ -490,27 +491,42 @@ def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, 
     return image.reshape(-1, channels, *image.shape[-2:]), lead
 
 
-@torch.no_grad()
-def _plane_condition(model: CVDM, info: ModelInfo, raw: np.ndarray, normalised: np.ndarray,
-                     device: torch.device, optics: dict) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The network condition c ``(1, Cc, H, W)`` (CPU) of one plane and its base b ``(Cx, H, W)``.
+class _Plane(NamedTuple):
+    """One input plane ready for sampling: condition c ``(1, Cc, H, W)`` (CPU), base b ``(Cx, H, W)``
+    in normalised target units (None for the paper's formulation), and ``value = scale·x + offset``."""
 
-    Both are computed on the whole plane, before any tiling: the TIE base of a physics
-    model from the raw stack ``raw`` with the input's optics (``optics``: ``wavelength_um``,
-    ``dz_um``, ``pixel_um``, each None for the model's), a predictor's base on the whole
-    normalised plane. None for the paper's formulation.
+    condition: torch.Tensor
+    base: np.ndarray | None
+    scale: np.ndarray
+    offset: np.ndarray
+
+
+@torch.no_grad()
+def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, device: torch.device,
+                   optics: dict) -> _Plane:
+    """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
+
+    Before any tiling: the TIE base of a physics model from the stack with the input's optics
+    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), a
+    predictor's base on the whole normalised plane.
     """
+    from .physics import upsample
+
+    condition = upsample(raw.astype(np.float32), factor) if factor > 1 else raw.astype(np.float32)
+    scale, offset = _scale_and_offset(_target_denormalizer(info, condition), int(info.config.x_channels))
+    input_normalizer = _normalizer(info.input_normalization)
+    normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
     y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
     if model.config.base == "physics":
         from .base_estimate import TIEBase
 
-        phase = TIEBase.from_dict(info.base).phase(raw, **optics)
+        phase = TIEBase.from_dict(info.base).phase(condition, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
-        return torch.cat([y, torch.from_numpy(base)[None]], dim=1), base
+        return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
     if model.config.base == "predictor":
         c, base = model.condition(y.to(device))
-        return c.float().cpu(), base[0].float().cpu().numpy()
-    return y, None
+        return _Plane(c.float().cpu(), base[0].float().cpu().numpy(), scale, offset)
+    return _Plane(y, None, scale, offset)
 
 
 @torch.no_grad()
@@ -691,14 +707,8 @@ def _reconstruct_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, plane: int
                        device: torch.device, run: _Sampling, tiling: _TileGrid, outputs: dict[str, np.ndarray],
                        tick: Callable[[], None], should_stop: StopCheck | None) -> float | None:
     """Add one plane's weighted tile results to ``outputs`` (target units); returns its grid's reference λ."""
-    from .physics import upsample
-
     x_channels = int(info.config.x_channels)
-    condition = upsample(raw.astype(np.float32), factor) if factor > 1 else raw.astype(np.float32)
-    scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
-    input_normalizer = _normalizer(info.input_normalization)
-    normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
-    plane_condition, plane_base = _plane_condition(model, info, condition, normalised, device, optics)
+    plane_condition, plane_base, scale, offset = _prepare_plane(model, info, raw, factor, device, optics)
     noise_field = NoiseField(run.settings.seed, plane, run.n_samples, x_channels)
     tiles = _tile_schedule_maps(model, plane_condition, device, tiling.rows, tiling.cols, tiling.row_weights,
                                 tiling.col_weights)
@@ -734,8 +744,6 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
     preview and as the direct predictor's own result. Shaped like ``reconstruct(...).mean``;
     None for a model of the paper's formulation, which has no base.
     """
-    from .physics import upsample
-
     if model.config.base == "none":
         return None
     validate_input(info, image)
@@ -743,15 +751,11 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
     factor, x_channels = int(info.upsampling_factor), int(info.config.x_channels)
-    input_normalizer = _normalizer(info.input_normalization)
     planes, lead = _planes(info, np.asarray(image))
     out = []
     for raw in planes:
-        condition = upsample(raw.astype(np.float32), factor) if factor > 1 else raw.astype(np.float32)
-        scale, offset = _scale_and_offset(_target_denormalizer(info, condition), x_channels)
-        normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
-        base = _plane_condition(model, info, condition, normalised, torch_device, optics)[1]
-        out.append((scale * base + offset).astype(np.float32))
+        plane = _prepare_plane(model, info, raw, factor, torch_device, optics)
+        out.append((plane.scale * plane.base + plane.offset).astype(np.float32))
     stacked = np.stack(out)
     spatial = stacked.shape[-2:] if x_channels == 1 else stacked.shape[-3:]
     return stacked.reshape(*lead, *spatial)

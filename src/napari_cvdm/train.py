@@ -262,7 +262,7 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
                          "lower patch_size or use larger images.")
     physics_base = None
     if config.formulation == "residual" and spec.name == "qpi":
-        physics_base = _physics_base(config, all_pairs, pixel_size, base, pairs is not None)
+        physics_base = _physics_base(config, spec, all_pairs, pixel_size, base, pairs is not None)
     train_pairs = [_normalized_pair(p, spec, physics_base) for p in all_pairs]
     validation = None
     if validation_pairs:
@@ -278,7 +278,7 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
                         physics_base, residual_scale, validation_pairs)
 
 
-def _physics_base(config: TrainConfig, pairs: list, pixel_size: float | None, base: ModelInfo | None,
+def _physics_base(config: TrainConfig, spec, pairs: list, pixel_size: float | None, base: ModelInfo | None,
                   pairs_given: bool):
     """The TIE base of a residual QPI model: the fine-tuned model's, else fitted on the training pairs."""
     from .base_estimate import TIEBase
@@ -296,7 +296,7 @@ def _physics_base(config: TrainConfig, pairs: list, pixel_size: float | None, ba
         wavelength, dz = simulated.wavelength_um, simulated.dz_um
     else:
         wavelength, dz = config.wavelength_um, config.dz_um
-    target_range = _task_spec(config).target_normalizer
+    target_range = spec.target_normalizer
     offset = 0.5 * (target_range.low[0] + target_range.high[0])
     physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
                                       wavelength, dz, pixel_size, offset)
