@@ -118,7 +118,7 @@ def _config_flag(name: str) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--patch-size`` for ``patch_size``), default: not given."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -137,11 +137,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     data = {}
     if args.config:
-        from .train import read_config_file
+        from .config import read_config_file
 
         data = read_config_file(args.config)
         if set(data) == {"train"}:
@@ -399,7 +399,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
     from .reconstruct import resolve_device
-    from .train import _folder_pixel_size
+    from .data.training import folder_pixel_size
 
     settings = _settings(args)
     settings.check()
@@ -410,8 +410,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     if info.task not in ("sr", "qpi"):
         raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
     pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
-    pixel = args.pixel_size or _folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
-                                                  int(info.upsampling_factor))
+    pixel = args.pixel_size or folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
+                                                 int(info.upsampling_factor))
     model, info = load_model(args.model, resolve_device(settings.device))
     line = _ProgressLine()
     calibration = calibrate_model(
