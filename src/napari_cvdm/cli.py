@@ -102,6 +102,22 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
+class _SampleRate:
+    """``progress(done, total)`` of :func:`~napari_cvdm.reconstruct.reconstruct` as steps, samples done
+    (the fraction of the work times N, per plane) and time per sample on a :class:`_ProgressLine`."""
+
+    def __init__(self, line: _ProgressLine, label: str, n_samples: int):
+        self.line, self.label, self.n_samples, self.start = line, label, n_samples, time.monotonic()
+
+    def show(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self.start
+        samples = self.n_samples * done / total
+        left = elapsed * (total - done) / done
+        self.line.show(f"{self.label}: step {done}/{total}, {samples:.1f}/{self.n_samples} samples, "
+                       f"{elapsed / max(samples, 1e-9):.1f} s per sample, {_duration(left)} left",
+                       force=done == total)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -340,8 +356,7 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         result = reconstruct(
             model, info, image.array, settings, input_pixel_size_um=pixel_size,
             wavelength_um=args.wavelength_um, dz_um=args.dz_um,
-            progress=lambda done, total: line.show(f"{path.name} ({counter}): step {done}/{total}",
-                                                   force=done == total),
+            progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
         )
     line.done()
     uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size)
@@ -522,10 +537,10 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto = bf16 on CUDA, else fp32")
-    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=256,
-                       help="tile side in output pixels; 0 = whole image (default: 256)")
+    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=512,
+                       help="tile side in output pixels; 0 = whole image (default: 512)")
     group.add_argument("--tile-overlap", type=_bounded(int, 0, MAX_SIDE), default=32, help="output pixels (default: 32)")
-    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call (default: all)")
+    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call, a round (default: 4 for a 512² tile, more for smaller ones)")
     group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the network (first call slow; pays off on large images)")

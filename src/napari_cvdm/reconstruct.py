@@ -101,6 +101,8 @@ MIN_INPUT_SIZE = 8
 MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
+#: Output pixels per network call when ``max_batch`` is None (4 samples of a 512² tile).
+PIXELS_PER_CALL = 4 * 512 * 512
 #: Fraction of the machine's memory a reconstruction's outputs may take.
 MEMORY_FRACTION = 0.7
 #: Relative mismatch of input and training pixel size above which a warning is given.
@@ -143,9 +145,11 @@ class ReconstructionSettings:
     """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
 
     ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
-    ``max_batch`` caps the samples run through the network together (None: all N);
-    the result does not depend on it. ``precision``: ``fp32``, ``bf16`` or ``auto``
+    image at once); the default, 512, makes images up to 512² one tile, fixed by the image
+    size alone so that a seed gives the same result on every machine. ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
+    ``max_batch`` caps the samples run through the network together, a round (None: as many
+    as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
+    the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
     (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
     ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``channels_last`` runs the denoiser
     on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
@@ -155,7 +159,7 @@ class ReconstructionSettings:
     n_samples: int = 8
     sampler: str | None = None
     steps: int | None = None
-    tile_size: int | None = 256
+    tile_size: int | None = 512
     tile_overlap: int = 32
     device: str = "auto"
     seed: int = 0
@@ -650,13 +654,13 @@ def reconstruct(
     settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
-    run = _sampling(info, settings, device)
     factor = 1 if upsampled else int(info.upsampling_factor)
     planes, lead = _planes(info, np.asarray(image))
     outputs = _Outputs.allocate(info, lead, len(planes), planes.shape[-2] * factor, planes.shape[-1] * factor,
-                                run.n_samples if settings.keep_samples else 0)
+                                int(settings.n_samples) if settings.keep_samples else 0)
     tiling = _TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
                              network_stride(model))
+    run = _sampling(info, settings, device, tiling)
     pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     metadata = _metadata(settings, run, model, device, tiling, input_pixel_size_um)
 
@@ -759,10 +763,13 @@ class _Outputs:
         )
 
 
-def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device) -> _Sampling:
+def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device,
+              tiling: _TileGrid) -> _Sampling:
     sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
     n_samples = int(settings.n_samples)
-    chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
+    largest_tile = max(r1 - r0 for r0, r1 in tiling.rows) * max(c1 - c0 for c0, c1 in tiling.cols)
+    per_call = settings.max_batch if settings.max_batch is not None else PIXELS_PER_CALL // largest_tile
+    chunk = max(1, min(n_samples, int(per_call)))
     return _Sampling(sampler, steps, eta, clip, grid, n_samples, chunk,
                      _autocast_dtype(settings.precision, device), settings)
 
