@@ -79,7 +79,7 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import InputError
 from .model import CVDM, SAMPLERS
-from .model.samplers import DEFAULT_GRID, DEFAULT_SAMPLER, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
+from .model.samplers import GRIDS, RunningMoments, RuntimeOptions, SamplingOptions, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -443,24 +443,17 @@ def _scale_and_offset(normalizer, channels: int) -> tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings
-                      ) -> tuple[str, int, float, float | None, str]:
+def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> SamplingOptions:
     """Sampler, steps, η, clip and time grid: the settings' where given, else the model's."""
-    defaults = info.sampler or {}
-    sampler = settings.sampler or defaults.get("name", DEFAULT_SAMPLER)
-    if sampler not in SAMPLERS:
-        raise InputError(f"The model's default sampler '{sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}.")
-    steps = int(settings.steps or defaults.get("steps", 20))
-    eta = settings.eta if settings.eta is not None else defaults.get("eta")
-    if sampler in DETERMINISTIC:
-        eta = 0.0
-    elif eta is None:
-        eta = 1.0 if sampler in STOCHASTIC else 0.0
-    clip = defaults.get("clip", 1.0)
-    grid = settings.grid or defaults.get("grid", DEFAULT_GRID)
-    if grid not in GRIDS:
-        raise InputError(f"The model's default time grid '{grid}' is unknown; choose one of: {', '.join(GRIDS)}.")
-    return sampler, steps, float(eta), clip, grid
+    try:
+        options = SamplingOptions.resolve(info.sampler, sampler=settings.sampler, steps=settings.steps,
+                                          eta=settings.eta, grid=settings.grid)
+    except ValueError as error:  # the settings are checked: the model file's defaults are at fault
+        raise InputError(f"The model's default sampling settings are unusable: {error}.") from None
+    if options.sampler not in SAMPLERS:
+        raise InputError(f"The model's default sampler '{options.sampler}' is unknown; "
+                         f"choose one of: {', '.join(SAMPLERS)}.")
+    return options
 
 
 def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_um) -> dict:
@@ -594,14 +587,10 @@ class _TileGrid:
 class _Sampling:
     """Everything resolved once per call that every tile's sampling needs."""
 
-    sampler: str
-    steps: int
-    eta: float
-    clip: float | None
-    grid: str
+    options: SamplingOptions
+    runtime: RuntimeOptions
     n_samples: int
     chunk: int
-    autocast_dtype: torch.dtype | None
     settings: ReconstructionSettings
 
 
@@ -650,7 +639,7 @@ def reconstruct(
     align = network_stride(model)
     tiling = _TileGrid.build(height, width, settings.tile_size, int(settings.tile_overlap), align)
 
-    total = len(planes) * len(tiling.rows) * len(tiling.cols) * -(-run.n_samples // run.chunk) * run.steps
+    total = len(planes) * len(tiling.rows) * len(tiling.cols) * -(-run.n_samples // run.chunk) * run.options.steps
     done = 0
 
     def tick():
@@ -686,9 +675,8 @@ def reconstruct(
         pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
         unit=info.target_unit,
         metadata={
-            **asdict(settings), "sampler": run.sampler, "steps": run.steps, "eta": run.eta, "clip": run.clip,
-            "grid": run.grid, "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
-            "device": str(device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+            **asdict(settings), **asdict(run.options), "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
+            "device": str(device), "precision": "bf16" if run.runtime.autocast_dtype is not None else "fp32",
             "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": align,
             "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
         },
@@ -696,11 +684,10 @@ def reconstruct(
 
 
 def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device) -> _Sampling:
-    sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
     n_samples = int(settings.n_samples)
     chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
-    return _Sampling(sampler, steps, eta, clip, grid, n_samples, chunk,
-                     _autocast_dtype(settings.precision, device), settings)
+    runtime = RuntimeOptions(_autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
+    return _Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings)
 
 
 def _reconstruct_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, plane: int, factor: int, optics: dict,
@@ -713,14 +700,12 @@ def _reconstruct_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, plane: int
     tiles = _tile_schedule_maps(model, plane_condition, device, tiling.rows, tiling.cols, tiling.row_weights,
                                 tiling.col_weights)
     # one time grid for the plane: every tile walks the grid the untiled image would
-    lam_ref = tiling.median_lambda(tiles, outputs["mean"].shape) if run.grid == "log_snr" else None
+    lam_ref = tiling.median_lambda(tiles, outputs["mean"].shape) if run.options.grid == "log_snr" else None
     residual_scale = 1.0 if plane_base is None else float(model.config.residual_scale)
     for (r0, r1), (c0, c1), wy, wx, lam in tiles:
         stats = _tile_statistics(
             model, plane_condition[:, :, r0:r1, c0:c1].to(device), lam.to(device), noise_field, (r0, r1),
-            (c0, c1), run.n_samples, run.chunk, steps=run.steps, sampler=run.sampler, eta=run.eta,
-            clip=run.clip, grid=run.grid, lam_ref=lam_ref, autocast_dtype=run.autocast_dtype,
-            channels_last=run.settings.channels_last, compile=run.settings.compile, tick=tick,
+            (c0, c1), run.n_samples, run.chunk, run.options, run.runtime, lam_ref=lam_ref, tick=tick,
             should_stop=should_stop, keep_samples=run.settings.keep_samples,
         )
         base = 0.0 if plane_base is None else plane_base[:, r0:r1, c0:c1]
@@ -763,10 +748,9 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
 
 @torch.no_grad()
 def _tile_statistics(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise_field: NoiseField,
-                     ys: tuple[int, int], xs: tuple[int, int], n_samples: int, chunk: int, *,
-                     steps: int, sampler: str, eta: float, clip: float | None, grid: str,
-                     lam_ref: float | None, autocast_dtype: torch.dtype | None, channels_last: bool,
-                     compile: bool, tick: Callable[[], None], should_stop: StopCheck | None,
+                     ys: tuple[int, int], xs: tuple[int, int], n_samples: int, chunk: int,
+                     options: SamplingOptions, runtime: RuntimeOptions, *, lam_ref: float | None,
+                     tick: Callable[[], None], should_stop: StopCheck | None,
                      keep_samples: bool) -> dict[str, np.ndarray]:
     """Mean, unbiased variance (float64), γ(0.5) and optionally the samples of one tile, ``(C, h, w)``.
 
@@ -781,9 +765,8 @@ def _tile_statistics(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, n
             return noise_field.window(stage, ys, xs)[first:first + k]
 
         draws = sample(
-            model, y.expand(k, *y.shape[1:]), steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid,
+            model, y.expand(k, *y.shape[1:]), options, runtime,
             schedule_map=schedule_map.expand(k, *schedule_map.shape[1:]), lam_ref=lam_ref, noise=noise,
-            autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile,
             progress=lambda i, n: tick(), should_stop=should_stop,
         ).cpu()
         moments.add(draws)
