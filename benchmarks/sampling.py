@@ -19,10 +19,7 @@ N samples only estimate the std, so even a second reference run with other
 seeds does not correlate perfectly with the first: its scores are printed as
 the "ceiling" row. Seeds are fixed: on image i every configuration draws with seed
 i (the same initial noise), the ceiling row and the reliability's second draws with
-seed ``SECOND_DRAW + i``. One seed for every image would give every image the same
-Monte-Carlo error (the same noise picks the same low-frequency modes), which no
-average over images removes and no standard error over images shows
-(docs/benchmarks.md). With several images, the differences to
+seed ``SECOND_DRAW + i`` (why per-image seeds: docs/benchmarks.md). With several images, the differences to
 the reference (and to any ``--compare-to`` configuration) are paired by image
 and given with their standard error over the images, which measures the same
 scatter as the ceiling row without its extra reference run (``--no-ceiling``);
