@@ -3,10 +3,10 @@
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from napari_cvdm.model import SAMPLERS, SamplingOptions
+from napari_cvdm.model.samplers import DPMSolver2M
 from test_samplers import flow_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -30,8 +30,6 @@ def test_first_two_steps_and_flat_pixels_are_second_order():
     g = torch.Generator().manual_seed(5)
     gammas = torch.sort(torch.rand(4, 1, 1, 4, 4, generator=g, dtype=torch.float64) * 0.8 + 0.1, dim=0).values
     gammas[:, ..., 0] = gammas[0, ..., 0]  # column 0: γ never moves (flat log-SNR steps)
-    from napari_cvdm.model.samplers import DPMSolver2M
-
     third, second = DPMSolver3M(), DPMSolver2M()
     x = torch.randn(1, 1, 4, 4, generator=g, dtype=torch.float64)
     for k in range(3):
