@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from napari_cvdm.model import CVDM, ModelConfig, sample_statistics
+from napari_cvdm.model import CVDM, ModelConfig, SamplingOptions, sample_statistics
 from napari_cvdm.toy import gaussian_oracle_batch
 
 
@@ -64,7 +64,7 @@ def train(schedule: str, preset: str, minutes: float, size: int, batch: int, see
 def evaluate(model: CVDM, n_samples: int, steps: int, sampler: str, seed: int,
              n_inputs: int, grid: str, deconfounded: bool = False) -> dict[str, float]:
     test = gaussian_oracle_batch(n_inputs, 64, torch.Generator().manual_seed(10_000 + seed), deconfounded)
-    stats = sample_statistics(model, test.y, n_samples, steps=steps, sampler=sampler, clip=None, grid=grid,
+    stats = sample_statistics(model, test.y, n_samples, SamplingOptions(sampler, steps, clip=None, grid=grid),
                               generator=torch.Generator().manual_seed(seed))
     true_var = test.posterior_std**2
     result = {

@@ -40,7 +40,7 @@ from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
-from napari_cvdm.model import DENOISER_PRESETS, UNet, sample_statistics  # noqa: E402
+from napari_cvdm.model import DENOISER_PRESETS, SamplingOptions, UNet, sample_statistics  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
 from napari_cvdm.reconstruct import resolve_device  # noqa: E402
@@ -122,8 +122,8 @@ def predict(method, condition: torch.Tensor, args) -> tuple[np.ndarray, np.ndarr
     with torch.no_grad():
         if isinstance(method, UNet):
             return method(condition)[0, 0].cpu().numpy(), None, None
-        stats = sample_statistics(method, condition, args.samples, steps=args.sample_steps,
-                                  sampler="dpm_solver_2m_sde", generator=torch.Generator(condition.device).manual_seed(0))
+        stats = sample_statistics(method, condition, args.samples,
+                                  SamplingOptions("dpm_solver_2m_sde", args.sample_steps), generator=torch.Generator(condition.device).manual_seed(0))
     return (stats.mean[0, 0].cpu().numpy(), stats.variance[0, 0].cpu().numpy(),
             stats.gamma_map[0, 0].cpu().numpy())
 

@@ -19,10 +19,7 @@ N samples only estimate the std, so even a second reference run with other
 seeds does not correlate perfectly with the first: its scores are printed as
 the "ceiling" row. Seeds are fixed: on image i every configuration draws with seed
 i (the same initial noise), the ceiling row and the reliability's second draws with
-seed ``SECOND_DRAW + i``. One seed for every image would give every image the same
-Monte-Carlo error (the same noise picks the same low-frequency modes), which no
-average over images removes and no standard error over images shows
-(docs/benchmarks.md). With several images, the differences to
+seed ``SECOND_DRAW + i`` (why per-image seeds: docs/benchmarks.md). With several images, the differences to
 the reference (and to any ``--compare-to`` configuration) are paired by image
 and given with their standard error over the images, which measures the same
 scatter as the ceiling row without its extra reference run (``--no-ceiling``);
@@ -55,8 +52,10 @@ from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
-from napari_cvdm.model import GRIDS, SAMPLERS, sample  # noqa: E402
-from napari_cvdm.model.samplers import EXPERIMENTAL_SAMPLERS, _gamma, _log_snr, _row_grids  # noqa: E402
+from napari_cvdm.model import GRIDS, SAMPLERS, SamplingOptions, sample  # noqa: E402
+from napari_cvdm.model.samplers import _gamma, _row_grids, half_log_snr  # noqa: E402
+
+from experimental_samplers import EXPERIMENTAL_SAMPLERS  # noqa: E402  (registers them)
 
 TEST_SPLIT = 2  # the held-out stream of benchmarks/paper_tables.py
 PHASE_RANGE_RAD = QPISimulationConfig().phase_max_rad
@@ -152,7 +151,7 @@ class CoupledNoise:
             points = np.unique(np.concatenate(list(self.grids.values())))[::-1]  # 1 … > 0, then 0
             self.points = points[points > 0]
             self.half_log_snr = torch.stack([
-                _log_snr(_gamma(model, torch.tensor([t], dtype=torch.float32), schedule_map))[0]
+                half_log_snr(_gamma(model, torch.tensor([t], dtype=torch.float32), schedule_map))[0]
                 for t in self.points])  # (U, C, H, W)
         shape = (len(self.points), n, model.config.x_channels, *condition.shape[-2:])
         self.draws = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # [0]: x₁
@@ -182,8 +181,9 @@ def draw(model, condition: torch.Tensor, config: tuple[str, str, int], args, see
     sampler, grid, nfe = config
     noise = coupled.source(config) if coupled is not None else None
     with torch.no_grad():
-        draws = sample(model, condition.expand(args.samples, -1, -1, -1), steps=nfe, sampler=sampler, grid=grid,
-                       clip=args.clip, noise=noise, generator=torch.Generator().manual_seed(seed))
+        draws = sample(model, condition.expand(args.samples, -1, -1, -1),
+                       SamplingOptions(sampler, nfe, clip=args.clip, grid=grid), noise=noise,
+                       generator=torch.Generator().manual_seed(seed))
     return draws.double()[:, 0]
 
 
@@ -209,8 +209,8 @@ def gaussian_check(model, condition: torch.Tensor, configs, args) -> None:
         ratios = {}
         for config in [*configs, reference]:
             sampler, grid, nfe = config
-            out = sample(model, condition.expand(64, -1, -1, -1), steps=nfe, sampler=sampler, grid=grid,
-                         schedule_map=lam, clip=None, generator=torch.Generator().manual_seed(0))
+            out = sample(model, condition.expand(64, -1, -1, -1), SamplingOptions(sampler, nfe, clip=None, grid=grid),
+                         schedule_map=lam, generator=torch.Generator().manual_seed(0))
             ratios[config] = float(out.var(0).mean()) / s2
     finally:
         model.predict_noise = original
@@ -239,7 +239,7 @@ def tiling_check(model, condition: torch.Tensor, args, sampler: str = "dpm_solve
 
     def draws(c0, c1, seed=0):
         field = NoiseField(seed, 0, n, model.config.x_channels)
-        return sample(model, y[..., c0:c1].expand(n, -1, -1, -1), steps=nfe, sampler=sampler,
+        return sample(model, y[..., c0:c1].expand(n, -1, -1, -1), SamplingOptions(sampler, nfe),
                       noise=lambda stage: field.window(stage, (0, 64), (c0, c1))).double()[:, 0]
 
     whole, other_seed, tiles = draws(0, width), draws(0, width, seed=1), [draws(*span) for span in spans]

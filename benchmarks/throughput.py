@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from napari_cvdm.checkpoint import ModelInfo, load_model  # noqa: E402
 from napari_cvdm.model import CVDM, ModelConfig  # noqa: E402
-from napari_cvdm.model.samplers import _noise_predictor  # noqa: E402
+from napari_cvdm.model.samplers import RuntimeOptions, _noise_predictor  # noqa: E402
 from napari_cvdm.reconstruct import ReconstructionSettings, network_stride, reconstruct, tile_spans  # noqa: E402
 
 #: Dense (no sparsity) vendor peaks in TFLOP/s: (fp32 without tensor cores, bf16 tensor cores).
@@ -68,7 +68,7 @@ def variants(device: torch.device) -> list[tuple[str, dict]]:
 
 def time_nfe(model: CVDM, inputs, options: dict, repeats: int, device: torch.device) -> tuple[float, float]:
     """(seconds per evaluation, seconds of the first call incl. compiling)."""
-    predict = _noise_predictor(model, **options)
+    predict = _noise_predictor(model, RuntimeOptions(**options))
     with torch.no_grad():
         sync(device)
         start = time.perf_counter()

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from napari_cvdm import cli
 from napari_cvdm.checkpoint import FORMAT_VERSION, ModelInfo, load_model, read_model_info, save_model
 from napari_cvdm.errors import ModelFileError
-from napari_cvdm.model import CVDM, ModelConfig, sample
+from napari_cvdm.model import CVDM, ModelConfig, SamplingOptions, sample
 
 
 def _saved(tmp_path, **kwargs):
@@ -31,8 +31,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     loaded, loaded_info = load_model(path)
     assert loaded_info == info
     y = torch.randn(1, 2, 10, 10)
-    first = sample(model, y, steps=3, generator=torch.Generator().manual_seed(1))
-    second = sample(loaded, y, steps=3, generator=torch.Generator().manual_seed(1))
+    first = sample(model, y, SamplingOptions(steps=3), generator=torch.Generator().manual_seed(1))
+    second = sample(loaded, y, SamplingOptions(steps=3), generator=torch.Generator().manual_seed(1))
     assert torch.equal(first, second)
     assert not list(tmp_path.glob("*.tmp"))
 

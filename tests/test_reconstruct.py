@@ -8,7 +8,7 @@ from torch import nn
 
 from napari_cvdm.checkpoint import ModelInfo
 from napari_cvdm.errors import Cancelled, InputError
-from napari_cvdm.model import CVDM, ModelConfig, sample
+from napari_cvdm.model import CVDM, ModelConfig, SamplingOptions, sample
 from napari_cvdm.reconstruct import (
     NOISE_BLOCK,
     NoiseField,
@@ -143,7 +143,7 @@ def test_local_network_receptive_field_fits_in_the_discarded_margin():
     start = torch.randn(1, 1, size, size, requires_grad=True)
     lam = model.schedule.schedule_map(y)
     sample_with_grad = sample.__wrapped__  # the sampler without its no_grad decorator
-    out = sample_with_grad(model, y, steps=2, sampler="ddim", clip=None, grid="uniform", schedule_map=lam,
+    out = sample_with_grad(model, y, SamplingOptions("ddim", steps=2, clip=None, grid="uniform"), schedule_map=lam,
                            noise=lambda stage: start)
     out[0, 0, centre, centre].backward()
     reach = (y.grad.abs().sum(1)[0] + start.grad.abs()[0, 0]) > 0

@@ -27,7 +27,7 @@ from typing_extensions import TypedDict
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
-from .model.samplers import DEFAULT_SAMPLER
+from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 #: 2 added the residual formulation (ModelConfig.base, ...) and ModelInfo.base/calibration; 1 still loads.
 FORMAT_VERSION = 2
@@ -90,7 +90,7 @@ class ModelInfo:
     upsampling_factor: Annotated[int, Field(ge=1, le=MAX_UPSAMPLING)] = 1
     target_unit: str = "a.u."
     sampler: SamplerDefaults = field(
-        default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": 20, "n_samples": 8})
+        default_factory=lambda: {"name": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS, "n_samples": 8})
     training: dict = field(default_factory=dict)
     description: str = ""
     base: dict = field(default_factory=dict)

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import InputError
 from .model import SAMPLERS
-from .model.samplers import DEFAULT_SAMPLER
+from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .model.schedule import SCHEDULE_KINDS
 from .model.unet import DENOISER_PRESETS
 
@@ -99,7 +99,7 @@ class TrainConfig:
     input_channels: Annotated[int, Field(ge=1, le=1024)] = 1
     target_channels: Annotated[int, Field(ge=1, le=1024)] = 1
     sampler: str = DEFAULT_SAMPLER
-    sample_steps: Count = 20
+    sample_steps: Count = DEFAULT_STEPS
     n_samples: Count = 8
     max_bad_steps: Count = 20
     description: str = ""

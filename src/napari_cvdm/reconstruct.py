@@ -85,7 +85,7 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
 from .model import CVDM, SAMPLERS
-from .model.samplers import DEFAULT_GRID, DEFAULT_SAMPLER, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
+from .model.samplers import GRIDS, RunningMoments, RuntimeOptions, SamplingOptions, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -459,24 +459,17 @@ def _scale_and_offset(normalizer, channels: int) -> tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings
-                      ) -> tuple[str, int, float, float | None, str]:
+def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> SamplingOptions:
     """Sampler, steps, η, clip and time grid: the settings' where given, else the model's."""
-    defaults = info.sampler or {}
-    sampler = settings.sampler or defaults.get("name", DEFAULT_SAMPLER)
-    if sampler not in SAMPLERS:
-        raise InputError(f"The model's default sampler '{sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}.")
-    steps = int(settings.steps or defaults.get("steps", 20))
-    eta = settings.eta if settings.eta is not None else defaults.get("eta")
-    if sampler in DETERMINISTIC:
-        eta = 0.0
-    elif eta is None:
-        eta = 1.0 if sampler in STOCHASTIC else 0.0
-    clip = defaults.get("clip", 1.0)
-    grid = settings.grid or defaults.get("grid", DEFAULT_GRID)
-    if grid not in GRIDS:
-        raise InputError(f"The model's default time grid '{grid}' is unknown; choose one of: {', '.join(GRIDS)}.")
-    return sampler, steps, float(eta), clip, grid
+    try:
+        options = SamplingOptions.resolve(info.sampler, sampler=settings.sampler, steps=settings.steps,
+                                          eta=settings.eta, grid=settings.grid)
+    except ValueError as error:  # the settings are checked: the model file's defaults are at fault
+        raise InputError(f"The model's default sampling settings are unusable: {error}.") from None
+    if options.sampler not in SAMPLERS:
+        raise InputError(f"The model's default sampler '{options.sampler}' is unknown; "
+                         f"choose one of: {', '.join(SAMPLERS)}.")
+    return options
 
 
 def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_um) -> dict:
@@ -610,14 +603,10 @@ class _TileGrid:
 class _Sampling:
     """Everything resolved once per call that every tile's sampling needs."""
 
-    sampler: str
-    steps: int
-    eta: float
-    clip: float | None
-    grid: str
+    options: SamplingOptions
+    runtime: RuntimeOptions
     n_samples: int
     chunk: int
-    autocast_dtype: torch.dtype | None
     settings: ReconstructionSettings
 
     @property
@@ -668,7 +657,7 @@ def reconstruct(
         return outputs.result(info, pixel_size, {**metadata, "samples_done": samples_done, "plane": plane,
                                                  "planes": len(planes)}, final)
 
-    counter = _StepCounter(len(planes) * len(tiling.rows) * len(tiling.cols) * run.rounds * run.steps, progress)
+    counter = _StepCounter(len(planes) * len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps, progress)
     finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
         for p, raw in enumerate(planes):
@@ -704,9 +693,9 @@ def _metadata(settings: ReconstructionSettings, run: _Sampling, model: CVDM, dev
               tiling: _TileGrid, input_pixel_size_um: float | None) -> dict:
     """The resolved settings a Reconstruction records (``grid_reference_lambda`` filled per plane)."""
     return {
-        **asdict(settings), "sampler": run.sampler, "steps": run.steps, "eta": run.eta, "clip": run.clip,
-        "grid": run.grid, "grid_reference_lambda": [], "formulation": model.config.formulation,
-        "device": str(device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+        **asdict(settings), **asdict(run.options), "grid_reference_lambda": [],
+        "formulation": model.config.formulation, "device": str(device),
+        "precision": "bf16" if run.runtime.autocast_dtype is not None else "fp32",
         "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
         "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
     }
@@ -765,13 +754,12 @@ class _Outputs:
 
 def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device,
               tiling: _TileGrid) -> _Sampling:
-    sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
     n_samples = int(settings.n_samples)
     largest_tile = max(r1 - r0 for r0, r1 in tiling.rows) * max(c1 - c0 for c0, c1 in tiling.cols)
     per_call = settings.max_batch if settings.max_batch is not None else PIXELS_PER_CALL // largest_tile
     chunk = max(1, min(n_samples, int(per_call)))
-    return _Sampling(sampler, steps, eta, clip, grid, n_samples, chunk,
-                     _autocast_dtype(settings.precision, device), settings)
+    runtime = RuntimeOptions(_autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
+    return _Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings)
 
 
 @dataclass
@@ -807,7 +795,7 @@ class _PlaneRun:
                        model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling)]
         # one time grid for the plane: every tile walks the grid the untiled image would
-        lam_ref = tiling.median_lambda(tiles) if run.grid == "log_snr" else None
+        lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
         residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
                                                      int(info.config.x_channels)), residual_scale)
@@ -824,11 +812,9 @@ class _PlaneRun:
                 return self.noise_field.window(stage, tile.rows, tile.cols, first, first + k)
 
             draws = sample(
-                model, y.expand(k, *y.shape[1:]), steps=run.steps, sampler=run.sampler, eta=run.eta,
-                clip=run.clip, grid=run.grid, schedule_map=tile.schedule_map.expand(k, *tile.schedule_map.shape[1:]),
-                lam_ref=self.lam_ref, noise=noise, autocast_dtype=run.autocast_dtype,
-                channels_last=run.settings.channels_last, compile=run.settings.compile,
-                progress=lambda i, n: tick(), should_stop=should_stop,
+                model, y.expand(k, *y.shape[1:]), run.options, run.runtime,
+                schedule_map=tile.schedule_map.expand(k, *tile.schedule_map.shape[1:]), lam_ref=self.lam_ref,
+                noise=noise, progress=lambda i, n: tick(), should_stop=should_stop,
             ).cpu()
             tile.moments.add(draws)
             if run.settings.keep_samples:

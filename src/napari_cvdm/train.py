@@ -53,7 +53,7 @@ from .checkpoint import ModelInfo, load_model, save_model, write_atomically
 from .config import TrainConfig
 from .data.training import TrainingData, load_training_data
 from .errors import CVDMError, InputError
-from .model import CVDM, ModelConfig, low_discrepancy_times, sample_statistics
+from .model import CVDM, ModelConfig, RuntimeOptions, SamplingOptions, low_discrepancy_times, sample_statistics
 
 log = logging.getLogger(__name__)
 
@@ -411,9 +411,9 @@ class Trainer:
             losses.append(float(self.ema.loss(x0, y, t=times.to(self.device), noise=noise.to(self.device)).total)
                           * len(y))
             stats = sample_statistics(
-                self.ema, y, config.validation_samples, steps=config.validation_sample_steps,
-                sampler=config.sampler, generator=torch.Generator(self.device).manual_seed(config.seed),
-                autocast_dtype=self.autocast_dtype, clip=self.ema.clip,
+                self.ema, y, config.validation_samples,
+                SamplingOptions(config.sampler, config.validation_sample_steps, clip=self.ema.clip),
+                RuntimeOptions(self.autocast_dtype), generator=torch.Generator(self.device).manual_seed(config.seed),
             )
             for prediction, target in zip(stats.mean.cpu().numpy(), x0.cpu().numpy()):
                 for p, t in zip(prediction, target):

@@ -8,9 +8,9 @@ on a per-pixel learned schedule as well as on the fixed one.
 import pytest
 import torch
 
-from napari_cvdm.model import CVDM, SAMPLERS, ModelConfig, sample
+from napari_cvdm.model import CVDM, SAMPLERS, ModelConfig, SamplingOptions, sample
 
-STEPS = {"ancestral": 200, "ddim": 50, "dpm_solver_2m": 20, "dpm_solver_3m": 20}
+STEPS = {"ancestral": 200, "ddim": 50, "dpm_solver_2m": 20}
 
 
 @pytest.mark.parametrize("schedule", ["cvdm", "cddpm"])
@@ -31,7 +31,7 @@ def test_exact_gaussian_denoiser_gives_the_right_mean_and_variance(schedule, sam
         return sigma2.sqrt() * (x_t - alpha2.sqrt() * mean) / (alpha2 * std**2 + sigma2)
 
     model.predict_noise = exact_noise
-    draws = sample(model, y, steps=STEPS.get(sampler, 20), sampler=sampler, clip=None, grid="log_snr",
+    draws = sample(model, y, SamplingOptions(sampler, steps=STEPS.get(sampler, 20), clip=None, grid="log_snr"),
                    generator=torch.Generator().manual_seed(1))
     assert torch.allclose(draws.mean(0, keepdim=True), mean, atol=4 * 0.4 / n**0.5)
     ratio = draws.var(0, keepdim=True) / std**2

@@ -3,9 +3,11 @@ import copy
 import pytest
 import torch
 
-from napari_cvdm.model import CVDM, GRIDS, SAMPLERS, ModelConfig, sample, sample_statistics
+from napari_cvdm.model import (
+    CVDM, GRIDS, SAMPLERS, ModelConfig, RuntimeOptions, SamplingOptions, sample, sample_statistics,
+)
 from napari_cvdm.model.samplers import (
-    LOG_SNR_MAX, STOCHASTIC, ddim_step, dpm_solver_step, predict_data, time_grid,
+    DDIM, LOG_SNR_MAX, DPMSolver2M, DPMSolver2MSDE, predict_data, time_grid,
 )
 
 
@@ -24,16 +26,16 @@ Y = torch.randn(2, 2, 12, 12, generator=torch.Generator().manual_seed(1))
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_fixed_seed_gives_identical_output(sampler):
     model = _model()
-    runs = [sample(model, Y, steps=4, sampler=sampler, generator=torch.Generator().manual_seed(7))
+    runs = [sample(model, Y, SamplingOptions(sampler, steps=4), generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    other = sample(model, Y, steps=4, sampler=sampler, generator=torch.Generator().manual_seed(8))
+    other = sample(model, Y, SamplingOptions(sampler, steps=4), generator=torch.Generator().manual_seed(8))
     assert not torch.equal(runs[0], other)
 
 
 @pytest.mark.parametrize("n_samples", [1, 5])
 def test_statistics_shapes_for_one_and_many_samples(n_samples):
-    stats = sample_statistics(_model(), Y, n_samples, steps=3, keep_samples=True, clip=None,
+    stats = sample_statistics(_model(), Y, n_samples, SamplingOptions(steps=3, clip=None), keep_samples=True,
                               generator=torch.Generator().manual_seed(0))
     assert stats.mean.shape == stats.variance.shape == stats.gamma_map.shape == (2, 1, 12, 12)
     assert stats.samples.shape == (2, n_samples, 1, 12, 12)
@@ -44,7 +46,7 @@ def test_statistics_shapes_for_one_and_many_samples(n_samples):
 
 
 def test_chunked_statistics_equal_the_samples_mean_and_unbiased_variance():
-    stats = sample_statistics(_model(), Y, 7, steps=3, max_batch=6, keep_samples=True,
+    stats = sample_statistics(_model(), Y, 7, SamplingOptions(steps=3), max_batch=6, keep_samples=True,
                               generator=torch.Generator().manual_seed(0))
     samples = stats.samples.double()
     assert torch.allclose(stats.mean.double(), samples.mean(1), atol=1e-6)
@@ -53,7 +55,7 @@ def test_chunked_statistics_equal_the_samples_mean_and_unbiased_variance():
 
 def test_gamma_map_is_the_schedule_at_half_time():
     model = _model()
-    stats = sample_statistics(model, Y, 2, steps=2)
+    stats = sample_statistics(model, Y, 2, SamplingOptions(steps=2))
     expected = model.schedule.gamma(0.5, model.schedule.schedule_map(Y))
     assert torch.allclose(stats.gamma_map, expected)
 
@@ -71,7 +73,7 @@ def test_eta_one_step_equals_the_vdm_ancestral_update():
     vdm = alpha_s / alpha_t * (x_t - c * sigma_t * eps_hat) + sigma_s * c.sqrt() * xi
 
     x0_hat = predict_data(x_t, eps_hat, gamma_t, clip=None)
-    ours = ddim_step(x_t, x0_hat, gamma_t, gamma_s, eta=1.0, noise=xi)
+    ours = DDIM(eta=1.0).step(x_t, x0_hat, gamma_t, gamma_s, xi)
     assert torch.allclose(ours, vdm, rtol=1e-10, atol=1e-12)
 
 
@@ -87,8 +89,8 @@ def test_ddim_family_equals_first_order_dpm_solver_where_x0_is_clipped(eta):
     x0_hat = predict_data(x_t, eps_hat, gamma_t, clip=1.0)
     assert bool((x0_hat.abs() == 1).any())  # the case under test: some pixels clipped
 
-    ddim = ddim_step(x_t, x0_hat, gamma_t, gamma_s, eta=eta, noise=xi)
-    dpm, _ = dpm_solver_step(x_t, x0_hat, [], gamma_t, gamma_s, eta=eta, noise=xi)
+    ddim = DDIM(eta).step(x_t, x0_hat, gamma_t, gamma_s, xi)
+    dpm = (DPMSolver2MSDE(eta) if eta > 0 else DPMSolver2M()).step(x_t, x0_hat, gamma_t, gamma_s, xi)
     assert torch.allclose(ddim, dpm, rtol=1e-9, atol=1e-10)
 
 
@@ -102,7 +104,7 @@ def test_exact_denoiser_recovers_a_point_mass(sampler):
         return (x_t - gamma.sqrt() * target) / (1 - gamma).sqrt()
 
     model.predict_noise = oracle
-    result = sample(model, Y, steps=6, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    result = sample(model, Y, SamplingOptions(sampler, steps=6), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(result, target, atol=1e-4)
 
 
@@ -111,7 +113,7 @@ def test_stop_request_cancels_within_one_step():
 
     calls = []
     with pytest.raises(Cancelled):
-        sample(_model(), Y, steps=50, progress=lambda i, n: calls.append(i), should_stop=lambda: len(calls) >= 2)
+        sample(_model(), Y, SamplingOptions(steps=50), progress=lambda i, n: calls.append(i), should_stop=lambda: len(calls) >= 2)
     assert len(calls) == 2
 
 
@@ -129,10 +131,10 @@ def test_caller_noise_equals_the_generator_draws_in_order(sampler):
         stages.append(stage)
         return torch.randn(shape, generator=generator)
 
-    given = sample(model, Y, steps=4, sampler=sampler, noise=source)
-    default = sample(model, Y, steps=4, sampler=sampler, generator=torch.Generator().manual_seed(7))
+    given = sample(model, Y, SamplingOptions(sampler, steps=4), noise=source)
+    default = sample(model, Y, SamplingOptions(sampler, steps=4), generator=torch.Generator().manual_seed(7))
     assert torch.equal(given, default)
-    assert stages == ([0, 1, 2, 3] if sampler in STOCHASTIC else [0])
+    assert stages == ([0, 1, 2, 3] if SamplingOptions(sampler).eta > 0 else [0])
 
 
 def test_a_row_does_not_depend_on_its_batch():
@@ -140,12 +142,12 @@ def test_a_row_does_not_depend_on_its_batch():
     model = _model()
     x1 = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(3))
     lam = model.schedule.schedule_map(Y) * torch.tensor([1.0, 5.0]).view(2, 1, 1, 1)  # two different grids
-    common = dict(steps=5, clip=None, grid="log_snr")
-    both = sample(model, Y, noise=lambda stage: x1, schedule_map=lam, **common)
+    common = SamplingOptions(steps=5, clip=None, grid="log_snr")
+    both = sample(model, Y, common, noise=lambda stage: x1, schedule_map=lam)
     medians = lam.flatten(1).median(1).values
-    swapped = sample(model, Y, noise=lambda stage: x1, schedule_map=lam, lam_ref=medians.flip(0), **common)
+    swapped = sample(model, Y, common, noise=lambda stage: x1, schedule_map=lam, lam_ref=medians.flip(0))
     for b in range(2):
-        alone = sample(model, Y[b:b + 1], noise=lambda stage: x1[b:b + 1], schedule_map=lam[b:b + 1], **common)
+        alone = sample(model, Y[b:b + 1], common, noise=lambda stage: x1[b:b + 1], schedule_map=lam[b:b + 1])
         scale = float(alone.abs().max())
         assert float((both[b] - alone[0]).abs().max()) < 1e-5 * scale
         assert float((swapped[b] - alone[0]).abs().max()) > 1e-3 * scale  # control: the grid matters
@@ -181,12 +183,11 @@ def _gaussian_oracle_model(s2: torch.Tensor) -> CVDM:
     return model
 
 
-@pytest.mark.parametrize("sampler,order", [("ddim", 1), ("dpm_solver_2m", 2), ("dpm_solver_3m", 3)])
-def test_solvers_converge_at_their_order_to_the_exact_flow_on_the_log_snr_grid(sampler, order):
-    """Gaussian data: the probability-flow ODE maps x₁ to x0 = x₁ s / sqrt(γ₁ s² + 1 − γ₁) exactly.
+def flow_errors(sampler: str, steps=(20, 40)) -> list[float]:
+    """RMS error against the exact probability-flow map of Gaussian data, at each number of steps.
 
-    Per-pixel λ spans a factor ~20, so the solvers really work per pixel. The error must
-    shrink by about 2^order per doubling of the steps.
+    The ODE maps x₁ to x0 = x₁ s / sqrt(γ₁ s² + 1 − γ₁) exactly. Per-pixel λ spans a
+    factor ~20, so the solvers really work per pixel.
     """
     g = torch.Generator().manual_seed(1)
     model = _model()
@@ -196,9 +197,15 @@ def test_solvers_converge_at_their_order_to_the_exact_flow_on_the_log_snr_grid(s
     model = _gaussian_oracle_model(s2)
     gamma1 = model.schedule.gamma(1.0, lam).double()
     exact = x1.double() * s2.sqrt() / (gamma1 * s2 + 1 - gamma1).sqrt()
-    errors = [float((sample(model, Y, steps=k, sampler=sampler, schedule_map=lam, noise=lambda stage: x1,
-                            clip=None, grid="log_snr").double() - exact).pow(2).mean().sqrt())
-              for k in (20, 40)]
+    return [float((sample(model, Y, SamplingOptions(sampler, steps=k, clip=None, grid="log_snr"), schedule_map=lam,
+                          noise=lambda stage: x1).double() - exact).pow(2).mean().sqrt())
+            for k in steps]
+
+
+@pytest.mark.parametrize("sampler,order", [("ddim", 1), ("dpm_solver_2m", 2)])
+def test_solvers_converge_at_their_order_to_the_exact_flow_on_the_log_snr_grid(sampler, order):
+    """The error must shrink by about 2^order per doubling of the steps (:func:`flow_errors`)."""
+    errors = flow_errors(sampler)
     assert 0.6 * 2**order < errors[0] / errors[1] < 1.6 * 2**order
 
 
@@ -214,8 +221,8 @@ def test_uniform_grid_is_first_order_whatever_the_solver():
     exact = x1.double() * s2.sqrt() / (gamma1 * s2 + 1 - gamma1).sqrt()
 
     def error(grid, k):
-        out = sample(model, Y, steps=k, schedule_map=lam, noise=lambda stage: x1, clip=None, grid=grid,
-                     sampler="dpm_solver_2m")
+        out = sample(model, Y, SamplingOptions("dpm_solver_2m", steps=k, clip=None, grid=grid), schedule_map=lam,
+                     noise=lambda stage: x1)
         return float((out.double() - exact).pow(2).mean().sqrt())
 
     assert error("uniform", 20) / error("uniform", 40) < 2.5
@@ -232,7 +239,7 @@ def test_extreme_and_flat_schedules_stay_finite(sampler):
     lam[:, :, :4] = 1e-4
     lam[:, :, -4:] = 30.0
     for grid in GRIDS:
-        result = sample(model, Y, steps=6, sampler=sampler, schedule_map=lam, grid=grid,
+        result = sample(model, Y, SamplingOptions(sampler, steps=6, grid=grid), schedule_map=lam,
                         generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(result).all()
         assert torch.allclose(result, target, atol=1e-3)
@@ -243,11 +250,12 @@ def test_extreme_and_flat_schedules_stay_finite(sampler):
 
 def test_channels_last_and_bf16_change_only_rounding():
     model = _model()
-    common = dict(steps=4, generator=None)
-    base = sample(model, Y, noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5, **common)
-    nhwc = sample(model, Y, noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5, channels_last=True, **common)
-    bf16 = sample(model, Y, noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5, autocast_dtype=torch.bfloat16,
-                  **common)
+    options = SamplingOptions(steps=4)
+    base = sample(model, Y, options, noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5)
+    nhwc = sample(model, Y, options, RuntimeOptions(channels_last=True),
+                  noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5)
+    bf16 = sample(model, Y, options, RuntimeOptions(autocast_dtype=torch.bfloat16),
+                  noise=lambda stage: torch.ones(2, 1, 12, 12) * 0.5)
     assert torch.allclose(base, nhwc, atol=1e-5)
     assert bf16.dtype == torch.float32 and 0 < float((bf16 - base).abs().max()) < 0.05
 
@@ -263,13 +271,13 @@ def test_failed_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     noise = lambda stage: torch.ones(2, 1, 12, 12) * 0.5  # noqa: E731
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        compiled = sample(model, Y, steps=3, noise=noise, compile=True)
-    assert torch.equal(compiled, sample(model, Y, steps=3, noise=noise))
+        compiled = sample(model, Y, SamplingOptions(steps=3), RuntimeOptions(compile=True), noise=noise)
+    assert torch.equal(compiled, sample(model, Y, SamplingOptions(steps=3), noise=noise))
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sample(model, Y, steps=3, noise=noise, compile=True)  # remembered: no second warning
+        sample(model, Y, SamplingOptions(steps=3), RuntimeOptions(compile=True), noise=noise)  # remembered: no second warning
 
 
 def test_log_snr_2m_samplers_reproduce_the_data_variance_at_20_steps():
@@ -283,7 +291,7 @@ def test_log_snr_2m_samplers_reproduce_the_data_variance_at_20_steps():
     lam, y = torch.ones(4, 1, 32, 32), torch.zeros(4, 2, 32, 32)
 
     def variance_ratio(sampler):
-        out = sample(model, y, steps=20, sampler=sampler, schedule_map=lam, clip=None, grid="log_snr",
+        out = sample(model, y, SamplingOptions(sampler, steps=20, clip=None, grid="log_snr"), schedule_map=lam,
                      generator=torch.Generator().manual_seed(0))
         return float(out.var()) / s2
 

@@ -1,12 +1,14 @@
 """The CVDM method in PyTorch: schedule, denoiser, loss and samplers (no Qt, no napari)."""
 
 from .cvdm import CVDM, LossTerms, ModelConfig, low_discrepancy_times
-from .samplers import GRIDS, SAMPLERS, SampleStatistics, sample, sample_statistics
+from .samplers import (
+    GRIDS, SAMPLERS, RuntimeOptions, SampleStatistics, SamplingOptions, sample, sample_statistics,
+)
 from .schedule import SCHEDULE_KINDS, Schedule
 from .unet import DENOISER_PRESETS, UNet, UNetSize
 
 __all__ = [
-    "CVDM", "DENOISER_PRESETS", "GRIDS", "LossTerms", "ModelConfig", "SAMPLERS", "SCHEDULE_KINDS",
-    "SampleStatistics", "Schedule", "UNet", "UNetSize", "low_discrepancy_times", "sample",
+    "CVDM", "DENOISER_PRESETS", "GRIDS", "LossTerms", "ModelConfig", "RuntimeOptions", "SAMPLERS",
+    "SCHEDULE_KINDS", "SampleStatistics", "SamplingOptions", "Schedule", "UNet", "UNetSize", "low_discrepancy_times", "sample",
     "sample_statistics",
 ]

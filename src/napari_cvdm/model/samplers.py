@@ -2,43 +2,36 @@
 
 All samplers walk a time grid ``1 = t_K > … > t_1 > t_0 = 0`` and read γ(t, y)
 directly from the schedule (never an integrated β), so one model serves every
-sampler. With ``α = sqrt(γ)``, ``σ = sqrt(1 − γ)``, one step from t to s < t:
+sampler. With ``α = sqrt(γ)``, ``σ = sqrt(1 − γ)``, each step from t to s < t is a
+function of x_t and the data prediction
 
-- ``x̂0 = (x_t − σ_t ε̂) / α_t``, optionally clipped to the data range.
-- DDIM family: ``c² = η² (σ_s²/σ_t²)(1 − α_t²/α_s²)``,
-  ``x_s = α_s x̂0 + sqrt(σ_s² − c²) ε̃ + c ξ``. ``η = 1`` is the paper's
-  (VDM) ancestral sampler, ``η = 0`` the deterministic ODE sampler.
-  ``ε̃ = (x_t − α_t x̂0) / σ_t`` is the noise that goes with the *clipped* x̂0
-  (ε̂ itself where nothing was clipped), so every step is a function of x_t and
-  x̂0 alone: the ancestral step is the DDPM posterior mean given the clipped x̂0
-  plus its noise, exactly the first-order step of 2M SDE, and DDIM the first-order
-  step of 2M, wherever clipping acts too. Mixing the unclipped ε̂ with the clipped
-  x̂0 instead pulls clipped pixels back harder at every step: on QPI a long chain of
-  such steps had half the spread of the 20-step 2M SDE (docs/benchmarks.md).
-- DPM-Solver++ 2M (data prediction, multistep), per pixel:
-  ``λ_t = log(α_t/σ_t)``, ``h = λ_s − λ_t``,
-  ``x_s = (σ_s/σ_t) x_t − α_s expm1(−h) D`` with ``D = x̂0 + (h / 2h_prev)(x̂0 − x̂0_prev)``.
-  First order on the first step and wherever a pixel's schedule is nearly flat
-  between the previous two grid times (``|h_prev| < FLAT_STEP``: the ratio
-  ``h/h_prev`` would be 0/0 there, and a flat pixel needs no correction).
-- DPM-Solver++ 2M SDE (``dpm_solver_2m_sde``, η = 1): the same ``D``,
-  ``x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s expm1(−(1+η)h) D + σ_s sqrt(−expm1(−2ηh)) ξ``;
-  its first-order form is exactly the ancestral step. 3M (``dpm_solver_3m``) is
-  kept for benchmarks only (:data:`EXPERIMENTAL_SAMPLERS`).
+- ``x̂0 = (x_t − σ_t ε̂) / α_t``, clipped to ``[−clip, clip]`` (:class:`SamplingOptions`);
+  samplers that need the noise use ``ε̃ = (x_t − α_t x̂0) / σ_t``, the noise that goes
+  with the *clipped* x̂0 (ε̂ itself where nothing was clipped). So the DDIM family and
+  DPM-Solver++ share their first-order steps wherever clipping acts: DDIM is first-order
+  2M, the ancestral step first-order 2M SDE (docs/benchmarks.md, on clipping).
 
-The last step (t_1 → 0) returns x̂0 at t_1 for every sampler.
+Each sampler is one small class with its update formula in its docstring
+(:class:`Ancestral`, :class:`DDIM`, :class:`DPMSolver2M`, :class:`DPMSolver2MSDE`),
+found by name in :data:`SAMPLER_TYPES`; :data:`SAMPLERS` are the ones offered to users
+(benchmarks may register more with :func:`register_sampler`). The last step
+(t_1 → 0) returns x̂0 at t_1 for every sampler.
 
 Time grids (:data:`GRIDS`), shared by all pixels of an input:
 
 - ``log_snr`` (default): the K points ``t_K … t_1`` uniform in the log-SNR
   ``ℓ(t) = log(γ/(1 − γ))`` of the reference pixel whose λ is the median of the
   λ map, from ``ℓ(1)`` up to ``LOG_SNR_MAX``, then ``t_0 = 0``: the final x̂0 is
-  predicted from an almost clean x_{t_1}, and DDIM / 2M / 3M converge at orders
-  1 / 2 / 3 to the exact flow.
+  predicted from an almost clean x_{t_1}, and the solvers converge at their order
+  to the exact flow.
 - ``uniform``: uniform in t. Its last interval ``[0, 1/K]`` is covered by one
   x̂0 prediction, a posterior *mean* at a noticeable noise level for K ≤ 50, so
-  every solver is first order and the samples are shrunk (an exact denoiser gives
-  0.56–0.79 of the true variance at 10–20 steps; docs/benchmarks.md).
+  every solver is first order and the samples are shrunk (docs/benchmarks.md).
+
+Settings: :class:`SamplingOptions` is what is drawn (sampler, steps, η, clip, grid;
+the package's sampling defaults live there and only there), :class:`RuntimeOptions`
+how the denoiser runs (precision, memory layout, compiling), which changes the
+samples only by rounding.
 
 Noise: ``sample`` asks a :data:`NoiseSource` for the initial x₁ (stage 0) and
 the fresh noise of stochastic step k (stage k); by default these are draws
@@ -48,10 +41,12 @@ positions instead, through the same function.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -59,21 +54,16 @@ import torch
 from ..errors import Cancelled
 from .cvdm import CVDM
 
-SAMPLERS = ("ancestral", "ddim", "dpm_solver_2m", "dpm_solver_2m_sde")
-#: Accepted by :func:`sample` for benchmarks, not offered to users: DPM-Solver++ 3M did not
-#: measure better than 2M at the default NFE (docs/benchmarks.md).
-EXPERIMENTAL_SAMPLERS = ("dpm_solver_3m",)
-#: Samplers whose η defaults to 1 (stochastic); ``ddim`` defaults to η = 0.
-STOCHASTIC = ("ancestral", "dpm_solver_2m_sde")
-#: Samplers that are always deterministic (η is ignored).
-DETERMINISTIC = ("dpm_solver_2m", "dpm_solver_3m")
 GRIDS = ("log_snr", "uniform")
-#: Time grid of models whose ModelInfo.sampler names none.
+#: Time grid of calls and models that name none.
 DEFAULT_GRID = "log_snr"
 #: Sampler of calls and models that name none: right on the exact denoiser at 10–20 steps
-#: and close to the paper's 200-step ancestral spread on trained networks
-#: (docs/benchmarks.md), where the deterministic solvers are not.
+#: and close to the paper's 200-step ancestral spread on trained networks (docs/benchmarks.md).
 DEFAULT_SAMPLER = "dpm_solver_2m_sde"
+#: Network evaluations (NFE) of calls and models that name none.
+DEFAULT_STEPS = 20
+#: Bound of |x̂0| of calls and models that name none (the normalised data range).
+DEFAULT_CLIP = 1.0
 
 #: Below this log-SNR step a pixel's schedule is treated as flat (first-order update).
 FLAT_STEP = 1e-4
@@ -136,6 +126,242 @@ class RunningMoments:
         return torch.zeros_like(self.sum_sq_dev)
 
 
+# ----------------------------------------------------------------------------- update rules
+
+
+def predict_data(x_t: torch.Tensor, eps_hat: torch.Tensor, gamma_t: torch.Tensor,
+                 clip: float | None) -> torch.Tensor:
+    """x̂0 = (x_t − σ_t ε̂) / α_t, clipped to ``[−clip, clip]`` unless ``clip`` is None."""
+    x0_hat = (x_t - (1 - gamma_t).sqrt() * eps_hat) / gamma_t.sqrt().clamp_min(MIN_ALPHA)
+    return x0_hat if clip is None else x0_hat.clamp(-clip, clip)
+
+
+def noise_of_data(x_t: torch.Tensor, x0_hat: torch.Tensor, gamma_t: torch.Tensor) -> torch.Tensor:
+    """ε̃ = (x_t − α_t x̂0) / σ_t, the inverse of :func:`predict_data` (same α floor), for a clipped x̂0."""
+    return (x_t - gamma_t.sqrt().clamp_min(MIN_ALPHA) * x0_hat) / (1 - gamma_t).sqrt()
+
+
+def half_log_snr(gamma: torch.Tensor) -> torch.Tensor:
+    """λ = ``log(α/σ)``, half the log-SNR (DPM-Solver's λ)."""
+    return 0.5 * (torch.log(gamma) - torch.log1p(-gamma))
+
+
+def divided_difference(newer: torch.Tensor, older: torch.Tensor, h_older: torch.Tensor,
+                       h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(newer − older) h / h_older`` and where it is defined (``|h_older| ≥ FLAT_STEP``; 0 elsewhere)."""
+    flat = h_older.abs() < FLAT_STEP
+    return torch.where(flat, torch.zeros_like(h), (newer - older) * h / h_older.where(~flat, 1.0)), ~flat
+
+
+class Sampler:
+    """One reverse step t → s < t from x_t and the (clipped) data prediction x̂0, per pixel.
+
+    A subclass sets ``name``, ``default_eta`` (η when the options give none) and
+    ``uses_eta`` (False: deterministic, η = 0 whatever is asked) and implements
+    :meth:`step`. A multistep sampler keeps its history on the instance: one instance per
+    chain (:meth:`SamplingOptions.make_sampler`).
+    """
+
+    name: ClassVar[str]
+    default_eta: ClassVar[float] = 0.0
+    uses_eta: ClassVar[bool] = True
+
+    def __init__(self, eta: float = 0.0):
+        self.eta = float(eta) if self.uses_eta else 0.0
+
+    @property
+    def needs_noise(self) -> bool:
+        """Whether :meth:`step` takes fresh standard normal noise (η > 0)."""
+        return self.eta > 0
+
+    def step(self, x_t: torch.Tensor, x0_hat: torch.Tensor, gamma_t: torch.Tensor, gamma_s: torch.Tensor,
+             noise: torch.Tensor | None) -> torch.Tensor:
+        """x_s from x_t ``(B, C, H, W)``, x̂0, γ_t, γ_s (same shape) and ξ (None unless :attr:`needs_noise`)."""
+        raise NotImplementedError
+
+
+class DDIM(Sampler):
+    """DDIM (η = 0 by default: the deterministic ODE sampler; first-order :class:`DPMSolver2M`).
+
+    ``c² = η² (σ_s²/σ_t²)(1 − α_t²/α_s²)``, ``x_s = α_s x̂0 + sqrt(σ_s² − c²) ε̃ + c ξ``.
+    """
+
+    name = "ddim"
+
+    def step(self, x_t, x0_hat, gamma_t, gamma_s, noise):
+        eps = noise_of_data(x_t, x0_hat, gamma_t)
+        sigma2_t, sigma2_s = 1 - gamma_t, 1 - gamma_s
+        c2 = self.eta**2 * (sigma2_s / sigma2_t.clamp_min(1e-12)) * (1 - gamma_t / gamma_s)
+        c2 = c2.clamp(min=0.0).minimum(sigma2_s)
+        x_s = gamma_s.sqrt() * x0_hat + (sigma2_s - c2).sqrt() * eps
+        return x_s + c2.sqrt() * noise if self.needs_noise else x_s
+
+
+class Ancestral(DDIM):
+    """The paper's (VDM) ancestral sampler: :class:`DDIM` at η = 1.
+
+    ``x_s = α_s x̂0 + σ_s sqrt(1 − c) ε̃ + σ_s sqrt(c) ξ`` with ``c = 1 − SNR_t/SNR_s``: the
+    DDPM posterior mean given x̂0 plus its noise, exactly first-order :class:`DPMSolver2MSDE`.
+    """
+
+    name = "ancestral"
+    default_eta = 1.0
+
+
+class DPMSolver2M(Sampler):
+    """DPM-Solver++ 2M (data prediction, multistep; deterministic), per pixel.
+
+    ``h = λ_s − λ_t``, ``D = x̂0 + (h / 2h_prev)(x̂0 − x̂0_prev)``,
+    ``x_s = (σ_s/σ_t) x_t − α_s expm1(−h) D``. First order (``D = x̂0``) on the first step
+    and wherever the previous step was flat (``|h_prev| < FLAT_STEP``: h/h_prev would be
+    0/0 there, and a flat pixel needs no correction). State: ``history``, the last
+    ``memory`` pairs (x̂0, h of the step taken from it), newest first.
+    """
+
+    name = "dpm_solver_2m"
+    uses_eta = False
+    memory: ClassVar[int] = 1
+
+    def __init__(self, eta: float = 0.0):
+        super().__init__(eta)
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def step(self, x_t, x0_hat, gamma_t, gamma_s, noise):
+        h = half_log_snr(gamma_s) - half_log_snr(gamma_t)
+        x_s = self.update(x_t, x0_hat, gamma_t, gamma_s, h, noise)
+        self.history = [(x0_hat, h), *self.history][:self.memory]
+        return x_s
+
+    def data_term(self, x0_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """D: x̂0 plus the second-order correction where the previous step allows it."""
+        if not self.history:
+            return x0_hat
+        x0_prev, h_prev = self.history[0]
+        return x0_hat + 0.5 * divided_difference(x0_hat, x0_prev, h_prev, h)[0]
+
+    def update(self, x_t, x0_hat, gamma_t, gamma_s, h, noise) -> torch.Tensor:
+        """x_s given this step's ``h`` (before the history moves on)."""
+        sigma_ratio = ((1 - gamma_s) / (1 - gamma_t)).sqrt()
+        return sigma_ratio * x_t - gamma_s.sqrt() * torch.expm1(-h) * self.data_term(x0_hat, h)
+
+
+class DPMSolver2MSDE(DPMSolver2M):
+    """DPM-Solver++ 2M SDE (k-diffusion's ``dpmpp_2m_sde``; η = 1 by default; η = 0 is 2M).
+
+    With the ``D`` of :class:`DPMSolver2M`:
+    ``x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s expm1(−(1+η)h) D + σ_s sqrt(−expm1(−2ηh)) ξ``;
+    at η = 1 its first-order form is exactly the :class:`Ancestral` step.
+    """
+
+    name = "dpm_solver_2m_sde"
+    default_eta = 1.0
+    uses_eta = True
+
+    def update(self, x_t, x0_hat, gamma_t, gamma_s, h, noise):
+        if not self.needs_noise:
+            return super().update(x_t, x0_hat, gamma_t, gamma_s, h, noise)
+        eta, data = self.eta, self.data_term(x0_hat, h)
+        sigma_ratio = ((1 - gamma_s) / (1 - gamma_t)).sqrt()
+        x_s = sigma_ratio * torch.exp(-eta * h) * x_t - gamma_s.sqrt() * torch.expm1(-(1 + eta) * h) * data
+        return x_s + (1 - gamma_s).sqrt() * (-torch.expm1(-2 * eta * h)).clamp_min(0).sqrt() * noise
+
+
+#: Every sampler :class:`SamplingOptions` accepts, by name (benchmarks may add more).
+SAMPLER_TYPES: dict[str, type[Sampler]] = {kind.name: kind for kind in (Ancestral, DDIM, DPMSolver2M, DPMSolver2MSDE)}
+#: The samplers offered to users.
+SAMPLERS = tuple(SAMPLER_TYPES)
+
+
+def register_sampler(kind: type[Sampler]) -> type[Sampler]:
+    """Make ``kind`` available to :class:`SamplingOptions` under ``kind.name`` (not to users)."""
+    SAMPLER_TYPES[kind.name] = kind
+    return kind
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _number(name: str, value, low: float, high: float, *, low_open: bool = False) -> float:
+    """``value`` as a float, ValueError naming ``name`` unless a finite number in the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}] (got {value!r})")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What :func:`sample` draws; the package's sampling defaults are these field defaults.
+
+    ``sampler``: a name in :data:`SAMPLER_TYPES`; ``steps``: network evaluations (NFE), ≥ 1;
+    ``eta``: η in [0, 1] of the samplers that have one (None: the sampler's default; after
+    construction always the η used, 0 for a deterministic sampler); ``clip``: bound of
+    |x̂0| (None: unclipped); ``grid``: one of :data:`GRIDS`. Bad values raise ValueError
+    naming the field.
+    """
+
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
+    eta: float | None = None
+    clip: float | None = DEFAULT_CLIP
+    grid: str = DEFAULT_GRID
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLER_TYPES:
+            raise ValueError(f"sampler must be one of {tuple(SAMPLER_TYPES)} (got {self.sampler!r})")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < 1:
+            raise ValueError(f"steps must be a whole number ≥ 1 (got {self.steps!r})")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS} (got {self.grid!r})")
+        kind = SAMPLER_TYPES[self.sampler]
+        eta = kind.default_eta if self.eta is None else _number("eta", self.eta, 0.0, 1.0)
+        object.__setattr__(self, "eta", eta if kind.uses_eta else 0.0)
+        object.__setattr__(self, "steps", int(self.steps))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", _number("clip", self.clip, 0.0, math.inf, low_open=True))
+
+    @classmethod
+    def resolve(cls, model_defaults: Mapping | None = None, *, sampler: str | None = None,
+                steps: int | None = None, eta: float | None = None, grid: str | None = None) -> SamplingOptions:
+        """The given settings (None: not given), else the model's (``ModelInfo.sampler``: name, steps,
+        eta, clip, grid), else the defaults above. ``clip`` comes from the model only."""
+        defaults = dict(model_defaults or {})
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "grid": grid}
+        values = {field: value if value is not None else defaults.get("name" if field == "sampler" else field)
+                  for field, value in given.items()}
+        if "clip" in defaults:
+            values["clip"] = defaults["clip"]
+        return cls(**{field: value for field, value in values.items() if value is not None or field == "clip"})
+
+    def make_sampler(self) -> Sampler:
+        """A fresh sampler (with empty history) for one chain."""
+        return SAMPLER_TYPES[self.sampler](self.eta)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the denoiser runs; any choice changes the samples only by rounding.
+
+    ``autocast_dtype``: None (float32) or a reduced precision such as ``torch.bfloat16`` for
+    the denoiser (the schedule and the updates stay float32); ``channels_last``: NHWC tensors
+    into the denoiser; ``compile``: run it through ``torch.compile`` (cached per model; the
+    first call is slow; falls back to eager with a warning).
+    """
+
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.autocast_dtype is not None and not (isinstance(self.autocast_dtype, torch.dtype)
+                                                    and self.autocast_dtype.is_floating_point):
+            raise ValueError(f"autocast_dtype must be None or a floating torch.dtype (got {self.autocast_dtype!r})")
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False (got {getattr(self, name)!r})")
+
+
 # ----------------------------------------------------------------------------- time grids
 
 
@@ -173,12 +399,16 @@ _TABLE_T = np.geomspace(1e-9, 1.0, 4096)
 
 
 def _log_snr_table(schedule, lam: float) -> np.ndarray:
-    """Full log-SNR ``log(γ/(1 − γ))`` at ``_TABLE_T`` for a pixel with λ = ``lam`` (float64, decreasing)."""
-    import copy
+    """Full log-SNR ``log(γ/(1 − γ))`` at ``_TABLE_T`` for a pixel with λ = ``lam`` (float64, decreasing).
 
-    time = copy.deepcopy(schedule.time).to(torch.float64)  # τ̃(t) = f(t) − f(0) cancels in float32
+    τ̃ is evaluated in the time network's own precision: it has no cancellation near t = 0
+    (:class:`~napari_cvdm.model.schedule.MonotoneTime`), so 1 − γ ≈ λτ̃ keeps its relative accuracy.
+    """
+    parameter = next(schedule.time.parameters(), None)
+    like = {} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
     with torch.no_grad():
-        tau_tilde = time(torch.from_numpy(_TABLE_T)).tau_tilde.cpu().numpy()
+        times = torch.as_tensor(_TABLE_T, **({"dtype": torch.float32} | like))
+        tau_tilde = schedule.time(times).tau_tilde.double().cpu().numpy()
     log_gamma = np.minimum(-lam * tau_tilde, -1e-300)
     return log_gamma - np.log(-np.expm1(log_gamma))
 
@@ -199,109 +429,21 @@ def _row_grids(steps: int, grid: str, schedule, schedule_map: torch.Tensor,
     return torch.stack([grids[value] for value in refs.tolist()])
 
 
-# ----------------------------------------------------------------------------- update rules
-
-
-def predict_data(x_t: torch.Tensor, eps_hat: torch.Tensor, gamma_t: torch.Tensor,
-                 clip: float | None) -> torch.Tensor:
-    """x̂0 = (x_t − σ_t ε̂) / α_t, clipped to ``[−clip, clip]`` unless ``clip`` is None."""
-    x0_hat = (x_t - (1 - gamma_t).sqrt() * eps_hat) / gamma_t.sqrt().clamp_min(MIN_ALPHA)
-    return x0_hat if clip is None else x0_hat.clamp(-clip, clip)
-
-
-def noise_of_data(x_t: torch.Tensor, x0_hat: torch.Tensor, gamma_t: torch.Tensor) -> torch.Tensor:
-    """ε̃ = (x_t − α_t x̂0) / σ_t, the inverse of :func:`predict_data` (same α floor), for a clipped x̂0."""
-    return (x_t - gamma_t.sqrt().clamp_min(MIN_ALPHA) * x0_hat) / (1 - gamma_t).sqrt()
-
-
-def ddim_step(x_t: torch.Tensor, x0_hat: torch.Tensor, gamma_t: torch.Tensor,
-              gamma_s: torch.Tensor, eta: float, noise: torch.Tensor | None) -> torch.Tensor:
-    """One DDIM-family step t → s (η = 1 ancestral, η = 0 deterministic) from x_t and the (clipped) x̂0."""
-    eps_hat = noise_of_data(x_t, x0_hat, gamma_t)
-    sigma2_t, sigma2_s = 1 - gamma_t, 1 - gamma_s
-    c2 = eta**2 * (sigma2_s / sigma2_t.clamp_min(1e-12)) * (1 - gamma_t / gamma_s)
-    c2 = c2.clamp(min=0.0).minimum(sigma2_s)
-    x_s = gamma_s.sqrt() * x0_hat + (sigma2_s - c2).sqrt() * eps_hat
-    if eta > 0:
-        x_s = x_s + c2.sqrt() * noise
-    return x_s
-
-
-def _log_snr(gamma: torch.Tensor) -> torch.Tensor:
-    """Half log-SNR ``log(α/σ)``."""
-    return 0.5 * (torch.log(gamma) - torch.log1p(-gamma))
-
-
-def dpm_solver_step(x_t: torch.Tensor, x0_hat: torch.Tensor,
-                    history: list[tuple[torch.Tensor, torch.Tensor]],
-                    gamma_t: torch.Tensor, gamma_s: torch.Tensor, eta: float = 0.0,
-                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One multistep DPM-Solver++ step t → s of order ``len(history) + 1`` (1 to 3), per pixel.
-
-    ``history``: ``(x̂0, h)`` of the previous evaluations, newest first, where ``h`` is the
-    log-SNR step that led to that evaluation's time (so ``history[0][1]`` is
-    ``h_prev``). Returns ``x_s`` and this step's ``h = λ_s − λ_t``. A pixel whose
-    previous step is flat (``|h_prev| < FLAT_STEP``) drops one order per flat step.
-
-    ODE (``eta = 0``), with ``r0 = h0/h``, ``r1 = h1/h`` (diffusers' notation):
-    ``D1_0 = (x̂0 − x̂0₁)/r0``, 2M: ``D = x̂0 + D1_0/2``;
-    3M: ``D1_1 = (x̂0₁ − x̂0₂)/r1``, ``D1 = D1_0 + r0/(r0+r1)(D1_0 − D1_1)``,
-    ``D2 = (D1_0 − D1_1)/(r0+r1)``,
-    ``x_s = (σ_s/σ_t) x_t − α_s φ1 x̂0 + α_s φ2 D1 − α_s φ3 D2`` with
-    ``φ1 = expm1(−h)``, ``φ2 = φ1/h + 1``, ``φ3 = (φ1 + h)/h² − 1/2``.
-
-    SDE (``eta > 0``, order ≤ 2, k-diffusion's ``dpmpp_2m_sde``): with ``ĥ = (1 + η) h``,
-    ``x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s expm1(−ĥ) D + σ_s sqrt(−expm1(−2ηh)) ξ``;
-    at η = 1 and first order this is exactly the ancestral (DDPM posterior) step.
-    """
-    step = _log_snr(gamma_s) - _log_snr(gamma_t)
-    sigma_ratio = ((1 - gamma_s) / (1 - gamma_t)).sqrt()
-    alpha_s = gamma_s.sqrt()
-
-    def divided_difference(newer, older, h_older):
-        flat = h_older.abs() < FLAT_STEP
-        return torch.where(flat, torch.zeros_like(step), (newer - older) * step / h_older.where(~flat, 1.0)), ~flat
-
-    d1_0 = None
-    if history:
-        d1_0, ok0 = divided_difference(x0_hat, history[0][0], history[0][1])
-    if eta > 0:
-        data = x0_hat if d1_0 is None else x0_hat + 0.5 * d1_0
-        x_s = sigma_ratio * torch.exp(-eta * step) * x_t - alpha_s * torch.expm1(-(1 + eta) * step) * data
-        return x_s + (1 - gamma_s).sqrt() * (-torch.expm1(-2 * eta * step)).clamp_min(0).sqrt() * noise, step
-    phi1 = torch.expm1(-step)
-    if d1_0 is None:
-        return sigma_ratio * x_t - alpha_s * phi1 * x0_hat, step
-    second_order = sigma_ratio * x_t - alpha_s * phi1 * (x0_hat + 0.5 * d1_0)
-    if len(history) < 2:
-        return second_order, step
-    (x0_prev, h0), (x0_prev2, h1) = history[:2]
-    d1_1, ok1 = divided_difference(x0_prev, x0_prev2, h1)
-    third = ok0 & ok1 & (step.abs() >= FLAT_STEP)
-    safe_step = step.where(third, 1.0)
-    r0, r1 = h0 / safe_step, h1 / safe_step
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
-    phi2 = phi1 / safe_step + 1
-    phi3 = (phi1 + safe_step) / safe_step**2 - 0.5
-    third_order = sigma_ratio * x_t - alpha_s * phi1 * x0_hat + alpha_s * phi2 * d1 - alpha_s * phi3 * d2
-    return torch.where(third, third_order, second_order), step
-
-
 # ----------------------------------------------------------------------------- network evaluation
 
 # torch.compile'd noise predictors, one per model; a failed compile is remembered as eager.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _noise_predictor(model: CVDM, *, autocast_dtype: torch.dtype | None, channels_last: bool,
-                     compile: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def _noise_predictor(model: CVDM, runtime: RuntimeOptions
+                     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``ε̂(x_t, y, γ_t)`` in float32, run under autocast / channels_last / torch.compile as asked.
 
     ``compile``: the first call compiles (seconds to a minute); if compiling or running the
     compiled graph fails, a ``RuntimeWarning`` is given and the model runs eagerly from then on.
     """
     eager = model.predict_noise
+    autocast_dtype, channels_last = runtime.autocast_dtype, runtime.channels_last
 
     def call(function, x, y, gamma):
         if channels_last:
@@ -310,7 +452,7 @@ def _noise_predictor(model: CVDM, *, autocast_dtype: torch.dtype | None, channel
                             enabled=autocast_dtype is not None):
             return function(x, y, gamma).float().contiguous()
 
-    if not compile:
+    if not runtime.compile:
         return lambda x, y, gamma: call(eager, x, y, gamma)
 
     def compiled_call(x, y, gamma):
@@ -350,72 +492,47 @@ def _gamma(model: CVDM, t: torch.Tensor, schedule_map: torch.Tensor) -> torch.Te
 def sample(
     model: CVDM,
     y: torch.Tensor,
+    options: SamplingOptions,
+    runtime: RuntimeOptions = RuntimeOptions(),
     *,
-    steps: int,
-    sampler: str = DEFAULT_SAMPLER,
-    eta: float | None = None,
-    clip: float | None = 1.0,
-    grid: str = DEFAULT_GRID,
     schedule_map: torch.Tensor | None = None,
     lam_ref: float | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
     """Draw one sample of x0 per row of ``y`` ``(B, Cy, H, W)``; returns float32 ``(B, Cx, H, W)``.
 
-    ``sampler``: one of :data:`SAMPLERS`; ``eta`` overrides the η of the DDIM family
-    (``ancestral`` is DDIM with η = 1) and of ``dpm_solver_2m_sde``; ``dpm_solver_2m``/``3m``
-    are deterministic. ``steps`` = network evaluations (NFE).
-    ``grid``: one of :data:`GRIDS`; ``lam_ref`` the reference λ of the ``log_snr``
-    grid, a float or one per row ``(B,)`` (default: each row's median of
-    ``schedule_map``). ``schedule_map`` is λ(y) if the caller already has it.
-    ``noise`` supplies x₁ and the ancestral noise (default: ``torch.randn`` from
-    ``generator``, x₁ first, then one draw per stochastic step). ``autocast_dtype``
-    (e.g. ``torch.bfloat16``) runs the denoiser in reduced precision; the schedule
-    and update arithmetic stays in float32. ``channels_last`` feeds the denoiser
-    NHWC tensors; ``compile`` runs it through ``torch.compile`` (cached per model;
-    falls back to eager with a warning). ``should_stop`` is polled before every
-    network evaluation and raises :class:`~napari_cvdm.errors.Cancelled`.
+    ``schedule_map``: λ(y) if the caller already has it. ``lam_ref``: the reference λ of
+    the ``log_snr`` grid, a float or one per row ``(B,)`` (default: each row's median of
+    ``schedule_map``). ``noise`` supplies x₁ and the step noise (default: ``torch.randn``
+    from ``generator``, x₁ first, then one draw per stochastic step). ``progress(i, steps)``
+    follows every network evaluation; ``should_stop`` is polled before each and raises
+    :class:`~napari_cvdm.errors.Cancelled`.
     """
-    if sampler not in SAMPLERS + EXPERIMENTAL_SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if sampler in DETERMINISTIC:
-        eta = 0.0
-    elif eta is None:
-        eta = 1.0 if sampler in STOCHASTIC else 0.0
     if schedule_map is None:
         schedule_map = model.schedule.schedule_map(y)
-    times = _row_grids(steps, grid, model.schedule, schedule_map, lam_ref)
-    shape = (y.shape[0], model.config.x_channels, *y.shape[-2:])
+    steps = options.steps
+    times = _row_grids(steps, options.grid, model.schedule, schedule_map, lam_ref)
     if noise is None:
+        shape = (y.shape[0], model.config.x_channels, *y.shape[-2:])
         noise = lambda stage: torch.randn(shape, generator=generator, device=y.device)  # noqa: E731
-    predict_noise = _noise_predictor(model, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                                     compile=compile)
-    order = {"dpm_solver_2m": 2, "dpm_solver_2m_sde": 2, "dpm_solver_3m": 3}.get(sampler, 0)
+    predict_noise = _noise_predictor(model, runtime)
+    sampler = options.make_sampler()
     x = noise(0).to(y.device, torch.float32)
-    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x̂0, log-SNR step into it), newest first
     gamma_s = _gamma(model, times[..., 0], schedule_map)
     for i in range(steps):
         if should_stop is not None and should_stop():
             raise Cancelled("Sampling was stopped.")
         gamma_t = gamma_s
-        eps_hat = predict_noise(x, y, gamma_t)
-        x0_hat = predict_data(x, eps_hat, gamma_t, clip)
+        x0_hat = predict_data(x, predict_noise(x, y, gamma_t), gamma_t, options.clip)
         if i == steps - 1:
             x = x0_hat  # t_0 = 0: the sample is the data prediction
         else:
             gamma_s = _gamma(model, times[..., i + 1], schedule_map)
-            fresh = noise(i + 1).to(y.device, torch.float32) if eta > 0 else None
-            if order:
-                x, step = dpm_solver_step(x, x0_hat, history, gamma_t, gamma_s, eta, fresh)
-                history = [(x0_hat, step), *history][:order - 1]
-            else:
-                x = ddim_step(x, x0_hat, gamma_t, gamma_s, eta, fresh)
+            fresh = noise(i + 1).to(y.device, torch.float32) if sampler.needs_noise else None
+            x = sampler.step(x, x0_hat, gamma_t, gamma_s, fresh)
         if progress is not None:
             progress(i + 1, steps)
     return x
@@ -426,28 +543,22 @@ def sample_statistics(
     model: CVDM,
     y: torch.Tensor,
     n_samples: int,
+    options: SamplingOptions,
+    runtime: RuntimeOptions = RuntimeOptions(),
     *,
-    steps: int,
-    sampler: str = DEFAULT_SAMPLER,
-    eta: float | None = None,
-    clip: float | None = 1.0,
-    grid: str = DEFAULT_GRID,
     max_batch: int | None = None,
     keep_samples: bool = False,
     generator: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> SampleStatistics:
     """Mean, unbiased variance and γ(0.5, c) of ``n_samples`` samples per input.
 
     ``y``: the model's input ``(B, Cy, H, W)``; the statistics are of ``b + s r̂`` for a
-    residual model (:meth:`CVDM.condition`), in normalised target units. λ(c) is computed once; the N samples of each
-    input are drawn together as one batch (at most ``max_batch`` rows at a
-    time, merged with Chan's parallel variance update). Other arguments as in
-    :func:`sample` (the ``log_snr`` grid follows each input's own λ map).
+    residual model (:meth:`CVDM.condition`), in normalised target units. λ(c) is computed
+    once; the N samples of each input are drawn together as one batch (at most
+    ``max_batch`` rows at a time, merged with Chan's parallel variance update). Other
+    arguments as in :func:`sample` (the ``log_snr`` grid follows each input's own λ map).
     """
     if n_samples < 1:
         raise ValueError("n_samples must be at least 1")
@@ -462,12 +573,9 @@ def sample_statistics(
         chunk_progress = None
         if progress is not None:
             chunk_progress = lambda i, total, c=c: progress(c * total + i, n_chunks * total)  # noqa: E731
-        draws = sample(
-            model, y.repeat_interleave(k, 0), steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid,
-            schedule_map=schedule_map.repeat_interleave(k, 0), generator=generator,
-            autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile,
-            progress=chunk_progress, should_stop=should_stop,
-        ).reshape(batch, k, *schedule_map.shape[1:])
+        draws = sample(model, y.repeat_interleave(k, 0), options, runtime,
+                       schedule_map=schedule_map.repeat_interleave(k, 0), generator=generator,
+                       progress=chunk_progress, should_stop=should_stop).reshape(batch, k, *schedule_map.shape[1:])
         draws = model.to_output(draws, None if base is None else base[:, None].float())
         moments.add(draws)
         if keep_samples:

@@ -79,7 +79,10 @@ class MonotoneTime(nn.Module):
 
     ``l = w1 t + b1``, ``h = sigmoid(W2 l + b2)``, ``f = l + W3·h``,
     ``τ̃ = f(t) − f(0)`` with ``w1, W2, W3 ≥ 0`` through softplus, so
-    ``τ̃' = w1 (1 + Σ W3 h(1−h) W2) > 0``. Initialised close to the linear-β
+    ``τ̃' = w1 (1 + Σ W3 h(1−h) W2) > 0``. The difference is evaluated without
+    subtracting f(0): ``σ(a) − σ(b) = σ(a) σ(−b) (1 − e^{−(a−b)})`` with ``a − b = W2 w1 t``,
+    so ``τ̃ = w1 t + Σ W3 h(t) σ(−(W2 b1 + b2)) (−expm1(−W2 w1 t))``, a sum of non-negative
+    terms, accurate to float32 rounding even where τ̃ ≪ f (near t = 0). Initialised close to the linear-β
     integral so a CVDM starts from the CDDPM schedule. The rate τ(t) is a
     separate positive MLP, initialised to the same τ̃'.
     """
@@ -110,22 +113,18 @@ class MonotoneTime(nn.Module):
             nn.init.zeros_(self.rate_net[-1].weight)
             nn.init.zeros_(self.rate_net[-1].bias)
 
-    def _f(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, t: torch.Tensor) -> TimeTerms:
         w1, w2, w3 = F.softplus(self.raw_w1), F.softplus(self.raw_w2), F.softplus(self.raw_w3)
-        linear = w1 * t + self.b1
-        hidden = torch.sigmoid(w2 * linear.unsqueeze(-1) + self.b2)
+        t_column = t.unsqueeze(-1)
+        hidden = torch.sigmoid(w2 * (w1 * t_column + self.b1) + self.b2)
+        off_at_zero = torch.sigmoid(-(w2 * self.b1 + self.b2))  # 1 − h(0)
+        # f(t) − f(0) term by term (class docstring): no cancellation, τ̃(0) = 0 exactly
+        tau_tilde = w1 * t + (w3 * hidden * off_at_zero * -torch.expm1(-w2 * w1 * t_column)).sum(-1)
         slope_hidden = hidden * (1 - hidden)
-        f = linear + (w3 * hidden).sum(-1)
         d_f = w1 + (w3 * slope_hidden * w2 * w1).sum(-1)
         d2_f = (w3 * slope_hidden * (1 - 2 * hidden) * (w2 * w1) ** 2).sum(-1)
-        return f, d_f, d2_f
-
-    def forward(self, t: torch.Tensor) -> TimeTerms:
-        f, d_f, d2_f = self._f(t)
-        f_zero = self._f(torch.zeros((), dtype=t.dtype, device=t.device))[0]
-        t_column = t.unsqueeze(-1)
         rate = F.softplus(self.rate_linear(t_column) + self.rate_net(t_column)).squeeze(-1)
-        return TimeTerms(f - f_zero, d_f, d2_f, rate)
+        return TimeTerms(tau_tilde, d_f, d2_f, rate)
 
 
 class LinearBetaTime(nn.Module):
