@@ -380,7 +380,7 @@ def tile_weights(span: tuple[int, int], length: int, overlap: int) -> np.ndarray
 
 def network_stride(model: CVDM) -> int:
     """Down-sampling factor of the model's networks: tile starts must be multiples of it."""
-    networks = [model.denoiser, model.schedule.spatial_net]
+    networks = [model.denoiser, model.schedule.spatial_net, getattr(model, "base_net", None)]
     return max(int(getattr(net, "stride", 1)) for net in networks if net is not None)
 
 
@@ -512,12 +512,13 @@ class _Plane(NamedTuple):
 
 @torch.no_grad()
 def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, device: torch.device,
-                   optics: dict) -> _Plane:
+                   optics: dict, tick: Callable[[], None] | None = None) -> _Plane:
     """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
 
     Before any tiling: the TIE base of a physics model from the stack with the input's optics
     (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), a
-    predictor's base on the whole normalised plane.
+    predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
+    of its tiles).
     """
     from .physics import upsample
 
@@ -533,9 +534,38 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
         base = _normalizer(info.target_normalization).normalize(phase[None])
         return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
     if model.config.base == "predictor":
-        c, base = model.condition(y.to(device))
-        return _Plane(c.float().cpu(), base[0].float().cpu().numpy(), scale, offset)
+        base = _predictor_base(model, y, device, tick)
+        return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
     return _Plane(y, None, scale, offset)
+
+
+#: The direct predictor runs on planes up to this side (output px) whole, on larger ones in
+#: blended tiles of it: its memory and its silence between progress reports stay bounded, and
+#: its result depends on the image size alone, not on the sampling tiles.
+BASE_TILE = 512
+BASE_TILE_OVERLAP = 64
+
+
+def base_tiling(model: CVDM, height: int, width: int) -> _TileGrid:
+    """The tiles :func:`_predictor_base` runs the predictor on for an output plane of ``height × width``."""
+    tile = None if max(height, width) <= BASE_TILE else BASE_TILE
+    return _TileGrid.build(height, width, tile, BASE_TILE_OVERLAP, network_stride(model))
+
+
+@torch.no_grad()
+def _predictor_base(model: CVDM, y: torch.Tensor, device: torch.device,
+                    tick: Callable[[], None] | None) -> np.ndarray:
+    """The predictor's base b(y) ``(Cx, H, W)`` (float32, CPU) of a normalised plane ``y`` ``(1, Cy, H, W)``."""
+    tiling = base_tiling(model, *y.shape[-2:])
+    base = np.zeros((model.config.x_channels, *y.shape[-2:]), np.float32)
+    for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
+        for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
+            tile = model.condition(y[..., r0:r1, c0:c1].to(device))[1][0].float().cpu().numpy()
+            base[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * tile
+            if tick is not None:
+                tick()
+    tiling.normalise(base)
+    return base
 
 
 @torch.no_grad()
@@ -657,11 +687,11 @@ def reconstruct(
         return outputs.result(info, pixel_size, {**metadata, "samples_done": samples_done, "plane": plane,
                                                  "planes": len(planes)}, final)
 
-    counter = _StepCounter(len(planes) * len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps, progress)
+    counter = _StepCounter(len(planes) * _steps_per_plane(model, tiling, run), progress)
     finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
         for p, raw in enumerate(planes):
-            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling)
+            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
             for first in range(0, run.n_samples, run.chunk):
                 plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, device,
@@ -699,6 +729,15 @@ def _metadata(settings: ReconstructionSettings, run: _Sampling, model: CVDM, dev
         "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
         "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
     }
+
+
+def _steps_per_plane(model: CVDM, tiling: _TileGrid, run: _Sampling) -> int:
+    """Progress steps of one plane: the predictor's base tiles, then every tile's denoising steps."""
+    steps = len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps
+    if model.config.base == "predictor":
+        base_tiles = base_tiling(model, len(tiling.row_total), len(tiling.col_total))
+        steps += len(base_tiles.rows) * len(base_tiles.cols)
+    return steps
 
 
 class _StepCounter:
@@ -789,8 +828,8 @@ class _PlaneRun:
     @classmethod
     @torch.no_grad()
     def start(cls, model: CVDM, info: ModelInfo, raw: np.ndarray, index: int, factor: int, optics: dict,
-              device: torch.device, run: _Sampling, tiling: _TileGrid) -> _PlaneRun:
-        plane = _prepare_plane(model, info, raw, factor, device, optics)
+              device: torch.device, run: _Sampling, tiling: _TileGrid, tick: Callable[[], None]) -> _PlaneRun:
+        plane = _prepare_plane(model, info, raw, factor, device, optics, tick)
         tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
                        model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling)]
