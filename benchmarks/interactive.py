@@ -6,8 +6,8 @@ For each shipped residual model, in ONE process, alternating A B A B … on the 
 input with a ``--size``² output, N = ``--samples``: wall time of loading the model file and
 ``reconstruct()`` (no compile), for
 
-- A, the settings of stop 13 (256-px tiles with 32 px overlap, the model file's 20 NFE), and
-- B, today's defaults (512-px tiles, samples per call from the tile, the model's default NFE or ``--steps``);
+- A, the settings of stop 13 (the model file's 20 NFE, all N samples in one network call), and
+- B, today's defaults (4 samples per call for a 256² tile, the model's default NFE or ``--steps``);
 
 and the time of the preview the Reconstruct widget shows first (QPI: the TIE base b(y) of
 ``reconstruct_base``; SR: the upsampled widefield image, before its predictor base). Prints
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     for task in args.tasks:
         _, info = load_model(MODELS[task], "cpu")
         image = input_image(task, args.size, int(info.upsampling_factor))
-        a = ReconstructionSettings(n_samples=args.samples, steps=20, tile_size=256, tile_overlap=32, device="cpu")
+        a = ReconstructionSettings(n_samples=args.samples, steps=20, max_batch=args.samples, device="cpu")
         b = ReconstructionSettings(n_samples=args.samples, steps=args.steps, device="cpu")
         previews = [preview_seconds(MODELS[task], image) for _ in range(3)]
         print(f"{task}: preview {min(previews):.3f} s (best of 3)", flush=True)

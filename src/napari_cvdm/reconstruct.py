@@ -101,8 +101,8 @@ MIN_INPUT_SIZE = 8
 MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
-#: Output pixels per network call when ``max_batch`` is None (4 samples of a 512² tile).
-PIXELS_PER_CALL = 4 * 512 * 512
+#: Output pixels per network call when ``max_batch`` is None (4 samples of a 256² tile).
+PIXELS_PER_CALL = 4 * 256 * 256
 #: Fraction of the machine's memory a reconstruction's outputs may take.
 MEMORY_FRACTION = 0.7
 #: Relative mismatch of input and training pixel size above which a warning is given.
@@ -145,8 +145,9 @@ class ReconstructionSettings:
     """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
 
     ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once); the default, 512, makes images up to 512² one tile, fixed by the image
-    size alone so that a seed gives the same result on every machine. ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
+    image at once); fixed by the settings and the image alone, never by the machine, so a
+    seed gives the same result everywhere (256: on this project's CPU a 512² tile costs 16× a
+    256² one per network call, docs/benchmarks.md). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
     ``max_batch`` caps the samples run through the network together, a round (None: as many
     as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
     the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
@@ -159,7 +160,7 @@ class ReconstructionSettings:
     n_samples: int = 8
     sampler: str | None = None
     steps: int | None = None
-    tile_size: int | None = 512
+    tile_size: int | None = 256
     tile_overlap: int = 32
     device: str = "auto"
     seed: int = 0
