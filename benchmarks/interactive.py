@@ -11,7 +11,9 @@ input with a ``--size``² output, N = ``--samples``: wall time of loading the mo
 
 and the time of the preview the Reconstruct widget shows first (QPI: the TIE base b(y) of
 ``reconstruct_base``; SR: the upsampled widefield image, before its predictor base). Prints
-the device, the threads, each pair's times and their ratio.
+the device, the threads, each pair's times and their ratio. ``--tile-costs`` first times one
+network call of the QPI model per tile side and batch (best of 2): the cost per pixel that
+decides the default tile size.
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def preview_seconds(path: Path, image: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
+def tile_costs(path: Path) -> None:
+    model, _ = load_model(path, "cpu")
+    print("\n| tile side | batch | s per call | µs per pixel |\n|---|---|---|---|")
+    for side, batch in ((128, 1), (128, 4), (256, 1), (256, 4), (512, 1), (512, 4)):
+        x, gamma = torch.randn(batch, 1, side, side), torch.rand(batch, 1, side, side)
+        condition = torch.randn(batch, model.config.condition_channels, side, side)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.predict_noise(x, condition, gamma)
+            times.append(time.perf_counter() - start)
+        print(f"| {side} | {batch} | {min(times):.2f} | {min(times) / side**2 / batch * 1e6:.1f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="output side (pixels)")
@@ -64,10 +81,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="A B pairs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--tile-costs", action="store_true", help="time one network call per tile side first")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"device: CPU {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; "
           f"{args.size}² output, N = {args.samples}")
+    if args.tile_costs:
+        tile_costs(MODELS["qpi"])
     for task in args.tasks:
         _, info = load_model(MODELS[task], "cpu")
         image = input_image(task, args.size, int(info.upsampling_factor))
