@@ -15,15 +15,22 @@ QPI_NORMS = {"input_normalization": {"mode": "mean"},
              "target_normalization": {"mode": "fixed", "low": [0.0], "high": [3.5]}}
 
 
-def write_tiny_model(path, task: str, steps: int = 2, n_samples: int = 2):
-    """Save an untrained tiny CVDM for ``task`` ("sr" or "qpi") and return its path."""
+def write_tiny_model(path, task: str, steps: int = 2, n_samples: int = 2, residual: bool = False):
+    """Save an untrained tiny CVDM for ``task`` ("sr" or "qpi") and return its path.
+
+    ``residual``: the residual formulation (QPI: a TIE "physics" base; SR: a "predictor" network).
+    """
+    from napari_cvdm.base_estimate import TIEBase
+
     torch.manual_seed(0)
-    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    base = ("physics" if task == "qpi" else "predictor") if residual else "none"
+    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny", base=base)
     model = CVDM(config)
     sampler = {"name": "dpm_solver_2m", "steps": steps, "n_samples": n_samples}
     if task == "qpi":
+        tie = TIEBase(10.0, 0.521, 1.0, 0.21, 1.75).to_dict() if residual else {}
         info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
-                         sampler=sampler, training={"data": "nothing (test model)"}, **QPI_NORMS)
+                         sampler=sampler, training={"data": "nothing (test model)"}, base=tie, **QPI_NORMS)
     else:
         info = ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2,
                          sampler=sampler, training={"data": "nothing (test model)"}, **SR_NORMS)

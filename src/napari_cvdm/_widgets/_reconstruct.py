@@ -33,17 +33,9 @@ from ..checkpoint import ModelInfo, load_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ._errors import describe_failure
-from ._layers import (
-    ERROR_SUFFIX,
-    GAMMA_SUFFIX,
-    MEAN_SUFFIX,
-    SAMPLES_SUFFIX,
-    VARIANCE_SUFFIX,
-    add_or_replace_image,
-    output_geometry,
-    remove_layer,
-    robust_limits,
-)
+from ._layers import ERROR_SUFFIX, GAMMA_SUFFIX, MEAN_SUFFIX, SAMPLES_SUFFIX, VARIANCE_SUFFIX, output_geometry
+from ._preview import BASE_KIND, Preview, classical_preview, defocus_um, has_base, needs_classical_preview
+from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
 from ._run_panel import RunPanel, spin_box
 from ._workers import ConnectionSet, Outcome
@@ -82,8 +74,21 @@ def fits_model_info(layer, info: ModelInfo) -> bool:
 
 
 def is_output_layer(layer) -> bool:
-    """A layer this widget made (mean, variance, error, γ map, samples): never an input."""
-    return layer.name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX))
+    """A layer this widget made (mean or its preview, variance, error, γ map, samples): never an input."""
+    name = layer.name
+    return name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)) \
+        or f" {MEAN_SUFFIX} (preview" in name
+
+
+def samples_per_round(n_samples: int, device: str) -> int:
+    """Samples drawn together before the layers update (the engine's ``max_batch``).
+
+    CPU and MPS: 1, a layer update after every sample (a batch there costs about as much
+    as its samples one by one); CUDA: a quarter of N, four updates (a GPU needs batches).
+    """
+    if engine.resolve_device(device).type == "cuda":
+        return max(1, -(-int(n_samples) // 4))
+    return 1
 
 
 @dataclass
@@ -97,6 +102,7 @@ class ReconstructionJob:
     input_translate: tuple[float, ...]
     plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
     input_pixel_size_um: float | None   # from the layer's scale when it is calibrated
+    input_defocus_um: float | None = None  # a stack layer's ±dz (metadata "defocus_um"), for the preview
 
 
 def layer_pixel_size_um(layer) -> float | None:
@@ -134,6 +140,9 @@ class ReconstructWidget(QWidget):
         self.registry = registry if registry is not None else MODEL_REGISTRY
         self.models = ModelCache()
         self._job: ReconstructionJob | None = None
+        self._display: ResultLayers | None = None
+        self._last_progress = (0, 0)
+        self._staged = StagedUpdates(self, self._display_failed)
         self._defaults_from: Path | None = None
 
         layout = QVBoxLayout(self)
@@ -380,6 +389,7 @@ class ReconstructWidget(QWidget):
             steps=self.steps_spin.value(), tile_size=self.tile_spin.value(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             keep_samples=self.keep_samples_check.isChecked(),
+            max_batch=samples_per_round(self.samples_spin.value(), self.device_combo.currentText()),
         )
 
     def gather_input(self, info: ModelInfo) -> tuple[np.ndarray, ReconstructionJob]:
@@ -429,6 +439,7 @@ class ReconstructWidget(QWidget):
             input_scale=tuple(float(layer.scale[i]) for i in keep),
             input_translate=tuple(float(layer.translate[i]) for i in keep), plane=plane,
             input_pixel_size_um=layer_pixel_size_um(layer),
+            input_defocus_um=defocus_um(layer.metadata) if stacked else None,
         )
         return image, job
 
@@ -456,18 +467,35 @@ class ReconstructWidget(QWidget):
         mismatch = engine.check_pixel_size(entry.info, job.input_pixel_size_um)
         if mismatch:
             notifications.show_warning(mismatch)
-        self._job = job
+        self._job, self._last_progress = job, (0, 0)
+        self._display = self._result_layers(job)
+        self.run_panel.launch(self._computation(entry, image, job), f"CVDM: reconstructing {job.input_name}",
+                              f"Loading {entry.path.name}…", on_done=self._finish, on_progress=self._show_progress,
+                              on_report=self._show_report)
+        return True
+
+    def _computation(self, entry: ModelEntry, image: np.ndarray, job: ReconstructionJob):
+        """``compute(progress, should_stop, report)`` for the worker thread.
+
+        Reports (to :meth:`_show_report`, on the GUI thread): the classical preview (no base, or an
+        expensive one), the base b(y) (residual models), then the mean after every round of samples.
+        """
         path, info, settings, models = entry.path, entry.info, job.settings, self.models
 
-        def compute(progress, should_stop):
+        def compute(progress, should_stop, report):
+            if needs_classical_preview(info):
+                report(classical_preview(info, image, pixel_um=job.input_pixel_size_um, dz_um=job.input_defocus_um))
             model = models.get(path, settings.device)
-            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
+            if has_base(info):
+                if should_stop():
+                    raise Cancelled("stopped before sampling")
+                report(Preview(engine.reconstruct_base(model, info, image, device=settings.device), BASE_KIND))
+            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
+                                        on_partial=report)
             return result, uncertainty_outputs(info, result.variance, image, settings.n_samples,
                                                job.input_pixel_size_um)
 
-        self.run_panel.launch(compute, f"CVDM: reconstructing {job.input_name}", f"Loading {path.name}…",
-                              on_done=self._finish, on_progress=self._show_progress)
-        return True
+        return compute
 
     def cancel(self) -> None:
         """Stop the running reconstruction at its next denoising step."""
@@ -475,7 +503,8 @@ class ReconstructWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self.run_panel.running
+        """A reconstruction runs, or its layers are still being shown."""
+        return self.run_panel.running or self._staged.busy
 
     @property
     def task(self):
@@ -483,77 +512,100 @@ class ReconstructWidget(QWidget):
         return self.run_panel.task
 
     def _show_progress(self, done: int, total: int) -> None:
-        self.run_panel.show_progress(done, total, f"Denoising step {done} of {total}")
+        self._last_progress = (done, total)
+        display = self._display
+        if display is None:
+            return
+        what = f"{display.samples_done} / {display.n_samples} samples"
+        if display.preview_kind:
+            what += f" (showing a preview: {display.preview_kind})"
+        steps = f"denoising step {done} of {total}" if total else "preparing"
+        self.run_panel.show_progress(done, total, f"{what} · {steps}")
+
+    def _show_report(self, report) -> None:
+        """A preview or a round's partial result from the worker (GUI thread)."""
+        if self._display is None:
+            return
+        if isinstance(report, Preview):
+            self._display.show_preview(report)
+        else:
+            self._display.show_samples(report, int(report.metadata.get("samples_done", 0)))
+        self._show_progress(*self._last_progress)
 
     def _finish(self, outcome: Outcome) -> None:
-        job, self._job = self._job, None
+        job, display, self._job, self._display = self._job, self._display, None, None
         if isinstance(outcome.error, Cancelled):
-            self.status_label.setText("Cancelled.")
-            notifications.show_info("Reconstruction cancelled.")
+            self._finish_cancelled(outcome.error, display)
             return
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
         result, uncertainty = outcome.value
-        try:
-            layers = self.show_result(result, job, uncertainty)
-        except Exception as exc:  # a display problem must not escape into the event loop
-            self.run_panel.failed(describe_failure(exc, "Showing the reconstruction"))
-            return
+        self.show_result(result, job, uncertainty, display)
+        self._staged.put(f"done: {id(job)}", lambda: self._announce(job, uncertainty, display))
+
+    def _announce(self, job: ReconstructionJob, uncertainty: UncertaintyOutputs, display: ResultLayers) -> None:
+        """After the last layer is shown: the notes on the uncertainty and the final status."""
         if uncertainty.warning:
             notifications.show_warning(uncertainty.warning)
         if job.settings.n_samples == 1:
             notifications.show_info(uncertainty.variance_note)
-        self.run_panel.succeeded(f"Done: {', '.join(layer.name for layer in layers)}.")
+        self.run_panel.succeeded(f"Done: {', '.join(display.shown_names())}.")
+
+    def _finish_cancelled(self, error: Cancelled, display: ResultLayers) -> None:
+        """Keep what was computed: the partial mean (and variance) of the finished rounds, else the preview."""
+        partial = getattr(error, "partial", None)
+        if partial is not None:
+            display.show_samples(partial, int(partial.metadata.get("samples_done", 0)))
+        done, total = display.samples_done, display.n_samples
+        if done:
+            kept = "mean and variance" if done > 1 else "mean"
+            message = f"Cancelled after {done} of {total} samples: the layers keep the {kept} of those {done}."
+        elif display.preview_kind:
+            message = f"Cancelled before the first sample: '{display.name(MEAN_SUFFIX)}' keeps the preview " \
+                      f"({display.preview_kind})."
+        else:
+            message = "Reconstruction cancelled."
+
+        def say() -> None:
+            self.status_label.setText(message)
+            notifications.show_info(message)
+
+        self._staged.put(f"done: {id(display)}", say)
+
+    def _display_failed(self, error: Exception) -> None:
+        self.run_panel.failed(describe_failure(error, "Showing the reconstruction"))
 
     # ------------------------------------------------------------------ output
-    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
-                    uncertainty: UncertaintyOutputs | None = None) -> list:
-        """Add (or update) the mean, variance, γ-map and (calibrated model) ± error layers, and the samples if kept.
-
-        N = 1 gives no variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
-        """
-        factor = int(result.upsampling_factor)
-        scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
+    def _result_layers(self, job: ReconstructionJob) -> ResultLayers:
+        """The (not yet shown) output layers of ``job``, with the metadata they all carry."""
         info = job.entry.info
-        if uncertainty is None:
-            uncertainty = uncertainty_outputs(info, result.variance, None, job.settings.n_samples,
-                                              job.input_pixel_size_um)
+        factor = int(info.upsampling_factor)
+        scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
         metadata = {
             "model": str(job.entry.path), "model_task": info.task, "input_layer": job.input_name,
             "settings": asdict(job.settings), "plane": list(job.plane) if job.plane is not None else "all",
             "upsampling_factor": factor, "input_pixel_size_um": job.input_pixel_size_um,
             "output_pixel_size_um": engine.output_pixel_size(info, job.input_pixel_size_um),
-            "unit": result.unit, "engine": result.metadata,
+            "unit": info.target_unit,
         }
-        outputs = [(MEAN_SUFFIX, result.mean, "gray", robust_limits(result.mean), {"role": "mean of the samples"})]
-        spread = {"role": "per-pixel sample variance (the model's own, not calibrated)", **uncertainty.summary()}
-        if job.settings.n_samples > 1:
-            outputs.append((VARIANCE_SUFFIX, result.variance, "magma",
-                            robust_limits(result.variance, from_zero=True), spread))
-        if uncertainty.error is not None:
-            role = f"half-width of mean ± error at {uncertainty.level:.0%} (calibrated), {result.unit}"
-            outputs.append((ERROR_SUFFIX, uncertainty.error, "magma",
-                            robust_limits(uncertainty.error, from_zero=True), {**spread, "role": role}))
-        outputs.append((GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 1, 99),
-                        {"role": "learned schedule γ(t = 0.5, y)"}))
-        for suffix in {VARIANCE_SUFFIX, ERROR_SUFFIX} - {output[0] for output in outputs}:
-            remove_layer(self.viewer, f"{job.input_name} {suffix}")  # a stale result of an earlier run
-        layers = []
-        for suffix, data, colormap, limits, extra in outputs:
-            layers.append(add_or_replace_image(
-                self.viewer, f"{job.input_name} {suffix}", np.asarray(data), scale=scale, translate=translate,
-                colormap=colormap, contrast_limits=limits, metadata={"cvdm": {**metadata, **extra}},
-            ))
-        if result.samples is not None:
-            # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
-            samples = np.moveaxis(np.asarray(result.samples), -3, 0)
-            layers.append(add_or_replace_image(
-                self.viewer, f"{job.input_name} {SAMPLES_SUFFIX}", samples, scale=(1.0, *scale),
-                translate=(0.0, *translate), colormap="gray", contrast_limits=robust_limits(samples),
-                metadata={"cvdm": {**metadata, "role": "individual samples (axis 0)"}},
-            ))
-        return layers
+        return ResultLayers(self.viewer, self._staged, job.input_name, scale, translate, metadata,
+                            job.settings.n_samples)
+
+    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
+                    uncertainty: UncertaintyOutputs | None = None, display: ResultLayers | None = None,
+                    ) -> ResultLayers:
+        """Show the final mean, variance, γ-map and (calibrated model) ± error layers, and the samples if kept.
+
+        The layers change in the next event-loop turns (one layer per turn); N = 1 gives no
+        variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
+        """
+        if uncertainty is None:
+            uncertainty = uncertainty_outputs(job.entry.info, result.variance, None, job.settings.n_samples,
+                                              job.input_pixel_size_um)
+        display = display or self._result_layers(job)
+        display.show_samples(result, job.settings.n_samples, uncertainty)
+        return display
 
 
 def _fill(combo: QComboBox, layers: list, prefer_index: int = 0) -> None:
