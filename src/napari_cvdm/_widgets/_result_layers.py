@@ -158,17 +158,23 @@ class ResultLayers:
         existing = self.find(suffix)
         metadata = {"cvdm": {**self.metadata, "n_samples": self.n_samples, **extra}}
         layer = add_or_replace_image(
-            self.viewer, name, data, existing=existing, visible_if_new=suffix == MEAN_SUFFIX,
+            self.viewer, name, data, existing=existing, visible_if_new=False,
             scale=(1.0,) * leading + tuple(self.scale), translate=(0.0,) * leading + tuple(self.translate),
             colormap=colormap, contrast_limits=limits(data), metadata=metadata,
         )
         if existing is not None:
             return
         mean = self.find(MEAN_SUFFIX)
-        if suffix == MEAN_SUFFIX:
-            self.viewer.reset_view()  # once, when the first output layer appears
+        if suffix == MEAN_SUFFIX:  # shown in a turn of its own: drawing it costs as much as adding it
+            self.staged.put(f"{name}: show", lambda: self._reveal(layer))
         elif mean is not None:
             self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(mean))
+
+
+    def _reveal(self, layer) -> None:
+        """Show a newly added mean layer and fit the view to it (once per new layer)."""
+        layer.visible = True
+        self.viewer.reset_view()
 
 
 def _from_zero(data: np.ndarray) -> tuple[float, float]:
