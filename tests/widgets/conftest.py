@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import napari.utils.notifications
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +93,43 @@ def wait_idle(qtbot):
         qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
     return wait
+
+
+class GuiStallMeter:
+    """Ticks of a 10 ms timer on the GUI thread, each with the wall time and the GUI thread's CPU time.
+
+    ``longest_stretch_s``: the most CPU time the GUI thread spent between two ticks, i.e. the longest
+    it worked without returning to its event loop. CPU time, not wall time: on a shared, loaded
+    machine a wall-clock gap is several times the work done in it and measures the machine.
+    """
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.ticks: list[tuple[float, float]] = []
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        self.ticks.append((time.perf_counter(), time.thread_time()))
+
+    def start(self) -> None:
+        self._tick()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._tick()
+
+    def longest_stretch_s(self, until: float | None = None) -> float:
+        """Longest GUI-thread CPU stretch (s), over ticks up to wall time ``until`` (all when None)."""
+        cpu = [c for t, c in self.ticks if until is None or t <= until]
+        return float(np.diff(cpu).max())
+
+
+@pytest.fixture
+def stall_meter():
+    meter = GuiStallMeter()
+    yield meter
+    meter.stop()

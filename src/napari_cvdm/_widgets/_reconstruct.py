@@ -269,9 +269,12 @@ class ReconstructWidget(QWidget):
         self._on_model_changed()
 
     def _model_for_layer(self) -> str | None:
-        """The path of the only model that fits the selected (else the only) visible input layer, if any.
+        """The path of the model that fits the selected (else the only) visible input layer, if one does.
 
-        Hidden layers are left out: a sample's ground truth (e.g. the cell's phase) is not an input.
+        Fits: the task and channel count (a 2-plane defocus stack → a QPI model). Where several
+        fit, the only one of the residual formulation (the default, e.g. cvdm-qpi-residual beside
+        the paper's cvdm-qpi-small) is chosen. Hidden layers are left out: a sample's ground truth
+        (e.g. the cell's phase) is not an input.
         """
         images = [layer for layer in self.viewer.layers
                   if layer.visible and is_candidate_image(layer) and not is_output_layer(layer)]
@@ -281,6 +284,8 @@ class ReconstructWidget(QWidget):
             return None
         fitting = [entry for entry in self.registry.entries()
                    if entry.info is not None and fits_model_info(layer, entry.info)]
+        if len(fitting) > 1:
+            fitting = [entry for entry in fitting if entry.info.config.base != "none"]
         return str(fitting[0].path) if len(fitting) == 1 else None
 
     def _preselect_model(self, *_) -> None:
