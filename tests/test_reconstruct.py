@@ -246,9 +246,9 @@ def test_variance_has_no_dip_in_tile_overlaps(monkeypatch, tiles_share_draws):
 
     if not tiles_share_draws:
         window = engine.NoiseField.window
-        monkeypatch.setattr(engine.NoiseField, "window", lambda self, stage, ys, xs: window(
+        monkeypatch.setattr(engine.NoiseField, "window", lambda self, stage, ys, xs, *samples: window(
             engine.NoiseField(hash((self.seed, ys, xs)) % 2**31, self.plane, self.n_samples, self.channels),
-            stage, ys, xs))
+            stage, ys, xs, *samples))
     model, info = _tiny("qpi")
     model = _gaussian_posterior(model, s2=0.09)
     settings = dict(n_samples=48, steps=20, seed=0, device="cpu", keep_samples=True)
@@ -343,8 +343,10 @@ def test_sample_batches_do_not_change_the_result():
     common = dict(n_samples=5, steps=2, tile_size=None, device="cpu", sampler="ancestral")
     one = reconstruct(model, info, image, ReconstructionSettings(**common))
     chunked = reconstruct(model, info, image, ReconstructionSettings(max_batch=2, **common))
-    assert np.allclose(one.mean, chunked.mean, atol=1e-5)
-    assert np.allclose(one.variance, chunked.variance, atol=1e-5)
+    # equal up to float32 rounding: the network's kernels round differently per batch size
+    assert np.allclose(one.mean, chunked.mean, rtol=1e-4, atol=1e-4)
+    assert np.allclose(one.variance, chunked.variance, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(one.variance, 0.0)
 
 
 def test_seed_changes_samples_but_not_the_gamma_map():
@@ -489,3 +491,43 @@ def test_a_result_larger_than_the_machine_is_refused_before_computing(monkeypatc
     with pytest.raises(InputError, match="GiB"):
         reconstruct(model, info, np.ones((64, 64), np.float32), ReconstructionSettings(device="cpu", n_samples=2,
                                                                                         keep_samples=True))
+
+
+def test_rounds_report_partial_results_that_end_in_the_final_one():
+    """``on_partial`` sees the mean of the samples so far after each round; the last round is the result."""
+    model, info = _tiny("qpi")
+    image = _qpi_stack(32, 32)
+    common = dict(n_samples=5, steps=2, tile_size=None, device="cpu", sampler="ancestral")
+    partials = []
+    final = reconstruct(model, info, image, ReconstructionSettings(max_batch=2, **common), on_partial=partials.append)
+    assert [p.metadata["samples_done"] for p in partials] == [2, 4]
+    assert final.metadata["samples_done"] == 5
+    two = reconstruct(model, info, image, ReconstructionSettings(**{**common, "n_samples": 2}))
+    assert np.allclose(partials[0].mean, two.mean, rtol=1e-4, atol=1e-4)  # the first two samples are the same
+    assert not np.allclose(partials[1].mean, final.mean)
+    assert not np.shares_memory(partials[0].mean, final.mean)
+
+
+def test_a_stop_keeps_the_rounds_already_drawn():
+    model, info = _tiny("qpi")
+    settings = ReconstructionSettings(n_samples=4, steps=2, tile_size=None, device="cpu", max_batch=1)
+    calls = []
+
+    def stop_in_the_third_round():
+        calls.append(1)
+        return len(calls) > 5  # two evaluations per round
+
+    with pytest.raises(Cancelled) as stopped:
+        reconstruct(model, info, _qpi_stack(32, 32), settings, should_stop=stop_in_the_third_round)
+    assert stopped.value.partial.metadata["samples_done"] == 2
+    assert np.isfinite(stopped.value.partial.mean).all() and stopped.value.partial.variance.max() > 0
+    with pytest.raises(Cancelled) as early:
+        reconstruct(model, info, _qpi_stack(32, 32), settings, should_stop=lambda: True)
+    assert early.value.partial is None
+
+
+def test_noise_of_a_sample_does_not_depend_on_which_others_are_drawn():
+    field = NoiseField(seed=1, plane=0, n_samples=4, channels=1)
+    every = field.window(2, (10, 90), (5, 70))
+    assert torch.equal(field.window(2, (10, 90), (5, 70), 2, 3), every[2:3])
+    assert not torch.equal(every[0], every[1])

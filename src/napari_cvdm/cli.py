@@ -102,6 +102,22 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
+class _SampleRate:
+    """``progress(done, total)`` of :func:`~napari_cvdm.reconstruct.reconstruct` as steps, samples done
+    (the fraction of the work times N, per plane) and time per sample on a :class:`_ProgressLine`."""
+
+    def __init__(self, line: _ProgressLine, label: str, n_samples: int):
+        self.line, self.label, self.n_samples, self.start = line, label, n_samples, time.monotonic()
+
+    def show(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self.start
+        samples = self.n_samples * done / total
+        left = elapsed * (total - done) / done
+        self.line.show(f"{self.label}: step {done}/{total}, {samples:.1f}/{self.n_samples} samples, "
+                       f"{elapsed / max(samples, 1e-9):.1f} s per sample, {_duration(left)} left",
+                       force=done == total)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -118,7 +134,7 @@ def _config_flag(name: str) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--patch-size`` for ``patch_size``), default: not given."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -137,11 +153,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     data = {}
     if args.config:
-        from .train import read_config_file
+        from .config import read_config_file
 
         data = read_config_file(args.config)
         if set(data) == {"train"}:
@@ -302,14 +318,11 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str) -> None:
-    """Reconstruct one file and write its outputs (names from :func:`_planned_outputs`)."""
-    from . import __version__
-    import numpy as np
-
-    from .calibrate import uncertainty_outputs
-    from .io import read_image, write_image, write_sidecar
-    from .reconstruct import check_pixel_size, reconstruct, validate_input
+def _read_input(args, info, path: Path):
+    """``(image, pixel size µm or None)`` of one input, checked against the model; warns on stderr
+    when its pixel size or (QPI) optics differ from the model's."""
+    from .io import read_image
+    from .reconstruct import check_pixel_size, validate_input
 
     image = read_image(path)
     if image.array.ndim > 5:
@@ -326,31 +339,30 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         optics = optics_mismatch(TIEBase.from_dict(info.base), args.wavelength_um, args.dz_um)
         if optics:
             _say(f"cvdm predict: warning: {path.name}: {optics}")
+    return image, pixel_size
+
+
+def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str) -> None:
+    """Reconstruct one file and write its outputs (names from :func:`_planned_outputs`)."""
+    from . import __version__
+    from .calibrate import uncertainty_outputs
+    from .io import write_sidecar
+    from .reconstruct import reconstruct
+
+    image, pixel_size = _read_input(args, info, path)
     line = _ProgressLine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the pixel-size warning was printed above
         result = reconstruct(
             model, info, image.array, settings, input_pixel_size_um=pixel_size,
             wavelength_um=args.wavelength_um, dz_um=args.dz_um,
-            progress=lambda done, total: line.show(f"{path.name} ({counter}): step {done}/{total}",
-                                                   force=done == total),
+            progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
         )
     line.done()
     uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size)
     if uncertainty.warning:
         _say(f"cvdm predict: warning: {path.name}: {uncertainty.warning}")
-    axes = _output_axes(image.axes, result.mean.ndim - 2)
-    written = {}
-    arrays = {"mean": result.mean, "variance": result.variance, "gamma": result.gamma_map,
-              **{name: getattr(uncertainty, field) for name, field in CALIBRATED_OUTPUTS.items()}}
-    for name, array in arrays.items():
-        if name in outputs and array is not None:
-            written[name] = write_image(outputs[name], array, result.pixel_size_um, axes)
-    if "samples" in outputs:
-        # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
-        samples = np.moveaxis(result.samples, -3, 0)
-        sample_axes = "T" + axes if axes is not None and "T" not in axes else None
-        written["samples"] = write_image(outputs["samples"], samples, result.pixel_size_um, sample_axes)
+    written = _write_outputs(result, uncertainty, _output_axes(image.axes, result.mean.ndim - 2), outputs)
     sidecar = write_sidecar(outputs["sidecar"], {
         "input": str(path), "input_shape": list(image.array.shape), "input_axes": image.axes,
         "input_pixel_size_um": pixel_size, "output_pixel_size_um": result.pixel_size_um,
@@ -364,6 +376,26 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     })
     for written_path in (*written.values(), sidecar):
         print(written_path)
+
+
+def _write_outputs(result, uncertainty, axes: str | None, outputs: dict[str, Path]) -> dict[str, Path]:
+    """Write the planned images of one reconstruction; returns the files written by output name."""
+    import numpy as np
+
+    from .io import write_image
+
+    written = {}
+    arrays = {"mean": result.mean, "variance": result.variance, "gamma": result.gamma_map,
+              **{name: getattr(uncertainty, field) for name, field in CALIBRATED_OUTPUTS.items()}}
+    for name, array in arrays.items():
+        if name in outputs and array is not None:
+            written[name] = write_image(outputs[name], array, result.pixel_size_um, axes)
+    if "samples" in outputs:
+        # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
+        samples = np.moveaxis(result.samples, -3, 0)
+        sample_axes = "T" + axes if axes is not None and "T" not in axes else None
+        written["samples"] = write_image(outputs["samples"], samples, result.pixel_size_um, sample_axes)
+    return written
 
 
 # ----------------------------------------------------------------------------- calibrate
@@ -399,7 +431,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
     from .reconstruct import resolve_device
-    from .train import _folder_pixel_size
+    from .data.training import folder_pixel_size
 
     settings = _settings(args)
     settings.check()
@@ -410,8 +442,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     if info.task not in ("sr", "qpi"):
         raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
     pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
-    pixel = args.pixel_size or _folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
-                                                  int(info.upsampling_factor))
+    pixel = args.pixel_size or folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
+                                                 int(info.upsampling_factor))
     model, info = load_model(args.model, resolve_device(settings.device))
     line = _ProgressLine()
     calibration = calibrate_model(
@@ -505,19 +537,26 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto = bf16 on CUDA, else fp32")
-    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=256,
-                       help="tile side in output pixels; 0 = whole image (default: 256)")
+    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=512,
+                       help="tile side in output pixels; 0 = whole image (default: 512)")
     group.add_argument("--tile-overlap", type=_bounded(int, 0, MAX_SIDE), default=32, help="output pixels (default: 32)")
-    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call (default: all)")
+    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call, a round (default: 4 for a 512² tile, more for smaller ones)")
     group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the network (first call slow; pays off on large images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cvdm`` parser: one sub-command per task, each with its ``run`` function as default."""
     parser = _Parser(prog="cvdm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_add_train_command, _add_predict_command, _add_calibrate_command, _add_evaluate_command,
+                        _add_simulate_command, _add_info_command):
+        add_command(commands)
+    return parser
 
+
+def _add_train_command(commands) -> None:
     train = commands.add_parser(
         "train", help="train a model on simulated data or paired TIFF folders",
         description="Train a CVDM. Settings come from --config (TOML, or YAML with PyYAML) and are "
@@ -528,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train.add_argument_group("settings (override the config file)"))
     train.set_defaults(run=_train)
 
+
+def _add_predict_command(commands) -> None:
     predict = commands.add_parser(
         "predict", help="reconstruct TIFF images: mean, variance and γ map",
         description="Reconstruct TIFF files (or every TIFF in given folders). Z/T stacks are processed "
@@ -546,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruction_flags(predict)
     predict.set_defaults(run=_predict)
 
+
+def _add_calibrate_command(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="calibrate a model's error bars on your own input/target pairs",
         description="Reconstruct paired TIFF folders and fit split-conformal error bars (the std scale at 80, "
@@ -567,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruction_flags(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
+
+def _add_evaluate_command(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="metrics table of models and classical baselines on a dataset",
         description="Score models (and the classical baselines) on paired folders or simulated test data; "
@@ -597,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruction_flags(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_simulate_command(commands) -> None:
     simulate = commands.add_parser("simulate", help="write a simulated dataset as paired TIFF folders")
     simulate.add_argument("--task", choices=("sr", "qpi"), required=True)
     simulate.add_argument("--out", required=True, help="folder; gets inputs/ and targets/")
@@ -610,11 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="QPI: phase objects from this folder's photos of --split (split by file)")
     simulate.set_defaults(run=_simulate)
 
+
+def _add_info_command(commands) -> None:
     info = commands.add_parser("info", help="print a model file's metadata (JSON)")
     info.add_argument("model")
     info.set_defaults(run=_info)
-
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,4 +19,12 @@ class InputError(CVDMError, ValueError):
 
 
 class Cancelled(CVDMError):
-    """Long work was stopped at the user's request."""
+    """Long work was stopped at the user's request.
+
+    ``partial``: what was finished before the stop (e.g. a reconstruction from the rounds of
+    samples already drawn), or None.
+    """
+
+    def __init__(self, message: str = "Stopped.", partial=None):
+        super().__init__(message)
+        self.partial = partial

@@ -129,7 +129,7 @@ def _simulated_test_pairs(options: EvaluationOptions, task: str) -> tuple[list, 
 def _load_pairs(options: EvaluationOptions, task: str):
     """``(pairs, raw input pixel size µm or None, description)``; pairs have inputs on the target grid."""
     from .data import QPISimulationConfig, SRSimulationConfig, load_pair_folders
-    from .train import _folder_pixel_size
+    from .data.training import folder_pixel_size as _folder_pixel_size
 
     if options.input_dir or options.target_dir:
         if not (options.input_dir and options.target_dir):

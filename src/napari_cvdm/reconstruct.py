@@ -23,9 +23,15 @@ and is 1 elsewhere (image borders are not ramped); the weighted sums are divided
 by the summed weights. Mean, variance, γ map and the kept samples all use the
 same weights. The initial noise (and the per-step noise of the stochastic
 samplers) is a function of the *global* pixel position: it is drawn in fixed
-64 × 64 blocks, each from a generator seeded by (seed, plane, step, block row,
-block column), so a tile sees exactly the noise the untiled run would see there
+64 × 64 blocks, each from a generator seeded by (seed, plane, step, sample, block
+row, block column), so a tile sees exactly the noise the untiled run would see there
 and goes through :func:`napari_cvdm.model.sample` as its ``noise`` source.
+
+Rounds: a plane's N samples are drawn in rounds of ``settings.max_batch`` (the samples
+run through the network together; all N when None) over all of its tiles, so a
+caller sees the mean and variance of the samples so far after each round
+(``on_partial``), and a stop keeps them. Each sample's noise is keyed to its index,
+so the result does not depend on how the samples are split into rounds.
 
 Residual models (:mod:`napari_cvdm.model.cvdm`): the base b(y) is computed once per
 *plane* before any tiling (the TIE phase of the whole stack, or the direct predictor
@@ -77,12 +83,14 @@ import numpy as np
 import torch
 
 from .checkpoint import ModelInfo
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .model import CVDM, SAMPLERS
 from .model.samplers import DEFAULT_GRID, DEFAULT_SAMPLER, DETERMINISTIC, GRIDS, STOCHASTIC, RunningMoments, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
+#: ``on_partial(result)``: the reconstruction so far, after each round of samples.
+PartialCallback = Callable[["Reconstruction"], None]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Side of the global noise blocks (output pixels); changing it changes the noise for a seed.
@@ -93,6 +101,8 @@ MIN_INPUT_SIZE = 8
 MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
+#: Output pixels per network call when ``max_batch`` is None (4 samples of a 512² tile).
+PIXELS_PER_CALL = 4 * 512 * 512
 #: Fraction of the machine's memory a reconstruction's outputs may take.
 MEMORY_FRACTION = 0.7
 #: Relative mismatch of input and training pixel size above which a warning is given.
@@ -135,9 +145,11 @@ class ReconstructionSettings:
     """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
 
     ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
-    ``max_batch`` caps the samples run through the network together (None: all N);
-    the result does not depend on it. ``precision``: ``fp32``, ``bf16`` or ``auto``
+    image at once); the default, 512, makes images up to 512² one tile, fixed by the image
+    size alone so that a seed gives the same result on every machine. ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
+    ``max_batch`` caps the samples run through the network together, a round (None: as many
+    as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
+    the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
     (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
     ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``channels_last`` runs the denoiser
     on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
@@ -147,7 +159,7 @@ class ReconstructionSettings:
     n_samples: int = 8
     sampler: str | None = None
     steps: int | None = None
-    tile_size: int | None = 256
+    tile_size: int | None = 512
     tile_overlap: int = 32
     device: str = "auto"
     seed: int = 0
@@ -386,23 +398,27 @@ class NoiseField:
     def __init__(self, seed: int, plane: int, n_samples: int, channels: int):
         self.seed, self.plane, self.n_samples, self.channels = int(seed), int(plane), n_samples, channels
 
-    def _block(self, stage: int, by: int, bx: int) -> torch.Tensor:
-        key = np.random.SeedSequence([self.seed, self.plane, stage, by, bx]).generate_state(2, np.uint32)
+    def _block(self, stage: int, sample: int, by: int, bx: int) -> torch.Tensor:
+        key = np.random.SeedSequence([self.seed, self.plane, stage, sample, by, bx]).generate_state(2, np.uint32)
         generator = torch.Generator().manual_seed(int(key[0]) << 32 | int(key[1]))
-        return torch.randn(self.n_samples, self.channels, NOISE_BLOCK, NOISE_BLOCK, generator=generator)
+        return torch.randn(self.channels, NOISE_BLOCK, NOISE_BLOCK, generator=generator)
 
-    def window(self, stage: int, ys: tuple[int, int], xs: tuple[int, int]) -> torch.Tensor:
-        """Noise of all samples ``(N, C, y1 − y0, x1 − x0)`` for global rows ``ys`` and columns ``xs``."""
+    def window(self, stage: int, ys: tuple[int, int], xs: tuple[int, int], first: int = 0,
+               stop: int | None = None) -> torch.Tensor:
+        """Noise of samples ``first … stop − 1`` (default all) ``(n, C, y1 − y0, x1 − x0)`` at global
+        rows ``ys`` and columns ``xs``; each sample's noise is its own, whichever others are drawn."""
         (y0, y1), (x0, x1) = ys, xs
-        out = torch.empty(self.n_samples, self.channels, y1 - y0, x1 - x0)
+        stop = self.n_samples if stop is None else stop
+        out = torch.empty(stop - first, self.channels, y1 - y0, x1 - x0)
         for by in range(y0 // NOISE_BLOCK, (y1 - 1) // NOISE_BLOCK + 1):
             for bx in range(x0 // NOISE_BLOCK, (x1 - 1) // NOISE_BLOCK + 1):
-                block = self._block(stage, by, bx)
                 top, left = by * NOISE_BLOCK, bx * NOISE_BLOCK
                 sy = slice(max(y0, top), min(y1, top + NOISE_BLOCK))
                 sx = slice(max(x0, left), min(x1, left + NOISE_BLOCK))
-                out[..., sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0] = \
-                    block[..., sy.start - top:sy.stop - top, sx.start - left:sx.stop - left]
+                for n in range(first, stop):
+                    block = self._block(stage, n, by, bx)
+                    out[n - first, :, sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0] = \
+                        block[:, sy.start - top:sy.stop - top, sx.start - left:sx.stop - left]
         return out
 
 
@@ -530,9 +546,8 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
 
 
 @torch.no_grad()
-def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.device, rows, cols,
-                        row_weights, col_weights) -> list:
-    """``[(rows, cols, wy, wx, λ (1, Cx, h, w) on the CPU), ...]`` for every tile.
+def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.device, tiling: _TileGrid) -> list:
+    """``[(rows, cols, wy, wx, λ (1, Cx, h, w) on the device), ...]`` for every tile.
 
     A smooth schedule network (``schedule_downsample > 1``) runs once on the whole plane and
     is cut into tiles, so λ does not depend on the tiling; the paper's per-pixel network
@@ -540,14 +555,14 @@ def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.devi
     """
     plane_lambda = None
     if model.config.schedule_downsample > 1:
-        plane_lambda = model.schedule.schedule_map(condition.to(device)).float().cpu()
+        plane_lambda = model.schedule.schedule_map(condition.to(device)).float()
     tiles = []
-    for (r0, r1), wy in zip(rows, row_weights):
-        for (c0, c1), wx in zip(cols, col_weights):
+    for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
+        for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
             if plane_lambda is not None:
                 lam = plane_lambda[..., r0:r1, c0:c1]
             else:
-                lam = model.schedule.schedule_map(condition[..., r0:r1, c0:c1].to(device)).float().cpu()
+                lam = model.schedule.schedule_map(condition[..., r0:r1, c0:c1].to(device)).float()
             tiles.append(((r0, r1), (c0, c1), wy, wx, lam))
     return tiles
 
@@ -581,11 +596,12 @@ class _TileGrid:
         array *= (1.0 / self.row_total).astype(np.float32)[:, None]
         array *= (1.0 / self.col_total).astype(np.float32)
 
-    def median_lambda(self, tiles: list, shape: tuple[int, ...]) -> float:
-        """Median of the blended λ map: the reference pixel of the plane's ``log_snr`` grid."""
-        plane = np.zeros(shape, np.float32)
-        for (r0, r1), (c0, c1), wy, wx, lam in tiles:
-            plane[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * lam[0].numpy()
+    def median_lambda(self, tiles: list) -> float:
+        """Median of the blended λ map of ``tiles`` (:class:`_Tile`): the plane's ``log_snr`` reference."""
+        plane = np.zeros((tiles[0].schedule_map.shape[1], len(self.row_total), len(self.col_total)), np.float32)
+        for tile in tiles:
+            (r0, r1), (c0, c1) = tile.rows, tile.cols
+            plane[:, r0:r1, c0:c1] += tile.weight * tile.schedule_map[0].cpu().numpy()
         self.normalise(plane)
         return float(np.median(plane))
 
@@ -604,6 +620,11 @@ class _Sampling:
     autocast_dtype: torch.dtype | None
     settings: ReconstructionSettings
 
+    @property
+    def rounds(self) -> int:
+        """Rounds of ``chunk`` samples per plane."""
+        return -(-self.n_samples // self.chunk)
+
 
 def reconstruct(
     model: CVDM,
@@ -617,122 +638,224 @@ def reconstruct(
     upsampled: bool = False,
     wavelength_um: float | None = None,
     dz_um: float | None = None,
+    on_partial: PartialCallback | None = None,
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
-    Stages: check everything → per plane, the condition and base b(y) and λ on the whole
-    plane → the tiles' samples → their blend. ``progress(done, total)`` counts denoising
-    steps over all planes, tiles and sample batches; ``should_stop()`` is polled before
-    every step and raises :class:`~napari_cvdm.errors.Cancelled`. ``input_pixel_size_um``
-    (e.g. from the TIFF) defaults to the model's training pixel size; the output pixel
-    size is it divided by the upsampling factor. ``upsampled``: an SR input is already on
-    the output grid (e.g. a training pair's input), so it is not upsampled again
-    (``input_pixel_size_um`` still means the raw input's pixel size). The model is moved
-    to ``settings.device``. ``wavelength_um``/``dz_um``: the QPI input's optics for a model
-    with a TIE base (None: the model's training optics; a warning when they differ).
+    Stages: checks → per plane, condition, base b(y) and λ on the whole plane → rounds of
+    ``settings.max_batch`` samples (all N when None) over its tiles → their blend. After each
+    round but the last, ``on_partial(rec)`` gets the result so far (``rec.metadata``:
+    ``samples_done`` of plane ``plane`` of ``planes``; later planes zero; no samples).
+    ``progress(done, total)`` counts denoising steps; ``should_stop()`` is polled before each
+    and raises :class:`~napari_cvdm.errors.Cancelled`, whose ``partial`` is the result of the
+    rounds finished (None if none). ``input_pixel_size_um``: None = the model's. ``upsampled``:
+    an SR input already on the output grid. ``wavelength_um``/``dz_um``: QPI optics (None: the model's).
     """
+    settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
+    device = resolve_device(settings.device)
+    model = model.to(device).eval()
+    factor = 1 if upsampled else int(info.upsampling_factor)
+    planes, lead = _planes(info, np.asarray(image))
+    outputs = _Outputs.allocate(info, lead, len(planes), planes.shape[-2] * factor, planes.shape[-1] * factor,
+                                int(settings.n_samples) if settings.keep_samples else 0)
+    tiling = _TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
+                             network_stride(model))
+    run = _sampling(info, settings, device, tiling)
+    pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
+    metadata = _metadata(settings, run, model, device, tiling, input_pixel_size_um)
+
+    def result(samples_done: int, plane: int, final: bool) -> Reconstruction:
+        return outputs.result(info, pixel_size, {**metadata, "samples_done": samples_done, "plane": plane,
+                                                 "planes": len(planes)}, final)
+
+    counter = _StepCounter(len(planes) * len(tiling.rows) * len(tiling.cols) * run.rounds * run.steps, progress)
+    finished = [0, 0, 0]  # rounds finished, plane, its samples
+    try:
+        for p, raw in enumerate(planes):
+            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling)
+            metadata["grid_reference_lambda"].append(plane_run.lam_ref)
+            for first in range(0, run.n_samples, run.chunk):
+                plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, device,
+                                     counter.tick, should_stop)
+                plane_run.blend_into(outputs, p, tiling)
+                finished = [finished[0] + 1, p, plane_run.count]
+                if on_partial is not None and (p < len(planes) - 1 or plane_run.count < run.n_samples):
+                    on_partial(result(plane_run.count, p, final=False))
+    except Cancelled as stopped:
+        partial = result(finished[2], finished[1], final=False) if finished[0] else None
+        raise Cancelled(str(stopped), partial=partial) from None
+    return result(run.n_samples, len(planes) - 1, final=True)
+
+
+def _checked(model: CVDM, info: ModelInfo, image: np.ndarray, settings: ReconstructionSettings | None,
+             input_pixel_size_um, wavelength_um, dz_um) -> tuple[ReconstructionSettings, dict]:
+    """Every check before computing (InputError), warnings for mismatched optics; the settings and optics."""
     check_call(settings, input_pixel_size_um)
     settings = settings or ReconstructionSettings()
     settings.check()
     validate_input(info, image)
     mismatch = check_pixel_size(info, input_pixel_size_um)
     if mismatch:
-        warnings.warn(mismatch, UserWarning, stacklevel=2)
-    optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
-    device = resolve_device(settings.device)
-    model = model.to(device).eval()
-    run = _sampling(info, settings, device)
-    factor = 1 if upsampled else int(info.upsampling_factor)
-    x_channels = int(info.config.x_channels)
-    planes, lead = _planes(info, np.asarray(image))
-    height, width = planes.shape[-2] * factor, planes.shape[-1] * factor
-    check_memory(len(planes) * x_channels * height * width * (3 + (run.n_samples if settings.keep_samples else 0)))
-    align = network_stride(model)
-    tiling = _TileGrid.build(height, width, settings.tile_size, int(settings.tile_overlap), align)
-
-    total = len(planes) * len(tiling.rows) * len(tiling.cols) * -(-run.n_samples // run.chunk) * run.steps
-    done = 0
-
-    def tick():
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    shape = (len(planes), x_channels, height, width)
-    outputs = {"mean": np.zeros(shape, np.float32), "variance": np.zeros(shape, np.float32),
-               "gamma": np.zeros(shape, np.float32)}
-    if settings.keep_samples:
-        outputs["samples"] = np.zeros((len(planes), run.n_samples, x_channels, height, width), np.float32)
-    lam_refs = []
-    for p, raw in enumerate(planes):
-        plane_outputs = {name: array[p] for name, array in outputs.items()}
-        lam_refs.append(_reconstruct_plane(model, info, raw, p, factor, optics, device, run, tiling,
-                                           plane_outputs, tick, should_stop))
-    for array in outputs.values():
-        tiling.normalise(array)
-
-    def shaped(array: np.ndarray, extra: tuple[int, ...] = ()) -> np.ndarray:
-        spatial = array.shape[-2:] if x_channels == 1 else array.shape[-3:]
-        return array.reshape(*lead, *extra, *spatial)
-
-    pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
-    return Reconstruction(
-        mean=shaped(outputs["mean"]),
-        variance=shaped(outputs["variance"]),
-        gamma_map=shaped(outputs["gamma"]),
-        samples=shaped(outputs["samples"], (run.n_samples,)) if "samples" in outputs else None,
-        upsampling_factor=int(info.upsampling_factor),
-        pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
-        unit=info.target_unit,
-        metadata={
-            **asdict(settings), "sampler": run.sampler, "steps": run.steps, "eta": run.eta, "clip": run.clip,
-            "grid": run.grid, "grid_reference_lambda": lam_refs, "formulation": model.config.formulation,
-            "device": str(device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
-            "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": align,
-            "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
-        },
-    )
+        warnings.warn(mismatch, UserWarning, stacklevel=3)
+    return settings, _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
 
 
-def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device) -> _Sampling:
+def _metadata(settings: ReconstructionSettings, run: _Sampling, model: CVDM, device: torch.device,
+              tiling: _TileGrid, input_pixel_size_um: float | None) -> dict:
+    """The resolved settings a Reconstruction records (``grid_reference_lambda`` filled per plane)."""
+    return {
+        **asdict(settings), "sampler": run.sampler, "steps": run.steps, "eta": run.eta, "clip": run.clip,
+        "grid": run.grid, "grid_reference_lambda": [], "formulation": model.config.formulation,
+        "device": str(device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+        "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
+        "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
+    }
+
+
+class _StepCounter:
+    """Counts denoising steps for ``progress(done, total)``."""
+
+    def __init__(self, total: int, progress: ProgressCallback | None):
+        self.done, self.total, self.progress = 0, total, progress
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+@dataclass
+class _Outputs:
+    """The output arrays ``(P, Cx, H, W)`` (samples ``(P, N, Cx, H, W)``), filled plane by plane."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    gamma: np.ndarray
+    samples: np.ndarray | None
+    lead: tuple[int, ...]
+    x_channels: int
+
+    @classmethod
+    def allocate(cls, info: ModelInfo, lead: tuple[int, ...], planes: int, height: int, width: int,
+                 kept_samples: int) -> _Outputs:
+        x_channels = int(info.config.x_channels)
+        check_memory(planes * x_channels * height * width * (3 + kept_samples))
+        shape = (planes, x_channels, height, width)
+        samples = np.zeros((planes, kept_samples, *shape[1:]), np.float32) if kept_samples else None
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.float32),
+                   samples, lead, x_channels)
+
+    def _shaped(self, array: np.ndarray, extra: tuple[int, ...] = ()) -> np.ndarray:
+        spatial = array.shape[-2:] if self.x_channels == 1 else array.shape[-3:]
+        return array.reshape(*self.lead, *extra, *spatial)
+
+    def result(self, info: ModelInfo, pixel_size: float | None, metadata: dict, final: bool) -> Reconstruction:
+        """The arrays as a :class:`Reconstruction` (copies unless ``final``; no samples unless ``final``)."""
+        own = (lambda a: a) if final else np.copy
+        return Reconstruction(
+            mean=self._shaped(own(self.mean)), variance=self._shaped(own(self.variance)),
+            gamma_map=self._shaped(own(self.gamma)),
+            samples=self._shaped(self.samples, (self.samples.shape[1],)) if final and self.samples is not None
+            else None,
+            upsampling_factor=int(info.upsampling_factor),
+            pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
+            unit=info.target_unit, metadata=metadata,
+        )
+
+
+def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device,
+              tiling: _TileGrid) -> _Sampling:
     sampler, steps, eta, clip, grid = _resolve_sampling(info, settings)
     n_samples = int(settings.n_samples)
-    chunk = n_samples if settings.max_batch is None else min(n_samples, int(settings.max_batch))
+    largest_tile = max(r1 - r0 for r0, r1 in tiling.rows) * max(c1 - c0 for c0, c1 in tiling.cols)
+    per_call = settings.max_batch if settings.max_batch is not None else PIXELS_PER_CALL // largest_tile
+    chunk = max(1, min(n_samples, int(per_call)))
     return _Sampling(sampler, steps, eta, clip, grid, n_samples, chunk,
                      _autocast_dtype(settings.precision, device), settings)
 
 
-def _reconstruct_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, plane: int, factor: int, optics: dict,
-                       device: torch.device, run: _Sampling, tiling: _TileGrid, outputs: dict[str, np.ndarray],
-                       tick: Callable[[], None], should_stop: StopCheck | None) -> float | None:
-    """Add one plane's weighted tile results to ``outputs`` (target units); returns its grid's reference λ."""
-    x_channels = int(info.config.x_channels)
-    plane_condition, plane_base, scale, offset = _prepare_plane(model, info, raw, factor, device, optics)
-    noise_field = NoiseField(run.settings.seed, plane, run.n_samples, x_channels)
-    tiles = _tile_schedule_maps(model, plane_condition, device, tiling.rows, tiling.cols, tiling.row_weights,
-                                tiling.col_weights)
-    # one time grid for the plane: every tile walks the grid the untiled image would
-    lam_ref = tiling.median_lambda(tiles, outputs["mean"].shape) if run.grid == "log_snr" else None
-    residual_scale = 1.0 if plane_base is None else float(model.config.residual_scale)
-    for (r0, r1), (c0, c1), wy, wx, lam in tiles:
-        stats = _tile_statistics(
-            model, plane_condition[:, :, r0:r1, c0:c1].to(device), lam.to(device), noise_field, (r0, r1),
-            (c0, c1), run.n_samples, run.chunk, steps=run.steps, sampler=run.sampler, eta=run.eta,
-            clip=run.clip, grid=run.grid, lam_ref=lam_ref, autocast_dtype=run.autocast_dtype,
-            channels_last=run.settings.channels_last, compile=run.settings.compile, tick=tick,
-            should_stop=should_stop, keep_samples=run.settings.keep_samples,
-        )
-        base = 0.0 if plane_base is None else plane_base[:, r0:r1, c0:c1]
-        weight = (wy[:, None] * wx[None, :]).astype(np.float32)
-        region = (slice(None), slice(r0, r1), slice(c0, c1))
-        outputs["mean"][region] += weight * (scale * (base + residual_scale * stats["mean"]) + offset).astype(np.float32)
-        outputs["variance"][region] += weight * ((scale * residual_scale) ** 2 * stats["variance"]).astype(np.float32)
-        outputs["gamma"][region] += weight * stats["gamma"]
-        if "samples" in outputs:
-            outputs["samples"][(slice(None), *region)] += weight * (
-                scale * (base + residual_scale * stats["samples"]) + offset)
-    return lam_ref
+@dataclass
+class _Tile:
+    """One tile: its spans, blend profiles, λ map ``(1, Cx, h, w)`` on the device, γ(0.5) and moments."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    weight: np.ndarray
+    schedule_map: torch.Tensor
+    gamma: np.ndarray
+    moments: RunningMoments
+    kept: list
+
+
+@dataclass
+class _PlaneRun:
+    """One plane while its samples are drawn: condition, base, tiles and their running moments."""
+
+    plane: _Plane
+    tiles: list[_Tile]
+    lam_ref: float | None
+    noise_field: NoiseField
+    residual_scale: float
+    count: int = 0
+
+    @classmethod
+    @torch.no_grad()
+    def start(cls, model: CVDM, info: ModelInfo, raw: np.ndarray, index: int, factor: int, optics: dict,
+              device: torch.device, run: _Sampling, tiling: _TileGrid) -> _PlaneRun:
+        plane = _prepare_plane(model, info, raw, factor, device, optics)
+        tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
+                       model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
+                 for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling)]
+        # one time grid for the plane: every tile walks the grid the untiled image would
+        lam_ref = tiling.median_lambda(tiles) if run.grid == "log_snr" else None
+        residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
+        return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
+                                                     int(info.config.x_channels)), residual_scale)
+
+    @torch.no_grad()
+    def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, device: torch.device,
+                   tick: Callable[[], None], should_stop: StopCheck | None) -> None:
+        """Samples ``first … first + k − 1`` of every tile, added to its moments."""
+        for tile in self.tiles:
+            (r0, r1), (c0, c1) = tile.rows, tile.cols
+            y = self.plane.condition[:, :, r0:r1, c0:c1].to(device)
+
+            def noise(stage: int, tile=tile) -> torch.Tensor:
+                return self.noise_field.window(stage, tile.rows, tile.cols, first, first + k)
+
+            draws = sample(
+                model, y.expand(k, *y.shape[1:]), steps=run.steps, sampler=run.sampler, eta=run.eta,
+                clip=run.clip, grid=run.grid, schedule_map=tile.schedule_map.expand(k, *tile.schedule_map.shape[1:]),
+                lam_ref=self.lam_ref, noise=noise, autocast_dtype=run.autocast_dtype,
+                channels_last=run.settings.channels_last, compile=run.settings.compile,
+                progress=lambda i, n: tick(), should_stop=should_stop,
+            ).cpu()
+            tile.moments.add(draws)
+            if run.settings.keep_samples:
+                tile.kept.append(draws)
+        self.count += k
+
+    def blend_into(self, outputs: _Outputs, index: int, tiling: _TileGrid) -> None:
+        """Write this plane's blended mean, variance, γ (and kept samples) in target units into ``outputs``."""
+        scale, offset, s = self.plane.scale, self.plane.offset, self.residual_scale
+        targets = [outputs.mean[index], outputs.variance[index], outputs.gamma[index]]
+        if outputs.samples is not None:
+            targets.append(outputs.samples[index, :self.count])
+        for array in targets:
+            array[...] = 0.0
+        for tile in self.tiles:
+            (r0, r1), (c0, c1) = tile.rows, tile.cols
+            region = (..., slice(r0, r1), slice(c0, c1))
+            base = 0.0 if self.plane.base is None else self.plane.base[region]
+            mean, variance = tile.moments.mean.numpy(), tile.moments.variance().numpy()
+            targets[0][region] += tile.weight * (scale * (base + s * mean) + offset).astype(np.float32)
+            targets[1][region] += tile.weight * ((scale * s) ** 2 * variance).astype(np.float32)
+            targets[2][region] += tile.weight * tile.gamma
+            if outputs.samples is not None:
+                draws = torch.cat(tile.kept).double().numpy()
+                targets[3][region] += tile.weight * (scale * (base + s * draws) + offset)
+        for array in targets:
+            tiling.normalise(array)
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",
@@ -759,44 +882,6 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
     stacked = np.stack(out)
     spatial = stacked.shape[-2:] if x_channels == 1 else stacked.shape[-3:]
     return stacked.reshape(*lead, *spatial)
-
-
-@torch.no_grad()
-def _tile_statistics(model: CVDM, y: torch.Tensor, schedule_map: torch.Tensor, noise_field: NoiseField,
-                     ys: tuple[int, int], xs: tuple[int, int], n_samples: int, chunk: int, *,
-                     steps: int, sampler: str, eta: float, clip: float | None, grid: str,
-                     lam_ref: float | None, autocast_dtype: torch.dtype | None, channels_last: bool,
-                     compile: bool, tick: Callable[[], None], should_stop: StopCheck | None,
-                     keep_samples: bool) -> dict[str, np.ndarray]:
-    """Mean, unbiased variance (float64), γ(0.5) and optionally the samples of one tile, ``(C, h, w)``.
-
-    ``y`` ``(1, Cy, h, w)`` and its λ map ``(1, Cx, h, w)``; the N samples run in batches
-    of ``chunk`` with the position-keyed noise of ``noise_field``.
-    """
-    moments, kept = RunningMoments(dim=0), []
-    for first in range(0, n_samples, chunk):
-        k = min(chunk, n_samples - first)
-
-        def noise(stage: int, first=first, k=k) -> torch.Tensor:
-            return noise_field.window(stage, ys, xs)[first:first + k]
-
-        draws = sample(
-            model, y.expand(k, *y.shape[1:]), steps=steps, sampler=sampler, eta=eta, clip=clip, grid=grid,
-            schedule_map=schedule_map.expand(k, *schedule_map.shape[1:]), lam_ref=lam_ref, noise=noise,
-            autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile,
-            progress=lambda i, n: tick(), should_stop=should_stop,
-        ).cpu()
-        moments.add(draws)
-        if keep_samples:
-            kept.append(draws)
-    stats = {
-        "mean": moments.mean.numpy(),
-        "variance": moments.variance().numpy(),
-        "gamma": model.schedule.gamma(0.5, schedule_map)[0].float().cpu().numpy(),
-    }
-    if keep_samples:
-        stats["samples"] = torch.cat(kept).double().numpy()
-    return stats
 
 
 def output_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> float | None:

@@ -41,7 +41,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +50,14 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import ModelInfo, load_model, save_model, write_atomically
-from .config import TRAIN_TASKS, TrainConfig, read_config_file  # noqa: F401 - re-exported
-from .errors import CVDMError, InputError, ModelFileError
+from .config import TrainConfig
+from .data.training import TrainingData, load_training_data
+from .errors import CVDMError, InputError
 from .model import CVDM, ModelConfig, low_discrepancy_times, sample_statistics
 
 log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser", "base")
-#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
-#: trained predictor's error is a few tenths, so r is about unit size.
-PREDICTOR_RESIDUAL_SCALE = 0.25
 #: λ of residual models is predicted at 1/4 of the resolution (smooth, tile-independent).
 RESIDUAL_SCHEDULE_DOWNSAMPLE = 4
 VALIDATION_METRICS = ("loss", "psnr", "ssim", "mae")
@@ -138,53 +136,6 @@ class Batch:
         return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(Batch)))
 
 
-@dataclass
-class TrainingData:
-    """Normalised training images, the fixed validation patches and what describes them."""
-
-    spec: object  # data.TaskSpec
-    train_pairs: list  # normalised data.ImagePair
-    validation: tuple[torch.Tensor, torch.Tensor] | None  # (y, x0) (N, C, p, p)
-    description: str
-    input_pixel_size_um: float | None
-    probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))
-    physics_base: object = None  # base_estimate.TIEBase of a residual QPI model
-    residual_scale: float = 1.0
-    validation_pairs: list = field(default_factory=list)  # raw (unnormalised) data.ImagePair, for the calibration
-
-
-def _task_spec(config: TrainConfig, base: ModelInfo | None = None):
-    """The task's data layout and normalisation; a fine-tuned model keeps its base model's normalisation."""
-    from .data import Normalizer, TaskSpec, get_task
-
-    if config.task != "generic":
-        spec = get_task(config.task)
-    else:
-        spec = TaskSpec(
-            name="generic", input_channels=config.input_channels, target_channels=config.target_channels,
-            input_upsample=1, input_normalizer=Normalizer.per_image_percentile(),
-            target_normalizer=Normalizer.per_image_percentile(),
-            input_description=f"{config.input_channels}-channel image", target_description="target image",
-        )
-    if base is None:
-        return spec
-    if (base.config.y_channels, base.config.x_channels) != (spec.input_channels, spec.target_channels):
-        raise InputError(f"{Path(str(config.init_model)).name} maps {base.config.y_channels} input channel(s) "
-                         f"to {base.config.x_channels}, but {spec.name} pairs have {spec.input_channels} and "
-                         f"{spec.target_channels}; it cannot be fine-tuned on them.")
-    # the base weights only make sense on data normalised as they were trained
-    try:
-        return dataclasses.replace(
-            spec,
-            input_normalizer=Normalizer.from_dict(base.input_normalization) if base.input_normalization
-            else spec.input_normalizer,
-            target_normalizer=Normalizer.from_dict(base.target_normalization) if base.target_normalization
-            else spec.target_normalizer,
-        )
-    except ValueError as exc:
-        raise ModelFileError(f"{Path(str(config.init_model)).name} has an unusable normalisation: {exc}.") from None
-
-
 def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
     """The model to fine-tune, ``config.init_model``, on the CPU (None without one).
 
@@ -197,139 +148,6 @@ def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
     if info.task != config.task:
         raise InputError(f"{path.name} is a {info.task} model; it cannot be fine-tuned for the {config.task} task.")
     return model, info
-
-
-def _folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
-    """Raw-input pixel size from the first pair: the target's pixel × factor, else the input's."""
-    from .io import list_images, read_image
-
-    target = read_image(list_images([target_dir])[0])
-    if target.pixel_size_um is not None:
-        return target.pixel_size_um * factor
-    source = read_image(list_images([input_dir])[0])
-    if source.pixel_size_um is None:
-        return None
-    on_target_grid = source.array.shape[-2:] == target.array.shape[-2:]
-    return source.pixel_size_um * (factor if on_target_grid else 1)
-
-
-def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
-                       base: ModelInfo | None = None) -> TrainingData:
-    """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources),
-    normalised as the base model ``base`` was when fine-tuning."""
-    from .data import (
-        Normalizer, QPISimulationConfig, SimulatedPairs, SRSimulationConfig, load_pair_folders,
-        make_validation_set, pairs_from_arrays, split_by_image,
-    )
-
-    spec = _task_spec(config, base)
-    pixel_size = config.input_pixel_size_um
-    if pairs is not None:
-        inputs, targets = pairs
-        all_pairs = pairs_from_arrays(list(inputs), list(targets), spec)
-        description = f"{len(all_pairs)} in-memory image pair(s)"
-    elif config.input_dir is not None:
-        all_pairs = load_pair_folders(config.input_dir, config.target_dir, spec)
-        description = f"{len(all_pairs)} pair(s) from {config.input_dir} → {config.target_dir}"
-        if pixel_size is None:
-            pixel_size = _folder_pixel_size(Path(config.input_dir), Path(config.target_dir), spec.input_upsample)
-    else:
-        if config.task == "generic":
-            raise InputError("A generic model needs data: give input_dir and target_dir, or image pairs.")
-        if config.source_images is not None and config.task != "qpi":
-            raise InputError("source_images (a folder of photos) is for the QPI simulator; SR simulates its structures.")
-        # with a folder of photos, training and validation draw from disjoint files (split by file)
-        stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed,
-                                source_dir=config.source_images)
-        all_pairs = stream.take(config.simulated_images)
-        n_validation = max(1, round(config.validation_fraction * config.simulated_images)) \
-            if config.validation_fraction > 0 else 0
-        validation_pairs = stream.with_split("validation").take(n_validation)
-        sources = f"; phase objects from the training split of {config.source_images}" if config.source_images else ""
-        description = (f"{config.simulated_images} simulated {config.task} pairs of {config.simulated_size}² px "
-                       f"(napari_cvdm.data.simulate, seed {config.seed}{sources})")
-        if pixel_size is None:
-            pixel_size = (SRSimulationConfig().target_pixel_um * SRSimulationConfig().factor
-                          if config.task == "sr" else QPISimulationConfig().pixel_um)
-    if pairs is not None or config.input_dir is not None:
-        if config.validation_fraction > 0:
-            all_pairs, validation_pairs = split_by_image(all_pairs, config.validation_fraction, config.seed)
-        else:
-            validation_pairs = []
-    small = [p.name for p in all_pairs + validation_pairs if min(p.shape) < config.patch_size]
-    if small:
-        raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
-                         "lower patch_size or use larger images.")
-    physics_base = None
-    if config.formulation == "residual" and spec.name == "qpi":
-        physics_base = _physics_base(config, spec, all_pairs, pixel_size, base, pairs is not None)
-    train_pairs = [_normalized_pair(p, spec, physics_base) for p in all_pairs]
-    validation = None
-    if validation_pairs:
-        # the pairs are normalised (and given their base channel) here, so the set keeps them as they are
-        identity = Normalizer.fixed(-1.0, 1.0)
-        as_is = dataclasses.replace(spec, input_channels=train_pairs[0].input.shape[0],
-                                    input_normalizer=identity, target_normalizer=identity)
-        validation = make_validation_set([_normalized_pair(p, spec, physics_base) for p in validation_pairs],
-                                         as_is, config.patch_size, config.validation_patches)
-    residual_scale = _residual_scale(config, spec, train_pairs, base)
-    area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
-    return TrainingData(spec, train_pairs, validation, description, pixel_size, area / area.sum(),
-                        physics_base, residual_scale, validation_pairs)
-
-
-def _physics_base(config: TrainConfig, spec, pairs: list, pixel_size: float | None, base: ModelInfo | None,
-                  pairs_given: bool):
-    """The TIE base of a residual QPI model: the fine-tuned model's, else fitted on the training pairs."""
-    from .base_estimate import TIEBase
-
-    if base is not None and base.base:
-        return TIEBase.from_dict(base.base)
-    from .data import QPISimulationConfig
-
-    simulated = QPISimulationConfig()
-    if pixel_size is None:
-        pixel_size = simulated.pixel_um
-        log.warning("the data carry no pixel size; the TIE base assumes %g µm (set input_pixel_size_um)",
-                    pixel_size)
-    if config.input_dir is None and not pairs_given:
-        wavelength, dz = simulated.wavelength_um, simulated.dz_um
-    else:
-        wavelength, dz = config.wavelength_um, config.dz_um
-    target_range = spec.target_normalizer
-    offset = 0.5 * (target_range.low[0] + target_range.high[0])
-    physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
-                                      wavelength, dz, pixel_size, offset)
-    log.info("TIE base: %s boundary, regulariser %.3g·σ̂^%g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
-             physics_base.boundary, physics_base.strength, physics_base.exponent, error, min(len(pairs), 16))
-    return physics_base
-
-
-def _normalized_pair(pair, spec, physics_base):
-    """The pair normalised for training; with a physics base, its base phase is appended to the
-    input (normalised like the target) and the target shifted to the base's mean phase."""
-    from .data import ImagePair, normalize_pair
-
-    if physics_base is None:
-        return normalize_pair(pair, spec)
-    phase = physics_base.phase(pair.input)
-    target = pair.target - pair.target.mean() + phase.mean()
-    normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
-    base_channel = spec.target_normalizer.normalize(phase[None])
-    return ImagePair(pair.name, np.concatenate([normalised.input, base_channel]), normalised.target)
-
-
-def _residual_scale(config: TrainConfig, spec, train_pairs: list, base: ModelInfo | None) -> float:
-    """s of r = (x0 − b)/s: kept when fine-tuning; twice the RMS of x0 − b for a physics base."""
-    if base is not None:
-        return base.config.residual_scale
-    if config.formulation != "residual":
-        return 1.0
-    if spec.name != "qpi":
-        return PREDICTOR_RESIDUAL_SCALE
-    channels = spec.target_channels
-    squares = [float(np.mean((p.target - p.input[-channels:]) ** 2)) for p in train_pairs]
-    return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")
 
 
 def _seed(*parts: int) -> int:
@@ -507,21 +325,14 @@ class Trainer:
     def draw(self, step: int, rank: int | None = None) -> Batch:
         """The batch of ``step`` for ``rank`` (default: this process), a pure function of (seed, rank, step)."""
         rank = self.dist.rank if rank is None else rank
-        from .data import random_dihedral, random_patch
-
         config = self.config
         rng = np.random.default_rng(_seed(config.seed, _DATA_STREAM, rank, step))
-        inputs, targets = [], []
-        for _ in range(config.batch_size):
-            pair = self.data.train_pairs[int(rng.choice(len(self.data.train_pairs), p=self.data.probabilities))]
-            inp, tgt = random_dihedral(*random_patch(pair, config.patch_size, rng), rng)
-            inputs.append(inp)
-            targets.append(tgt)
+        inputs, targets = self.data.draw_patches(config.batch_size, config.patch_size, rng)
         generator = torch.Generator().manual_seed(_seed(config.seed, _NOISE_STREAM, rank, step))
-        x0 = torch.from_numpy(np.stack(targets))
+        x0 = torch.from_numpy(targets)
         times = low_discrepancy_times(config.batch_size, generator)
         noise = torch.randn(x0.shape, generator=generator)
-        return Batch(torch.from_numpy(np.stack(inputs)), x0, times, noise)
+        return Batch(torch.from_numpy(inputs), x0, times, noise)
 
     # ------------------------------------------------------------------ one update
     def train_step(self, batch: Batch) -> tuple[dict[str, float], bool]:

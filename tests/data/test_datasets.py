@@ -7,7 +7,6 @@ from napari_cvdm.data.datasets import (
     DataError,
     ImagePair,
     load_pair_folders,
-    make_loader,
     make_validation_set,
     pairs_from_arrays,
     prepare_input,
@@ -16,7 +15,6 @@ from napari_cvdm.data.datasets import (
     split_by_image,
 )
 from napari_cvdm.data.normalize import Normalizer
-from napari_cvdm.data.simulate import SimulatedPairs
 
 torch.set_num_threads(1)
 IDENTITY = Normalizer.fixed(-1.0, 1.0)  # maps [-1, 1] onto itself: lets tests see raw values
@@ -189,38 +187,6 @@ def test_patches_and_flips_keep_input_and_target_aligned():
     assert len(seen) > 8  # different windows and orientations were drawn
     with pytest.raises(DataError, match="smaller than the patch"):
         random_patch(pair, 64, rng)
-
-
-def test_loader_yields_aligned_normalised_tensor_batches():
-    pairs = make_pairs(3, size=48)
-    loader = make_loader(pairs, "sr", patch_size=16, batch_size=5, seed=0,
-                         input_normalizer=IDENTITY, target_normalizer=IDENTITY)  # fmt: skip
-    x_in, x_target = next(loader)
-    assert x_in.shape == (5, 1, 16, 16) and x_target.shape == (5, 1, 16, 16)
-    assert x_in.dtype == torch.float32 and x_target.dtype == torch.float32
-    torch.testing.assert_close(x_target, 2 * x_in)
-    again_in, _ = next(make_loader(pairs, "sr", patch_size=16, batch_size=5, seed=0,
-                                   input_normalizer=IDENTITY, target_normalizer=IDENTITY))  # fmt: skip
-    torch.testing.assert_close(again_in, x_in)
-    assert not torch.equal(next(loader)[0], x_in)
-
-    # With the task's own normalisers (per-image percentiles for SR) values are ~[-1, 1].
-    x_in, x_target = next(make_loader(pairs, "sr", patch_size=48, batch_size=2, seed=0))
-    assert x_in.min() >= -1.01 and x_in.max() <= 1.01 and x_target.min() >= -1.01
-
-
-def test_loader_takes_an_endless_simulated_stream():
-    for task, channels in (("sr", 1), ("qpi", 2)):
-        x_in, x_target = next(make_loader(SimulatedPairs(task, size=32, seed=0), task, patch_size=16, batch_size=2))
-        assert x_in.shape == (2, channels, 16, 16) and x_target.shape == (2, 1, 16, 16)
-        assert torch.isfinite(x_in).all() and torch.isfinite(x_target).all()
-
-
-def test_loader_rejects_wrong_channels_and_small_images():
-    with pytest.raises(DataError, match="img00"):
-        make_loader(make_pairs(2, size=8), "sr", patch_size=16)
-    with pytest.raises(DataError, match="img00.*input must be"):
-        make_loader(make_pairs(2), "qpi", patch_size=16)
 
 
 def test_validation_set_is_fixed_tiles_of_held_out_images():

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,7 +46,7 @@ def test_each_loss_term_matches_a_hand_computation():
     x_t = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
     eps_hat = model.denoiser(torch.cat([x_t, y], 1), gamma)
     noise_loss = ((noise - eps_hat) ** 2).mean()
-    ode_loss = ((d_gamma + beta * gamma) ** 2 + (1.0 - 1.0) ** 2 + gamma_one**2).mean()
+    ode_loss = ((d_gamma + beta * gamma) ** 2 + gamma_one**2).mean()
     prior_loss = (0.5 * (gamma_one * x0**2 - gamma_one - torch.log(1 - gamma_one))).mean()
     reg_loss = (1e-3 * d2_gamma**2).mean()
 
@@ -131,3 +133,46 @@ def test_model_files_of_the_paper_formulation_keep_their_meaning():
     assert CVDM(config).clip == 1.0 and CVDM(config).base_net is None
     with pytest.raises(ValueError, match="x_channels"):
         ModelConfig(x_channels=1.5)
+
+
+@pytest.mark.parametrize("schedule", ["cvdm", "cvdm_simple", "cddpm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_papers_start_term_is_identically_zero_so_the_loss_leaves_it_out(schedule, dtype):
+    # (γ(0, y) − 1)² of the paper's L_ode: τ̃(0) = f(0) − f(0) = 0, so γ(0, y) = 1 exactly,
+    # for any time-network parameters and any condition; its gradient is zero too.
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = CVDM(ModelConfig(x_channels=1, y_channels=2, preset="tiny", schedule=schedule)).to(dtype)
+        with torch.no_grad():
+            for p in model.schedule.parameters():
+                p.add_(2.0 * torch.randn_like(p))
+        y = 5.0 * torch.randn(3, 2, 8, 8, dtype=dtype)
+        start_term = (model.schedule.gamma(0.0, model.schedule.schedule_map(y)) - 1).pow(2).sum()
+        assert start_term.detach().item() == 0.0
+        if model.schedule.learned:
+            grads = torch.autograd.grad(start_term, list(model.schedule.parameters()), allow_unused=True)
+            assert all(g is None or not g.any() for g in grads)
+        assert not model.schedule.time(torch.zeros(4, dtype=dtype)).tau_tilde.any()
+
+
+#: LossTerms of two shipped models on the batch below, computed with the loss that still had
+#: (γ(0, y) − 1)² in L_ode: leaving out the zero term changes none of them.
+SHIPPED_LOSSES = {
+    "cvdm-sr-small": (0.1767895669, 0.1669292897, 7.136118074e-05, 0.0001580034295, 0.00470076967, 0.0),
+    "cvdm-sr-residual": (1.255816817, 0.6851254702, 0.0002631050302, 0.002429522108, 0.002449603984,
+                         0.5604067445),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_LOSSES))
+def test_shipped_models_have_the_loss_they_had_before_the_zero_term_went(name):
+    from napari_cvdm.checkpoint import load_model
+
+    path = Path(__file__).parents[2] / "models" / f"{name}.safetensors"
+    model, _ = load_model(path)
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(2, model.config.input_channels, 32, 32, generator=generator)
+    x0 = torch.rand(2, model.config.x_channels, 32, 32, generator=generator) * 2 - 1
+    with torch.no_grad():
+        terms = model.eval().loss(x0, y, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(torch.stack(list(terms)), torch.tensor(SHIPPED_LOSSES[name]), rtol=1e-6, atol=1e-9)

@@ -1,8 +1,9 @@
-"""Training data: simulators, paired TIFF folders and arrays, normalisation, batches.
+"""Training data: simulators, paired TIFF folders and arrays, normalisation, patches.
 
 Pairs are ``(input (C_in, H, W), target (C_out, H, W))`` float32 on the target grid;
-see :mod:`napari_cvdm.data.datasets` for the conventions. No Qt or napari imports;
-torch is imported only by the batch functions.
+see :mod:`napari_cvdm.data.datasets` for the conventions and
+:mod:`napari_cvdm.data.training` (not imported here) for a training run's data. No Qt or
+napari imports; torch is imported only by the validation set.
 """
 
 from ..physics.optics import bin_pixels, upsample
@@ -14,7 +15,6 @@ from .datasets import (
     check_image,
     get_task,
     load_pair_folders,
-    make_loader,
     make_pair,
     make_validation_set,
     normalize_pair,
@@ -69,7 +69,6 @@ __all__ = [
     "check_image",
     "get_task",
     "load_pair_folders",
-    "make_loader",
     "make_pair",
     "make_validation_set",
     "natural_image_names",

@@ -1,6 +1,6 @@
 """Paired training data: TIFF folders, in-memory arrays, patches, splits and batches.
 
-Conventions (all arrays float32 numpy until the batch iterator makes torch tensors):
+Conventions (all arrays float32 numpy until the validation set makes torch tensors):
 
 - A pair is an :class:`ImagePair`: ``input`` ``(C_in, H, W)`` and ``target``
   ``(C_out, H, W)`` on the same (target) grid.
@@ -13,9 +13,10 @@ Typical training set-up::
 
     pairs = load_pair_folders("inputs/", "targets/", "sr")      # or pairs_from_arrays / SimulatedPairs
     train_pairs, val_pairs = split_by_image(pairs, val_fraction=0.1, seed=0)
-    train_batches = make_loader(train_pairs, "sr", patch_size=64, batch_size=8, seed=0)
-    x_in, x_target = next(train_batches)                        # (B, C, 64, 64) float32 tensors in ~[-1, 1]
     val_in, val_target = make_validation_set(val_pairs, "sr", patch_size=64)
+
+:mod:`napari_cvdm.data.training` does this for a training run and draws its patches
+(:func:`random_patch`, :func:`random_dihedral`).
 
 Every problem with user data raises :class:`DataError` naming the file (or array).
 """
@@ -23,7 +24,7 @@ Every problem with user data raises :class:`DataError` naming the file (or array
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,6 @@ __all__ = [
     "check_image",
     "get_task",
     "load_pair_folders",
-    "make_loader",
     "make_pair",
     "make_validation_set",
     "normalize_pair",
@@ -395,61 +395,6 @@ def _check_channels(pair: ImagePair, spec: TaskSpec) -> None:
         raise DataError(f"{pair.name}: target must be ({spec.target_channels}, H, W), got {pair.target.shape}")
     if pair.input.shape[-2:] != pair.target.shape[-2:]:
         raise DataError(f"{pair.name}: input {pair.input.shape} and target {pair.target.shape} are on different grids")
-
-
-def make_loader(
-    source: Sequence[ImagePair] | Iterable[ImagePair],
-    task: str | TaskSpec,
-    patch_size: int = 64,
-    batch_size: int = 8,
-    seed: int = 0,
-    augment: bool = True,
-    input_normalizer: Normalizer | None = None,
-    target_normalizer: Normalizer | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: F821
-    """Endless iterator of normalised training batches ``(x_in, x_target)``.
-
-    ``x_in`` ``(B, C_in, p, p)`` and ``x_target`` ``(B, C_out, p, p)`` float32 CPU tensors
-    (move them with ``.to(device)``). ``source`` is a list of pairs (images drawn with
-    probability proportional to their area, one random patch each) or an endless
-    iterator of pairs such as :class:`~napari_cvdm.data.simulate.SimulatedPairs` (one
-    patch per drawn pair). Per-image normalisers are fitted on whole images before
-    cropping. ``augment`` applies a random flip/90° rotation to each patch.
-    """
-    import torch
-
-    spec = get_task(task)
-    rng = np.random.default_rng(seed)
-
-    def prepared(pair: ImagePair) -> ImagePair:
-        _check_channels(pair, spec)
-        if min(pair.shape) < patch_size:
-            raise DataError(f"{pair.name}: image {pair.shape} is smaller than the patch size {patch_size}")
-        return normalize_pair(pair, spec, input_normalizer, target_normalizer)
-
-    if isinstance(source, Sequence):
-        if not len(source):
-            raise DataError("no training images")
-        images = [prepared(p) for p in source]
-        area = np.array([p.shape[0] * p.shape[1] for p in images], dtype=np.float64)
-        probabilities = area / area.sum()
-        draw = lambda: images[int(rng.choice(len(images), p=probabilities))]
-    else:
-        stream = iter(source)
-        draw = lambda: prepared(next(stream))
-
-    def batches():
-        while True:
-            inputs, targets = [], []
-            for _ in range(batch_size):
-                inp, tgt = random_patch(draw(), patch_size, rng)
-                if augment:
-                    inp, tgt = random_dihedral(inp, tgt, rng)
-                inputs.append(inp)
-                targets.append(tgt)
-            yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
-
-    return batches()
 
 
 def make_validation_set(

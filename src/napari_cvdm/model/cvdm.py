@@ -8,9 +8,14 @@ Loss (paper eq. 6 with the reference code's weights)::
 
     L = mean(L_noise) + 2 mean(L_ode) + 2 mean(L_prior) + 2 mean(L_reg)
     L_noise = (ε − ε̂)²
-    L_ode   = (∂γ/∂t + β γ)² + (γ(0, y) − 1)² + γ(1, y)²
+    L_ode   = (∂γ/∂t + β γ)² + γ(1, y)²
     L_prior = ½ (γ1 x0² − γ1 − log(1 − γ1)),  γ1 = γ(1, y)
     L_reg   = α (∂²γ/∂t²)²,  α = 1e-3   (all samples, not only the first)
+
+The paper's L_ode also has (γ(0, y) − 1)². Here γ(0, y) = exp(−λ(y) τ̃(0)) = 1
+exactly, because τ̃(0) = 0 by construction (:class:`.schedule.MonotoneTime`), so
+that term and its gradient are identically zero and are not computed: every
+model file, old or new, has the same loss with or without it.
 
 The fixed (``cddpm``) schedule has no schedule parameters and trains on
 ``L_noise`` alone; its schedule terms are still reported as diagnostics.
@@ -225,14 +230,9 @@ class CVDM(nn.Module):
         x_t = alpha * x0 + sigma * noise
         noise_loss = (noise - self.predict_noise(x_t, y, terms.gamma)).pow(2).mean()
 
-        gamma_start = self.schedule.gamma(0.0, schedule_map)
         log_gamma_end = self.schedule.terms(torch.ones_like(t), schedule_map).log_gamma
         gamma_end = torch.exp(log_gamma_end)
-        ode_loss = (
-            (terms.d_gamma + terms.beta * terms.gamma).pow(2)
-            + (gamma_start - 1).pow(2)
-            + gamma_end.pow(2)
-        ).mean()
+        ode_loss = ((terms.d_gamma + terms.beta * terms.gamma).pow(2) + gamma_end.pow(2)).mean()
         # log(1 − γ1) via expm1 stays exact when γ1 is close to 1
         log_one_minus_gamma_end = torch.log(-torch.expm1(log_gamma_end))
         prior_loss = (0.5 * (gamma_end * x0.pow(2) - gamma_end - log_one_minus_gamma_end)).mean()

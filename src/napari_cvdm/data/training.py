@@ -1,0 +1,244 @@
+"""What a training run trains on: its pairs, normalised, with fixed validation patches.
+
+:func:`load_training_data` reads the source a :class:`~napari_cvdm.config.TrainConfig`
+names (in-memory pairs, paired TIFF folders, or simulated pairs), splits off whole
+validation images, checks the patch size, fits a residual QPI model's TIE base and
+normalises everything; :meth:`TrainingData.draw_patches` draws the training patches.
+:func:`folder_pixel_size` reads the raw-input pixel size of a pair of folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..errors import InputError, ModelFileError
+from .datasets import (
+    ImagePair, TaskSpec, get_task, load_pair_folders, make_validation_set, normalize_pair, pairs_from_arrays,
+    random_dihedral, random_patch, split_by_image,
+)
+from .normalize import Normalizer
+from .simulate import QPISimulationConfig, SimulatedPairs, SRSimulationConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..base_estimate import TIEBase
+    from ..checkpoint import ModelInfo
+
+log = logging.getLogger(__name__)
+
+#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
+#: trained predictor's error is a few tenths, so r is about unit size.
+PREDICTOR_RESIDUAL_SCALE = 0.25
+
+
+@dataclass
+class TrainingData:
+    """Normalised training images, the fixed validation patches and what describes them."""
+
+    spec: TaskSpec
+    train_pairs: list[ImagePair]  # normalised (a physics base adds its phase as the last input channel)
+    validation: tuple  # (y, x0) torch tensors (N, C, p, p), or None without validation images
+    description: str
+    input_pixel_size_um: float | None
+    probabilities: np.ndarray = field(default_factory=lambda: np.ones(1))  # per training pair, by area
+    physics_base: TIEBase | None = None  # of a residual QPI model
+    residual_scale: float = 1.0
+    validation_pairs: list[ImagePair] = field(default_factory=list)  # raw (unnormalised), for the calibration
+
+    def draw_patches(self, batch_size: int, patch_size: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` random patches ``(B, C_in, p, p)``, ``(B, C_out, p, p)`` float32: each from a
+        pair drawn with probability proportional to its area, flipped/rotated at random (input and
+        target alike)."""
+        inputs, targets = [], []
+        for _ in range(batch_size):
+            pair = self.train_pairs[int(rng.choice(len(self.train_pairs), p=self.probabilities))]
+            inp, tgt = random_dihedral(*random_patch(pair, patch_size, rng), rng)
+            inputs.append(inp)
+            targets.append(tgt)
+        return np.stack(inputs), np.stack(targets)
+
+
+class _Source(NamedTuple):
+    """The raw pairs of a run before normalisation."""
+
+    train_pairs: list[ImagePair]
+    validation_pairs: list[ImagePair]
+    description: str
+    pixel_size_um: float | None
+
+
+def folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
+    """Raw-input pixel size (µm) from the first pair: the target's pixel × factor, else the input's."""
+    from ..io import list_images, read_image
+
+    target = read_image(list_images([target_dir])[0])
+    if target.pixel_size_um is not None:
+        return target.pixel_size_um * factor
+    source = read_image(list_images([input_dir])[0])
+    if source.pixel_size_um is None:
+        return None
+    on_target_grid = source.array.shape[-2:] == target.array.shape[-2:]
+    return source.pixel_size_um * (factor if on_target_grid else 1)
+
+
+def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
+                       base: ModelInfo | None = None) -> TrainingData:
+    """Training and validation data for ``config`` (see :class:`TrainConfig` for the sources),
+    normalised as the base model ``base`` was when fine-tuning."""
+    spec = _task_spec(config, base)
+    if pairs is not None:
+        given = pairs_from_arrays(list(pairs[0]), list(pairs[1]), spec)
+        source = _split(config, given, f"{len(given)} in-memory image pair(s)", config.input_pixel_size_um)
+    elif config.input_dir is not None:
+        source = _folder_source(config, spec)
+    else:
+        source = _simulated_source(config)
+    small = [p.name for p in source.train_pairs + source.validation_pairs if min(p.shape) < config.patch_size]
+    if small:
+        raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
+                         "lower patch_size or use larger images.")
+    physics_base = None
+    if config.formulation == "residual" and spec.name == "qpi":
+        physics_base = _physics_base(config, spec, source, base, pairs is not None)
+    train_pairs = [_normalized_pair(p, spec, physics_base) for p in source.train_pairs]
+    validation = None
+    if source.validation_pairs:
+        # the pairs are normalised (and given their base channel) here, so the set keeps them as they are
+        identity = Normalizer.fixed(-1.0, 1.0)
+        as_is = dataclasses.replace(spec, input_channels=train_pairs[0].input.shape[0],
+                                    input_normalizer=identity, target_normalizer=identity)
+        validation = make_validation_set([_normalized_pair(p, spec, physics_base) for p in source.validation_pairs],
+                                         as_is, config.patch_size, config.validation_patches)
+    area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
+    return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
+                        physics_base, _residual_scale(config, spec, train_pairs, base), source.validation_pairs)
+
+
+def _task_spec(config: TrainConfig, base: ModelInfo | None = None) -> TaskSpec:
+    """The task's data layout and normalisation; a fine-tuned model keeps its base model's normalisation."""
+    if config.task != "generic":
+        spec = get_task(config.task)
+    else:
+        spec = TaskSpec(
+            name="generic", input_channels=config.input_channels, target_channels=config.target_channels,
+            input_upsample=1, input_normalizer=Normalizer.per_image_percentile(),
+            target_normalizer=Normalizer.per_image_percentile(),
+            input_description=f"{config.input_channels}-channel image", target_description="target image",
+        )
+    if base is None:
+        return spec
+    if (base.config.y_channels, base.config.x_channels) != (spec.input_channels, spec.target_channels):
+        raise InputError(f"{Path(str(config.init_model)).name} maps {base.config.y_channels} input channel(s) "
+                         f"to {base.config.x_channels}, but {spec.name} pairs have {spec.input_channels} and "
+                         f"{spec.target_channels}; it cannot be fine-tuned on them.")
+    # the base weights only make sense on data normalised as they were trained
+    try:
+        return dataclasses.replace(
+            spec,
+            input_normalizer=Normalizer.from_dict(base.input_normalization) if base.input_normalization
+            else spec.input_normalizer,
+            target_normalizer=Normalizer.from_dict(base.target_normalization) if base.target_normalization
+            else spec.target_normalizer,
+        )
+    except ValueError as exc:
+        raise ModelFileError(f"{Path(str(config.init_model)).name} has an unusable normalisation: {exc}.") from None
+
+
+def _split(config: TrainConfig, pairs: list[ImagePair], description: str, pixel_size: float | None) -> _Source:
+    """Given pairs, with whole images held out for validation."""
+    validation_pairs = []
+    if config.validation_fraction > 0:
+        pairs, validation_pairs = split_by_image(pairs, config.validation_fraction, config.seed)
+    return _Source(pairs, validation_pairs, description, pixel_size)
+
+
+def _folder_source(config: TrainConfig, spec: TaskSpec) -> _Source:
+    pairs = load_pair_folders(config.input_dir, config.target_dir, spec)
+    pixel_size = config.input_pixel_size_um
+    if pixel_size is None:
+        pixel_size = folder_pixel_size(Path(config.input_dir), Path(config.target_dir), spec.input_upsample)
+    return _split(config, pairs, f"{len(pairs)} pair(s) from {config.input_dir} → {config.target_dir}", pixel_size)
+
+
+def _simulated_source(config: TrainConfig) -> _Source:
+    """``simulated_images`` pairs of the simulator; validation pairs from its own stream."""
+    if config.task == "generic":
+        raise InputError("A generic model needs data: give input_dir and target_dir, or image pairs.")
+    if config.source_images is not None and config.task != "qpi":
+        raise InputError("source_images (a folder of photos) is for the QPI simulator; SR simulates its structures.")
+    # with a folder of photos, training and validation draw from disjoint files (split by file)
+    stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed, source_dir=config.source_images)
+    train_pairs = stream.take(config.simulated_images)
+    n_validation = max(1, round(config.validation_fraction * config.simulated_images)) \
+        if config.validation_fraction > 0 else 0
+    validation_pairs = stream.with_split("validation").take(n_validation)
+    sources = f"; phase objects from the training split of {config.source_images}" if config.source_images else ""
+    description = (f"{config.simulated_images} simulated {config.task} pairs of {config.simulated_size}² px "
+                   f"(napari_cvdm.data.simulate, seed {config.seed}{sources})")
+    pixel_size = config.input_pixel_size_um
+    if pixel_size is None:
+        pixel_size = (SRSimulationConfig().target_pixel_um * SRSimulationConfig().factor
+                      if config.task == "sr" else QPISimulationConfig().pixel_um)
+    return _Source(train_pairs, validation_pairs, description, pixel_size)
+
+
+def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: ModelInfo | None,
+                  pairs_given: bool) -> TIEBase:
+    """The TIE base of a residual QPI model: the fine-tuned model's, else fitted on the training pairs."""
+    from ..base_estimate import TIEBase
+
+    if base is not None and base.base:
+        return TIEBase.from_dict(base.base)
+    simulated = QPISimulationConfig()
+    pixel_size, pairs = source.pixel_size_um, source.train_pairs
+    if pixel_size is None:
+        pixel_size = simulated.pixel_um
+        log.warning("the data carry no pixel size; the TIE base assumes %g µm (set input_pixel_size_um)",
+                    pixel_size)
+    if config.input_dir is None and not pairs_given:
+        wavelength, dz = simulated.wavelength_um, simulated.dz_um
+    else:
+        wavelength, dz = config.wavelength_um, config.dz_um
+    target_range = spec.target_normalizer
+    offset = 0.5 * (target_range.low[0] + target_range.high[0])
+    physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
+                                      wavelength, dz, pixel_size, offset)
+    log.info("TIE base: %s boundary, regulariser %.3g·σ̂^%g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
+             physics_base.boundary, physics_base.strength, physics_base.exponent, error, min(len(pairs), 16))
+    return physics_base
+
+
+def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | None) -> ImagePair:
+    """The pair normalised for training; with a physics base, its base phase is appended to the
+    input (normalised like the target) and the target shifted to the base's mean phase."""
+    if physics_base is None:
+        return normalize_pair(pair, spec)
+    phase = physics_base.phase(pair.input)
+    target = pair.target - pair.target.mean() + phase.mean()
+    normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
+    base_channel = spec.target_normalizer.normalize(phase[None])
+    return ImagePair(pair.name, np.concatenate([normalised.input, base_channel]), normalised.target)
+
+
+def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[ImagePair],
+                    base: ModelInfo | None) -> float:
+    """s of r = (x0 − b)/s: kept when fine-tuning; twice the RMS of x0 − b for a physics base."""
+    if base is not None:
+        return base.config.residual_scale
+    if config.formulation != "residual":
+        return 1.0
+    if spec.name != "qpi":
+        return PREDICTOR_RESIDUAL_SCALE
+    channels = spec.target_channels
+    squares = [float(np.mean((p.target - p.input[-channels:]) ** 2)) for p in train_pairs]
+    return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")
