@@ -521,11 +521,8 @@ class ReconstructWidget(QWidget):
         display = self._display
         if display is None:
             return
-        what = f"{display.samples_done} / {display.n_samples} samples"
-        if display.preview_kind:
-            what += f" (showing a preview: {display.preview_kind})"
         steps = f"denoising step {done} of {total}" if total else "preparing"
-        self.run_panel.show_progress(done, total, f"{what} · {steps}")
+        self.run_panel.show_progress(done, total, f"{display.progress_words()} · {steps}")
 
     def _show_report(self, report) -> None:
         """A preview or a round's partial result from the worker (GUI thread)."""

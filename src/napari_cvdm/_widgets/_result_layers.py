@@ -86,6 +86,7 @@ class ResultLayers:
         self.scale, self.translate, self.metadata, self.n_samples = scale, translate, metadata, n_samples
         self.preview_kind: str | None = None
         self.samples_done = 0
+        self.plane, self.planes = 0, 1  # the plane being sampled (of several: "all planes")
         self._removed: set[str] = set()
 
     def name(self, suffix: str) -> str:
@@ -105,17 +106,22 @@ class ResultLayers:
                    name=f"{self.name(MEAN_SUFFIX)} (preview: {preview.kind})")
 
     def show_samples(self, result, samples_done: int, uncertainty=None) -> None:
-        """The mean, variance (N > 1), γ map of ``result`` after ``samples_done`` samples.
+        """The mean, variance (N > 1), γ map of ``result`` after ``samples_done`` samples (of its plane
+        ``result.metadata["plane"]``; the planes before it have all N, those after none).
 
         With ``uncertainty`` (the final result) also the calibrated ± error and the kept samples;
         layers of an earlier run that this one does not give are removed.
         """
         self.preview_kind, self.samples_done = None, samples_done
+        self.plane, self.planes = int(result.metadata.get("plane", 0)), int(result.metadata.get("planes", 1))
         extra = {"preview": None, "samples_done": samples_done, "unit": result.unit, "engine": result.metadata}
+        if self.planes > 1:
+            extra["samples_done_plane"] = self.plane
         spread = {**extra, "role": "per-pixel sample variance (the model's own, not calibrated)",
                   **(uncertainty.summary() if uncertainty is not None else {})}
         self._show(MEAN_SUFFIX, result.mean, "gray", robust_limits, {**extra, "role": "mean of the samples"})
-        self._show_or_drop(VARIANCE_SUFFIX, result.variance if samples_done > 1 else None, "magma",
+        spread_known = self.n_samples > 1 and (samples_done > 1 or self.plane > 0)
+        self._show_or_drop(VARIANCE_SUFFIX, result.variance if spread_known else None, "magma",
                            _from_zero, spread)
         error = uncertainty.error if uncertainty is not None else None
         if error is not None:
@@ -129,6 +135,15 @@ class ResultLayers:
         # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
         self._show_or_drop(SAMPLES_SUFFIX, samples, "gray", robust_limits,
                            {**extra, "role": "individual samples (axis 0)"}, leading=1)
+
+    def progress_words(self) -> str:
+        """E.g. "3 / 8 samples", "3 / 8 samples of plane 2 / 5", with the preview shown, if any."""
+        words = f"{self.samples_done} / {self.n_samples} samples"
+        if self.planes > 1:
+            words += f" of plane {self.plane + 1} / {self.planes}"
+        if self.preview_kind:
+            words += f" (showing a preview: {self.preview_kind})"
+        return words
 
     def shown_names(self) -> list[str]:
         """Names of this run's layers present now, mean first."""
