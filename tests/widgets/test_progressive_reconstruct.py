@@ -273,3 +273,23 @@ def test_showing_a_1024_result_never_blocks_the_gui_for_long(viewer, sr_model_pa
     assert longest < 0.25, f"the GUI thread worked {longest:.3f} s without returning to its event loop"
     # The preview (the upsampled input) appears within seconds even on a loaded machine (goal: 1 s idle).
     assert preview_wall < 3.0, f"the preview took {preview_wall:.2f} s"
+
+
+def test_with_the_real_engine_the_layers_refine_and_cancel_keeps_the_finished_samples(
+        viewer, sr_model_path, notifications, qtbot, wait_idle):
+    viewer.add_image(np.random.default_rng(5).random((16, 16)).astype(np.float32), name="wf")
+    widget = open_widget(viewer, sr_model_path, "wf", samples=50, steps=20)
+    assert widget.start()
+    qtbot.waitUntil(lambda: (mean_layer(viewer, "wf") is not None
+                             and mean_layer(viewer, "wf").metadata["cvdm"]["samples_done"] >= 2), timeout=30_000)
+    assert "/ 50 samples" in widget.status_label.text()
+    widget.cancel_button.click()
+    wait_idle(widget)
+    assert notifications.error == []
+    mean, variance = viewer.layers["wf CVDM mean"], viewer.layers["wf CVDM variance"]
+    done = mean.metadata["cvdm"]["samples_done"]
+    assert 2 <= done < 50 and variance.metadata["cvdm"]["samples_done"] == done
+    assert notifications.info == [f"Cancelled after {done} of 50 samples: the layers keep the mean and variance "
+                                  f"of those {done}."]
+    assert mean.metadata["cvdm"]["engine"]["samples_done"] == done
+    assert np.all(variance.data >= 0) and variance.data.max() > 0
