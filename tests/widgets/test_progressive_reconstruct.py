@@ -293,3 +293,30 @@ def test_with_the_real_engine_the_layers_refine_and_cancel_keeps_the_finished_sa
                                   f"of those {done}."]
     assert mean.metadata["cvdm"]["engine"]["samples_done"] == done
     assert np.all(variance.data >= 0) and variance.data.max() > 0
+
+
+def test_a_qpi_result_gets_a_hidden_data_consistency_layer_and_sr_none(viewer, qpi_model_path, sr_model_path,
+                                                                       notifications, monkeypatch, wait_idle):
+    from napari_cvdm.physics.consistency import qpi_consistency
+
+    monkeypatch.setattr(engine, "reconstruct", FakeEngine())
+    viewer.open_sample("napari-cvdm", "cell_defocus_stack")
+    stack = viewer.layers["cell defocus stack (±1 µm)"]
+    stack.data = stack.data[:, :64, :48]
+    widget = open_widget(viewer, qpi_model_path, stack.name, samples=2)
+    assert widget.start()
+    wait_idle(widget)
+    assert notifications.error == []
+    layer = viewer.layers[f"{stack.name} CVDM data consistency"]
+    mean = viewer.layers[f"{stack.name} CVDM mean"].data
+    expected = qpi_consistency(mean, np.asarray(stack.data), 1.0, 0.521, stack.scale[-1], amplitude="measured")
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-4)
+    assert not layer.visible and "forward(mean)" in layer.metadata["cvdm"]["role"]
+    assert layer.name in widget.status_label.text()
+
+    viewer.add_image(np.random.default_rng(6).random((16, 16)).astype(np.float32), name="wf")
+    widget.select_model(sr_model_path)
+    widget.input_combo.setCurrentText("wf")
+    assert widget.start()
+    wait_idle(widget)
+    assert "wf CVDM data consistency" not in viewer.layers  # no forward model with known optics for SR

@@ -21,6 +21,7 @@ VARIANCE_SUFFIX = "CVDM variance"
 GAMMA_SUFFIX = "CVDM γ map"
 SAMPLES_SUFFIX = "CVDM samples"
 ERROR_SUFFIX = "CVDM ± error (95 %)"
+CONSISTENCY_SUFFIX = "CVDM data consistency"
 
 
 def output_geometry(scale: Sequence[float], translate: Sequence[float], factor: int,

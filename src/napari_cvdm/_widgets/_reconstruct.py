@@ -33,7 +33,16 @@ from ..checkpoint import ModelInfo, load_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ._errors import describe_failure
-from ._layers import ERROR_SUFFIX, GAMMA_SUFFIX, MEAN_SUFFIX, SAMPLES_SUFFIX, VARIANCE_SUFFIX, output_geometry
+from ._consistency import consistency_map, has_forward_model
+from ._layers import (
+    CONSISTENCY_SUFFIX,
+    ERROR_SUFFIX,
+    GAMMA_SUFFIX,
+    MEAN_SUFFIX,
+    SAMPLES_SUFFIX,
+    VARIANCE_SUFFIX,
+    output_geometry,
+)
 from ._preview import BASE_KIND, Preview, classical_preview, defocus_um, has_base, needs_classical_preview
 from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
@@ -76,7 +85,8 @@ def fits_model_info(layer, info: ModelInfo) -> bool:
 def is_output_layer(layer) -> bool:
     """A layer this widget made (mean or its preview, variance, error, γ map, samples): never an input."""
     name = layer.name
-    return name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)) \
+    return name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX,
+                          CONSISTENCY_SUFFIX)) \
         or f" {MEAN_SUFFIX} (preview" in name
 
 
@@ -497,8 +507,13 @@ class ReconstructWidget(QWidget):
                 report(Preview(engine.reconstruct_base(model, info, image, device=settings.device), BASE_KIND))
             result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
                                         on_partial=report)
-            return result, uncertainty_outputs(info, result.variance, image, settings.n_samples,
-                                               job.input_pixel_size_um)
+            uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples,
+                                              job.input_pixel_size_um)
+            consistency = None
+            if has_forward_model(info):
+                consistency = consistency_map(info, image, result.mean, dz_um=job.input_defocus_um,
+                                              pixel_um=job.input_pixel_size_um)
+            return result, uncertainty, consistency
 
         return compute
 
@@ -542,8 +557,8 @@ class ReconstructWidget(QWidget):
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
-        result, uncertainty = outcome.value
-        self.show_result(result, job, uncertainty, display)
+        result, uncertainty, consistency = outcome.value
+        self.show_result(result, job, uncertainty, display, consistency)
         self._staged.put(f"done: {id(job)}", lambda: self._announce(job, uncertainty, display))
 
     def _announce(self, job: ReconstructionJob, uncertainty: UncertaintyOutputs, display: ResultLayers) -> None:
@@ -596,8 +611,9 @@ class ReconstructWidget(QWidget):
 
     def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
                     uncertainty: UncertaintyOutputs | None = None, display: ResultLayers | None = None,
-                    ) -> ResultLayers:
-        """Show the final mean, variance, γ-map and (calibrated model) ± error layers, and the samples if kept.
+                    consistency: np.ndarray | None = None) -> ResultLayers:
+        """Show the final mean, variance, γ-map, (calibrated model) ± error and (QPI) data-consistency
+        layers, and the samples if kept.
 
         The layers change in the next event-loop turns (one layer per turn); N = 1 gives no
         variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
@@ -606,7 +622,7 @@ class ReconstructWidget(QWidget):
             uncertainty = uncertainty_outputs(job.entry.info, result.variance, None, job.settings.n_samples,
                                               job.input_pixel_size_um)
         display = display or self._result_layers(job)
-        display.show_samples(result, job.settings.n_samples, uncertainty)
+        display.show_samples(result, job.settings.n_samples, uncertainty, consistency)
         return display
 
 

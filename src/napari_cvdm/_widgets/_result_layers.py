@@ -21,7 +21,9 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
+from ._consistency import ROLE as CONSISTENCY_ROLE
 from ._layers import (
+    CONSISTENCY_SUFFIX,
     ERROR_SUFFIX,
     GAMMA_SUFFIX,
     MEAN_SUFFIX,
@@ -105,12 +107,12 @@ class ResultLayers:
         self._show(MEAN_SUFFIX, preview.data, "gray", robust_limits, extra,
                    name=f"{self.name(MEAN_SUFFIX)} (preview: {preview.kind})")
 
-    def show_samples(self, result, samples_done: int, uncertainty=None) -> None:
+    def show_samples(self, result, samples_done: int, uncertainty=None, consistency=None) -> None:
         """The mean, variance (N > 1), γ map of ``result`` after ``samples_done`` samples (of its plane
         ``result.metadata["plane"]``; the planes before it have all N, those after none).
 
-        With ``uncertainty`` (the final result) also the calibrated ± error and the kept samples;
-        layers of an earlier run that this one does not give are removed.
+        With ``uncertainty`` (the final result) also the calibrated ± error, the ``consistency`` map
+        and the kept samples; layers of an earlier run that this one does not give are removed.
         """
         self.preview_kind, self.samples_done = None, samples_done
         self.plane, self.planes = int(result.metadata.get("plane", 0)), int(result.metadata.get("planes", 1))
@@ -131,6 +133,7 @@ class ResultLayers:
             self._drop(ERROR_SUFFIX)
         self._show(GAMMA_SUFFIX, result.gamma_map, "viridis", _central,
                    {**extra, "role": "learned schedule γ(t = 0.5, y)"})
+        self._show_or_drop(CONSISTENCY_SUFFIX, consistency, "magma", _from_zero, {**extra, "role": CONSISTENCY_ROLE})
         samples = None if result.samples is None else np.moveaxis(np.asarray(result.samples), -3, 0)
         # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
         self._show_or_drop(SAMPLES_SUFFIX, samples, "gray", robust_limits,
@@ -147,7 +150,7 @@ class ResultLayers:
 
     def shown_names(self) -> list[str]:
         """Names of this run's layers present now, mean first."""
-        suffixes = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
+        suffixes = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, CONSISTENCY_SUFFIX, SAMPLES_SUFFIX)
         return [layer.name for layer in map(self.find, suffixes) if layer is not None]
 
     def _show_or_drop(self, suffix: str, data, colormap: str, limits, extra: dict, leading: int = 0) -> None:
