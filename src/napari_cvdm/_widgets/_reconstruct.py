@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -28,11 +29,12 @@ from qtpy.QtWidgets import (
 )
 
 from .. import reconstruct as engine
-from ..calibrate import UncertaintyOutputs, calibration_line, uncertainty_outputs
-from ..checkpoint import ModelInfo, load_model
+from ..calibrate import UncertaintyOutputs, calibrate_model, calibration_line, uncertainty_outputs, with_calibration
+from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ._errors import describe_failure
+from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model
 from ._layers import (
     CONSISTENCY_SUFFIX,
@@ -185,6 +187,11 @@ class ReconstructWidget(QWidget):
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.open_button)
         layout.addLayout(row)
+        self.calibrate_button = QPushButton("Calibrate on layers…")
+        self.calibrate_button.setToolTip("Fit this model's error bars on an input layer and its true target layer; "
+                                         "saves a new model file")
+        self.calibrate_button.clicked.connect(self._ask_calibration)
+        layout.addWidget(self.calibrate_button)
         self.model_card = QLabel()
         self.model_card.setWordWrap(True)
         self.model_card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -247,8 +254,9 @@ class ReconstructWidget(QWidget):
         self.run_button = QPushButton("Reconstruct")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
-        self.run_panel = RunPanel(self, [self.run_button], self.cancel_button, stopping="Stopping…",
-                                  busy="A reconstruction is already running; wait for it or press Cancel.")
+        self.run_panel = RunPanel(self, [self.run_button, self.calibrate_button], self.cancel_button,
+                                  stopping="Stopping…",
+                                  busy="A reconstruction or calibration is running; wait for it or press Cancel.")
         self.progress_bar, self.status_label = self.run_panel.progress_bar, self.run_panel.status_label
         row = QHBoxLayout()
         row.addWidget(self.run_button, 1)
@@ -517,8 +525,72 @@ class ReconstructWidget(QWidget):
 
         return compute
 
+    # ------------------------------------------------------------------ calibration
+    def _ask_calibration(self) -> None:
+        """Ask for the input layer, the target layer and a new file, then calibrate."""
+        names = [layer.name for layer in self.viewer.layers if is_candidate_image(layer) and not is_output_layer(layer)]
+        if self.selected_entry() is None or len(names) < 2:
+            notifications.show_error("Calibrating needs a chosen model and two image layers: an input and its "
+                                     "true target.")
+            return
+        title = "Calibrate on layers"
+        source, ok = QInputDialog.getItem(self, title, "Input layer (as for Reconstruct):", names, 0, False)
+        if not ok:
+            return
+        target, ok = QInputDialog.getItem(self, title, "Target layer (the truth, on the output grid):", names,
+                                          1 if names[0] == source else 0, False)
+        if not ok:
+            return
+        suggested = self.selected_entry().path.with_name(f"{self.selected_entry().path.stem}-calibrated.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the calibrated model as", str(suggested),
+                                              "CVDM models (*.safetensors)")  # the dialog confirms an overwrite
+        if path:
+            self.calibrate_on_layers(self.viewer.layers[source], self.viewer.layers[target], path)
+
+    def calibrate_on_layers(self, input_layer, target_layer, path: str | Path) -> bool:
+        """Calibrate the chosen model on one layer pair in the background and save it as the NEW file ``path``.
+
+        The model it comes from is never replaced. Returns whether the work started.
+        """
+        if self.run_panel.refuse_if_running():
+            return False
+        entry = self.selected_entry()
+        path = Path(path).expanduser().resolve()
+        try:
+            if entry is None or entry.info is None:
+                raise InputError(entry.error if entry is not None and entry.error else "No model chosen.")
+            if path == entry.path:
+                raise InputError(f"Choose a new file: the calibrated model never replaces {entry.path.name}.")
+            pair = layer_pair(entry.info, input_layer, target_layer)
+        except InputError as exc:
+            notifications.show_error(str(exc))
+            return False
+        models, info, settings = self.models, entry.info, self.settings()
+        pixel_size = layer_pixel_size_um(input_layer)
+
+        def compute(progress, should_stop):
+            model = models.get(entry.path, settings.device)
+            calibration = calibrate_model(model, info, [pair], settings, source=f"napari layers {pair.name}",
+                                          should_stop=should_stop, input_pixel_size_um=pixel_size)
+            return save_model(path, model, with_calibration(info, calibration))
+
+        self.run_panel.launch(compute, f"CVDM: calibrating {entry.path.name}", f"Calibrating on {pair.name}…",
+                              on_done=self._calibrated)
+        return True
+
+    def _calibrated(self, outcome: Outcome) -> None:
+        if isinstance(outcome.error, Cancelled):
+            self.status_label.setText("Calibration cancelled; nothing was saved.")
+            return
+        if outcome.error is not None:
+            self.run_panel.failed(describe_failure(outcome.error, "Calibration"))
+            return
+        self.select_model(outcome.value)
+        entry = self.selected_entry()
+        self.run_panel.succeeded(f"Saved {entry.path.name}: {calibration_line(entry.info)}")
+
     def cancel(self) -> None:
-        """Stop the running reconstruction at its next denoising step."""
+        """Stop the running reconstruction or calibration at its next denoising step."""
         self.run_panel.stop()
 
     @property
