@@ -62,3 +62,24 @@ def test_bad_layer_pairs_and_paths_are_one_notification_each(cell, qpi_model_pat
         f"Choose a new file: the calibrated model never replaces {qpi_model_path.name}.",
     ]
     assert not widget.running and not list(tmp_path.glob("[ab].safetensors"))
+
+
+def test_the_button_asks_for_the_layers_and_a_new_file(cell, qpi_model_path, tmp_path, notifications, monkeypatch,
+                                                       wait_idle):
+    from napari_cvdm._widgets import _reconstruct
+
+    viewer, stack, phase = cell
+    widget = widget_for(viewer, qpi_model_path)
+    answers = iter([(stack.name, True), (phase.name, True)])
+    asked = []
+    monkeypatch.setattr(_reconstruct.QInputDialog, "getItem",
+                        lambda parent, title, label, items, *rest: asked.append(items) or next(answers))
+    monkeypatch.setattr(_reconstruct.QFileDialog, "getSaveFileName",
+                        lambda parent, title, suggested, *rest: asked.append(suggested) or (
+                            str(tmp_path / "from-button.safetensors"), ""))
+    widget.calibrate_button.click()
+    wait_idle(widget)
+    assert notifications.error == []
+    assert asked[0] == [stack.name, phase.name]  # image layers, no outputs
+    assert asked[2].endswith("tiny_qpi-calibrated.safetensors")
+    assert read_model_info(tmp_path / "from-button.safetensors").calibration
