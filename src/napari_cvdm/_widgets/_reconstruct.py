@@ -256,7 +256,8 @@ class ReconstructWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.run_panel = RunPanel(self, [self.run_button, self.calibrate_button], self.cancel_button,
                                   stopping="Stopping…",
-                                  busy="A reconstruction or calibration is already running; wait for it or press Cancel.")
+                                  busy="A reconstruction or calibration is already running; "
+                                       "wait for it or press Cancel.")
         self.progress_bar, self.status_label = self.run_panel.progress_bar, self.run_panel.status_label
         row = QHBoxLayout()
         row.addWidget(self.run_button, 1)
