@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -28,22 +29,24 @@ from qtpy.QtWidgets import (
 )
 
 from .. import reconstruct as engine
-from ..calibrate import UncertaintyOutputs, calibration_line, uncertainty_outputs
-from ..checkpoint import ModelInfo, load_model
+from ..calibrate import UncertaintyOutputs, calibrate_model, calibration_line, uncertainty_outputs, with_calibration
+from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ._errors import describe_failure
+from ._calibrate_layers import layer_pair
+from ._consistency import consistency_map, has_forward_model
 from ._layers import (
+    CONSISTENCY_SUFFIX,
     ERROR_SUFFIX,
     GAMMA_SUFFIX,
     MEAN_SUFFIX,
     SAMPLES_SUFFIX,
     VARIANCE_SUFFIX,
-    add_or_replace_image,
     output_geometry,
-    remove_layer,
-    robust_limits,
 )
+from ._preview import BASE_KIND, Preview, classical_preview, defocus_um, has_base, needs_classical_preview
+from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
 from ._run_panel import RunPanel, spin_box
 from ._workers import ConnectionSet, Outcome
@@ -82,8 +85,22 @@ def fits_model_info(layer, info: ModelInfo) -> bool:
 
 
 def is_output_layer(layer) -> bool:
-    """A layer this widget made (mean, variance, error, γ map, samples): never an input."""
-    return layer.name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX))
+    """A layer this widget made (mean or its preview, variance, error, γ map, samples): never an input."""
+    name = layer.name
+    return name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX,
+                          CONSISTENCY_SUFFIX)) \
+        or f" {MEAN_SUFFIX} (preview" in name
+
+
+def samples_per_round(n_samples: int, device: str) -> int:
+    """Samples drawn together before the layers update (the engine's ``max_batch``).
+
+    CPU and MPS: 1, a layer update after every sample (a batch there costs about as much
+    as its samples one by one); CUDA: a quarter of N, four updates (a GPU needs batches).
+    """
+    if engine.resolve_device(device).type == "cuda":
+        return max(1, -(-int(n_samples) // 4))
+    return 1
 
 
 @dataclass
@@ -97,6 +114,7 @@ class ReconstructionJob:
     input_translate: tuple[float, ...]
     plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
     input_pixel_size_um: float | None   # from the layer's scale when it is calibrated
+    input_defocus_um: float | None = None  # a stack layer's ±dz (metadata "defocus_um"), for the preview
 
 
 def layer_pixel_size_um(layer) -> float | None:
@@ -134,6 +152,9 @@ class ReconstructWidget(QWidget):
         self.registry = registry if registry is not None else MODEL_REGISTRY
         self.models = ModelCache()
         self._job: ReconstructionJob | None = None
+        self._display: ResultLayers | None = None
+        self._last_progress = (0, 0)
+        self._staged = StagedUpdates(self, self._display_failed)
         self._defaults_from: Path | None = None
 
         layout = QVBoxLayout(self)
@@ -166,6 +187,11 @@ class ReconstructWidget(QWidget):
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.open_button)
         layout.addLayout(row)
+        self.calibrate_button = QPushButton("Calibrate on layers…")
+        self.calibrate_button.setToolTip("Fit this model's error bars on an input layer and its true target layer; "
+                                         "saves a new model file")
+        self.calibrate_button.clicked.connect(self._ask_calibration)
+        layout.addWidget(self.calibrate_button)
         self.model_card = QLabel()
         self.model_card.setWordWrap(True)
         self.model_card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -228,8 +254,10 @@ class ReconstructWidget(QWidget):
         self.run_button = QPushButton("Reconstruct")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
-        self.run_panel = RunPanel(self, [self.run_button], self.cancel_button, stopping="Stopping…",
-                                  busy="A reconstruction is already running; wait for it or press Cancel.")
+        self.run_panel = RunPanel(self, [self.run_button, self.calibrate_button], self.cancel_button,
+                                  stopping="Stopping…",
+                                  busy="A reconstruction or calibration is already running; "
+                                       "wait for it or press Cancel.")
         self.progress_bar, self.status_label = self.run_panel.progress_bar, self.run_panel.status_label
         row = QHBoxLayout()
         row.addWidget(self.run_button, 1)
@@ -260,9 +288,12 @@ class ReconstructWidget(QWidget):
         self._on_model_changed()
 
     def _model_for_layer(self) -> str | None:
-        """The path of the only model that fits the selected (else the only) visible input layer, if any.
+        """The path of the model that fits the selected (else the only) visible input layer, if one does.
 
-        Hidden layers are left out: a sample's ground truth (e.g. the cell's phase) is not an input.
+        Fits: the task and channel count (a 2-plane defocus stack → a QPI model). Where several
+        fit, the only one of the residual formulation (the default, e.g. cvdm-qpi-residual beside
+        the paper's cvdm-qpi-small) is chosen. Hidden layers are left out: a sample's ground truth
+        (e.g. the cell's phase) is not an input.
         """
         images = [layer for layer in self.viewer.layers
                   if layer.visible and is_candidate_image(layer) and not is_output_layer(layer)]
@@ -272,6 +303,8 @@ class ReconstructWidget(QWidget):
             return None
         fitting = [entry for entry in self.registry.entries()
                    if entry.info is not None and fits_model_info(layer, entry.info)]
+        if len(fitting) > 1:
+            fitting = [entry for entry in fitting if entry.info.config.base != "none"]
         return str(fitting[0].path) if len(fitting) == 1 else None
 
     def _preselect_model(self, *_) -> None:
@@ -380,6 +413,7 @@ class ReconstructWidget(QWidget):
             steps=self.steps_spin.value(), tile_size=self.tile_spin.value(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             keep_samples=self.keep_samples_check.isChecked(),
+            max_batch=samples_per_round(self.samples_spin.value(), self.device_combo.currentText()),
         )
 
     def gather_input(self, info: ModelInfo) -> tuple[np.ndarray, ReconstructionJob]:
@@ -429,6 +463,7 @@ class ReconstructWidget(QWidget):
             input_scale=tuple(float(layer.scale[i]) for i in keep),
             input_translate=tuple(float(layer.translate[i]) for i in keep), plane=plane,
             input_pixel_size_um=layer_pixel_size_um(layer),
+            input_defocus_um=defocus_um(layer.metadata) if stacked else None,
         )
         return image, job
 
@@ -456,26 +491,113 @@ class ReconstructWidget(QWidget):
         mismatch = engine.check_pixel_size(entry.info, job.input_pixel_size_um)
         if mismatch:
             notifications.show_warning(mismatch)
-        self._job = job
-        path, info, settings, models = entry.path, entry.info, job.settings, self.models
-
-        def compute(progress, should_stop):
-            model = models.get(path, settings.device)
-            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop)
-            return result, uncertainty_outputs(info, result.variance, image, settings.n_samples,
-                                               job.input_pixel_size_um)
-
-        self.run_panel.launch(compute, f"CVDM: reconstructing {job.input_name}", f"Loading {path.name}…",
-                              on_done=self._finish, on_progress=self._show_progress)
+        self._job, self._last_progress = job, (0, 0)
+        self._display = self._result_layers(job)
+        self.run_panel.launch(self._computation(entry, image, job), f"CVDM: reconstructing {job.input_name}",
+                              f"Loading {entry.path.name}…", on_done=self._finish, on_progress=self._show_progress,
+                              on_report=self._show_report)
         return True
 
+    def _computation(self, entry: ModelEntry, image: np.ndarray, job: ReconstructionJob):
+        """``compute(progress, should_stop, report)`` for the worker thread.
+
+        Reports (to :meth:`_show_report`, on the GUI thread): the classical preview (no base, or an
+        expensive one), the base b(y) (residual models), then the mean after every round of samples.
+        """
+        path, info, settings, models = entry.path, entry.info, job.settings, self.models
+
+        def compute(progress, should_stop, report):
+            if needs_classical_preview(info):
+                report(classical_preview(info, image, pixel_um=job.input_pixel_size_um, dz_um=job.input_defocus_um))
+            model = models.get(path, settings.device)
+            if has_base(info):
+                if should_stop():
+                    raise Cancelled("stopped before sampling")
+                report(Preview(engine.reconstruct_base(model, info, image, device=settings.device), BASE_KIND))
+            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
+                                        on_partial=report)
+            uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples,
+                                              job.input_pixel_size_um)
+            consistency = None
+            if has_forward_model(info):
+                consistency = consistency_map(info, image, result.mean, dz_um=job.input_defocus_um,
+                                              pixel_um=job.input_pixel_size_um)
+            return result, uncertainty, consistency
+
+        return compute
+
+    # ------------------------------------------------------------------ calibration
+    def _ask_calibration(self) -> None:
+        """Ask for the input layer, the target layer and a new file, then calibrate."""
+        names = [layer.name for layer in self.viewer.layers if is_candidate_image(layer) and not is_output_layer(layer)]
+        if self.selected_entry() is None or len(names) < 2:
+            notifications.show_error("Calibrating needs a chosen model and two image layers: an input and its "
+                                     "true target.")
+            return
+        title = "Calibrate on layers"
+        source, ok = QInputDialog.getItem(self, title, "Input layer (as for Reconstruct):", names, 0, False)
+        if not ok:
+            return
+        target, ok = QInputDialog.getItem(self, title, "Target layer (the truth, on the output grid):", names,
+                                          1 if names[0] == source else 0, False)
+        if not ok:
+            return
+        suggested = self.selected_entry().path.with_name(f"{self.selected_entry().path.stem}-calibrated.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the calibrated model as", str(suggested),
+                                              "CVDM models (*.safetensors)")  # the dialog confirms an overwrite
+        if path:
+            self.calibrate_on_layers(self.viewer.layers[source], self.viewer.layers[target], path)
+
+    def calibrate_on_layers(self, input_layer, target_layer, path: str | Path) -> bool:
+        """Calibrate the chosen model on one layer pair in the background and save it as the NEW file ``path``.
+
+        The model it comes from is never replaced. Returns whether the work started.
+        """
+        if self.run_panel.refuse_if_running():
+            return False
+        entry = self.selected_entry()
+        path = Path(path).expanduser().resolve()
+        try:
+            if entry is None or entry.info is None:
+                raise InputError(entry.error if entry is not None and entry.error else "No model chosen.")
+            if path == entry.path:
+                raise InputError(f"Choose a new file: the calibrated model never replaces {entry.path.name}.")
+            pair = layer_pair(entry.info, input_layer, target_layer)
+        except InputError as exc:
+            notifications.show_error(str(exc))
+            return False
+        models, info, settings = self.models, entry.info, self.settings()
+        pixel_size = layer_pixel_size_um(input_layer)
+
+        def compute(progress, should_stop):
+            model = models.get(entry.path, settings.device)
+            calibration = calibrate_model(model, info, [pair], settings, source=f"napari layers {pair.name}",
+                                          should_stop=should_stop, input_pixel_size_um=pixel_size)
+            return save_model(path, model, with_calibration(info, calibration))
+
+        self.run_panel.launch(compute, f"CVDM: calibrating {entry.path.name}", f"Calibrating on {pair.name}…",
+                              on_done=self._calibrated)
+        return True
+
+    def _calibrated(self, outcome: Outcome) -> None:
+        if isinstance(outcome.error, Cancelled):
+            self.status_label.setText("Calibration cancelled; nothing was saved.")
+            return
+        if outcome.error is not None:
+            self.run_panel.failed(describe_failure(outcome.error, "Calibration"))
+            return
+        self.select_model(outcome.value)
+        entry = self.selected_entry()
+        self.run_panel.succeeded(f"Saved {entry.path.name}: {calibration_line(entry.info)}")
+
     def cancel(self) -> None:
-        """Stop the running reconstruction at its next denoising step."""
+        """Stop the running reconstruction or calibration at its next denoising step."""
         self.run_panel.stop()
 
     @property
     def running(self) -> bool:
-        return self.run_panel.running
+        """A reconstruction runs, or its layers are still being shown."""
+        return self.run_panel.running or self._staged.busy
 
     @property
     def task(self):
@@ -483,77 +605,98 @@ class ReconstructWidget(QWidget):
         return self.run_panel.task
 
     def _show_progress(self, done: int, total: int) -> None:
-        self.run_panel.show_progress(done, total, f"Denoising step {done} of {total}")
+        self._last_progress = (done, total)
+        display = self._display
+        if display is None:
+            return
+        steps = f"denoising step {done} of {total}" if total else "preparing"
+        self.run_panel.show_progress(done, total, f"{display.progress_words()} · {steps}")
+
+    def _show_report(self, report) -> None:
+        """A preview or a round's partial result from the worker (GUI thread)."""
+        if self._display is None:
+            return
+        if isinstance(report, Preview):
+            self._display.show_preview(report)
+        else:
+            self._display.show_samples(report, int(report.metadata.get("samples_done", 0)))
+        self._show_progress(*self._last_progress)
 
     def _finish(self, outcome: Outcome) -> None:
-        job, self._job = self._job, None
+        job, display, self._job, self._display = self._job, self._display, None, None
         if isinstance(outcome.error, Cancelled):
-            self.status_label.setText("Cancelled.")
-            notifications.show_info("Reconstruction cancelled.")
+            self._finish_cancelled(outcome.error, display)
             return
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
-        result, uncertainty = outcome.value
-        try:
-            layers = self.show_result(result, job, uncertainty)
-        except Exception as exc:  # a display problem must not escape into the event loop
-            self.run_panel.failed(describe_failure(exc, "Showing the reconstruction"))
-            return
+        result, uncertainty, consistency = outcome.value
+        self.show_result(result, job, uncertainty, display, consistency)
+        self._staged.put(f"done: {id(job)}", lambda: self._announce(job, uncertainty, display))
+
+    def _announce(self, job: ReconstructionJob, uncertainty: UncertaintyOutputs, display: ResultLayers) -> None:
+        """After the last layer is shown: the notes on the uncertainty and the final status."""
         if uncertainty.warning:
             notifications.show_warning(uncertainty.warning)
         if job.settings.n_samples == 1:
             notifications.show_info(uncertainty.variance_note)
-        self.run_panel.succeeded(f"Done: {', '.join(layer.name for layer in layers)}.")
+        self.run_panel.succeeded(f"Done: {', '.join(display.shown_names())}.")
+
+    def _finish_cancelled(self, error: Cancelled, display: ResultLayers) -> None:
+        """Keep what was computed: the partial mean (and variance) of the finished rounds, else the preview."""
+        partial = getattr(error, "partial", None)
+        if partial is not None:
+            display.show_samples(partial, int(partial.metadata.get("samples_done", 0)))
+        done, total = display.samples_done, display.n_samples
+        if done:
+            kept = "mean and variance" if done > 1 else "mean"
+            message = f"Cancelled after {done} of {total} samples: the layers keep the {kept} of those {done}."
+        elif display.preview_kind:
+            message = f"Cancelled before the first sample: '{display.name(MEAN_SUFFIX)}' keeps the preview " \
+                      f"({display.preview_kind})."
+        else:
+            message = "Reconstruction cancelled."
+
+        def say() -> None:
+            self.status_label.setText(message)
+            notifications.show_info(message)
+
+        self._staged.put(f"done: {id(display)}", say)
+
+    def _display_failed(self, error: Exception) -> None:
+        self.run_panel.failed(describe_failure(error, "Showing the reconstruction"))
 
     # ------------------------------------------------------------------ output
-    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
-                    uncertainty: UncertaintyOutputs | None = None) -> list:
-        """Add (or update) the mean, variance, γ-map and (calibrated model) ± error layers, and the samples if kept.
-
-        N = 1 gives no variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
-        """
-        factor = int(result.upsampling_factor)
-        scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
+    def _result_layers(self, job: ReconstructionJob) -> ResultLayers:
+        """The (not yet shown) output layers of ``job``, with the metadata they all carry."""
         info = job.entry.info
-        if uncertainty is None:
-            uncertainty = uncertainty_outputs(info, result.variance, None, job.settings.n_samples,
-                                              job.input_pixel_size_um)
+        factor = int(info.upsampling_factor)
+        scale, translate = output_geometry(job.input_scale, job.input_translate, factor)
         metadata = {
             "model": str(job.entry.path), "model_task": info.task, "input_layer": job.input_name,
             "settings": asdict(job.settings), "plane": list(job.plane) if job.plane is not None else "all",
             "upsampling_factor": factor, "input_pixel_size_um": job.input_pixel_size_um,
             "output_pixel_size_um": engine.output_pixel_size(info, job.input_pixel_size_um),
-            "unit": result.unit, "engine": result.metadata,
+            "unit": info.target_unit,
         }
-        outputs = [(MEAN_SUFFIX, result.mean, "gray", robust_limits(result.mean), {"role": "mean of the samples"})]
-        spread = {"role": "per-pixel sample variance (the model's own, not calibrated)", **uncertainty.summary()}
-        if job.settings.n_samples > 1:
-            outputs.append((VARIANCE_SUFFIX, result.variance, "magma",
-                            robust_limits(result.variance, from_zero=True), spread))
-        if uncertainty.error is not None:
-            role = f"half-width of mean ± error at {uncertainty.level:.0%} (calibrated), {result.unit}"
-            outputs.append((ERROR_SUFFIX, uncertainty.error, "magma",
-                            robust_limits(uncertainty.error, from_zero=True), {**spread, "role": role}))
-        outputs.append((GAMMA_SUFFIX, result.gamma_map, "viridis", robust_limits(result.gamma_map, 1, 99),
-                        {"role": "learned schedule γ(t = 0.5, y)"}))
-        for suffix in {VARIANCE_SUFFIX, ERROR_SUFFIX} - {output[0] for output in outputs}:
-            remove_layer(self.viewer, f"{job.input_name} {suffix}")  # a stale result of an earlier run
-        layers = []
-        for suffix, data, colormap, limits, extra in outputs:
-            layers.append(add_or_replace_image(
-                self.viewer, f"{job.input_name} {suffix}", np.asarray(data), scale=scale, translate=translate,
-                colormap=colormap, contrast_limits=limits, metadata={"cvdm": {**metadata, **extra}},
-            ))
-        if result.samples is not None:
-            # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
-            samples = np.moveaxis(np.asarray(result.samples), -3, 0)
-            layers.append(add_or_replace_image(
-                self.viewer, f"{job.input_name} {SAMPLES_SUFFIX}", samples, scale=(1.0, *scale),
-                translate=(0.0, *translate), colormap="gray", contrast_limits=robust_limits(samples),
-                metadata={"cvdm": {**metadata, "role": "individual samples (axis 0)"}},
-            ))
-        return layers
+        return ResultLayers(self.viewer, self._staged, job.input_name, scale, translate, metadata,
+                            job.settings.n_samples)
+
+    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
+                    uncertainty: UncertaintyOutputs | None = None, display: ResultLayers | None = None,
+                    consistency: np.ndarray | None = None) -> ResultLayers:
+        """Show the final mean, variance, γ-map, (calibrated model) ± error and (QPI) data-consistency
+        layers, and the samples if kept.
+
+        The layers change in the next event-loop turns (one layer per turn); N = 1 gives no
+        variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
+        """
+        if uncertainty is None:
+            uncertainty = uncertainty_outputs(job.entry.info, result.variance, None, job.settings.n_samples,
+                                              job.input_pixel_size_um)
+        display = display or self._result_layers(job)
+        display.show_samples(result, job.settings.n_samples, uncertainty, consistency)
+        return display
 
 
 def _fill(combo: QComboBox, layers: list, prefer_index: int = 0) -> None:

@@ -13,6 +13,7 @@ in the event loop.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from napari.utils import progress as napari_progress
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import Cancelled
+
+#: Shortest time between two progress updates on screen (s).
+PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -77,6 +81,7 @@ class BackgroundTask:
                 lambda report: None if self._abandoned or not self._running else on_report(report))
         self._with_report = with_report
         self._bar: napari_progress | None = None
+        self._shown_at = -float("inf")
         self._running = False
         self._abandoned = False
         self.worker = None
@@ -124,6 +129,10 @@ class BackgroundTask:
     def _show_progress(self, done: int, total: int) -> None:
         if not self._running:
             return
+        now = time.monotonic()
+        if done < total and now - self._shown_at < PROGRESS_INTERVAL_S:
+            return  # fast steps: a bar moved 10 times a second is smooth, and each move costs GUI time
+        self._shown_at = now
         if self._on_progress is not None and not self._abandoned:
             self._on_progress(done, total)
         # Last: updating napari's activity bar processes pending events, which may deliver the result.

@@ -1,0 +1,82 @@
+"""What the Reconstruct widget shows before the first sample exists (no Qt, no layers).
+
+Order (issue 17): a classical preview within a second, then the residual model's base
+b(y) once computed, then the refining mean of the samples. A base that costs about as
+much as the classical preview (QPI's TIE "physics" base: 0.03 s for 512²) is shown
+directly instead; an expensive one (SR's "predictor" network: 3.9 s for 512² on a CPU)
+and the paper formulation's missing base are preceded by the classical preview:
+
+- QPI: FFT-TIE phase of the defocus stack (:func:`napari_cvdm.physics.tie.fft_tie`,
+  mirror boundaries), shifted to the middle of the model's fixed phase range;
+- SR: the widefield image brought to the output grid by
+  :func:`napari_cvdm.physics.upsample`, as training does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..checkpoint import ModelInfo
+from ..config import TrainConfig
+from ..physics import upsample
+from ..physics.tie import fft_tie
+
+#: Bases cheap enough to be the first thing shown.
+CHEAP_BASES = ("physics",)
+BASE_KIND = "base b(y)"
+TIE_KIND = "FFT-TIE phase"
+UPSAMPLED_KIND = "upsampled input"
+
+
+class Preview(NamedTuple):
+    """An image shaped like the reconstruction's mean, and what it is (``kind``, e.g. "FFT-TIE phase")."""
+
+    data: np.ndarray
+    kind: str
+
+
+def needs_classical_preview(info: ModelInfo) -> bool:
+    """Whether a classical preview comes first: the model has no base, or an expensive one."""
+    return info.config.base not in CHEAP_BASES and info.task in ("sr", "qpi")
+
+
+def has_base(info: ModelInfo) -> bool:
+    """Whether the model refines a base b(y) (the residual formulation)."""
+    return info.config.base != "none"
+
+
+def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | None = None,
+                      dz_um: float | None = None, wavelength_um: float | None = None) -> Preview:
+    """The classical estimate of ``image`` (layout as for :func:`napari_cvdm.reconstruct.reconstruct`).
+
+    QPI optics default to the model's training pixel size, 1 µm defocus and λ = 0.521 µm
+    (the training defaults), as the paper formulation's files do not record them.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if info.task == "sr":
+        return Preview(upsample(image, int(info.upsampling_factor)), UPSAMPLED_KIND)
+    pixel = pixel_um or info.input_pixel_size_um or 1.0
+    planes = image.reshape(-1, 2, *image.shape[-2:])
+    phases = [fft_tie(plane, dz_um or TrainConfig.dz_um, wavelength_um or TrainConfig.wavelength_um, pixel,
+                      boundary="mirror") for plane in planes]
+    phase = np.stack(phases).reshape(*image.shape[:-3], *image.shape[-2:]) + _phase_offset(info)
+    return Preview(phase.astype(np.float32), TIE_KIND)
+
+
+def _phase_offset(info: ModelInfo) -> float:
+    """The middle of a fixed target range (a TIE phase is known only up to a constant), else 0."""
+    target = info.target_normalization or {}
+    if target.get("mode") != "fixed":
+        return 0.0
+    return float(np.mean(target.get("low", [0.0]))) / 2 + float(np.mean(target.get("high", [0.0]))) / 2
+
+
+def defocus_um(metadata: dict) -> float | None:
+    """The defocus distance of a stack layer's ``defocus_um`` metadata (e.g. ``[-1, 1]``), if given."""
+    planes = metadata.get("defocus_um")
+    try:
+        return float(abs(planes[-1])) or None
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
