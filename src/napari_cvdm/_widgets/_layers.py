@@ -22,6 +22,8 @@ GAMMA_SUFFIX = "CVDM γ map"
 SAMPLES_SUFFIX = "CVDM samples"
 ERROR_SUFFIX = "CVDM ± error (95 %)"
 CONSISTENCY_SUFFIX = "CVDM data consistency"
+#: Every layer name ending this plugin writes (never offered as an input).
+OUTPUT_SUFFIXES = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX, CONSISTENCY_SUFFIX)
 
 
 def output_geometry(scale: Sequence[float], translate: Sequence[float], factor: int,
@@ -112,3 +114,17 @@ def add_or_replace_image(viewer, name: str, data: np.ndarray, existing=None, vis
     if index is not None:
         viewer.layers.move(viewer.layers.index(layer), index)
     return layer
+
+
+def fill_layer_combo(combo, layers: list, prefer_index: int = 0) -> None:
+    """Refill a layer combo box, keeping the current choice when it is still there."""
+    current = combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for layer in layers:
+        combo.addItem(layer.name, layer)
+    index = next((i for i, layer in enumerate(layers) if layer is current), -1)
+    if index < 0 and layers:
+        index = min(prefer_index, len(layers) - 1)
+    combo.setCurrentIndex(index)
+    combo.blockSignals(False)

@@ -36,15 +36,7 @@ from ..model import SAMPLERS
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model
-from ._layers import (
-    CONSISTENCY_SUFFIX,
-    ERROR_SUFFIX,
-    GAMMA_SUFFIX,
-    MEAN_SUFFIX,
-    SAMPLES_SUFFIX,
-    VARIANCE_SUFFIX,
-    output_geometry,
-)
+from ._layers import MEAN_SUFFIX, OUTPUT_SUFFIXES, fill_layer_combo, output_geometry
 from ._preview import BASE_KIND, Preview, classical_preview, defocus_um, has_base, needs_classical_preview
 from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
@@ -87,8 +79,7 @@ def fits_model_info(layer, info: ModelInfo) -> bool:
 def is_output_layer(layer) -> bool:
     """A layer this widget made (mean or its preview, variance, error, γ map, samples): never an input."""
     name = layer.name
-    return name.endswith((MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX,
-                          CONSISTENCY_SUFFIX)) \
+    return name.endswith(OUTPUT_SUFFIXES) \
         or f" {MEAN_SUFFIX} (preview" in name
 
 
@@ -384,9 +375,9 @@ class ReconstructWidget(QWidget):
             widget.setVisible(two_layer_mode)
         self.input_label.setText("Image" if channels == 1 else "Defocus stack")
         images = [layer for layer in self.viewer.layers if is_candidate_image(layer) and not is_output_layer(layer)]
-        _fill(self.input_combo, [layer for layer in images if fits_model(layer, channels)])
-        _fill(self.minus_combo, images)
-        _fill(self.plus_combo, images, prefer_index=1)
+        fill_layer_combo(self.input_combo, [layer for layer in images if fits_model(layer, channels)])
+        fill_layer_combo(self.minus_combo, images)
+        fill_layer_combo(self.plus_combo, images, prefer_index=1)
         self._update_plane_choice()
 
     def _input_layers(self) -> list:
@@ -697,17 +688,3 @@ class ReconstructWidget(QWidget):
         display = display or self._result_layers(job)
         display.show_samples(result, job.settings.n_samples, uncertainty, consistency)
         return display
-
-
-def _fill(combo: QComboBox, layers: list, prefer_index: int = 0) -> None:
-    """Refill a layer combo box, keeping the current choice when it is still there."""
-    current = combo.currentData()
-    combo.blockSignals(True)
-    combo.clear()
-    for layer in layers:
-        combo.addItem(layer.name, layer)
-    index = next((i for i, layer in enumerate(layers) if layer is current), -1)
-    if index < 0 and layers:
-        index = min(prefer_index, len(layers) - 1)
-    combo.setCurrentIndex(index)
-    combo.blockSignals(False)

@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
 from ..reconstruct import available_devices
 from ._errors import describe_failure
-from ._layers import GAMMA_SUFFIX, MEAN_SUFFIX, SAMPLES_SUFFIX, VARIANCE_SUFFIX
+from ._layers import OUTPUT_SUFFIXES, fill_layer_combo
 from ._loss_plot import LossPlot
 from ._reconstruct import is_candidate_image, layer_pixel_size_um
 from ._registry import MODEL_REGISTRY, ModelRegistry
@@ -286,20 +286,10 @@ class TrainWidget(QWidget):
         self.formulation_combo.setEnabled(not fixed)
 
     def _refresh_layers(self, *_) -> None:
-        outputs = (MEAN_SUFFIX, VARIANCE_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX)
         images = [layer for layer in self.viewer.layers
-                  if is_candidate_image(layer) and not layer.name.endswith(outputs)]
+                  if is_candidate_image(layer) and not layer.name.endswith(OUTPUT_SUFFIXES)]
         for combo, prefer in ((self.input_layer_combo, 0), (self.target_layer_combo, 1)):
-            current = combo.currentData()
-            combo.blockSignals(True)
-            combo.clear()
-            for layer in images:
-                combo.addItem(layer.name, layer)
-            index = next((i for i, layer in enumerate(images) if layer is current), -1)
-            if index < 0 and images:
-                index = min(prefer, len(images) - 1)
-            combo.setCurrentIndex(index)
-            combo.blockSignals(False)
+            fill_layer_combo(combo, images, prefer)
 
     def _ask_output_path(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the trained model as", self.output_edit.text(),
