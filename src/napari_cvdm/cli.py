@@ -230,12 +230,14 @@ CALIBRATED_OUTPUTS = {"std_calibrated": "calibrated_std", "error95": "error"}
 
 
 def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
-                     calibrated: bool = False) -> dict[Path, dict[str, Path]]:
+                     calibrated: bool = False, consistency: bool = False) -> dict[Path, dict[str, Path]]:
     """Every file ``predict`` will write, per input; InputError before any computing if one would
     replace an input, two inputs would write the same names, or one exists (without --overwrite).
-    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too."""
+    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too;
+    ``consistency``: the task has a forward model, so the data-consistency map is written too."""
     spread = ["variance"] + (list(CALIBRATED_OUTPUTS) if calibrated else []) if args.n_samples > 1 else []
-    names = ["mean", "gamma"] + spread + (["samples"] if args.keep_samples else [])
+    names = ["mean", "gamma"] + (["consistency"] if consistency else []) + spread
+    names += ["samples"] if args.keep_samples else []
     by_stem: dict[str, Path] = {}
     for path in files:
         other = by_stem.setdefault(path.stem.lower(), path)
@@ -284,7 +286,9 @@ def _predict(args: argparse.Namespace) -> int:
     settings.check()
     files, settings.device = _rank_share(list_images(args.inputs), settings.device)
     out_dir = check_writable_folder(args.out)
-    planned = _planned_outputs(files, out_dir, args, calibrated=bool(read_model_info(args.model).calibration))
+    model_info = read_model_info(args.model)
+    planned = _planned_outputs(files, out_dir, args, calibrated=bool(model_info.calibration),
+                               consistency=model_info.task in ("sr", "qpi"))
     model, info = load_model(args.model, resolve_device(settings.device))
     failed = []
     for index, path in enumerate(files, 1):
@@ -307,7 +311,7 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     from . import __version__
     import numpy as np
 
-    from .calibrate import uncertainty_outputs
+    from .calibrate import consistency_output, uncertainty_outputs
     from .io import read_image, write_image, write_sidecar
     from .reconstruct import check_pixel_size, reconstruct, validate_input
 
@@ -341,6 +345,12 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         _say(f"cvdm predict: warning: {path.name}: {uncertainty.warning}")
     axes = _output_axes(image.axes, result.mean.ndim - 2)
     written = {}
+    consistency = consistency_output(info, result.mean, image.array, pixel_size, args.wavelength_um, args.dz_um)
+    if "consistency" in outputs and consistency.map is not None:  # on the input grid
+        written["consistency"] = write_image(outputs["consistency"], consistency.map,
+                                             consistency.summary["input_pixel_size_um"], axes)
+    elif "consistency" in outputs:
+        _say(f"cvdm predict: note: {path.name}: no consistency map ({consistency.summary['not_computed']})")
     arrays = {"mean": result.mean, "variance": result.variance, "gamma": result.gamma_map,
               **{name: getattr(uncertainty, field) for name, field in CALIBRATED_OUTPUTS.items()}}
     for name, array in arrays.items():
@@ -358,6 +368,7 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         "outputs": {name: p.name for name, p in written.items()},
         **({} if "variance" in outputs else {"variance": NO_VARIANCE}),
         "calibrated": uncertainty.calibrated, "uncertainty": uncertainty.summary(),
+        "consistency": consistency.summary,
         "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
         "settings": result.metadata, "napari_cvdm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
