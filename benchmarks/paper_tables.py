@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm import metrics  # noqa: E402
+from napari_cvdm import metrics, uncertainty_metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
@@ -135,9 +135,9 @@ def uncertainty_row(prediction, reference, variance, gamma_map) -> dict[str, flo
     gamma_tracks = (float(spearmanr(gamma_map.ravel(), variance.ravel()).statistic)
                     if np.ptp(gamma_map) > 1e-6 * np.abs(gamma_map).max() else float("nan"))  # CDDPM: constant
     return {
-        "spearman": metrics.spearman_uncertainty_error(prediction, reference, std),
-        "uce": metrics.uncertainty_calibration_error(prediction, reference, variance),
-        "coverage95": metrics.coverage(prediction, reference, std, z=1.96),
+        "spearman": uncertainty_metrics.spearman(prediction, std, reference),
+        "uce": uncertainty_metrics.uce(prediction, std, reference, n_bins=20),
+        "coverage95": uncertainty_metrics.coverage(prediction, std, reference, (0.95,))[0.95],
         "gamma_vs_variance": gamma_tracks,
     }
 

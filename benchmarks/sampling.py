@@ -48,7 +48,7 @@ from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm import metrics  # noqa: E402
+from napari_cvdm import metrics, uncertainty_metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import get_task, normalize_pair  # noqa: E402
 from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simulate_qpi, simulate_sr  # noqa: E402
@@ -83,11 +83,12 @@ def scores(task: str, mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> t
     and the coverage of mean ± 1.96 std with the std scaled like the mean (as cvdm evaluate)."""
     if task == "qpi":
         estimate, scale = metrics.align_offset((mean + 1) * PHASE_RANGE_RAD / 2, truth), PHASE_RANGE_RAD / 2
-        covered = metrics.coverage(estimate, truth, std * scale)
+        covered = uncertainty_metrics.coverage(estimate, std * scale, truth, (0.95,))[0.95]
         estimate, truth = metrics.to_unit_range(estimate, truth), metrics.to_unit_range(truth)
     else:
         estimate, spread = metrics.scale_to_reference(mean, truth), float(np.std(mean))
-        covered = metrics.coverage(estimate, truth, std * (float(np.std(estimate)) / spread if spread > 0 else 1.0))
+        stretch = float(np.std(estimate)) / spread if spread > 0 else 1.0
+        covered = uncertainty_metrics.coverage(estimate, std * stretch, truth, (0.95,))[0.95]
     return metrics.psnr(estimate, truth, data_range=1.0), metrics.ms_ssim(estimate, truth, data_range=1.0), covered
 
 

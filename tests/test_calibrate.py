@@ -237,3 +237,25 @@ def test_training_calibrates_the_exported_model_on_its_validation_crops(tmp_path
     load_model(result.model_path)
     result = train(TrainConfig(**settings, output=str(tmp_path / "off.safetensors"), calibrate=False))
     assert read_model_info(result.model_path).calibration == {}
+
+
+def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp_path, capsys):
+    from napari_cvdm.calibrate import consistency_output
+    from napari_cvdm.data.simulate import simulate_qpi
+
+    image = tmp_path / "cell.tif"
+    tifffile.imwrite(image, _qpi_pairs()[0].input)
+    sidecar = _predict(model_path, image, tmp_path / "out", capsys)
+    values = tifffile.imread(tmp_path / "out" / "cell_consistency.tif")
+    assert values.shape == (24, 24) and np.all(values >= 0)
+    fields = sidecar["consistency"]
+    assert sidecar["outputs"]["consistency"] == "cell_consistency.tif"
+    assert fields["units"] == "input noise std" and fields["optics"] == {"dz_um": 1.0, "wavelength_um": 0.521}
+    assert fields["rms"] == pytest.approx(float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), rel=1e-5)
+    # The true phase explains its own stack (≈ 1 noise std); a shifted one does not.
+    sample = simulate_qpi(np.random.default_rng(0), 64, noise_std=0.05)
+    info = read_model_info(model_path)
+    right = consistency_output(info, sample.phase, sample.stack, 0.21)
+    wrong = consistency_output(info, np.roll(sample.phase, 2, axis=1), sample.stack, 0.21)
+    assert right.summary["rms"] == pytest.approx(1.0, abs=0.15) and wrong.summary["rms"] > 3
+    assert "not_computed" in consistency_output(info, sample.phase[:8], sample.stack, 0.21).summary

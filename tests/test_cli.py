@@ -64,7 +64,9 @@ def test_predict_writes_mean_variance_gamma_with_pixel_size_and_a_sidecar(tmp_pa
     assert main(["predict", str(tmp_path / "cells.tif"), "--model", str(models["sr"]), "--out",
                  str(tmp_path / "out"), "--keep-samples", *FAST]) == 0
     printed = capsys.readouterr().out.split()
-    assert len(printed) == 5
+    assert len(printed) == 6
+    consistency = read_image(tmp_path / "out" / "cells_consistency.tif")  # on the camera grid, plane by plane
+    assert consistency.array.shape == (3, 16, 20) and consistency.pixel_size_um == pytest.approx(0.1)
     for name in ("mean", "variance", "gamma"):
         image = read_image(tmp_path / "out" / f"cells_{name}.tif")
         assert image.array.shape == (3, 32, 40) and image.axes == "ZYX"
@@ -121,8 +123,8 @@ def test_predict_under_torchrun_writes_only_this_ranks_share_of_the_files(tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert main(["predict", str(inputs), "--model", str(models["qpi"]), "--out", str(tmp_path / "out"), *FAST]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1_cvdm.json", "s1_gamma.tif", "s1_mean.tif",
-                                                                    "s1_variance.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1_consistency.tif", "s1_cvdm.json", "s1_gamma.tif",
+                                                                    "s1_mean.tif", "s1_variance.tif"]
     assert json.loads((tmp_path / "out" / "s1_cvdm.json").read_text())["settings"]["device"] == "cpu"
 
 

@@ -104,35 +104,6 @@ def test_decorrelation_resolves_the_target_about_twice_as_finely_as_the_widefiel
     assert widefield_nm == pytest.approx(1000 * sample.wavelength_um / (2 * sample.na), rel=0.35)
 
 
-def calibrated_case(rng, n=200_000):
-    std = rng.uniform(0.05, 1.0, n)
-    prediction = rng.normal(size=n)
-    reference = prediction + std * rng.normal(size=n)
-    return prediction, reference, std
-
-
-def test_calibration_metrics_score_a_calibrated_model_as_calibrated():
-    prediction, reference, std = calibrated_case(np.random.default_rng(6))
-    assert metrics.uncertainty_calibration_error(prediction, reference, std**2) < 0.02 * np.mean(std**2)
-    assert metrics.coverage(prediction, reference, std, z=1.96) == pytest.approx(0.95, abs=0.005)
-    assert metrics.coverage(prediction, reference, std, z=1.0) == pytest.approx(0.6827, abs=0.005)
-    assert metrics.spearman_uncertainty_error(prediction, reference, std) > 0.3
-    assert metrics.ause(prediction, reference, std) < 0.25
-
-
-def test_calibration_metrics_flag_a_miscalibrated_or_uninformative_model():
-    rng = np.random.default_rng(7)
-    prediction, reference, std = calibrated_case(rng)
-    over_confident = 0.5 * std
-    assert metrics.uncertainty_calibration_error(prediction, reference, over_confident**2) > 0.5 * np.mean(std**2)
-    assert metrics.coverage(prediction, reference, over_confident, z=1.96) < 0.75
-    shuffled = rng.permutation(std)
-    assert abs(metrics.spearman_uncertainty_error(prediction, reference, shuffled)) < 0.02
-    assert metrics.ause(prediction, reference, shuffled) > 2 * metrics.ause(prediction, reference, std)
-    # The oracle ordering (std = |error|) has zero sparsification error.
-    assert metrics.ause(prediction, reference, np.abs(reference - prediction)) == pytest.approx(0.0, abs=1e-12)
-
-
 def test_frc_resolution_tracks_the_blur_of_an_estimate():
     from scipy.ndimage import gaussian_filter
     from skimage.data import camera

@@ -55,6 +55,18 @@ def test_ause_is_zero_for_the_oracle_ordering_and_positive_otherwise():
     assert ause(mean, -error, target) > ause(mean, rng.random(1000), target)
 
 
+def test_an_over_confident_or_uninformative_std_is_flagged():
+    rng = np.random.default_rng(7)
+    mean, std, target = calibrated_sample(rng)
+    over_confident = 0.5 * std
+    assert uce(mean, over_confident, target) > 0.5 * np.mean(std**2)
+    assert coverage(mean, over_confident, target, (0.95,))[0.95] < 0.75
+    shuffled = rng.permutation(std)
+    assert abs(spearman(mean, shuffled, target)) < 0.02
+    assert spearman(mean, std, target) > 0.3
+    assert ause(mean, shuffled, target) > 1.5 * ause(mean, std, target)
+
+
 def test_spearman_is_one_for_a_monotone_std_and_pools_image_lists():
     error = np.arange(1.0, 11.0)
     assert spearman(np.zeros(10), np.sqrt(error), error) == pytest.approx(1.0)

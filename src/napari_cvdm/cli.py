@@ -246,12 +246,14 @@ CALIBRATED_OUTPUTS = {"std_calibrated": "calibrated_std", "error95": "error"}
 
 
 def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
-                     calibrated: bool = False) -> dict[Path, dict[str, Path]]:
+                     calibrated: bool = False, consistency: bool = False) -> dict[Path, dict[str, Path]]:
     """Every file ``predict`` will write, per input; InputError before any computing if one would
     replace an input, two inputs would write the same names, or one exists (without --overwrite).
-    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too."""
+    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too;
+    ``consistency``: the task has a forward model, so the data-consistency map is written too."""
     spread = ["variance"] + (list(CALIBRATED_OUTPUTS) if calibrated else []) if args.n_samples > 1 else []
-    names = ["mean", "gamma"] + spread + (["samples"] if args.keep_samples else [])
+    names = ["mean", "gamma"] + (["consistency"] if consistency else []) + spread
+    names += ["samples"] if args.keep_samples else []
     by_stem: dict[str, Path] = {}
     for path in files:
         other = by_stem.setdefault(path.stem.lower(), path)
@@ -300,7 +302,9 @@ def _predict(args: argparse.Namespace) -> int:
     settings.check()
     files, settings.device = _rank_share(list_images(args.inputs), settings.device)
     out_dir = check_writable_folder(args.out)
-    planned = _planned_outputs(files, out_dir, args, calibrated=bool(read_model_info(args.model).calibration))
+    model_info = read_model_info(args.model)
+    planned = _planned_outputs(files, out_dir, args, calibrated=bool(model_info.calibration),
+                               consistency=model_info.task in ("sr", "qpi"))
     model, info = load_model(args.model, resolve_device(settings.device))
     failed = []
     for index, path in enumerate(files, 1):
@@ -362,7 +366,9 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size)
     if uncertainty.warning:
         _say(f"cvdm predict: warning: {path.name}: {uncertainty.warning}")
-    written = _write_outputs(result, uncertainty, _output_axes(image.axes, result.mean.ndim - 2), outputs)
+    axes = _output_axes(image.axes, result.mean.ndim - 2)
+    written = _write_outputs(result, uncertainty, axes, outputs)
+    consistency = _write_consistency(args, info, result, image.array, pixel_size, axes, outputs, written)
     sidecar = write_sidecar(outputs["sidecar"], {
         "input": str(path), "input_shape": list(image.array.shape), "input_axes": image.axes,
         "input_pixel_size_um": pixel_size, "output_pixel_size_um": result.pixel_size_um,
@@ -370,12 +376,30 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         "outputs": {name: p.name for name, p in written.items()},
         **({} if "variance" in outputs else {"variance": NO_VARIANCE}),
         "calibrated": uncertainty.calibrated, "uncertainty": uncertainty.summary(),
+        "consistency": consistency.summary,
         "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
         "settings": result.metadata, "napari_cvdm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     for written_path in (*written.values(), sidecar):
         print(written_path)
+
+
+def _write_consistency(args, info, result, image: np.ndarray, pixel_size, axes: str | None,
+                       outputs: dict[str, Path], written: dict[str, Path]):
+    """Write the data-consistency map (on the input grid) when planned; returns the consistency
+    output (its ``summary`` goes into the sidecar)."""
+    from .calibrate import consistency_output
+    from .io import write_image
+
+    consistency = consistency_output(info, result.mean, image, pixel_size, args.wavelength_um, args.dz_um)
+    if "consistency" in outputs and consistency.map is not None:
+        written["consistency"] = write_image(outputs["consistency"], consistency.map,
+                                             consistency.summary["input_pixel_size_um"], axes)
+    elif "consistency" in outputs:
+        _say(f"cvdm predict: note: {outputs['consistency'].name}: no consistency map "
+             f"({consistency.summary['not_computed']})")
+    return consistency
 
 
 def _write_outputs(result, uncertainty, axes: str | None, outputs: dict[str, Path]) -> dict[str, Path]:

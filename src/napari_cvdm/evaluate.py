@@ -11,13 +11,22 @@ Every method's prediction is compared with the target on the target grid:
   decorrelation resolution of the (unscaled) prediction in nm.
 
 Metrics: PSNR and SSIM/MS-SSIM with the target's data range, MAE on [0, 1]-scaled
-images; for models also the Spearman correlation of the per-pixel std with the
-absolute error and the coverage of mean ± 1.96 std (std scaled like the mean).
+images; for models (N ≥ 2 samples) also the uncertainty metrics of
+:func:`napari_cvdm.uncertainty_metrics.uncertainty_report` on the std (scaled like the
+mean): coverage of mean ± z·std at 80, 90 and 95 %, UCE, ENCE, AUSE and the Spearman
+correlation of std and |error|. Two more rows per model carry only those:
+
+- ``"<model>, calibrated"`` (when the model file has a calibration): the calibrated std
+  of each level for its coverage, the 95 % one for the other metrics;
+- ``"<model>, self-consistency"`` (N ≥ 3): one of the model's own samples stands in for
+  the target (:func:`~napari_cvdm.uncertainty_metrics.self_consistency_report`), the
+  ceiling a perfectly calibrated sampler with N − 1 samples would reach.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +37,9 @@ from .errors import InputError
 from .reconstruct import ReconstructionSettings
 
 FIDELITY = ("psnr", "ssim", "ms_ssim", "mae")
-UNCERTAINTY = ("spearman_std_error", "coverage_95")
+UNCERTAINTY = ("coverage_80", "coverage_90", "coverage_95", "uce", "ence", "ause", "spearman_std_error")
+CALIBRATED_SUFFIX = ", calibrated"
+CEILING_SUFFIX = ", self-consistency"
 
 
 @dataclass
@@ -147,16 +158,31 @@ def _load_pairs(options: EvaluationOptions, task: str):
     return pairs, options.pixel_size_um or default, data
 
 
+def _uncertainty(mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> dict:
+    """:func:`uncertainty_metrics.uncertainty_report`, its Spearman keyed ``spearman_std_error``."""
+    from .uncertainty_metrics import uncertainty_report
+
+    report = uncertainty_report(mean, std, target)
+    report["spearman_std_error"] = report.pop("spearman")
+    return report
+
+
+def _alignment(prediction: np.ndarray, target: np.ndarray, task: str) -> tuple[np.ndarray, float]:
+    """The prediction in the target's units and the factor that takes a std there (1 for QPI)."""
+    from . import metrics
+
+    if task == "qpi":
+        return metrics.align_offset(prediction, target), 1.0
+    aligned = metrics.scale_to_reference(prediction, target)
+    spread = float(np.std(prediction))
+    return aligned, float(np.std(aligned)) / spread if spread > 0 else 1.0
+
+
 def _scores(prediction: np.ndarray, target: np.ndarray, task: str, std: np.ndarray | None,
             target_pixel_nm: float | None) -> dict:
     from . import metrics
 
-    if task == "qpi":
-        aligned, scale = metrics.align_offset(prediction, target), 1.0
-    else:
-        aligned = metrics.scale_to_reference(prediction, target)
-        spread = float(np.std(prediction))
-        scale = float(np.std(aligned)) / spread if spread > 0 else 1.0
+    aligned, scale = _alignment(prediction, target, task)
     row = {
         "psnr": metrics.psnr(aligned, target),
         "ssim": metrics.ssim(aligned, target),
@@ -165,10 +191,39 @@ def _scores(prediction: np.ndarray, target: np.ndarray, task: str, std: np.ndarr
     }
     if task == "sr" and target_pixel_nm is not None:
         row["resolution_nm"] = metrics.decorrelation_resolution(prediction, target_pixel_nm)
-    if std is not None:
-        row["spearman_std_error"] = metrics.spearman_uncertainty_error(aligned, target, std * scale)
-        row["coverage_95"] = metrics.coverage(aligned, target, std * scale)
+    if std is not None and std.any():
+        row.update(_uncertainty(aligned, std * scale, target))
     return row
+
+
+def _calibrated_scores(prediction, std, target, task: str, calibration) -> dict:
+    """Uncertainty metrics of the calibrated std (model units, then scaled like the mean)."""
+    from .calibration import calibrated_std
+
+    aligned, scale = _alignment(prediction, target, task)
+    by_level = {level: calibrated_std(std, calibration, level) * scale for level in calibration.levels}
+    main = by_level[0.95] if 0.95 in by_level else by_level[calibration.levels[-1]]
+    row = _uncertainty(aligned, main, target)
+    for name in ("coverage_80", "coverage_90", "coverage_95"):
+        level = int(name[-2:]) / 100
+        row[name] = _uncertainty_coverage(aligned, by_level.get(level, main), target, level)
+    return row
+
+
+def _uncertainty_coverage(mean, std, target, level: float) -> float:
+    from .uncertainty_metrics import coverage
+
+    return coverage(mean, std, target, (level,))[level]
+
+
+def _ceiling_scores(prediction, samples: np.ndarray, target, task: str) -> dict:
+    """The self-consistency ceiling of ``samples`` ``(N, H, W)`` (model units; scaled like the mean)."""
+    from .uncertainty_metrics import self_consistency_report
+
+    _, scale = _alignment(prediction, target, task)
+    report = self_consistency_report(samples.astype(np.float64) * scale)
+    report["spearman_std_error"] = report.pop("spearman")
+    return report
 
 
 def _baselines(task: str, options: EvaluationOptions, pixel_um: float | None) -> dict[str, Callable]:
@@ -191,26 +246,67 @@ def _baselines(task: str, options: EvaluationOptions, pixel_um: float | None) ->
     return {"widefield (upsampled)": lambda pair: pair.input[0], "Richardson-Lucy": deconvolve}
 
 
+@dataclass
+class _ModelOutput:
+    """One model's reconstruction of a pair (model units): mean and std ``(H, W)``, samples ``(N, H, W)``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray
+    calibration: object | None  # calibration.Calibration
+
+
+def _model_method(path: Path, device, settings: ReconstructionSettings) -> Callable:
+    from .calibrate import model_calibration
+    from .checkpoint import load_model
+    from .reconstruct import reconstruct
+
+    model, info = load_model(path, device)
+    try:
+        calibration = model_calibration(info)
+    except ValueError as error:
+        raise InputError(f"{path.name}: its calibration is unreadable ({error}); run cvdm calibrate again.") from None
+    keeping = dataclasses.replace(settings, keep_samples=settings.n_samples >= 3)  # for the ceiling
+
+    def run_model(pair) -> _ModelOutput:
+        result = reconstruct(model, info, pair.input, keeping, upsampled=True)
+        mean = np.squeeze(result.mean).astype(np.float64)
+        samples = None if result.samples is None else result.samples.reshape(-1, *mean.shape)
+        return _ModelOutput(mean, np.sqrt(np.squeeze(result.variance).astype(np.float64)), samples, calibration)
+
+    return run_model
+
+
+def _rows(name: str, image: str, output, target: np.ndarray, task: str, target_pixel_nm) -> list[dict]:
+    """The rows of one method on one image: a model adds its calibrated and self-consistency rows."""
+    if not isinstance(output, _ModelOutput):
+        return [{"method": name, "image": image, **_scores(np.asarray(output, np.float64), target, task, None,
+                                                           target_pixel_nm)}]
+    rows = [{"method": name, "image": image, **_scores(output.mean, target, task, output.std, target_pixel_nm)}]
+    if not output.std.any():  # one sample: no variance to score
+        return rows
+    if output.calibration is not None:
+        rows.append({"method": name + CALIBRATED_SUFFIX, "image": image,
+                     **_calibrated_scores(output.mean, output.std, target, task, output.calibration)})
+    if output.samples is not None:
+        rows.append({"method": name + CEILING_SUFFIX, "image": image,
+                     **_ceiling_scores(output.mean, output.samples, target, task)})
+    return rows
+
+
 def evaluate(options: EvaluationOptions, progress: Callable[[str], None] | None = None) -> EvaluationTable:
     """Evaluate ``options.models`` (and the baselines) on the options' dataset."""
-    from .checkpoint import load_model, read_model_info
-    from .reconstruct import reconstruct, resolve_device
+    from .checkpoint import read_model_info
+    from .reconstruct import resolve_device
 
     options.settings.check()
     infos = [read_model_info(path) for path in options.models]
     task = _task_of(options, infos)
     pairs, pixel_um, data = _load_pairs(options, task)
     target_pixel_nm = None if pixel_um is None else pixel_um * 1000 / (2 if task == "sr" else 1)
-    methods: dict[str, Callable] = {}
     device = resolve_device(options.settings.device)
-    for path in options.models:
-        model, info = load_model(path, device)
-
-        def run_model(pair, model=model, info=info):
-            result = reconstruct(model, info, pair.input, options.settings, upsampled=True)
-            return np.squeeze(result.mean), np.sqrt(np.squeeze(result.variance))
-
-        methods[path.stem] = run_model
+    methods: dict[str, Callable] = {path.stem: _model_method(path, device, options.settings)
+                                    for path in options.models}
     if options.baselines:
         methods.update(_baselines(task, options, pixel_um))
     if not methods:
@@ -221,10 +317,7 @@ def evaluate(options: EvaluationOptions, progress: Callable[[str], None] | None 
         for name, method in methods.items():
             if progress is not None:
                 progress(f"image {i}/{len(pairs)}: {name}")
-            output = method(pair)
-            prediction, std = output if isinstance(output, tuple) else (output, None)
-            rows.append({"method": name, "image": pair.name,
-                         **_scores(np.asarray(prediction, np.float64), target, task, std, target_pixel_nm)})
+            rows += _rows(name, pair.name, method(pair), target, task, target_pixel_nm)
     names = list(FIDELITY) + (["resolution_nm"] if task == "sr" and target_pixel_nm else [])
     if options.models:
         names += list(UNCERTAINTY)

@@ -1,4 +1,7 @@
-"""Image-quality, resolution and uncertainty metrics (numpy in, float out).
+"""Image-quality and resolution metrics (numpy in, float out).
+
+The uncertainty metrics (coverage, UCE/ENCE, AUSE, Spearman) live in
+:mod:`napari_cvdm.uncertainty_metrics`.
 
 Conventions: ``prediction`` and ``reference`` are 2-D arrays of the same shape;
 ``data_range`` defaults to the reference's ``max − min``. For images in different
@@ -16,18 +19,14 @@ __all__ = [
     "MS_SSIM_WEIGHTS",
     "DecorrelationResult",
     "align_offset",
-    "ause",
-    "coverage",
     "decorrelation_analysis",
     "decorrelation_resolution",
     "mae",
     "ms_ssim",
     "psnr",
     "scale_to_reference",
-    "spearman_uncertainty_error",
     "ssim",
     "to_unit_range",
-    "uncertainty_calibration_error",
 ]
 
 # Wang, Simoncelli & Bovik 2003, finest to coarsest scale.
@@ -240,6 +239,59 @@ def _peak_index(d: np.ndarray) -> int:
     return 0
 
 
+class _DecorrelationCurves:
+    """The apodised spectrum sorted by radius, and the decorrelation curve ``d(r)`` of any filter of it.
+
+    Radial sums use cumulative sums over pixels sorted by radius (one sort instead of a mask per radius).
+    """
+
+    def __init__(self, image: np.ndarray):
+        height, width = image.shape
+        fy = np.fft.fftfreq(height)[:, None] / 0.5
+        fx = np.fft.fftfreq(width)[None, :] / 0.5
+        radius = np.sqrt(fx**2 + fy**2)
+        inside = radius < 1.0
+        spectrum, radius = np.fft.fft2(image)[inside], radius[inside]
+        order = np.argsort(radius, kind="stable")
+        self.radius, self.spectrum = radius[order], spectrum[order]
+        magnitude = np.abs(self.spectrum)
+        self.phase_only = np.divide(self.spectrum, magnitude, out=np.zeros_like(self.spectrum), where=magnitude > 0)
+        # Cumulative ‖Iₙ·1_{|k|<r}‖² (|Iₙ| is 1 or 0).
+        self.phase_energy = np.cumsum(np.abs(self.phase_only) ** 2)
+
+    def curve(self, filtered: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        norm = np.sqrt(np.sum(np.abs(filtered) ** 2))
+        numerator = np.cumsum(np.real(filtered * np.conj(self.phase_only)))
+        count = np.searchsorted(self.radius, radii, side="left")  # pixels with |k| < r
+        out = np.zeros(len(radii))
+        ok = (count > 0) & (norm > 0)
+        out[ok] = numerator[count[ok] - 1] / (norm * np.sqrt(self.phase_energy[count[ok] - 1]))
+        return np.nan_to_num(out)
+
+    def peak(self, radii: np.ndarray, g: float | None = None) -> tuple[float, float]:
+        """``(radius, height)`` of the peak of the curve of the spectrum high-passed with ``g`` (None: unfiltered)."""
+        filtered = self.spectrum if g is None else self.spectrum * (1.0 - np.exp(-2.0 * g * g * self.radius**2))
+        d = self.curve(filtered, radii)
+        index = _peak_index(d)
+        return float(radii[index]), float(d[index])
+
+
+def _refined_search(first_pass: np.ndarray, sigmas: np.ndarray, radii: np.ndarray, height: int, n_highpass: int,
+                    n_radii: int) -> tuple[np.ndarray, np.ndarray]:
+    """High-pass widths and radii around the highest cut-off of the first pass (``first_pass[0]``:
+    the unfiltered curve; the last such curve if several tie)."""
+    best = int(np.flatnonzero(first_pass == first_pass.max())[-1])
+    if best == 0:
+        g1, g2 = float(height), sigmas[0]
+    elif best < len(sigmas):
+        g1, g2 = sigmas[best - 1], sigmas[best]
+    else:
+        g1, g2 = sigmas[best - 2], sigmas[best - 1]
+    centre = first_pass[best]
+    refined_radii = np.linspace(max(centre - (radii[1] - radii[0]), 0.0), min(centre + 0.3, 1.0), n_radii)
+    return np.exp(np.linspace(np.log(g1), np.log(g2), n_highpass)), refined_radii
+
+
 def decorrelation_analysis(
     image,
     n_radii: int = 50,
@@ -257,67 +309,24 @@ def decorrelation_analysis(
     geometrically from ``2/r₀`` to 0.15, then refined once around the best), and ``k_c``
     is the highest peak position among curves with peak height ≥ ``min_amplitude``
     (a curve's peak is its maximum once a tail rising to the last radius is ignored).
-    Radii are normalised to Nyquist per axis. Radial sums use cumulative sums over pixels
-    sorted by radius (one sort instead of a mask per radius).
+    Radii are normalised to Nyquist per axis.
     """
-    image = np.asarray(image, dtype=np.float64)
-    image = _apodize_edges(image, apodization_px)
+    image = _apodize_edges(np.asarray(image, dtype=np.float64), apodization_px)
     height, width = image.shape
-    fy = np.fft.fftfreq(height)[:, None] / 0.5
-    fx = np.fft.fftfreq(width)[None, :] / 0.5
-    radius = np.sqrt(fx**2 + fy**2)
-    inside = radius < 1.0
-    spectrum = np.fft.fft2(image)[inside]
-    radius = radius[inside]
-    order = np.argsort(radius, kind="stable")
-    radius, spectrum = radius[order], spectrum[order]
-    magnitude = np.abs(spectrum)
-    phase_only = np.divide(spectrum, magnitude, out=np.zeros_like(spectrum), where=magnitude > 0)
-    # Cumulative ‖Iₙ·1_{|k|<r}‖² (|Iₙ| is 1 or 0).
-    phase_energy = np.cumsum(np.abs(phase_only) ** 2)
-
-    def curve(filtered: np.ndarray, radii: np.ndarray) -> np.ndarray:
-        norm = np.sqrt(np.sum(np.abs(filtered) ** 2))
-        numerator = np.cumsum(np.real(filtered * np.conj(phase_only)))
-        count = np.searchsorted(radius, radii, side="left")  # pixels with |k| < r
-        out = np.zeros(len(radii))
-        ok = (count > 0) & (norm > 0)
-        out[ok] = numerator[count[ok] - 1] / (norm * np.sqrt(phase_energy[count[ok] - 1]))
-        return np.nan_to_num(out)
-
-    def peak(filtered: np.ndarray, radii: np.ndarray) -> tuple[float, float]:
-        d = curve(filtered, radii)
-        index = _peak_index(d)
-        return float(radii[index]), float(d[index])
-
+    curves = _DecorrelationCurves(image)
     radii = np.linspace(0.0, 1.0, n_radii)
-    cutoff0, amplitude0 = peak(spectrum, radii)
+    cutoff0, amplitude0 = curves.peak(radii)
     g_max = 2.0 / cutoff0 if cutoff0 > 0 else max(height, width) / 2.0
     sigmas = np.concatenate([[height / 4.0], np.exp(np.linspace(np.log(g_max), np.log(0.15), n_highpass))])
     cutoffs, amplitudes = [cutoff0], [amplitude0]
     for refinement in range(2):
-        found = []
-        for g in sigmas:
-            c, a = peak(spectrum * (1.0 - np.exp(-2.0 * g * g * radius**2)), radii)
-            found.append((c, a))
+        found = [curves.peak(radii, g) for g in sigmas]
         cutoffs += [c for c, _ in found]
         amplitudes += [a for _, a in found]
         if refinement == 0:
-            # Refine the high-pass range and the radii around the highest cut-off so far
-            # (the last such curve if several tie; index 0 is the unfiltered curve).
             first_pass = np.array([cutoff0] + [c for c, _ in found])
-            best = int(np.flatnonzero(first_pass == first_pass.max())[-1])
-            if best == 0:
-                g1, g2 = float(height), sigmas[0]
-            elif best < len(sigmas):
-                g1, g2 = sigmas[best - 1], sigmas[best]
-            else:
-                g1, g2 = sigmas[best - 2], sigmas[best - 1]
-            sigmas = np.exp(np.linspace(np.log(g1), np.log(g2), n_highpass))
-            centre = first_pass[best]
-            radii = np.linspace(max(centre - (radii[1] - radii[0]), 0.0), min(centre + 0.3, 1.0), n_radii)
-    cutoffs = np.array(cutoffs)
-    amplitudes = np.array(amplitudes)
+            sigmas, radii = _refined_search(first_pass, sigmas, radii, height, n_highpass, n_radii)
+    cutoffs, amplitudes = np.array(cutoffs), np.array(amplitudes)
     valid = amplitudes >= min_amplitude
     cutoff = float(cutoffs[valid].max()) if valid.any() else 0.0
     return DecorrelationResult(
@@ -336,74 +345,7 @@ def decorrelation_resolution(image, pixel_size: float, **kwargs) -> float:
     return float(result.resolution_px * pixel_size) if result.cutoff > 0 else float("nan")
 
 
-# ----------------------------------------------------------------------------- uncertainty
-
-
-def _flat(prediction, reference, uncertainty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prediction, reference = _pair(prediction, reference)
-    uncertainty = np.asarray(uncertainty, dtype=np.float64)
-    if uncertainty.shape != prediction.shape:
-        raise ValueError(f"uncertainty {uncertainty.shape} and prediction {prediction.shape} differ in shape")
-    return prediction.ravel(), reference.ravel(), uncertainty.ravel()
-
-
-def spearman_uncertainty_error(prediction, reference, std) -> float:
-    """Spearman rank correlation of the per-pixel std with the absolute error (1 = perfect ranking)."""
-    from scipy.stats import spearmanr
-
-    prediction, reference, std = _flat(prediction, reference, std)
-    return float(spearmanr(std, np.abs(prediction - reference)).statistic)
-
-
-def uncertainty_calibration_error(prediction, reference, variance, n_bins: int = 20) -> float:
-    """UCE: ``Σ_b (n_b/N)·|mean variance_b − mean squared error_b|`` over bins of the predicted variance.
-
-    Bins are equal-count (quantiles of the variance), so each holds N/n_bins pixels even
-    when the variance is heavy-tailed. In squared data units; 0 for perfect calibration
-    (up to sampling noise ~ variance·sqrt(2·n_bins/N)).
-    """
-    prediction, reference, variance = _flat(prediction, reference, variance)
-    squared_error = (prediction - reference) ** 2
-    order = np.argsort(variance, kind="stable")
-    total = 0.0
-    for chunk in np.array_split(order, n_bins):
-        if len(chunk):
-            total += len(chunk) * abs(variance[chunk].mean() - squared_error[chunk].mean())
-    return float(total / len(variance))
-
-
-def ause(prediction, reference, std, n_fractions: int = 20, error: str = "absolute") -> float:
-    """Area under the sparsification error curve (Ilg et al. 2018), in units of the mean error.
-
-    Remove the fraction ``f`` of pixels with the highest std and take the mean error of
-    the rest; do the same ordering pixels by their true error (the oracle). AUSE is the
-    area between the two curves over ``f ∈ [0, 1)``, divided by the mean error of all
-    pixels: 0 when the std ranks pixels exactly like the error. ``error``: ``"absolute"`` or ``"squared"``.
-    """
-    prediction, reference, std = _flat(prediction, reference, std)
-    err = np.abs(prediction - reference)
-    if error == "squared":
-        err = err**2
-    elif error != "absolute":
-        raise ValueError("error must be 'absolute' or 'squared'")
-    n = len(err)
-    fractions = np.linspace(0.0, 1.0, n_fractions, endpoint=False)
-    keep = n - np.floor(fractions * n).astype(int)
-
-    def curve(order_by: np.ndarray) -> np.ndarray:
-        # Ascending order: the kept pixels are the first `keep` (least uncertain).
-        cumulative = np.cumsum(err[np.argsort(order_by, kind="stable")])
-        return cumulative[keep - 1] / keep
-
-    gap = curve(std) - curve(err)
-    scale = err.mean()
-    return float(np.trapezoid(gap, fractions) / scale) if scale > 0 else 0.0
-
-
-def coverage(prediction, reference, std, z: float = 1.96) -> float:
-    """Fraction of pixels with ``|reference − prediction| ≤ z·std`` (0.95 expected for z = 1.96 if Gaussian and calibrated)."""
-    prediction, reference, std = _flat(prediction, reference, std)
-    return float(np.mean(np.abs(reference - prediction) <= z * std))
+# ----------------------------------------------------------------------------- resolution against a reference
 
 
 def fourier_ring_correlation(image, reference) -> tuple[np.ndarray, np.ndarray]:

@@ -134,3 +134,23 @@ def test_qpi_residual_planes_are_signed_and_amplitude_options_checked(qpi_sample
         qpi_map(qpi_sample, qpi_sample.phase[:64])
     with pytest.raises(ValueError, match="noise std must be positive"):
         qpi_map(qpi_sample, qpi_sample.phase, noise_std=0.0)
+
+
+def test_reconstruction_consistency_maps_every_plane_of_a_stack(qpi_sample, sr_sample):
+    from napari_cvdm.physics.consistency import reconstruction_consistency
+
+    qpi_optics = {"dz_um": DZ_UM, "wavelength_um": WAVELENGTH_UM}
+    phases = np.stack([qpi_sample.phase, np.roll(qpi_sample.phase, 2, axis=1)])  # right, wrong
+    stacks = np.stack([qpi_sample.stack, qpi_sample.stack])
+    z = reconstruction_consistency("qpi", phases, stacks, PIXEL_UM, qpi_optics)
+    assert z.shape == phases.shape
+    assert np.mean(z[0] ** 2) == pytest.approx(1.0, abs=0.1) and np.mean(z[1] ** 2) > 10
+    sr_optics = {"na": sr_sample.na, "wavelength_um": sr_sample.wavelength_um}
+    z = reconstruction_consistency("sr", sr_sample.target[None], sr_sample.widefield[None],
+                                   sr_sample.camera_pixel_um, sr_optics, factor=2)
+    assert z.shape == (1, *sr_sample.widefield.shape)
+    assert np.mean(z**2) == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(ValueError, match="plane"):
+        reconstruction_consistency("qpi", phases, stacks[:1], PIXEL_UM, qpi_optics)
+    with pytest.raises(ValueError, match="forward model"):
+        reconstruction_consistency("generic", phases, stacks, PIXEL_UM, qpi_optics)

@@ -29,6 +29,7 @@ __all__ = [
     "qpi_consistency",
     "qpi_forward",
     "qpi_residual_planes",
+    "reconstruction_consistency",
     "sr_consistency",
     "sr_forward",
     "sr_noise_variance",
@@ -227,3 +228,47 @@ def qpi_consistency(
         phase_rad, stack, dz_um, wavelength_um, pixel_um, amplitude, noise_std, method
     )
     return np.sqrt(np.mean(planes**2, axis=0))
+
+
+# ----------------------------------------------------------------------------- a whole reconstruction
+
+
+def _planes(array: np.ndarray, trailing: int) -> np.ndarray:
+    return np.asarray(array, dtype=np.float64).reshape(-1, *np.shape(array)[-trailing:])
+
+
+def reconstruction_consistency(task: str, mean: np.ndarray, image: np.ndarray, pixel_um: float,
+                               optics: dict, factor: int = 1) -> np.ndarray:
+    """Data-consistency map of every plane of a reconstruction, in units of the input's noise std.
+
+    - SR: ``mean`` ``(..., factor·h, factor·w)``, ``image`` the raw widefield ``(..., h, w)``
+      (``pixel_um`` its camera pixel); map ``(..., h, w)`` of :func:`sr_consistency`, signed.
+      ``optics``: ``na``, ``wavelength_um``, ``target_cutoff_scale``.
+    - QPI: ``mean`` the phase ``(..., H, W)`` in rad, ``image`` the defocus stacks
+      ``(..., 2, H, W)``; map ``(..., H, W)`` of :func:`qpi_consistency`, ≥ 0. ``optics``:
+      ``dz_um``, ``wavelength_um``.
+
+    ValueError when the shapes do not pair up or the noise cannot be estimated.
+    """
+    if task == "sr":
+        means, inputs = _planes(mean, 2), _planes(image, 2)
+        cutoff_scale = optics.get("target_cutoff_scale", 2.0)
+
+        def compute(plane_mean, plane_input):
+            return sr_consistency(plane_mean, plane_input, pixel_um, optics["na"], optics["wavelength_um"],
+                                  factor, cutoff_scale)
+
+        grid = inputs.shape[-2:]
+    elif task == "qpi":
+        means, inputs = _planes(mean, 2), _planes(image, 3)
+
+        def compute(plane_mean, plane_input):
+            return qpi_consistency(plane_mean, plane_input, optics["dz_um"], optics["wavelength_um"], pixel_um)
+
+        grid = means.shape[-2:]
+    else:
+        raise ValueError(f"no forward model for task {task!r}")
+    if len(means) != len(inputs):
+        raise ValueError(f"{len(means)} output plane(s) for {len(inputs)} input plane(s): one channel per plane only")
+    maps = np.stack([compute(m, x) for m, x in zip(means, inputs)])
+    return maps.reshape(*np.shape(mean)[:-2], *grid)
