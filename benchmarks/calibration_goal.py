@@ -185,6 +185,20 @@ def calibration_figures(calibration_set: list[dict], test_set: list[dict]) -> tu
         after = [calibrated_std(s, calibration, level) for s in stds]
         figures["uce"][f"calibrated_{round(level * 100)}"] = uce(means, after, targets)
     figures["uce"]["ratio_95"] = figures["uce"]["calibrated_95"] / figures["uce"]["uncalibrated"]
+    # the calibrated std of _std_calibrated.tif: variance-matched, globally and per std bin
+    fit_set = [[im[key] for im in calibration_set] for key in ("mean", "std", "target")]
+    binned = fit_calibration(*fit_set, bins=10)
+    unbinned_variance = fit_calibration(*fit_set, variance_bins=1)
+    # the default calibration: one pooled quantile per level, the variance scale in 10 std bins
+    for name, fitted in (("variance_matched", unbinned_variance), ("variance_matched_10_bins", calibration)):
+        after = [calibrated_std(s, fitted) for s in stds]
+        figures["uce"][name] = uce(means, after, targets)
+        figures["uce"][f"ratio_{name}"] = figures["uce"][name] / figures["uce"]["uncalibrated"]
+    for level in LEVELS:
+        after = [calibrated_std(s, binned, level) for s in stds]
+        per_image = [coverage(m, s, t, (level,))[level] for m, s, t in zip(means, after, targets)]
+        figures[f"coverage_{round(level * 100)}"]["calibrated_10_bins"] = coverage(means, after, targets, (level,))[level]
+        figures[f"coverage_{round(level * 100)}"]["calibrated_10_bins_per_image_spread"] = _spread(per_image)
     return figures, calibration
 
 
@@ -206,15 +220,20 @@ def task_figures(args, task: str) -> dict:
 
 
 def print_report(task: str, figures: dict) -> None:
-    print(f"\n### {task.upper()}\n\n| level | uncalibrated | calibrated (pooled) | per image: min, p10, median, p90, max |"
-          "\n|---|---|---|---|")
+    print(f"\n### {task.upper()}\n\n| level | uncalibrated | calibrated (pooled) | per image: min, p10, median, p90, max "
+          "| 10 std bins (pooled) | per image |\n|---|---|---|---|---|---|")
     for level in LEVELS:
         entry = figures[f"coverage_{round(level * 100)}"]
         spread = ", ".join(f"{100 * v:.1f}" for v in entry["calibrated_per_image_spread"])
-        print(f"| {level:.0%} | {100 * entry['uncalibrated']:.1f} % | {100 * entry['calibrated']:.1f} % | {spread} |")
+        binned = ", ".join(f"{100 * v:.1f}" for v in entry["calibrated_10_bins_per_image_spread"])
+        print(f"| {level:.0%} | {100 * entry['uncalibrated']:.1f} % | {100 * entry['calibrated']:.1f} % | {spread} | "
+              f"{100 * entry['calibrated_10_bins']:.1f} % | {binned} |")
     u = figures["uce"]
-    after = ", ".join(f"{v:.4g} ({k.split('_')[1]} %)" for k, v in u.items() if k.startswith("calibrated_"))
-    print(f"\nUCE uncalibrated {u['uncalibrated']:.4g}; calibrated {after}; ratio at 95 % {u['ratio_95']:.2f}; "
+    after = ", ".join(f"{v:.4g} ({k.split('_')[1]} %)" for k, v in u.items()
+                      if k.startswith("calibrated_") and k.split("_")[1].isdigit())
+    print(f"\nUCE uncalibrated {u['uncalibrated']:.4g}; quantile-scaled {after}; ratio at 95 % {u['ratio_95']:.2f}; "
+          f"variance-matched {u['variance_matched']:.4g} (ratio {u['ratio_variance_matched']:.2f}), with 10 std bins "
+          f"{u['variance_matched_10_bins']:.4g} (ratio {u['ratio_variance_matched_10_bins']:.2f}); "
           f"std scales {figures['scale']}\n")
     for name, rate in figures["warning"].items():
         if rate is not None:

@@ -100,9 +100,9 @@ def test_uncertainty_outputs_scale_the_std_and_say_uncalibrated_or_n_1(calibrate
     variance = np.full((24, 24), 0.04)
     out = uncertainty_outputs(info, variance, _qpi_pairs()[0].input, n_samples=4)
     assert out.calibrated and out.level == 0.95
-    np.testing.assert_allclose(out.calibrated_std, 0.2 * calibration.scale[calibration.level_index(0.95)],
+    np.testing.assert_allclose(out.calibrated_std, 0.2 * calibration.variance_scale, rtol=1e-5)
+    np.testing.assert_allclose(out.error, 1.959964 * 0.2 * calibration.scale[calibration.level_index(0.95)],
                                rtol=1e-5)
-    np.testing.assert_allclose(out.error, 1.959964 * out.calibrated_std, rtol=1e-5)
     assert out.variance_relative_error == pytest.approx(np.sqrt(2 / 3))
     plain = uncertainty_outputs(read_model_info(model_path), variance, _qpi_pairs()[0].input, n_samples=4)
     assert not plain.calibrated and plain.calibration == "uncalibrated" and plain.error is None

@@ -67,7 +67,7 @@ def test_a_known_miscalibration_factor_is_recovered_and_calibrated_coverage_is_n
     # Uncalibrated, ±1.96 std covers only P(|Z| < 1.96/2.5) ≈ 57 %.
     assert pooled_coverage(*fresh, lambda s: 1.96 * s) < 0.6
     # calibrated_std is the std that makes the Gaussian ±1.96 interval right.
-    covered = pooled_coverage(*fresh, lambda s: 1.96 * calibrated_std(s, calibration))
+    covered = pooled_coverage(*fresh, lambda s: 1.96 * calibrated_std(s, calibration, 0.95))
     assert covered == pytest.approx(0.95, abs=0.01)
 
 
@@ -92,7 +92,7 @@ def test_binned_calibration_recovers_a_factor_that_differs_by_bin():
     fresh = miscalibrated(rng, 8, factor)
     assert pooled_coverage(*fresh, lambda s: error_bound(s, calibration)) == pytest.approx(0.95, abs=0.01)
     # Values beyond the fitted std range fall into the end bins.
-    far = calibrated_std(np.array([0.01, 100.0]), calibration)
+    far = calibrated_std(np.array([0.01, 100.0]), calibration, 0.95)
     assert far / np.maximum(np.array([0.01, 100.0]), calibration.std_floor) == pytest.approx(
         [calibration.bin_scale[0][2], calibration.bin_scale[1][2]]
     )
@@ -247,3 +247,21 @@ def test_distribution_summary_round_trips_and_validates():
     bad["features"]["noise"] = [0.3, 0.2, 0.1]
     with pytest.raises(ValueError, match="min, median, max"):
         DistributionSummary.from_dict(bad)
+
+
+def test_the_calibrated_std_matches_the_squared_error_per_bin_and_round_trips():
+    """Variance matching: the std scaled by sqrt(Σ error² / Σ std²) (per std bin) has the error's variance."""
+    rng = np.random.default_rng(5)
+    factor = lambda std: np.where(std < 1.25, 1.5, 3.0)  # noqa: E731
+    calibration = fit_calibration(*miscalibrated(rng, 8, factor), variance_bins=2)
+    assert not calibration.binned and calibration.variance_bin_edges[1] == pytest.approx(1.25, abs=0.02)
+    assert calibration.bin_variance_scale == pytest.approx([1.5, 3.0], rel=0.03)
+    means, stds, targets = miscalibrated(rng, 8, factor)
+    for mean, std, target in zip(means, stds, targets):
+        calibrated = calibrated_std(std, calibration)
+        for in_bin in (std < 1.25, std >= 1.25):
+            assert np.mean((target - mean)[in_bin] ** 2) == pytest.approx(np.mean(calibrated[in_bin] ** 2), rel=0.1)
+    again = Calibration.from_dict(calibration.to_dict())
+    assert again.variance_scale == calibration.variance_scale and again.bin_variance_scale == calibration.bin_variance_scale
+    older = {key: value for key, value in calibration.to_dict().items() if "variance" not in key}
+    assert Calibration.from_dict(older).variance_scale == 1.0  # files written before the field

@@ -162,8 +162,8 @@ def crops(pairs: Sequence, count: int = TRAINING_CROPS, side: int = TRAINING_CRO
 class UncertaintyOutputs:
     """What a prediction says about its error bars.
 
-    ``calibrated_std`` and ``error`` (the half-width of mean ± error at ``level``) are in the
-    output unit, shaped like the variance, None when the model is uncalibrated or N = 1.
+    ``calibrated_std`` (the std whose square matches the squared error on the calibration
+    pairs) and ``error`` (the half-width of mean ± error at ``level``) are in the output unit, shaped like the variance, None when the model is uncalibrated or N = 1.
     ``calibration``: the calibration's describe() or ``"uncalibrated"``; ``warning``: the
     out-of-distribution sentence (None when the image looks like the calibration data or
     there is nothing to compare with); ``variance_note``: how noisy the N-sample variance is.
@@ -206,7 +206,7 @@ def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray
     if calibration.distribution is not None and image is not None:
         warning = check_in_distribution(calibration.distribution, std, image, pixel)
     return UncertaintyOutputs(
-        True, level, calibration.describe(), calibrated_std(std, calibration, level).astype(np.float32),
+        True, level, calibration.describe(), calibrated_std(std, calibration).astype(np.float32),
         error_bound(std, calibration, level).astype(np.float32), warning, note, relative,
     )
 

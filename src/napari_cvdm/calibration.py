@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 DEFAULT_LEVELS = (0.8, 0.9, 0.95)
+#: Equal-count std bins of the calibrated std's variance scale.
+VARIANCE_BINS = 10
 # Per-image coverage spread is reported at these quantiles over images: min, p10, median, p90, max.
 SPREAD_QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 # A std below this fraction of the targets' robust range is treated as this floor: an exact
@@ -156,6 +158,10 @@ class Calibration:
     - ``bin_edges`` (std units, ``n_bins + 1`` values, empty when unbinned) and
       ``bin_scale`` (``[bin][level]``): the same per bin of the std; a bin with too few
       pixels holds the global scale (``bin_fallback`` marks it).
+    - ``variance_scale``: ``sqrt(Σ error² / Σ std²)`` over the pixels; ``variance_bin_edges``
+      and ``bin_variance_scale``: the same per equal-count std bin (its own bins, empty when
+      unbinned): multiply the std by it so that its square matches the squared error on
+      average — the calibrated std (:func:`calibrated_std`); 1 for files without it.
     - ``std_floor``: stds below it are raised to it before scaling (same as in the fit).
     - ``n_images``, ``n_pixels``: what the fit used; ``image_coverage``: per level, the
       coverage of the global bound on each image when fitted on the others (leave one image
@@ -177,6 +183,9 @@ class Calibration:
     date: str = ""
     units: str = ""
     distribution: DistributionSummary | None = None
+    variance_scale: float = 1.0
+    variance_bin_edges: list[float] = field(default_factory=list)
+    bin_variance_scale: list[float] = field(default_factory=list)
 
     @property
     def binned(self) -> bool:
@@ -204,6 +213,9 @@ class Calibration:
             "source": str(self.source),
             "date": str(self.date),
             "units": str(self.units),
+            "variance_scale": float(self.variance_scale),
+            "variance_bin_edges": [float(x) for x in self.variance_bin_edges],
+            "bin_variance_scale": [float(x) for x in self.bin_variance_scale],
         }
         if self.distribution is not None:
             out["distribution"] = self.distribution.to_dict()
@@ -245,9 +257,17 @@ class Calibration:
             if not isinstance(value, str):
                 raise ValueError(f"calibration {key} must be a string, got {type(value).__name__}")
         distribution = data.get("distribution")
+        variance_scale = _float_list({"variance_scale": [data.get("variance_scale", 1.0)]}, "variance_scale", 1,
+                                     positive=True)[0]
+        variance_edges = _float_list(data, "variance_bin_edges") if data.get("variance_bin_edges") else []
+        bin_variance = _float_list(data, "bin_variance_scale", max(len(variance_edges) - 1, 0), positive=True) \
+            if variance_edges else []
+        if any(b < a for a, b in zip(variance_edges, variance_edges[1:])):
+            raise ValueError(f"calibration variance_bin_edges must be non-decreasing, got {variance_edges}")
         return cls(
             levels, scale, n_images, n_pixels, std_floor, edges, bin_scale, fallback, coverage, **texts,
             distribution=None if distribution is None else DistributionSummary.from_dict(distribution),
+            variance_scale=variance_scale, variance_bin_edges=variance_edges, bin_variance_scale=bin_variance,
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -308,6 +328,11 @@ def _leave_one_image_out(scores: list[np.ndarray], levels: Sequence[float]) -> l
     return [np.quantile(coverage[:, j], SPREAD_QUANTILES).tolist() for j in range(len(levels))]
 
 
+def _variance_scale(scores: np.ndarray, stds: np.ndarray) -> float:
+    """``sqrt(Σ error² / Σ std²)``, with ``error = score · std``."""
+    return float(np.sqrt(np.sum((scores * stds) ** 2) / np.sum(stds**2)))
+
+
 def _binned_scales(scores, stds, levels, bins, min_pixels_per_bin, global_scale):
     edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
     index = _bin_index(stds, edges)
@@ -318,6 +343,15 @@ def _binned_scales(scores, stds, levels, bins, min_pixels_per_bin, global_scale)
         rows.append(_scales(in_bin, levels) if enough else list(global_scale))
         fallback.append(not enough)
     return edges.tolist(), rows, fallback
+
+
+def _binned_variance_scales(scores, stds, bins, min_pixels_per_bin, global_scale) -> tuple[list, list]:
+    """Equal-count std bins and each one's variance scale (the global one where a bin is too small)."""
+    edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
+    index = _bin_index(stds, edges)
+    scales = [_variance_scale(scores[index == b], stds[index == b])
+              if int((index == b).sum()) >= min_pixels_per_bin else global_scale for b in range(bins)]
+    return edges.tolist(), scales
 
 
 def _bin_index(std: np.ndarray, edges) -> np.ndarray:
@@ -336,22 +370,25 @@ def fit_calibration(
     units: str = "",
     inputs=None,
     pixel_size_um: float | None = None,
+    variance_bins: int = VARIANCE_BINS,
 ) -> Calibration:
     """Split-conformal calibration of the sample std on held-out pairs.
 
     ``means``, ``stds``, ``targets``: lists of per-image arrays (any shape, the three of an
     image alike; images may differ in size), or one stacked array ``(n, ...)``. ``bins > 1``
     fits one quantile per equal-count bin of the std (a bin with fewer than
-    ``min_pixels_per_bin`` pixels keeps the global scale). ``inputs`` (the model inputs of
+    ``min_pixels_per_bin`` pixels keeps the global scale); ``variance_bins`` bins the variance
+    scale of the calibrated std the same way, on its own (one pooled quantile covers best, one
+    variance scale per std bin matches the error's variance best; docs/results.md). ``inputs`` (the model inputs of
     the same images) and ``pixel_size_um`` add a :class:`DistributionSummary`.
     """
     levels = sorted(float(x) for x in levels)
     if not levels or any(not 0.0 < x < 1.0 for x in levels):
         raise ValueError(f"levels must lie inside (0, 1), got {levels}")
-    if int(bins) < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
+    if int(bins) < 1 or int(variance_bins) < 1:
+        raise ValueError(f"bins and variance_bins must be at least 1, got {bins} and {variance_bins}")
     scores, flat_stds, floor = _pooled_scores(means, stds, targets)
-    pooled_scores = np.concatenate(scores)
+    pooled_scores, pooled_stds = np.concatenate(scores), np.concatenate(flat_stds)
     scale = _scales(pooled_scores, levels)
     calibration = Calibration(
         levels=levels,
@@ -363,12 +400,16 @@ def fit_calibration(
         source=source,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         units=units,
+        variance_scale=_variance_scale(pooled_scores, pooled_stds),
     )
     if int(bins) > 1:
         edges, rows, fallback = _binned_scales(
-            pooled_scores, np.concatenate(flat_stds), levels, int(bins), max(min_pixels_per_bin, 1), scale
+            pooled_scores, pooled_stds, levels, int(bins), max(min_pixels_per_bin, 1), scale
         )
         calibration.bin_edges, calibration.bin_scale, calibration.bin_fallback = edges, rows, fallback
+    if int(variance_bins) > 1:
+        calibration.variance_bin_edges, calibration.bin_variance_scale = _binned_variance_scales(
+            pooled_scores, pooled_stds, int(variance_bins), max(min_pixels_per_bin, 1), calibration.variance_scale)
     if inputs is not None:
         calibration.distribution = summarize_distribution(stds, inputs, pixel_size_um)
     return calibration
@@ -377,19 +418,25 @@ def fit_calibration(
 # ----------------------------------------------------------------------------- applying
 
 
-def _scale_map(std: np.ndarray, calibration: Calibration, level: float) -> np.ndarray:
-    j = calibration.level_index(level)
-    if not calibration.binned:
-        return np.full(std.shape, calibration.scale[j])
-    per_bin = np.array([row[j] for row in calibration.bin_scale])
-    return per_bin[_bin_index(std, calibration.bin_edges)]
+def _scale_map(std: np.ndarray, calibration: Calibration, level: float | None) -> np.ndarray:
+    if level is None:
+        global_scale, per_bin = calibration.variance_scale, calibration.bin_variance_scale
+        edges = calibration.variance_bin_edges
+    else:
+        j = calibration.level_index(level)
+        global_scale, per_bin = calibration.scale[j], [row[j] for row in calibration.bin_scale]
+        edges = calibration.bin_edges
+    if not per_bin:
+        return np.full(std.shape, global_scale)
+    return np.asarray(per_bin)[_bin_index(std, edges)]
 
 
-def calibrated_std(std, calibration: Calibration, level: float = 0.95) -> np.ndarray:
-    """The std rescaled so that ``mean ± z·calibrated`` covers ``level`` (``z = 1.96`` at 0.95).
+def calibrated_std(std, calibration: Calibration, level: float | None = None) -> np.ndarray:
+    """The calibrated std of ``max(std, std_floor)`` (same shape and units, float64).
 
-    ``scale = q_level / z_level`` (per std bin if fitted so), applied to ``max(std, std_floor)``.
-    Same shape as ``std``, float64, same units.
+    ``level=None``: scaled by ``variance_scale`` (per std bin if fitted so), so that its square
+    matches the squared error on average: the std to read as a std. ``level``: scaled by
+    ``q_level / z_level``, so that ``mean ± z_level·calibrated`` covers ``level`` (z = 1.96 at 0.95).
     """
     std = np.maximum(np.asarray(std, dtype=np.float64), calibration.std_floor)
     return std * _scale_map(std, calibration, level)

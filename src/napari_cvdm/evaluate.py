@@ -202,8 +202,8 @@ def _calibrated_scores(prediction, std, target, task: str, calibration) -> dict:
 
     aligned, scale = _alignment(prediction, target, task)
     by_level = {level: calibrated_std(std, calibration, level) * scale for level in calibration.levels}
+    row = _uncertainty(aligned, calibrated_std(std, calibration) * scale, target)
     main = by_level[0.95] if 0.95 in by_level else by_level[calibration.levels[-1]]
-    row = _uncertainty(aligned, main, target)
     for name in ("coverage_80", "coverage_90", "coverage_95"):
         level = int(name[-2:]) / 100
         row[name] = _uncertainty_coverage(aligned, by_level.get(level, main), target, level)

@@ -540,35 +540,49 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     return _Plane(y, None, scale, offset)
 
 
-#: The direct predictor runs on planes up to this side (output px) whole, on larger ones in
-#: blended tiles of it: its memory and its silence between progress reports stay bounded, and
-#: its result depends on the image size alone, not on the sampling tiles. On 512² SR outputs
-#: 256-px tiles score as the whole plane (ΔMS-SSIM −0.0004 ± 0.0004) in 0.7× the time
-#: (benchmarks/base_tiles.py).
+#: Networks that see a whole plane (the direct predictor's base, a smooth schedule's λ) run
+#: on planes up to this side (output px) whole, on larger ones in blended tiles of it: memory
+#: (their bottleneck attention grows with the square of the pixels) and the silence between
+#: progress reports stay bounded, and the result depends on the image size alone. On 512² SR
+#: outputs 256-px base tiles score as the whole plane (ΔMS-SSIM −0.0004 ± 0.0004) in 0.7× the
+#: time (benchmarks/base_tiles.py); λ is smooth and computed at ¼ resolution, so it takes
+#: 1024-px tiles (a 4096² plane whole needed over 20 GB).
 BASE_TILE = 256
 BASE_TILE_OVERLAP = 64
+SCHEDULE_TILE = 1024
+SCHEDULE_TILE_OVERLAP = 128
 
 
 def base_tiling(model: CVDM, height: int, width: int) -> _TileGrid:
     """The tiles :func:`_predictor_base` runs the predictor on for an output plane of ``height × width``."""
-    tile = None if max(height, width) <= BASE_TILE else BASE_TILE
-    return _TileGrid.build(height, width, tile, BASE_TILE_OVERLAP, network_stride(model))
+    return _plane_tiling(height, width, BASE_TILE, BASE_TILE_OVERLAP, network_stride(model))
+
+
+def _plane_tiling(height: int, width: int, tile: int, overlap: int, align: int) -> _TileGrid:
+    return _TileGrid.build(height, width, None if max(height, width) <= tile else tile, overlap, align)
 
 
 @torch.no_grad()
+def _on_blended_tiles(function, y: torch.Tensor, channels: int, tiling: _TileGrid, device: torch.device,
+                      tick: Callable[[], None] | None = None) -> torch.Tensor:
+    """``function(y tile) → (1, channels, h, w)`` over ``tiling``'s tiles of ``y`` ``(1, C, H, W)``,
+    blended like the samples; float32 ``(1, channels, H, W)`` on the CPU."""
+    out = np.zeros((channels, *y.shape[-2:]), np.float32)
+    for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
+        for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
+            tile = function(y[..., r0:r1, c0:c1].to(device))[0].float().cpu().numpy()
+            out[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * tile
+            if tick is not None:
+                tick()
+    tiling.normalise(out)
+    return torch.from_numpy(out)[None]
+
+
 def _predictor_base(model: CVDM, y: torch.Tensor, device: torch.device,
                     tick: Callable[[], None] | None) -> np.ndarray:
     """The predictor's base b(y) ``(Cx, H, W)`` (float32, CPU) of a normalised plane ``y`` ``(1, Cy, H, W)``."""
-    tiling = base_tiling(model, *y.shape[-2:])
-    base = np.zeros((model.config.x_channels, *y.shape[-2:]), np.float32)
-    for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
-        for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
-            tile = model.condition(y[..., r0:r1, c0:c1].to(device))[1][0].float().cpu().numpy()
-            base[:, r0:r1, c0:c1] += (wy[:, None] * wx[None, :]).astype(np.float32) * tile
-            if tick is not None:
-                tick()
-    tiling.normalise(base)
-    return base
+    return _on_blended_tiles(lambda tile: model.condition(tile)[1], y, model.config.x_channels,
+                             base_tiling(model, *y.shape[-2:]), device, tick)[0].numpy()
 
 
 @torch.no_grad()
@@ -581,7 +595,11 @@ def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.devi
     """
     plane_lambda = None
     if model.config.schedule_downsample > 1:
-        plane_lambda = model.schedule.schedule_map(condition.to(device)).float()
+        # tile starts on the schedule network's own grid: its stride at ¼ (or so) resolution
+        align = model.schedule.spatial_net.stride * model.config.schedule_downsample
+        tiles = _plane_tiling(*condition.shape[-2:], SCHEDULE_TILE, SCHEDULE_TILE_OVERLAP, align)
+        plane_lambda = _on_blended_tiles(model.schedule.schedule_map, condition, model.config.x_channels, tiles,
+                                         device).to(device)
     tiles = []
     for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
         for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
