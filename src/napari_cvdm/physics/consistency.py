@@ -209,24 +209,14 @@ def qpi_residual_planes(
     return residual / noise_std
 
 
-def qpi_consistency(
-    phase_rad: np.ndarray,
-    stack: np.ndarray,
-    dz_um: float,
-    wavelength_um: float,
-    pixel_um: float,
-    amplitude: str | np.ndarray = "unit",
-    noise_std: float | None = None,
-    method: str = "fresnel",
-) -> np.ndarray:
-    """Root mean square over the two planes of :func:`qpi_residual_planes`, ``(H, W)``, ≥ 0.
+def qpi_consistency(phase_rad: np.ndarray, stack: np.ndarray, *optics, **options) -> np.ndarray:
+    """Root mean square over the two planes of :func:`qpi_residual_planes` (same arguments),
+    ``(H, W)``, ≥ 0.
 
     Under the noise model its square has mean 1 (``sqrt(χ²₂/2)``: median 0.83, above 2.5
     for 0.2 % of pixels).
     """
-    planes = qpi_residual_planes(
-        phase_rad, stack, dz_um, wavelength_um, pixel_um, amplitude, noise_std, method
-    )
+    planes = qpi_residual_planes(phase_rad, stack, *optics, **options)
     return np.sqrt(np.mean(planes**2, axis=0))
 
 
