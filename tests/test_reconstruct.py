@@ -35,13 +35,18 @@ def _info(task: str, config: ModelConfig) -> ModelInfo:
 
 def _tiny(task: str, seed: int = 0) -> tuple[CVDM, ModelInfo]:
     """The shipped tiny U-Nets with weights moved off their zero initialisation."""
-    torch.manual_seed(seed)
     config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    return _perturbed(config, seed), _info(task, config)
+
+
+def _perturbed(config: ModelConfig, seed: int) -> CVDM:
+    """A model of ``config`` with seeded noise on every weight (off the zero initialisation), in eval mode."""
+    torch.manual_seed(seed)
     model = CVDM(config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return model.eval(), _info(task, config)
+    return model.eval()
 
 
 class LocalNet(nn.Module):
@@ -418,16 +423,11 @@ def test_pixel_size_mismatch_warns():
 def _residual_qpi() -> tuple[CVDM, ModelInfo]:
     from napari_cvdm.base_estimate import TIEBase
 
-    torch.manual_seed(3)
     config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
                          schedule_downsample=4, padding="reflect")
-    model = CVDM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
     info = _info("qpi", config)
     info.base = TIEBase(strength=10.0, wavelength_um=0.521, dz_um=1.0, pixel_um=0.21, offset_rad=1.75).to_dict()
-    return model.eval(), info
+    return _perturbed(config, 3), info
 
 
 def _phase_bump_stack(size: int = 48) -> np.ndarray:
@@ -534,14 +534,9 @@ def test_noise_of_a_sample_does_not_depend_on_which_others_are_drawn():
 
 
 def _tiny_predictor() -> tuple[CVDM, ModelInfo]:
-    torch.manual_seed(3)
     config = ModelConfig(x_channels=1, y_channels=1, preset="tiny", base="predictor", residual_scale=0.5,
                          schedule_downsample=2, padding="reflect")
-    model = CVDM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval(), _info("sr", config)
+    return _perturbed(config, 3), _info("sr", config)
 
 
 def test_a_large_plane_gets_its_predictor_base_in_blended_tiles_with_progress(monkeypatch):
