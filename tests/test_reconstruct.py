@@ -564,7 +564,7 @@ def test_a_large_plane_gets_its_predictor_base_in_blended_tiles_with_progress(mo
     reconstruct(model, info, _widefield(48, 40), ReconstructionSettings(n_samples=1, steps=2, tile_size=None,
                                                                         device="cpu"),
                 progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1][0] == seen[-1][1] == 2 + len(base_tiles.rows) * len(base_tiles.cols)
+    assert seen[-1][0] == seen[-1][1] == len(base_tiles.rows) * len(base_tiles.cols) + 1 + 2  # base, λ, steps
 
 
 def test_a_large_plane_gets_its_smooth_schedule_map_in_blended_tiles(monkeypatch):

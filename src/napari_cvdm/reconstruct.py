@@ -533,6 +533,8 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
 
         phase = TIEBase.from_dict(info.base).phase(condition, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
+        if tick is not None:
+            tick()
         return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
     if model.config.base == "predictor":
         base = _predictor_base(model, y, device, tick)
@@ -586,7 +588,15 @@ def _predictor_base(model: CVDM, y: torch.Tensor, device: torch.device,
 
 
 @torch.no_grad()
-def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.device, tiling: _TileGrid) -> list:
+def _schedule_tiling(model: CVDM, height: int, width: int) -> _TileGrid:
+    """The tiles a smooth schedule's λ is computed on for a plane of ``height × width``."""
+    # tile starts on the schedule network's own grid: its stride at ¼ (or so) resolution
+    align = model.schedule.spatial_net.stride * model.config.schedule_downsample
+    return _plane_tiling(height, width, SCHEDULE_TILE, SCHEDULE_TILE_OVERLAP, align)
+
+
+def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.device, tiling: _TileGrid,
+                        tick: Callable[[], None] | None = None) -> list:
     """``[(rows, cols, wy, wx, λ (1, Cx, h, w) on the device), ...]`` for every tile.
 
     A smooth schedule network (``schedule_downsample > 1``) runs once on the whole plane and
@@ -595,11 +605,8 @@ def _tile_schedule_maps(model: CVDM, condition: torch.Tensor, device: torch.devi
     """
     plane_lambda = None
     if model.config.schedule_downsample > 1:
-        # tile starts on the schedule network's own grid: its stride at ¼ (or so) resolution
-        align = model.schedule.spatial_net.stride * model.config.schedule_downsample
-        tiles = _plane_tiling(*condition.shape[-2:], SCHEDULE_TILE, SCHEDULE_TILE_OVERLAP, align)
-        plane_lambda = _on_blended_tiles(model.schedule.schedule_map, condition, model.config.x_channels, tiles,
-                                         device).to(device)
+        plane_lambda = _on_blended_tiles(model.schedule.schedule_map, condition, model.config.x_channels,
+                                         _schedule_tiling(model, *condition.shape[-2:]), device, tick).to(device)
     tiles = []
     for (r0, r1), wy in zip(tiling.rows, tiling.row_weights):
         for (c0, c1), wx in zip(tiling.cols, tiling.col_weights):
@@ -753,11 +760,18 @@ def _metadata(settings: ReconstructionSettings, run: _Sampling, model: CVDM, dev
 
 
 def _steps_per_plane(model: CVDM, tiling: _TileGrid, run: _Sampling) -> int:
-    """Progress steps of one plane: the predictor's base tiles, then every tile's denoising steps."""
+    """Progress steps of one plane: the base (one TIE solve, or the predictor's tiles), a smooth
+    schedule's λ tiles, then every tile's denoising steps."""
+    height, width = len(tiling.row_total), len(tiling.col_total)
     steps = len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps
+    if model.config.base == "physics":
+        steps += 1
     if model.config.base == "predictor":
-        base_tiles = base_tiling(model, len(tiling.row_total), len(tiling.col_total))
+        base_tiles = base_tiling(model, height, width)
         steps += len(base_tiles.rows) * len(base_tiles.cols)
+    if model.config.schedule_downsample > 1:
+        lambda_tiles = _schedule_tiling(model, height, width)
+        steps += len(lambda_tiles.rows) * len(lambda_tiles.cols)
     return steps
 
 
@@ -853,7 +867,7 @@ class _PlaneRun:
         plane = _prepare_plane(model, info, raw, factor, device, optics, tick)
         tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
                        model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
-                 for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling)]
+                 for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling, tick)]
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
         residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
