@@ -333,25 +333,25 @@ def _variance_scale(scores: np.ndarray, stds: np.ndarray) -> float:
     return float(np.sqrt(np.sum((scores * stds) ** 2) / np.sum(stds**2)))
 
 
-def _binned_scales(scores, stds, levels, bins, min_pixels_per_bin, global_scale):
+def _equal_count_bins(stds: np.ndarray, bins: int, min_pixels_per_bin: int) -> tuple[list, list]:
+    """Edges of ``bins`` equal-count std bins and, per bin, its pixels' mask (None when too few)."""
     edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
     index = _bin_index(stds, edges)
-    rows, fallback = [], []
-    for b in range(bins):
-        in_bin = scores[index == b]
-        enough = in_bin.size >= min_pixels_per_bin
-        rows.append(_scales(in_bin, levels) if enough else list(global_scale))
-        fallback.append(not enough)
-    return edges.tolist(), rows, fallback
+    masks = [index == b for b in range(bins)]
+    return edges.tolist(), [mask if int(mask.sum()) >= min_pixels_per_bin else None for mask in masks]
+
+
+def _binned_scales(scores, stds, levels, bins, min_pixels_per_bin, global_scale):
+    edges, masks = _equal_count_bins(stds, bins, min_pixels_per_bin)
+    rows = [_scales(scores[mask], levels) if mask is not None else list(global_scale) for mask in masks]
+    return edges, rows, [mask is None for mask in masks]
 
 
 def _binned_variance_scales(scores, stds, bins, min_pixels_per_bin, global_scale) -> tuple[list, list]:
     """Equal-count std bins and each one's variance scale (the global one where a bin is too small)."""
-    edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
-    index = _bin_index(stds, edges)
-    scales = [_variance_scale(scores[index == b], stds[index == b])
-              if int((index == b).sum()) >= min_pixels_per_bin else global_scale for b in range(bins)]
-    return edges.tolist(), scales
+    edges, masks = _equal_count_bins(stds, bins, min_pixels_per_bin)
+    return edges, [_variance_scale(scores[mask], stds[mask]) if mask is not None else global_scale
+                   for mask in masks]
 
 
 def _bin_index(std: np.ndarray, edges) -> np.ndarray:

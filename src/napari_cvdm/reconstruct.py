@@ -722,8 +722,8 @@ def reconstruct(
             plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
             for first in range(0, run.n_samples, run.chunk):
-                plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, device,
-                                     counter.tick, should_stop)
+                plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick,
+                                     should_stop)
                 plane_run.blend_into(outputs, p, tiling)
                 finished = [finished[0] + 1, p, plane_run.count]
                 if on_partial is not None and (p < len(planes) - 1 or plane_run.count < run.n_samples):
@@ -851,7 +851,7 @@ class _Tile:
 
 @dataclass
 class _PlaneRun:
-    """One plane while its samples are drawn: condition, base, tiles and their running moments."""
+    """One plane while its samples are drawn: condition (on the device), base, tiles and their running moments."""
 
     plane: _Plane
     tiles: list[_Tile]
@@ -865,6 +865,7 @@ class _PlaneRun:
     def start(cls, model: CVDM, info: ModelInfo, raw: np.ndarray, index: int, factor: int, optics: dict,
               device: torch.device, run: _Sampling, tiling: _TileGrid, tick: Callable[[], None]) -> _PlaneRun:
         plane = _prepare_plane(model, info, raw, factor, device, optics, tick)
+        plane = plane._replace(condition=plane.condition.to(device))  # once, not per tile and round
         tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
                        model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling, tick)]
@@ -875,12 +876,12 @@ class _PlaneRun:
                                                      int(info.config.x_channels)), residual_scale)
 
     @torch.no_grad()
-    def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, device: torch.device,
-                   tick: Callable[[], None], should_stop: StopCheck | None) -> None:
+    def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, tick: Callable[[], None],
+                   should_stop: StopCheck | None) -> None:
         """Samples ``first … first + k − 1`` of every tile, added to its moments."""
         for tile in self.tiles:
             (r0, r1), (c0, c1) = tile.rows, tile.cols
-            y = self.plane.condition[:, :, r0:r1, c0:c1].to(device)
+            y = self.plane.condition[:, :, r0:r1, c0:c1]
 
             def noise(stage: int, tile=tile) -> torch.Tensor:
                 return self.noise_field.window(stage, tile.rows, tile.cols, first, first + k)
