@@ -127,7 +127,8 @@ def sr_images(args, name: str, count: int) -> list[tuple]:
 
 
 def reconstruct_set(args, task: str, name: str, count: int, model, info) -> list[dict]:
-    """Per image: mean, std, target (model units, aligned as ``cvdm calibrate`` does), input, pixel."""
+    """Per image: mean, std, target (model units, aligned as ``cvdm calibrate`` does), the unaligned
+    ``raw_mean`` (for the data-consistency check), input, pixel."""
     folder = args.out / task
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}_{i:02d}.npz" for i in range(count)]
@@ -141,10 +142,10 @@ def reconstruct_set(args, task: str, name: str, count: int, model, info) -> list
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # the foreign pixel size is meant
                 result = reconstruct(model, info, image, settings, input_pixel_size_um=pixel)
-            mean = np.squeeze(result.mean).astype(np.float64)
+            raw_mean = np.squeeze(result.mean).astype(np.float64)
             std = np.sqrt(np.maximum(np.squeeze(result.variance).astype(np.float64), 0.0))
-            mean, target = _aligned(mean, np.asarray(target, np.float64), info)
-            np.savez(path, mean=mean, std=std, target=target, input=image, pixel=pixel)
+            mean, target = _aligned(raw_mean, np.asarray(target, np.float64), info)
+            np.savez(path, mean=mean, raw_mean=raw_mean, std=std, target=target, input=image, pixel=pixel)
             print(f"{task} {path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     return [dict(np.load(p)) for p in paths]
 

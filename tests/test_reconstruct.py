@@ -453,6 +453,26 @@ def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
     assert out.mean.mean() == pytest.approx(1.75, abs=1e-4) and out.metadata["formulation"] == "residual"
 
 
+def test_each_planes_base_is_reported_before_its_samples():
+    from napari_cvdm.reconstruct import reconstruct_base
+
+    model, info = _residual_qpi()
+    stacks = np.stack([_phase_bump_stack(), _phase_bump_stack()[:, ::-1].copy()])  # two planes (2, 2, H, W)
+    events = []
+    out = reconstruct(model, info, stacks, ReconstructionSettings(n_samples=2, steps=2, device="cpu"),
+                      progress=lambda done, total: events.append(("step", done)),
+                      on_base=lambda plane, base: events.append(("base", plane, base)))
+    bases = [e for e in events if e[0] == "base"]
+    assert [e[1] for e in bases] == [0, 1]
+    expected = reconstruct_base(model, info, stacks, device="cpu")
+    for _, plane, base in bases:
+        np.testing.assert_allclose(base, expected[plane], rtol=1e-6)
+        assert base.shape == out.mean.shape[1:]
+    # plane 0's base comes before any sampling step (after the TIE solve's one), plane 1's after plane 0's steps
+    first, second = (next(i for i, e in enumerate(events) if e is b) for b in bases)
+    assert first <= 1 and second - first - 1 > len(events) - second - 1 > 0
+
+
 def test_a_residual_model_gives_the_same_schedule_map_whatever_the_tiles():
     model, info = _residual_qpi()
     stack = _phase_bump_stack(72)

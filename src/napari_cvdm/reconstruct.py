@@ -501,6 +501,11 @@ def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, 
     return image.reshape(-1, channels, *image.shape[-2:]), lead
 
 
+def plane_count(info: ModelInfo, image: np.ndarray) -> int:
+    """How many planes ``image`` holds for ``info``'s model (leading axes flattened)."""
+    return int(_planes(info, np.asarray(image))[0].shape[0])
+
+
 class _Plane(NamedTuple):
     """One input plane ready for sampling: condition c ``(1, Cc, H, W)`` (CPU), base b ``(Cx, H, W)``
     in normalised target units (None for the paper's formulation), and ``value = scale·x + offset``."""
@@ -509,6 +514,11 @@ class _Plane(NamedTuple):
     base: np.ndarray | None
     scale: np.ndarray
     offset: np.ndarray
+
+    def base_in_target_units(self) -> np.ndarray:
+        """The base ``(H, W)`` (one target channel) or ``(Cx, H, W)``, float32, in the target unit."""
+        value = (self.scale * self.base + self.offset).astype(np.float32)
+        return value[0] if value.shape[0] == 1 else value
 
 
 @torch.no_grad()
@@ -686,6 +696,7 @@ def reconstruct(
     wavelength_um: float | None = None,
     dz_um: float | None = None,
     on_partial: PartialCallback | None = None,
+    on_base: Callable[[int, np.ndarray], None] | None = None,
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
@@ -695,7 +706,9 @@ def reconstruct(
     ``samples_done`` of plane ``plane`` of ``planes``; later planes zero; no samples).
     ``progress(done, total)`` counts denoising steps; ``should_stop()`` is polled before each
     and raises :class:`~napari_cvdm.errors.Cancelled`, whose ``partial`` is the result of the
-    rounds finished (None if none). ``input_pixel_size_um``: None = the model's. ``upsampled``:
+    rounds finished (None if none). ``on_base(plane, base)``: a residual model's base b(y) of
+    each plane (:meth:`_Plane.base_in_target_units`) as soon as it exists, before that plane's
+    λ and samples. ``input_pixel_size_um``: None = the model's. ``upsampled``:
     an SR input already on the output grid. ``wavelength_um``/``dz_um``: QPI optics (None: the model's).
     """
     settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
@@ -719,7 +732,8 @@ def reconstruct(
     finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
         for p, raw in enumerate(planes):
-            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick)
+            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick,
+                                        on_base)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
             for first in range(0, run.n_samples, run.chunk):
                 plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick,
@@ -863,8 +877,11 @@ class _PlaneRun:
     @classmethod
     @torch.no_grad()
     def start(cls, model: CVDM, info: ModelInfo, raw: np.ndarray, index: int, factor: int, optics: dict,
-              device: torch.device, run: _Sampling, tiling: _TileGrid, tick: Callable[[], None]) -> _PlaneRun:
+              device: torch.device, run: _Sampling, tiling: _TileGrid, tick: Callable[[], None],
+              on_base: Callable[[int, np.ndarray], None] | None = None) -> _PlaneRun:
         plane = _prepare_plane(model, info, raw, factor, device, optics, tick)
+        if on_base is not None and plane.base is not None:
+            on_base(index, plane.base_in_target_units())
         plane = plane._replace(condition=plane.condition.to(device))  # once, not per tile and round
         tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
                        model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
@@ -934,15 +951,10 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
     optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    factor, x_channels = int(info.upsampling_factor), int(info.config.x_channels)
     planes, lead = _planes(info, np.asarray(image))
-    out = []
-    for raw in planes:
-        plane = _prepare_plane(model, info, raw, factor, torch_device, optics)
-        out.append((plane.scale * plane.base + plane.offset).astype(np.float32))
-    stacked = np.stack(out)
-    spatial = stacked.shape[-2:] if x_channels == 1 else stacked.shape[-3:]
-    return stacked.reshape(*lead, *spatial)
+    out = [_prepare_plane(model, info, raw, int(info.upsampling_factor), torch_device, optics).base_in_target_units()
+           for raw in planes]
+    return np.stack(out).reshape(*lead, *out[0].shape)
 
 
 def output_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> float | None:

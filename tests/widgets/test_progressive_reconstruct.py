@@ -2,7 +2,8 @@
 keeps what was computed, and showing the layers never stalls the GUI.
 
 The engine is replaced by :class:`FakeEngine`, which follows the documented API of
-``reconstruct(..., on_partial=...)`` (rounds of ``settings.max_batch`` samples, ``Cancelled.partial``)
+``reconstruct(..., on_partial=..., on_base=...)`` (the first plane's base, rounds of ``settings.max_batch``
+samples, ``Cancelled.partial``)
 and can hold after a round, so that the test sees the layers between rounds.
 """
 
@@ -42,8 +43,12 @@ class FakeEngine:
         self.holding.clear()
         self._release.set()
 
-    def __call__(self, model, info, image, settings, progress=None, should_stop=None, *, on_partial=None, **_):
+    def __call__(self, model, info, image, settings, progress=None, should_stop=None, *, on_partial=None,
+                 on_base=None, **_):
         self.entered_at.append(time.perf_counter())
+        if on_base is not None and model.config.base != "none":  # the engine's own base, as the engine reports it
+            base = engine.reconstruct_base(model, info, image, device="cpu")
+            on_base(0, base.reshape(-1, *base.shape[-2:])[0])
         self.settings.append(settings)
         factor, n = int(info.upsampling_factor), settings.n_samples
         shape = (image.shape[-2] * factor, image.shape[-1] * factor)
@@ -155,8 +160,8 @@ def test_sr_preview_then_the_mean_and_variance_refine_round_by_round(viewer, sr_
 
 
 @pytest.mark.parametrize("task, residual, expected", [
-    ("qpi", True, [BASE_KIND]),                   # a TIE base costs no more than a classical preview
-    ("sr", True, [UPSAMPLED_KIND, BASE_KIND]),    # a predictor network is slow: the classical preview first
+    ("qpi", True, [TIE_KIND, BASE_KIND]),         # the classical preview first, then the engine's base
+    ("sr", True, [UPSAMPLED_KIND, BASE_KIND]),
     ("qpi", False, [TIE_KIND]),                   # no base (paper formulation): the classical preview only
 ])
 def test_previews_in_order_before_the_first_sample(viewer, tiny_model_writer, tmp_path, notifications, monkeypatch,

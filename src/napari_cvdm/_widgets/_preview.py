@@ -1,10 +1,9 @@
 """What the Reconstruct widget shows before the first sample exists (no Qt, no layers).
 
 Order (issue 17): a classical preview within a second, then the residual model's base
-b(y) once computed, then the refining mean of the samples. A base that costs about as
-much as the classical preview (QPI's TIE "physics" base: 0.03 s for 512²) is shown
-directly instead; an expensive one (SR's "predictor" network: 3.9 s for 512² on a CPU)
-and the paper formulation's missing base are preceded by the classical preview:
+b(y) as the engine computes it (its first plane: the engine reports each plane's base
+before sampling it; SR's predictor network takes seconds, QPI's TIE base 0.03 s for 512²),
+then the refining mean of the samples. The classical previews:
 
 - QPI: FFT-TIE phase of the defocus stack (:func:`napari_cvdm.physics.tie.fft_tie`,
   mirror boundaries), shifted to the middle of the model's fixed phase range;
@@ -23,8 +22,6 @@ from ..config import TrainConfig
 from ..physics import upsample
 from ..physics.tie import fft_tie
 
-#: Bases cheap enough to be the first thing shown.
-CHEAP_BASES = ("physics",)
 BASE_KIND = "base b(y)"
 TIE_KIND = "FFT-TIE phase"
 UPSAMPLED_KIND = "upsampled input"
@@ -37,14 +34,17 @@ class Preview(NamedTuple):
     kind: str
 
 
-def needs_classical_preview(info: ModelInfo) -> bool:
-    """Whether a classical preview comes first: the model has no base, or an expensive one."""
-    return info.config.base not in CHEAP_BASES and info.task in ("sr", "qpi")
+def has_classical_preview(info: ModelInfo) -> bool:
+    """Whether the task has a classical estimate to show first (SR and QPI; not generic models)."""
+    return info.task in ("sr", "qpi")
 
 
-def has_base(info: ModelInfo) -> bool:
-    """Whether the model refines a base b(y) (the residual formulation)."""
-    return info.config.base != "none"
+def with_first_base(preview: Preview | None, base: np.ndarray, planes: int) -> Preview:
+    """The preview with its first of ``planes`` planes replaced by the engine's ``base`` of that
+    plane (the other planes keep the classical preview; zeros without one)."""
+    data = np.zeros((planes, *base.shape), np.float32) if preview is None else np.array(preview.data, np.float32)
+    data.reshape(planes, *base.shape)[0] = base
+    return Preview(data if preview is not None or planes > 1 else data[0], BASE_KIND)
 
 
 def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | None = None,

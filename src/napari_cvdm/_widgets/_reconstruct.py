@@ -37,7 +37,7 @@ from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model
 from ._layers import MEAN_SUFFIX, OUTPUT_SUFFIXES, fill_layer_combo, output_geometry
-from ._preview import BASE_KIND, Preview, classical_preview, defocus_um, has_base, needs_classical_preview
+from ._preview import Preview, classical_preview, defocus_um, has_classical_preview, with_first_base
 from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
 from ._run_panel import RunPanel, spin_box
@@ -492,21 +492,26 @@ class ReconstructWidget(QWidget):
     def _computation(self, entry: ModelEntry, image: np.ndarray, job: ReconstructionJob):
         """``compute(progress, should_stop, report)`` for the worker thread.
 
-        Reports (to :meth:`_show_report`, on the GUI thread): the classical preview (no base, or an
-        expensive one), the base b(y) (residual models), then the mean after every round of samples.
+        Reports (to :meth:`_show_report`, on the GUI thread): the classical preview (SR, QPI), the
+        base b(y) of the first plane as the engine computes it (residual models), then the mean
+        after every round of samples.
         """
         path, info, settings, models = entry.path, entry.info, job.settings, self.models
 
         def compute(progress, should_stop, report):
-            if needs_classical_preview(info):
-                report(classical_preview(info, image, pixel_um=job.input_pixel_size_um, dz_um=job.input_defocus_um))
+            preview = None
+            if has_classical_preview(info):
+                preview = classical_preview(info, image, pixel_um=job.input_pixel_size_um, dz_um=job.input_defocus_um)
+                report(preview)
             model = models.get(path, settings.device)
-            if has_base(info):
-                if should_stop():
-                    raise Cancelled("stopped before sampling")
-                report(Preview(engine.reconstruct_base(model, info, image, device=settings.device), BASE_KIND))
+            planes = engine.plane_count(info, image)
+
+            def on_base(plane: int, base: np.ndarray) -> None:
+                if plane == 0:  # later planes' bases arrive after the first plane's samples: no longer a preview
+                    report(with_first_base(preview, base, planes))
+
             result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
-                                        on_partial=report)
+                                        on_partial=report, on_base=on_base)
             uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples,
                                               job.input_pixel_size_um)
             consistency = None
