@@ -117,7 +117,7 @@ def wait_shown(qtbot, widget, viewer, input_name, samples_done):
 
 def test_sr_preview_then_the_mean_and_variance_refine_round_by_round(viewer, sr_model_path, notifications,
                                                                      monkeypatch, qtbot, wait_idle):
-    fake = FakeEngine(hold_after={1, 2})
+    fake = FakeEngine(hold_after={0, 1, 2})
     monkeypatch.setattr(engine, "reconstruct", fake)
     image = np.random.default_rng(0).random((24, 20)).astype(np.float32) * 100
     viewer.add_image(image, name="wf")
@@ -125,11 +125,13 @@ def test_sr_preview_then_the_mean_and_variance_refine_round_by_round(viewer, sr_
     assert widget.start()
 
     # The paper-formulation SR model has no base: the upsampled input is shown first.
-    qtbot.waitUntil(lambda: mean_layer(viewer, "wf") is not None, timeout=10_000)
+    qtbot.waitUntil(fake.holding.is_set, timeout=20_000)  # before the first sample
+    qtbot.waitUntil(lambda: mean_layer(viewer, "wf") is not None and not widget._staged.busy, timeout=10_000)
     preview = mean_layer(viewer, "wf")
     assert preview.name == f"wf CVDM mean (preview: {UPSAMPLED_KIND})"
     assert preview.metadata["cvdm"]["preview"] == UPSAMPLED_KIND
     np.testing.assert_allclose(preview.data, upsample(image, 2), rtol=1e-5)
+    fake.release()
 
     qtbot.waitUntil(fake.holding.is_set, timeout=20_000)  # one sample drawn (CPU: rounds of 1)
     wait_shown(qtbot, widget, viewer, "wf", 1)
