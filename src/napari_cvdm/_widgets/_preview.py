@@ -39,12 +39,15 @@ def has_classical_preview(info: ModelInfo) -> bool:
     return info.task in ("sr", "qpi")
 
 
-def with_first_base(preview: Preview | None, base: np.ndarray, planes: int) -> Preview:
+def with_first_base(preview: Preview | None, base: np.ndarray, planes: int) -> Preview | None:
     """The preview with its first of ``planes`` planes replaced by the engine's ``base`` of that
-    plane (the other planes keep the classical preview; zeros without one)."""
-    data = np.zeros((planes, *base.shape), np.float32) if preview is None else np.array(preview.data, np.float32)
+    plane (the other planes keep the classical preview). Without a classical preview only a
+    single-plane image has one (its base); None otherwise."""
+    if preview is None:
+        return Preview(base, BASE_KIND) if planes == 1 else None
+    data = np.array(preview.data, np.float32)
     data.reshape(planes, *base.shape)[0] = base
-    return Preview(data if preview is not None or planes > 1 else data[0], BASE_KIND)
+    return Preview(data, BASE_KIND)
 
 
 def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | None = None,

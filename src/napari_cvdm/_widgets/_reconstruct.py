@@ -507,8 +507,10 @@ class ReconstructWidget(QWidget):
             planes = engine.plane_count(info, image)
 
             def on_base(plane: int, base: np.ndarray) -> None:
-                if plane == 0:  # later planes' bases arrive after the first plane's samples: no longer a preview
-                    report(with_first_base(preview, base, planes))
+                # later planes' bases arrive after the first plane's samples: no longer a preview
+                shown = with_first_base(preview, base, planes) if plane == 0 else None
+                if shown is not None:
+                    report(shown)
 
             result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
                                         on_partial=report, on_base=on_base)

@@ -35,9 +35,12 @@ BOUNDARIES = ("periodic", "mirror")
 DEFAULT_REGULARIZATION = 1e-3
 
 
-def laplacian_symbol(shape: tuple[int, int], pixel_um: float) -> np.ndarray:
-    """Fourier symbol of the Laplacian, ``L = −4π²(fx² + fy²)`` in µm⁻², FFT order ``(H, W)``."""
+def laplacian_symbol(shape: tuple[int, int], pixel_um: float, half_spectrum: bool = False) -> np.ndarray:
+    """Fourier symbol of the Laplacian, ``L = −4π²(fx² + fy²)`` in µm⁻², FFT order ``(H, W)``
+    (``half_spectrum``: the ``(H, W//2 + 1)`` columns of ``rfft2``)."""
     fy, fx = frequency_grid(shape, pixel_um)
+    if half_spectrum:
+        fx = np.fft.rfftfreq(shape[1], d=pixel_um)[None, :]
     return -4.0 * np.pi**2 * (fx**2 + fy**2)
 
 
@@ -45,9 +48,7 @@ def inverse_laplacian(rhs: np.ndarray, pixel_um: float, regularization: float) -
     """Solve ``∇²φ = rhs`` (rhs in µm⁻² per unit of φ) with the Tikhonov filter ``L/(L² + a)``, DC = 0."""
     height, width = rhs.shape[-2:]
     # a real rhs has a Hermitian spectrum: the half-spectrum transform gives the same φ in half the work
-    fy = np.fft.fftfreq(height, d=pixel_um)[:, None]
-    fx = np.fft.rfftfreq(width, d=pixel_um)[None, :]
-    symbol = -4.0 * np.pi**2 * (fx**2 + fy**2)
+    symbol = laplacian_symbol((height, width), pixel_um, half_spectrum=True)
     filt = symbol / (symbol**2 + regularization)
     filt[0, 0] = 0.0  # the mean of φ is not determined by the TIE
     return np.fft.irfft2(np.fft.rfft2(rhs) * filt, s=(height, width))
