@@ -165,13 +165,13 @@ def _warning_rate(summary: DistributionSummary | None, images: list[dict]) -> di
             "example": next((w for w in fired if w), None)}
 
 
-def calibration_figures(calibration_set: list[dict], test_set: list[dict]) -> tuple[dict, object]:
+def calibration_figures(calibration_set: list[dict], test_set: list[dict], task: str) -> tuple[dict, object]:
     """Coverage (pooled, per-image spread) and UCE on the test set, before and after calibration."""
     calibration = fit_calibration([im["mean"] for im in calibration_set], [im["std"] for im in calibration_set],
                                   [im["target"] for im in calibration_set])
     calibration.distribution = summarize_distribution([im["std"] for im in calibration_set],
                                                       [im["input"] for im in calibration_set],
-                                                      float(calibration_set[0]["pixel"]))
+                                                      float(calibration_set[0]["pixel"]), task)
     means, stds, targets = ([im[key] for im in test_set] for key in ("mean", "std", "target"))
     figures = {"scale": dict(zip(map(str, calibration.levels), calibration.scale))}
     for level in LEVELS:
@@ -208,7 +208,7 @@ def task_figures(args, task: str) -> dict:
     sets = {"calibration": args.calibration_images, "test": args.test_images,
             **{name: args.foreign_images for name in FOREIGN}}
     data = {name: reconstruct_set(args, task, name, count, model, info) for name, count in sets.items() if count}
-    figures, calibration = calibration_figures(data["calibration"], data["test"])
+    figures, calibration = calibration_figures(data["calibration"], data["test"], task)
     shipped = info.calibration.get("distribution")
     shipped = DistributionSummary.from_dict(shipped) if shipped else None
     figures["warning"] = {

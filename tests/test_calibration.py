@@ -265,3 +265,30 @@ def test_the_calibrated_std_matches_the_squared_error_per_bin_and_round_trips():
     assert again.variance_scale == calibration.variance_scale and again.bin_variance_scale == calibration.bin_variance_scale
     older = {key: value for key, value in calibration.to_dict().items() if "variance" not in key}
     assert Calibration.from_dict(older).variance_scale == 1.0  # files written before the field
+
+
+def test_a_qpi_summary_uses_the_defocus_noise_and_flags_a_noisier_stack():
+    from napari_cvdm.calibration import DEFOCUS_NOISE_MARGIN
+
+    rng = np.random.default_rng(13)
+    x = np.mgrid[:64, :64][1] / 9.0
+
+    def stacks(n, noise):
+        contrast = 0.2 * np.sin(x)  # a smooth phase object: ±contrast between the planes
+        return [np.stack([1 - contrast, 1 + contrast]) + noise * rng.normal(size=(2, 64, 64)) for _ in range(n)]
+
+    stds = [0.01 * rng.uniform(0.5, 1.5, (64, 64)) for _ in range(8)]
+    summary = summarize_distribution(stds, stacks(8, 0.05), 0.2, task="qpi")
+    assert set(summary.features) == {"std_p50", "std_p90", "defocus_noise"}
+    low, _, high = summary.features["defocus_noise"]
+    assert 0.04 < low <= high < 0.06  # the estimate reads the true std of a smooth object
+    assert check_in_distribution(summary, stds[0], stacks(1, 0.05)[0], 0.2) is None
+    noisier = stacks(1, 0.05 * DEFOCUS_NOISE_MARGIN * 1.3)[0]
+    assert "noise level of the defocus stack" in check_in_distribution(summary, stds[0], noisier, 0.2)
+    # several planes (T, 2, H, W): the median over the stacks
+    assert check_in_distribution(summary, stds[0], np.stack(stacks(3, 0.05)), 0.2) is None
+    # a summary written before this feature existed ("noise") is still checked with its own feature
+    old = DistributionSummary.from_dict({"n_images": 8, "features": {"noise": [1e-4, 1e-4, 2e-4],
+                                                                     "unknown": [1, 2, 3]}})
+    warning = check_in_distribution(old, stds[0], stacks(1, 0.05)[0], 0.2)
+    assert "noise level relative to the input's intensity range" in warning and "unknown" not in warning

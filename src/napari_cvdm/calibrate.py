@@ -111,7 +111,7 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     pixel = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     per_image = len(stds) // len(inputs)
     image_stds = [np.stack(stds[i:i + per_image]) for i in range(0, len(stds), per_image)]
-    calibration.distribution = summarize_distribution(image_stds, inputs, pixel)
+    calibration.distribution = summarize_distribution(image_stds, inputs, pixel, info.task)
     return calibration
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -35,6 +35,7 @@ __all__ = [
     "check_in_distribution",
     "conformal_quantile",
     "error_bound",
+    "feature_names",
     "fit_calibration",
     "haar_noise_std",
     "normal_quantile",
@@ -371,6 +372,7 @@ def fit_calibration(
     inputs=None,
     pixel_size_um: float | None = None,
     variance_bins: int = VARIANCE_BINS,
+    task: str = "",
 ) -> Calibration:
     """Split-conformal calibration of the sample std on held-out pairs.
 
@@ -380,7 +382,7 @@ def fit_calibration(
     ``min_pixels_per_bin`` pixels keeps the global scale); ``variance_bins`` bins the variance
     scale of the calibrated std the same way, on its own (one pooled quantile covers best, one
     variance scale per std bin matches the error's variance best; docs/results.md). ``inputs`` (the model inputs of
-    the same images) and ``pixel_size_um`` add a :class:`DistributionSummary`.
+    the same images), ``pixel_size_um`` and ``task`` add a :class:`DistributionSummary`.
     """
     levels = sorted(float(x) for x in levels)
     if not levels or any(not 0.0 < x < 1.0 for x in levels):
@@ -411,7 +413,7 @@ def fit_calibration(
         calibration.variance_bin_edges, calibration.bin_variance_scale = _binned_variance_scales(
             pooled_scores, pooled_stds, int(variance_bins), max(min_pixels_per_bin, 1), calibration.variance_scale)
     if inputs is not None:
-        calibration.distribution = summarize_distribution(stds, inputs, pixel_size_um)
+        calibration.distribution = summarize_distribution(stds, inputs, pixel_size_um, task)
     return calibration
 
 
@@ -456,15 +458,13 @@ def error_bound(std, calibration: Calibration, level: float = 0.95) -> np.ndarra
 # to ~1 %, std quantiles to less) and past the spread a calibrated model tolerates (its
 # scale factors change by well under 2× between std bins on the shipped models).
 FEATURE_MARGIN = 2.0
+# The defocus-stack noise estimate reads 0.9–0.95 of the true std where the object is smooth and
+# more only where phase texture leaks into it, so its calibration maximum is already generous:
+# 1.5× (chosen on one seeded draw of the calibration goal's streams, checked on two others).
+DEFOCUS_NOISE_MARGIN = 1.5
 # The model's optics live in pixels: a pixel size 20 % off moves the OTF cut-off in
 # cycles/pixel further than the whole NA/λ range of the simulated training data (±7 %).
 PIXEL_SIZE_TOLERANCE = 0.2
-
-_FEATURE_WORDS = {
-    "std_p50": "median std relative to the input's intensity range",
-    "std_p90": "90th-percentile std relative to the input's intensity range",
-    "noise": "noise level relative to the input's intensity range",
-}
 
 
 def _robust_range(image: np.ndarray) -> float:
@@ -485,19 +485,49 @@ def haar_noise_std(image) -> float:
     return float(np.median(np.abs(detail)) / 0.6745)
 
 
-def _features(std: np.ndarray, image: np.ndarray) -> dict[str, float]:
-    span = max(_robust_range(image), 1e-12)
-    p50, p90 = np.percentile(std, [50, 90])
-    return {"std_p50": float(p50) / span, "std_p90": float(p90) / span, "noise": haar_noise_std(image) / span}
+def _defocus_noise(std: np.ndarray, image: np.ndarray) -> float:
+    """Median over the stacks of ``image`` ``(..., 2, H, W)`` of the TIE noise estimate (÷ mean intensity)."""
+    from .physics.tie import estimate_noise_std
+
+    stacks = image.reshape(-1, 2, *image.shape[-2:])
+    return float(np.median([estimate_noise_std(stack) for stack in stacks]))
+
+
+def _relative_quantile(q: float):
+    return lambda std, image: float(np.percentile(std, q)) / max(_robust_range(image), 1e-12)
+
+
+@dataclass(frozen=True)
+class _Feature:
+    words: str
+    value: Callable[[np.ndarray, np.ndarray], float]  # (std, input image) → a number ≥ 0
+    margin: float = FEATURE_MARGIN
+
+
+_FEATURES = {
+    "std_p50": _Feature("median std relative to the input's intensity range", _relative_quantile(50)),
+    "std_p90": _Feature("90th-percentile std relative to the input's intensity range", _relative_quantile(90)),
+    "noise": _Feature("noise level relative to the input's intensity range",
+                      lambda std, image: haar_noise_std(image) / max(_robust_range(image), 1e-12)),
+    "defocus_noise": _Feature("noise level of the defocus stack relative to its mean intensity",
+                              _defocus_noise, DEFOCUS_NOISE_MARGIN),
+}
+
+
+def feature_names(task: str = "") -> tuple[str, ...]:
+    """The features recorded for a ``task``'s inputs: QPI's noise from the two planes' physics, else Haar's."""
+    return ("std_p50", "std_p90", "defocus_noise" if task == "qpi" else "noise")
 
 
 @dataclass
 class DistributionSummary:
     """What the calibration inputs looked like: per feature ``[min, median, max]`` over images.
 
-    Features (unitless, per image): the std's median and 90th percentile and the input's
-    Haar noise estimate, each divided by the input's robust (0.5–99.5 %) intensity range;
-    ``pixel_size_um`` of the input (None if unknown).
+    Features (unitless, per image; see :func:`feature_names`): the std's median and 90th
+    percentile divided by the input's robust (0.5–99.5 %) intensity range, and a noise level:
+    for a defocus stack the TIE estimate relative to its mean intensity
+    (:func:`~napari_cvdm.physics.tie.estimate_noise_std`), else the Haar estimate relative to the
+    range; ``pixel_size_um`` of the input (None if unknown).
     """
 
     n_images: int
@@ -528,15 +558,16 @@ class DistributionSummary:
         return cls(n_images, features, None if pixel is None else float(pixel))
 
 
-def summarize_distribution(stds, images, pixel_size_um: float | None = None) -> DistributionSummary:
-    """Summarise per-image features of the calibration inputs ``images`` and their model stds."""
+def summarize_distribution(stds, images, pixel_size_um: float | None = None, task: str = "") -> DistributionSummary:
+    """Summarise per-image features of the calibration inputs ``images`` (QPI: stacks ``(..., 2, H, W)``)
+    and their model stds."""
     stds, images = _as_images("stds", stds), _as_images("inputs", images)
     if len(stds) != len(images):
         raise ValueError(f"got {len(stds)} std maps for {len(images)} inputs")
-    per_image = [_features(s, x) for s, x in zip(stds, images)]
-    features = {
-        name: np.quantile([f[name] for f in per_image], [0.0, 0.5, 1.0]).tolist() for name in _FEATURE_WORDS
-    }
+    features = {}
+    for name in feature_names(task):
+        values = [_FEATURES[name].value(s, x) for s, x in zip(stds, images)]
+        features[name] = np.quantile(values, [0.0, 0.5, 1.0]).tolist()
     return DistributionSummary(len(images), features, pixel_size_um)
 
 
@@ -545,8 +576,9 @@ def check_in_distribution(
 ) -> str | None:
     """A warning sentence when ``image`` (the model input) and its ``std`` are far off calibration, else None.
 
-    "Far": a feature more than :data:`FEATURE_MARGIN` × beyond the calibration's [min, max],
-    or a pixel size more than :data:`PIXEL_SIZE_TOLERANCE` away from the calibration's.
+    "Far": a feature the summary recorded more than its margin (:data:`FEATURE_MARGIN`,
+    :data:`DEFOCUS_NOISE_MARGIN`) × beyond the calibration's [min, max], or a pixel size more
+    than :data:`PIXEL_SIZE_TOLERANCE` away from the calibration's.
     """
     reasons = []
     if pixel_size_um is not None and summary.pixel_size_um is not None:
@@ -554,18 +586,16 @@ def check_in_distribution(
         if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
             seen = f"{summary.pixel_size_um:.4g} µm"
             reasons.append(f"its pixel size {pixel_size_um:.4g} µm differs from {seen}")
-    values = _features(np.asarray(std, dtype=np.float64), np.asarray(image, dtype=np.float64))
-    for name, words in _FEATURE_WORDS.items():
-        if name not in summary.features:
-            continue
-        low, _, high = summary.features[name]
-        value = values[name]
-        if value > FEATURE_MARGIN * high:
+    std, image = np.asarray(std, dtype=np.float64), np.asarray(image, dtype=np.float64)
+    for name in (name for name in summary.features if name in _FEATURES):  # a file's unknown feature: skipped
+        feature, (low, _, high) = _FEATURES[name], summary.features[name]
+        value = feature.value(std, image)
+        if value > feature.margin * high:
             times = value / max(high, 1e-300)
-            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× the highest seen ({high:.3g})")
-        elif value * FEATURE_MARGIN < low:
+            reasons.append(f"its {feature.words} is {value:.3g}, {times:.1f}× the highest seen ({high:.3g})")
+        elif value * feature.margin < low:
             times = low / max(value, 1e-300)
-            reasons.append(f"its {words} is {value:.3g}, {times:.1f}× below the lowest seen ({low:.3g})")
+            reasons.append(f"its {feature.words} is {value:.3g}, {times:.1f}× below the lowest seen ({low:.3g})")
     if not reasons:
         return None
     return (
