@@ -493,8 +493,9 @@ def _defocus_noise(std: np.ndarray, image: np.ndarray) -> float:
     return float(np.median([estimate_noise_std(stack) for stack in stacks]))
 
 
-def _relative_quantile(q: float):
-    return lambda std, image: float(np.percentile(std, q)) / max(_robust_range(image), 1e-12)
+def _relative_to_range(measure: Callable[[np.ndarray, np.ndarray], float]):
+    """``measure(std, image)`` divided by the input's robust intensity range."""
+    return lambda std, image: float(measure(std, image)) / max(_robust_range(image), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -505,10 +506,12 @@ class _Feature:
 
 
 _FEATURES = {
-    "std_p50": _Feature("median std relative to the input's intensity range", _relative_quantile(50)),
-    "std_p90": _Feature("90th-percentile std relative to the input's intensity range", _relative_quantile(90)),
+    "std_p50": _Feature("median std relative to the input's intensity range",
+                        _relative_to_range(lambda std, _: np.percentile(std, 50))),
+    "std_p90": _Feature("90th-percentile std relative to the input's intensity range",
+                        _relative_to_range(lambda std, _: np.percentile(std, 90))),
     "noise": _Feature("noise level relative to the input's intensity range",
-                      lambda std, image: haar_noise_std(image) / max(_robust_range(image), 1e-12)),
+                      _relative_to_range(lambda _, image: haar_noise_std(image))),
     "defocus_noise": _Feature("noise level of the defocus stack relative to its mean intensity",
                               _defocus_noise, DEFOCUS_NOISE_MARGIN),
 }
