@@ -32,3 +32,17 @@ def test_attention_mixes_distant_pixels():
     x = torch.zeros(1, 1, 64, 64, requires_grad=True)
     net(x)[0, 0, -1, -1].backward()
     assert x.grad[0, 0, :4, :4].abs().sum() > 0
+
+
+def test_attention_matches_the_explicit_softmax_formula():
+    from napari_cvdm.model.unet import SelfAttention2d
+
+    torch.manual_seed(0)
+    attention = SelfAttention2d(8, heads=2)
+    torch.nn.init.normal_(attention.out.weight)
+    x = torch.randn(2, 8, 5, 6)
+    q, k, v = attention.qkv(attention.norm(x)).reshape(2, 3, 2, 4, 30).unbind(1)  # (B, heads, head_dim, tokens)
+    weights = torch.softmax(q.transpose(-1, -2) @ k / 4**0.5, dim=-1)  # (B, heads, tokens, tokens)
+    expected = x + attention.out((v @ weights.transpose(-1, -2)).reshape(2, 8, 5, 6))
+    with torch.no_grad():
+        assert torch.allclose(attention(x), expected, atol=1e-5)

@@ -100,11 +100,12 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        # (B, heads, tokens, head_dim) layout for scaled_dot_product_attention
-        attended = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        # (B, heads, tokens, head_dim), contiguous: with a strided head_dim PyTorch falls back to
+        # the math kernel, which materialises the tokens² matrix (0.5 GB and 11× the time for
+        # 4 samples of a 256² tile on the CPU; benchmarks/attention_layout.py)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v)
         return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
 
 
