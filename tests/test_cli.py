@@ -259,3 +259,13 @@ def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_diffe
     assert code == 0
     assert "defocus 2 µm (model: 1 µm)" in capsys.readouterr().err
     assert (tmp_path / "o" / "cell_mean.tif").is_file()
+
+
+def test_predict_defaults_are_the_engines():
+    from napari_cvdm.cli import build_parser
+    from napari_cvdm.reconstruct import ReconstructionSettings
+
+    args = build_parser().parse_args(["predict", "a.tif", "--model", "m.safetensors"])
+    defaults = ReconstructionSettings()
+    assert (args.tile_size, args.tile_overlap, args.n_samples) == (defaults.tile_size, defaults.tile_overlap,
+                                                                   defaults.n_samples)

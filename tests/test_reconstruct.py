@@ -111,6 +111,7 @@ def test_tiles_cover_the_image_start_aligned_and_overlap_enough():
         assert all(start % align == 0 for start, _ in spans)
         for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
             assert a0 < b0 and a1 - b0 >= overlap
+        assert max((stop - start for start, stop in spans[:-1]), default=0) <= -(-tile // align) * align
         weight_sum = np.zeros(length)
         for span in spans:
             weights = tile_weights(span, length, overlap)
@@ -119,12 +120,19 @@ def test_tiles_cover_the_image_start_aligned_and_overlap_enough():
         assert weight_sum.min() > 0.0
 
 
+def test_tiles_are_as_few_as_the_overlap_allows_and_spread_evenly():
+    assert tile_spans(512, 320, 32, 4) == [(0, 272), (240, 512)]  # 2 × 272 px, not 3 × 256
+    assert len(tile_spans(4096, 320, 32, 4)) == 15  # ceil((4096 − 32) / (320 − 32))
+    sizes = {stop - start for start, stop in tile_spans(1000, 256, 32, 8)}
+    assert max(sizes) - min(sizes) < 8
+
+
 def test_weights_are_zero_in_the_outer_quarter_of_each_overlap_and_one_inside():
     spans = tile_spans(300, 128, 64, 2)
     middle = tile_weights(spans[1], 300, 64)
     assert np.all(middle[:16] == 0) and np.all(middle[-16:] == 0)
     assert np.all(np.diff(middle[16:48]) > 0) and np.all(middle[48:-48] == 1)
-    assert np.all(tile_weights(spans[0], 300, 64)[:80] == 1)  # no ramp at the image border
+    assert np.all(tile_weights(spans[0], 300, 64)[:-48] == 1)  # no ramp at the image border
 
 
 def test_noise_field_depends_only_on_global_position():

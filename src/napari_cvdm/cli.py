@@ -561,10 +561,10 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto = bf16 on CUDA, else fp32")
-    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=256,
-                       help="tile side in output pixels; 0 = whole image (default: 256)")
+    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=320,
+                       help="largest tile side in output pixels; 0 = whole image (default: %(default)s)")
     group.add_argument("--tile-overlap", type=_bounded(int, 0, MAX_SIDE), default=32, help="output pixels (default: 32)")
-    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call, a round (default: 4 for a 256² tile, more for smaller ones)")
+    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call, a round (default: 4 for a 320² tile, more for smaller ones)")
     group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the network (first call slow; pays off on large images)")

@@ -102,7 +102,7 @@ MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
 #: Output pixels per network call when ``max_batch`` is None (4 samples of a 256² tile).
-PIXELS_PER_CALL = 4 * 256 * 256
+PIXELS_PER_CALL = 4 * 320 * 320
 #: Fraction of the machine's memory a reconstruction's outputs may take.
 MEMORY_FRACTION = 0.7
 #: Relative mismatch of input and training pixel size above which a warning is given.
@@ -145,9 +145,10 @@ class ReconstructionSettings:
     """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
 
     ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once); fixed by the settings and the image alone, never by the machine, so a
-    seed gives the same result everywhere (256: on this project's CPU a 512² tile costs 16× a
-    256² one per network call, docs/benchmarks.md). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
+    image at once; else the largest tile side, see :func:`tile_spans`); fixed by the settings
+    and the image alone, never by the machine, so a seed gives the same result everywhere
+    (320: per pixel a 512² tile costs about 2× a 256² one on this project's CPU, and a tile of
+    at most 320 px keeps a 512² plane in 2 × 2 tiles, docs/benchmarks.md). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
     ``max_batch`` caps the samples run through the network together, a round (None: as many
     as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
     the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
@@ -160,7 +161,7 @@ class ReconstructionSettings:
     n_samples: int = 8
     sampler: str | None = None
     steps: int | None = None
-    tile_size: int | None = 256
+    tile_size: int | None = 320
     tile_overlap: int = 32
     device: str = "auto"
     seed: int = 0
@@ -338,20 +339,27 @@ def check_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> str 
 
 
 def tile_spans(length: int, tile: int | None, overlap: int, align: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``[0, length)`` with tiles of about ``tile`` pixels.
+    """``[(start, stop), ...]`` covering ``[0, length)`` with as few tiles of at most ``tile`` pixels
+    as overlap by ``overlap``, spread evenly and each as small as that allows.
 
     Starts are multiples of ``align``; neighbours overlap by at least ``overlap``; the
-    last tile ends at ``length`` (it may be up to ``align − 1`` pixels longer than ``tile``).
+    last tile ends at ``length`` (it may be up to ``align − 1`` pixels longer than the others).
+    Spreading the tiles evenly keeps the pixels run through the network close to the
+    image's (a 512² plane: 2 × 2 tiles of 272 px instead of 3 × 3 of 256 px, 1.13× its pixels
+    instead of 2.25×).
     """
     if tile is None or length <= tile:
         return [(0, length)]
     tile = -(-tile // align) * align
-    step = max(align, (tile - overlap) // align * align)
-    starts = list(range(0, length - tile, step))
-    last = (length - tile) // align * align
-    if last > starts[-1]:
-        starts.append(last)
-    return [(s, s + tile) for s in starts[:-1]] + [(starts[-1], length)]
+    for count in range(2, length // align + 2):
+        smallest = -(-(length + (count - 1) * overlap) // count)
+        # the last tile takes up to align − 1 extra pixels, so the others may be that much smaller
+        for size in range(max(align, -(-(smallest - align + 1) // align) * align), min(tile, length) + 1, align):
+            starts = [i * (length - size) // (count - 1) // align * align for i in range(count)]
+            ends = [start + size for start in starts[:-1]] + [length]
+            if all(a < b and end - b >= overlap for a, b, end in zip(starts, starts[1:], ends)):
+                return list(zip(starts, ends))
+    raise ValueError(f"no tiling of {length} px with tiles of {tile} px overlapping by {overlap}")
 
 
 def _raised_cosine(n: int) -> np.ndarray:
