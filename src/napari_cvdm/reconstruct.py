@@ -101,7 +101,7 @@ MIN_INPUT_SIZE = 8
 MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
-#: Output pixels per network call when ``max_batch`` is None (4 samples of a 256² tile).
+#: Output pixels per network call when ``max_batch`` is None (4 samples of a 320² tile).
 PIXELS_PER_CALL = 4 * 320 * 320
 #: Fraction of the machine's memory a reconstruction's outputs may take.
 MEMORY_FRACTION = 0.7
@@ -860,15 +860,24 @@ def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.d
 
 @dataclass
 class _Tile:
-    """One tile: its spans, blend profiles, λ map ``(1, Cx, h, w)`` on the device, γ(0.5) and moments."""
+    """One tile: its spans, blend profiles, λ map ``(1, Cx, h, w)`` on the device and moments.
+
+    Only the 1-D profiles are kept, and γ(0.5) is derived from λ when blended: a tile's
+    full-size arrays are then just its moments, which bounds a 4096² plane's memory.
+    """
 
     rows: tuple[int, int]
     cols: tuple[int, int]
-    weight: np.ndarray
+    row_weight: np.ndarray
+    col_weight: np.ndarray
     schedule_map: torch.Tensor
-    gamma: np.ndarray
     moments: RunningMoments
     kept: list
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The blend profile ``(h, w)``, float32."""
+        return np.outer(self.row_weight, self.col_weight).astype(np.float32)
 
 
 @dataclass
@@ -880,6 +889,7 @@ class _PlaneRun:
     lam_ref: float | None
     noise_field: NoiseField
     residual_scale: float
+    schedule: torch.nn.Module  # the model's schedule: γ(0.5) of a tile's λ when blended
     count: int = 0
 
     @classmethod
@@ -891,14 +901,13 @@ class _PlaneRun:
         if on_base is not None and plane.base is not None:
             on_base(index, plane.base_in_target_units())
         plane = plane._replace(condition=plane.condition.to(device))  # once, not per tile and round
-        tiles = [_Tile(rows, cols, (wy[:, None] * wx[None, :]).astype(np.float32), lam,
-                       model.schedule.gamma(0.5, lam)[0].float().cpu().numpy(), RunningMoments(dim=0), [])
+        tiles = [_Tile(rows, cols, wy, wx, lam, RunningMoments(dim=0), [])
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling, tick)]
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
         residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
-                                                     int(info.config.x_channels)), residual_scale)
+                                                     int(info.config.x_channels)), residual_scale, model.schedule)
 
     @torch.no_grad()
     def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, tick: Callable[[], None],
@@ -921,6 +930,7 @@ class _PlaneRun:
                 tile.kept.append(draws)
         self.count += k
 
+    @torch.no_grad()
     def blend_into(self, outputs: _Outputs, index: int, tiling: _TileGrid) -> None:
         """Write this plane's blended mean, variance, γ (and kept samples) in target units into ``outputs``."""
         scale, offset, s = self.plane.scale, self.plane.offset, self.residual_scale
@@ -934,12 +944,14 @@ class _PlaneRun:
             region = (..., slice(r0, r1), slice(c0, c1))
             base = 0.0 if self.plane.base is None else self.plane.base[region]
             mean, variance = tile.moments.mean.numpy(), tile.moments.variance().numpy()
-            targets[0][region] += tile.weight * (scale * (base + s * mean) + offset).astype(np.float32)
-            targets[1][region] += tile.weight * ((scale * s) ** 2 * variance).astype(np.float32)
-            targets[2][region] += tile.weight * tile.gamma
+            weight = tile.weight
+            gamma = self.schedule.gamma(0.5, tile.schedule_map)[0].float().cpu().numpy()
+            targets[0][region] += weight * (scale * (base + s * mean) + offset).astype(np.float32)
+            targets[1][region] += weight * ((scale * s) ** 2 * variance).astype(np.float32)
+            targets[2][region] += weight * gamma
             if outputs.samples is not None:
                 draws = torch.cat(tile.kept).double().numpy()
-                targets[3][region] += tile.weight * (scale * (base + s * draws) + offset)
+                targets[3][region] += weight * (scale * (base + s * draws) + offset)
         for array in targets:
             tiling.normalise(array)
 

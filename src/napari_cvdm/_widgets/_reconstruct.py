@@ -226,7 +226,8 @@ class ReconstructWidget(QWidget):
                                       "measured); dpm_solver_2m, ddim: deterministic; "
                                       "ancestral: the paper's sampler (~200 steps)")
         self.steps_spin = spin_box(1, 5000, 20, "Denoising steps per sample")
-        self.tile_spin = spin_box(32, 8192, defaults.tile_size, "Tile size in output pixels; smaller uses less memory")
+        self.tile_spin = spin_box(32, 8192, defaults.tile_size,
+                                  "Largest tile side in output pixels (tiles are spread evenly); smaller uses less memory")
         self.tile_spin.setSingleStep(32)
         self.device_combo = QComboBox()
         self.device_combo.addItems(engine.available_devices())
