@@ -20,7 +20,9 @@ For each task, with the shipped residual model, N samples, its default sampler:
   another noise level (QPI noise std 0.4; SR 15 peak photons instead of 1500–6000) and a very
   different object (QPI: microtubule filaments as the phase; SR: a natural photo as the
   fluorophore density); and, against the calibration stored in the shipped model file
-  (its training run's validation crops), on the unseen calibration + test images.
+  (its training run's validation crops), on the unseen calibration + test images;
+- the calibrated coverage on each foreign set: whether the error bars still hold where the
+  warning fires, or stays silent.
 
 Images are ``--size``² on the target grid (SR: ``size/2``² widefield inputs). Each image's
 reconstruction is checkpointed to ``--out``/TASK/SET_INDEX.npz (mean, std, target in the model's
@@ -211,6 +213,12 @@ def task_figures(args, task: str) -> dict:
     figures, calibration = calibration_figures(data["calibration"], data["test"], task)
     shipped = info.calibration.get("distribution")
     shipped = DistributionSummary.from_dict(shipped) if shipped else None
+    # does the calibration still hold where the warning fires (or stays silent)?
+    figures["foreign_coverage"] = {
+        name: {f"calibrated_{round(level * 100)}": coverage(
+            [im["mean"] for im in data[name]], [calibrated_std(im["std"], calibration, level) for im in data[name]],
+            [im["target"] for im in data[name]], (level,))[level] for level in LEVELS}
+        for name in FOREIGN if data.get(name)}
     figures["warning"] = {
         "like the calibration data (test images)": _warning_rate(calibration.distribution, data["test"]),
         **{f"foreign: {name}": _warning_rate(calibration.distribution, data.get(name, [])) for name in FOREIGN},
@@ -239,6 +247,9 @@ def print_report(task: str, figures: dict) -> None:
     for name, rate in figures["warning"].items():
         if rate is not None:
             print(f"- warning on {name}: {rate['fired']} of {rate['of']}")
+    for name, entry in figures.get("foreign_coverage", {}).items():
+        print(f"- calibrated coverage on foreign {name}: " + ", ".join(
+            f"{100 * value:.1f} % at {key.split('_')[1]} %" for key, value in entry.items()))
 
 
 def main() -> None:
