@@ -523,6 +523,12 @@ class _Plane(NamedTuple):
     scale: np.ndarray
     offset: np.ndarray
 
+    @classmethod
+    def with_base(cls, y: torch.Tensor, base: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> _Plane:
+        """The condition ``[y, b]``, with ``base`` a view of its last channels (one copy of b, not two)."""
+        condition = torch.cat([y, torch.from_numpy(np.ascontiguousarray(base, np.float32))[None]], dim=1)
+        return cls(condition, condition[0, y.shape[1]:].numpy(), scale, offset)
+
     def base_in_target_units(self) -> np.ndarray:
         """The base ``(H, W)`` (one target channel) or ``(Cx, H, W)``, float32, in the target unit."""
         value = (self.scale * self.base + self.offset).astype(np.float32)
@@ -553,10 +559,9 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:
             tick()
-        return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
+        return _Plane.with_base(y, base, scale, offset)
     if model.config.base == "predictor":
-        base = _predictor_base(model, y, device, tick)
-        return _Plane(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
+        return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)
     return _Plane(y, None, scale, offset)
 
 
@@ -901,7 +906,7 @@ class _PlaneRun:
         if on_base is not None and plane.base is not None:
             on_base(index, plane.base_in_target_units())
         plane = plane._replace(condition=plane.condition.to(device))  # once, not per tile and round
-        tiles = [_Tile(rows, cols, wy, wx, lam, RunningMoments(dim=0), [])
+        tiles = [_Tile(rows, cols, wy, wx, lam, RunningMoments(dim=0, dtype=torch.float32), [])
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling, tick)]
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None

@@ -298,3 +298,15 @@ def test_log_snr_2m_samplers_reproduce_the_data_variance_at_20_steps():
     for sampler in ("dpm_solver_2m", "dpm_solver_2m_sde"):
         assert 0.9 < variance_ratio(sampler) < 1.1, sampler
     assert variance_ratio("ancestral") < 0.7
+
+
+def test_running_moments_kept_in_float32_match_one_float64_pass():
+    from napari_cvdm.model.samplers import RunningMoments
+
+    draws = torch.randn(7, 3, 5, generator=torch.Generator().manual_seed(0)) * 3 + 10
+    kept = RunningMoments(dim=0, dtype=torch.float32)
+    for batch in draws.split([2, 1, 4]):
+        kept.add(batch)
+    assert kept.mean.dtype == torch.float32 and kept.count == 7
+    assert torch.allclose(kept.mean.double(), draws.double().mean(0), rtol=1e-6)
+    assert torch.allclose(kept.variance().double(), draws.double().var(0), rtol=1e-5)

@@ -96,27 +96,27 @@ class SampleStatistics(NamedTuple):
 
 
 class RunningMoments:
-    """Mean and unbiased variance of samples arriving in batches along ``dim`` (float64).
+    """Mean and unbiased variance of samples arriving in batches along ``dim``.
 
-    Batches are merged with Chan et al.'s parallel update, so the result does not
-    depend on how the samples were split.
+    Batches are merged in float64 with Chan et al.'s parallel update, so the result does not
+    depend on how the samples were split; between batches the two moments are kept as
+    ``dtype`` (float32 where many are held at once, as the engine's tiles are).
     """
 
-    def __init__(self, dim: int):
-        self.dim, self.count, self.mean, self.sum_sq_dev = dim, 0, None, None
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float64):
+        self.dim, self.dtype, self.count, self.mean, self.sum_sq_dev = dim, dtype, 0, None, None
 
     def add(self, draws: torch.Tensor) -> None:
         k = draws.shape[self.dim]
         draws = draws.double()
         mean = draws.mean(self.dim)
         sum_sq_dev = (draws - mean.unsqueeze(self.dim)).pow(2).sum(self.dim)
-        if self.mean is None:
-            self.mean, self.sum_sq_dev = mean, sum_sq_dev
-        else:
-            delta = mean - self.mean
+        if self.mean is not None:
+            delta = mean - self.mean.double()
             total = self.count + k
-            self.mean = self.mean + delta * (k / total)
-            self.sum_sq_dev = self.sum_sq_dev + sum_sq_dev + delta.pow(2) * (self.count * k / total)
+            mean = self.mean.double() + delta * (k / total)
+            sum_sq_dev = self.sum_sq_dev.double() + sum_sq_dev + delta.pow(2) * (self.count * k / total)
+        self.mean, self.sum_sq_dev = mean.to(self.dtype), sum_sq_dev.to(self.dtype)
         self.count += k
 
     def variance(self) -> torch.Tensor:
