@@ -525,9 +525,8 @@ class _Plane(NamedTuple):
 
     @classmethod
     def with_base(cls, y: torch.Tensor, base: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> _Plane:
-        """The condition ``[y, b]``, with ``base`` a view of its last channels (one copy of b, not two)."""
-        condition = torch.cat([y, torch.from_numpy(np.ascontiguousarray(base, np.float32))[None]], dim=1)
-        return cls(condition, condition[0, y.shape[1]:].numpy(), scale, offset)
+        """The condition ``[y, b]`` and the base ``b`` beside it."""
+        return cls(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
 
     def base_in_target_units(self) -> np.ndarray:
         """The base ``(H, W)`` (one target channel) or ``(Cx, H, W)``, float32, in the target unit."""
