@@ -13,6 +13,7 @@ peak resident memory each call adds (a child process per layout: ``ru_maxrss`` i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -50,7 +51,8 @@ def _inputs(model, batch: int, side: int):
 @torch.no_grad()
 def call(model, layout: str, batch: int, side: int) -> tuple[float, torch.Tensor]:
     inputs = _inputs(model, batch, side)
-    patch = mock.patch.object(SelfAttention2d, "forward", strided_forward) if layout == "strided" else mock.MagicMock()
+    strided = layout == "strided"
+    patch = mock.patch.object(SelfAttention2d, "forward", strided_forward) if strided else contextlib.nullcontext()
     with patch:
         start = time.perf_counter()
         out = model.predict_noise(*inputs)

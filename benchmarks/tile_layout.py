@@ -12,6 +12,7 @@ difference (today − stop 16) and the time ratio, each image in one process, on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ LAYOUTS = {"today": (None, ReconstructionSettings.tile_size), "stop 16": (stop16
 
 def run(model, info, image, kwargs, seed: int, samples: int, layout: str):
     spans, tile = LAYOUTS[layout]
-    patch = mock.patch.object(engine, "tile_spans", spans) if spans else mock.MagicMock()
+    patch = mock.patch.object(engine, "tile_spans", spans) if spans else contextlib.nullcontext()
     with patch:
         start = time.perf_counter()
         result = reconstruct(model, info, image, ReconstructionSettings(n_samples=samples, tile_size=tile,

@@ -747,6 +747,7 @@ def reconstruct(
             plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick,
                                         on_base)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
+            plane_run.blend_gamma_into(model, outputs, p, tiling)
             for first in range(0, run.n_samples, run.chunk):
                 plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick,
                                      should_stop)
@@ -866,8 +867,8 @@ def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.d
 class _Tile:
     """One tile: its spans, blend profiles, λ map ``(1, Cx, h, w)`` on the device and moments.
 
-    Only the 1-D profiles are kept, and γ(0.5) is derived from λ when blended: a tile's
-    full-size arrays are then just its moments, which bounds a 4096² plane's memory.
+    Only the 1-D profiles are kept, and γ(0.5) is derived from λ when the plane's γ map is
+    blended: a tile's full-size arrays are then just its moments, which bounds a 4096² plane's memory.
     """
 
     rows: tuple[int, int]
@@ -893,7 +894,6 @@ class _PlaneRun:
     lam_ref: float | None
     noise_field: NoiseField
     residual_scale: float
-    schedule: torch.nn.Module  # the model's schedule: γ(0.5) of a tile's λ when blended
     count: int = 0
 
     @classmethod
@@ -911,7 +911,7 @@ class _PlaneRun:
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
         residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
-                                                     int(info.config.x_channels)), residual_scale, model.schedule)
+                                                     int(info.config.x_channels)), residual_scale)
 
     @torch.no_grad()
     def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, tick: Callable[[], None],
@@ -935,10 +935,20 @@ class _PlaneRun:
         self.count += k
 
     @torch.no_grad()
+    def blend_gamma_into(self, model: CVDM, outputs: _Outputs, index: int, tiling: _TileGrid) -> None:
+        """Write this plane's blended γ(0.5) map into ``outputs`` (once: it does not change between rounds)."""
+        gamma = outputs.gamma[index]
+        gamma[...] = 0.0
+        for tile in self.tiles:
+            (r0, r1), (c0, c1) = tile.rows, tile.cols
+            tile_gamma = model.schedule.gamma(0.5, tile.schedule_map)[0].float().cpu().numpy()
+            gamma[..., r0:r1, c0:c1] += tile.weight * tile_gamma
+        tiling.normalise(gamma)
+
     def blend_into(self, outputs: _Outputs, index: int, tiling: _TileGrid) -> None:
-        """Write this plane's blended mean, variance, γ (and kept samples) in target units into ``outputs``."""
+        """Write this plane's blended mean, variance (and kept samples) in target units into ``outputs``."""
         scale, offset, s = self.plane.scale, self.plane.offset, self.residual_scale
-        targets = [outputs.mean[index], outputs.variance[index], outputs.gamma[index]]
+        targets = [outputs.mean[index], outputs.variance[index]]
         if outputs.samples is not None:
             targets.append(outputs.samples[index, :self.count])
         for array in targets:
@@ -949,13 +959,11 @@ class _PlaneRun:
             base = 0.0 if self.plane.base is None else self.plane.base[region]
             mean, variance = tile.moments.mean.numpy(), tile.moments.variance().numpy()
             weight = tile.weight
-            gamma = self.schedule.gamma(0.5, tile.schedule_map)[0].float().cpu().numpy()
             targets[0][region] += weight * (scale * (base + s * mean) + offset).astype(np.float32)
             targets[1][region] += weight * ((scale * s) ** 2 * variance).astype(np.float32)
-            targets[2][region] += weight * gamma
             if outputs.samples is not None:
                 draws = torch.cat(tile.kept).double().numpy()
-                targets[3][region] += weight * (scale * (base + s * draws) + offset)
+                targets[2][region] += weight * (scale * (base + s * draws) + offset)
         for array in targets:
             tiling.normalise(array)
 

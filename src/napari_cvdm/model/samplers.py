@@ -112,9 +112,10 @@ class RunningMoments:
         mean = draws.mean(self.dim)
         sum_sq_dev = (draws - mean.unsqueeze(self.dim)).pow(2).sum(self.dim)
         if self.mean is not None:
-            delta = mean - self.mean.double()
+            kept_mean = self.mean.double()
+            delta = mean - kept_mean
             total = self.count + k
-            mean = self.mean.double() + delta * (k / total)
+            mean = kept_mean + delta * (k / total)
             sum_sq_dev = self.sum_sq_dev.double() + sum_sq_dev + delta.pow(2) * (self.count * k / total)
         self.mean, self.sum_sq_dev = mean.to(self.dtype), sum_sq_dev.to(self.dtype)
         self.count += k
