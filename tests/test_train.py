@@ -282,6 +282,23 @@ def test_fine_tuning_starts_from_the_base_weights_and_keeps_its_architecture_and
     assert read_model_info(result.model_path).config == base_info.config
 
 
+def test_a_qpi_fine_tune_keeps_its_base_solver_unless_another_is_named(tmp_path):
+    rng = np.random.default_rng(1)
+    phases = [rng.random((24, 24)).astype(np.float32) * 3 for _ in range(3)]
+    stacks = [np.stack([1 + 0.1 * p, 1 - 0.1 * p]).astype(np.float32) for p in phases]
+    qpi = dict(task="qpi", steps=1, validation_fraction=0.0, input_pixel_size_um=0.21)
+    first = train(_config(tmp_path, "first", tie_method="fft_tie", **qpi), pairs=(stacks, phases)).model_path
+    kept = train(_config(tmp_path, "kept", init_model=str(first), **qpi), pairs=(stacks, phases)).model_path
+    switched = train(_config(tmp_path, "switched", init_model=str(first), tie_method="us_tie", **qpi),
+                     pairs=(stacks, phases)).model_path
+    kinds = [load_model(path)[1].base["kind"] for path in (first, kept, switched)]
+    assert kinds == ["fft_tie", "fft_tie", "us_tie"]
+    with pytest.raises(InputError, match="tie_method is the TIE solver of a residual QPI model"):
+        _config(tmp_path, "sr", tie_method="us_tie").check()
+    with pytest.raises(InputError, match="tie_method"):
+        _config(tmp_path, "bad", task="qpi", tie_method="gs_tie").check()
+
+
 def test_a_stopped_fine_tune_resumes_and_must_keep_its_base(tmp_path, monkeypatch):
     base_path = train(_config(tmp_path, "base", steps=1)).model_path
     monkeypatch.chdir(tmp_path)

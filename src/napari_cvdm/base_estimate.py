@@ -1,7 +1,10 @@
 """The physics base b(y) of residual QPI models: a TIE phase of the whole plane, in target units.
 
 The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate. For
-QPI the base comes from the physics: FFT-TIE with periodic or mirror boundaries (whichever
+QPI the base comes from the physics: a TIE solve (``kind``: ``us_tie``, the universal-solution
+TIE, which corrects the linear TIE's error on strong phase objects by propagating its own
+estimate back to ±dz; or the single ``fft_tie`` solve, which older models all use; new
+models take whichever fits their training pairs better) with periodic or mirror boundaries (whichever
 fits the training data: mirror keeps one edge of a real stack from wrapping into the
 opposite one, periodic is exact for periodic simulations), with a Wiener-like Tikhonov regulariser
 ``a = strength · (σ̂² + floor²)`` that follows each input's estimated noise std σ̂
@@ -19,20 +22,32 @@ the base's mean per whole image, so the residual carries no arbitrary offset.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .physics.tie import BOUNDARIES, fft_tie, fit_regularization, noise_adaptive_regularization
+from .physics.tie import BOUNDARIES, fft_tie, fit_regularization, noise_adaptive_regularization, us_tie
 
-KIND = "fft_tie"
+#: The TIE solvers a base may use, by ``TIEBase.kind``: ``(stack, dz, λ, pixel, a, boundary) → φ``.
+#: ``on_iteration`` follows each US-TIE iteration (FFT-TIE is one solve).
+SOLVERS = {
+    "fft_tie": lambda stack, dz, wavelength, pixel, a, boundary, on_iteration=None:
+        fft_tie(stack, dz, wavelength, pixel, a, boundary),
+    "us_tie": lambda stack, dz, wavelength, pixel, a, boundary, on_iteration=None:
+        us_tie(stack, dz, wavelength, pixel, a, boundary=boundary, on_iteration=on_iteration),
+}
+KINDS = tuple(SOLVERS)
 #: Images used to fit the regulariser (the fit is cheap, but a few images already pin it).
 FIT_IMAGES = 16
+#: US-TIE keeps the FFT-TIE fit's exponent and boundary and rescales its strength by the best of these.
+US_TIE_STRENGTH_FACTORS = tuple(np.logspace(-2, 2, 9))
 
 
 @dataclass(frozen=True)
 class TIEBase:
-    """FFT-TIE base: regulariser ``strength`` (µm⁻⁴ per unit noise variance), the training optics (µm)
+    """TIE base: the solver ``kind`` (one of :data:`KINDS`; files before US-TIE bases name none:
+    ``fft_tie``), regulariser ``strength`` (µm⁻⁴ per unit noise variance), the training optics (µm)
     and the mean phase (rad)."""
 
     strength: float
@@ -42,11 +57,11 @@ class TIEBase:
     offset_rad: float
     boundary: str = "mirror"
     exponent: float = 2.0
-    kind: str = KIND
+    kind: str = "fft_tie"
 
     def __post_init__(self):
-        if self.kind != KIND:
-            raise ValueError(f"unknown base kind {self.kind!r}; this version knows {KIND!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown base kind {self.kind!r}; this version knows {', '.join(KINDS)}")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"unknown TIE boundary {self.boundary!r}; expected one of {BOUNDARIES}")
         for name in ("strength", "wavelength_um", "dz_um", "pixel_um", "exponent"):
@@ -66,14 +81,15 @@ class TIEBase:
         return cls(**data)
 
     def phase(self, stack: np.ndarray, wavelength_um: float | None = None, dz_um: float | None = None,
-              pixel_um: float | None = None) -> np.ndarray:
+              pixel_um: float | None = None, on_iteration: Callable[[], None] | None = None) -> np.ndarray:
         """Base phase ``(H, W)`` float32 in rad (mean ``offset_rad``) of one stack ``(2, H, W)``.
 
         The optics default to the model's training optics; pass the input's own where known.
+        ``on_iteration()`` follows each iteration of an iterative solver.
         """
         regularization = noise_adaptive_regularization(stack, self.strength, self.exponent)
-        phase = fft_tie(stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
-                        pixel_um or self.pixel_um, regularization, self.boundary)
+        phase = SOLVERS[self.kind](stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
+                                   pixel_um or self.pixel_um, regularization, self.boundary, on_iteration)
         return (phase + self.offset_rad).astype(np.float32)
 
     def with_optics(self, wavelength_um: float, dz_um: float, pixel_um: float) -> TIEBase:
@@ -81,16 +97,42 @@ class TIEBase:
 
     @classmethod
     def fit(cls, stacks: list[np.ndarray], phases: list[np.ndarray], wavelength_um: float, dz_um: float,
-            pixel_um: float, offset_rad: float) -> tuple[TIEBase, float]:
-        """The base whose regulariser strength has the lowest MAE on up to :data:`FIT_IMAGES` training pairs.
+            pixel_um: float, offset_rad: float, kind: str | None = None) -> tuple[TIEBase, float]:
+        """The ``kind`` base whose regulariser has the lowest mean log MAE on up to :data:`FIT_IMAGES`
+        training pairs: FFT-TIE's strength, exponent and boundary by :func:`fit_regularization`; US-TIE
+        then rescales that strength by the best of :data:`US_TIE_STRENGTH_FACTORS` (its iterations cost
+        tens of FFT-TIE solves, too many for the full search). ``kind=None``: both, and the one with
+        the lower mean log MAE (US-TIE gains where strong, sharp phase breaks the linear TIE and
+        loses on smooth objects, so the data decide, as they do the boundary).
 
-        Returns the base and that MAE (rad)."""
-        strength, exponent, boundary, error = fit_regularization(
-            [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
-            [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]],
-            dz_um, wavelength_um, pixel_um)
-        return cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
-                   exponent), error
+        Returns the base and its MAE (rad)."""
+        if kind is None:
+            fits = [cls.fit(stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad, k) for k in KINDS]
+            stacks = [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]]
+            phases = [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]]
+            return min(fits, key=lambda fit: fit[0].mean_log_error(stacks, phases))
+        if kind not in KINDS:
+            raise ValueError(f"unknown base kind {kind!r}; choose one of {', '.join(KINDS)}")
+        stacks = [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]]
+        phases = [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]]
+        strength, exponent, boundary, error = fit_regularization(stacks, phases, dz_um, wavelength_um, pixel_um)
+        fitted = cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
+                     exponent)
+        if kind == "fft_tie":
+            return fitted, error
+        candidates = [replace(fitted, strength=strength * factor, kind=kind) for factor in US_TIE_STRENGTH_FACTORS]
+        scored = [(base.mean_log_error(stacks, phases), base) for base in candidates]
+        best = min(scored, key=lambda pair: pair[0])[1]
+        return best, float(np.mean(best.errors(stacks, phases)))
+
+    def errors(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> list[float]:
+        """Phase MAE (rad, free offset removed) of this base on each ``(stack, phase)`` pair."""
+        return [float(np.abs((b := self.phase(st).astype(np.float64)) - b.mean() - (ph - ph.mean())).mean())
+                for st, ph in zip(stacks, phases)]
+
+    def mean_log_error(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> float:
+        """The mean log MAE, what :meth:`fit` minimises (a clean image counts as much as a noisy one)."""
+        return float(np.mean(np.log(self.errors(stacks, phases))))
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
@@ -110,7 +152,8 @@ def formulation_words(info) -> str:
     base = info.config.base
     if base == "physics":
         tie = info.base or {}
-        return (f"residual — refines a TIE phase ({tie.get('boundary', '?')} boundary) of the whole image"
+        solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
+        return (f"residual — refines a {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
                 if tie else "residual — refines a physics base")
     if base == "predictor":
         return "residual — refines a jointly trained direct (L2) prediction"

@@ -66,6 +66,10 @@ class TrainConfig:
     :mod:`napari_cvdm.model.cvdm`. ``wavelength_um``/``dz_um``: the QPI optics of the data
     (the physics base needs them; simulated data use the simulator's). ``source_images``: a
     folder of source photos for the QPI simulator (None: the built-in synthetic scenes).
+    ``tie_method``: the TIE solver of a residual QPI model's base (``us_tie`` or ``fft_tie``,
+    :mod:`napari_cvdm.base_estimate`); None: the fine-tuned model's, else whichever fits the
+    training pairs better. Naming
+    another solver than the fine-tuned model's refits its base on the training pairs.
     ``calibrate``: at the end of the run, calibrate the error bars on up to 4 validation crops
     (:mod:`napari_cvdm.calibrate`) and store the calibration in the exported model.
     """
@@ -110,6 +114,7 @@ class TrainConfig:
     dz_um: Positive = 1.0
     source_images: str | None = None
     calibrate: bool = True
+    tie_method: Literal["fft_tie", "us_tie"] | None = None
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True, revalidate_instances="always")
 
@@ -142,6 +147,9 @@ class TrainConfig:
         for name, choices in (("preset", DENOISER_PRESETS), ("schedule", SCHEDULE_KINDS), ("sampler", SAMPLERS)):
             if getattr(self, name) not in choices:
                 raise InputError(f"Unknown {name} '{getattr(self, name)}'; choose one of: {', '.join(choices)}.")
+        if self.tie_method is not None and (self.task != "qpi" or self.formulation != "residual"):
+            raise InputError(f"tie_method is the TIE solver of a residual QPI model's base; "
+                             f"this run is a {self.formulation} {self.task} model.")
         if (self.input_dir is None) != (self.target_dir is None):
             raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
         if not str(self.output).endswith(".safetensors"):

@@ -536,13 +536,14 @@ class _Plane(NamedTuple):
 
 @torch.no_grad()
 def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, device: torch.device,
-                   optics: dict, tick: Callable[[], None] | None = None) -> _Plane:
+                   optics: dict, tick: Callable[[], None] | None = None,
+                   beat: Callable[[], None] | None = None) -> _Plane:
     """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
 
     Before any tiling: the TIE base of a physics model from the stack with the input's optics
     (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), a
     predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
-    of its tiles).
+    of its tiles). ``beat()`` follows each iteration of an iterative TIE base (no step done).
     """
     from .physics import upsample
 
@@ -554,7 +555,7 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     if model.config.base == "physics":
         from .base_estimate import TIEBase
 
-        phase = TIEBase.from_dict(info.base).phase(condition, **optics)
+        phase = TIEBase.from_dict(info.base).phase(condition, on_iteration=beat, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:
             tick()
@@ -740,11 +741,11 @@ def reconstruct(
         return outputs.result(info, pixel_size, {**metadata, "samples_done": samples_done, "plane": plane,
                                                  "planes": len(planes)}, final)
 
-    counter = _StepCounter(len(planes) * _steps_per_plane(model, tiling, run), progress)
+    counter = _StepCounter(len(planes) * _steps_per_plane(model, tiling, run), progress, should_stop)
     finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
         for p, raw in enumerate(planes):
-            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter.tick,
+            plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter,
                                         on_base)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
             plane_run.blend_gamma_into(model, outputs, p, tiling)
@@ -805,11 +806,18 @@ def _steps_per_plane(model: CVDM, tiling: _TileGrid, run: _Sampling) -> int:
 class _StepCounter:
     """Counts denoising steps for ``progress(done, total)``."""
 
-    def __init__(self, total: int, progress: ProgressCallback | None):
-        self.done, self.total, self.progress = 0, total, progress
+    def __init__(self, total: int, progress: ProgressCallback | None, should_stop: StopCheck | None = None):
+        self.done, self.total, self.progress, self.should_stop = 0, total, progress, should_stop
 
     def tick(self) -> None:
         self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def beat(self) -> None:
+        """Within a long step (an iterative TIE base): report the same count, and stop if asked."""
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("Reconstruction was stopped.")
         if self.progress is not None:
             self.progress(self.done, self.total)
 
@@ -899,9 +907,10 @@ class _PlaneRun:
     @classmethod
     @torch.no_grad()
     def start(cls, model: CVDM, info: ModelInfo, raw: np.ndarray, index: int, factor: int, optics: dict,
-              device: torch.device, run: _Sampling, tiling: _TileGrid, tick: Callable[[], None],
+              device: torch.device, run: _Sampling, tiling: _TileGrid, counter: _StepCounter,
               on_base: Callable[[int, np.ndarray], None] | None = None) -> _PlaneRun:
-        plane = _prepare_plane(model, info, raw, factor, device, optics, tick)
+        tick = counter.tick
+        plane = _prepare_plane(model, info, raw, factor, device, optics, tick, counter.beat)
         if on_base is not None and plane.base is not None:
             on_base(index, plane.base_in_target_units())
         plane = plane._replace(condition=plane.condition.to(device))  # once, not per tile and round

@@ -194,11 +194,15 @@ def _simulated_source(config: TrainConfig) -> _Source:
 
 def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: ModelInfo | None,
                   pairs_given: bool) -> TIEBase:
-    """The TIE base of a residual QPI model: the fine-tuned model's, else fitted on the training pairs."""
+    """The TIE base of a residual QPI model: the fine-tuned model's unless ``config.tie_method``
+    names another solver, else fitted on the training pairs."""
     from ..base_estimate import TIEBase
 
     if base is not None and base.base:
-        return TIEBase.from_dict(base.base)
+        kept = TIEBase.from_dict(base.base)
+        if config.tie_method in (None, kept.kind):
+            return kept
+        log.info("refitting the fine-tuned model's %s base as %s", kept.kind, config.tie_method)
     simulated = QPISimulationConfig()
     pixel_size, pairs = source.pixel_size_um, source.train_pairs
     if pixel_size is None:
@@ -212,9 +216,10 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
     target_range = spec.target_normalizer
     offset = 0.5 * (target_range.low[0] + target_range.high[0])
     physics_base, error = TIEBase.fit([p.input for p in pairs], [p.target for p in pairs],
-                                      wavelength, dz, pixel_size, offset)
-    log.info("TIE base: %s boundary, regulariser %.3g·σ̂^%g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
-             physics_base.boundary, physics_base.strength, physics_base.exponent, error, min(len(pairs), 16))
+                                      wavelength, dz, pixel_size, offset, config.tie_method)
+    log.info("TIE base: %s, %s boundary, regulariser %.3g·σ̂^%g µm⁻⁴ (MAE %.4f rad on %d training image(s))",
+             physics_base.kind, physics_base.boundary, physics_base.strength, physics_base.exponent, error,
+             min(len(pairs), 16))
     return physics_base
 
 

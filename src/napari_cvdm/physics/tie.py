@@ -17,6 +17,7 @@ frequencies, where noise in ``∂I/∂z`` would otherwise be amplified without b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,8 @@ def us_tie(
     tolerance: float = 1e-3,
     method: str = "fresnel",
     return_info: bool = False,
+    boundary: str = "periodic",
+    on_iteration: Callable[[], None] | None = None,
 ):
     """Universal-solution TIE (Zhang et al., Opt. Lett. 45, 3649, 2020).
 
@@ -158,10 +161,19 @@ def us_tie(
 
     ``stack`` is ``(2, H, W)`` = ``[I(−dz), I(+dz)]``; ``in_focus_intensity`` ``(H, W)``
     defaults to the mean of the two planes (no in-focus image in a 2-shot stack).
-    Returns φ ``(H, W)`` in radians with zero mean, and a :class:`USTIEInfo` if
+    ``boundary``: one of :data:`BOUNDARIES`, as in :func:`fft_tie` (mirror solves on the even
+    extension). ``on_iteration()`` is called after each iteration (a large plane takes seconds
+    per iteration; it may raise to stop). Returns φ ``(H, W)`` in radians with zero mean, and a :class:`USTIEInfo` if
     ``return_info``.
     """
     stack = _check_stack(stack)
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"unknown boundary {boundary!r}; use one of {BOUNDARIES}")
+    height, width = stack.shape[-2:]
+    if boundary == "mirror":
+        stack = _mirrored(stack)
+        if in_focus_intensity is not None:
+            in_focus_intensity = _mirrored(np.asarray(in_focus_intensity, float)[None])[0]
     k = 2.0 * np.pi / wavelength_um
     measured = axial_derivative(stack, dz_um)
     intensity = stack.mean(axis=0) if in_focus_intensity is None else np.asarray(in_focus_intensity, float)
@@ -180,6 +192,8 @@ def us_tie(
         candidate = phase + step
         new_residual = measured - _predicted_derivative(amplitude, candidate, dz_um, transfers)
         new_norm = float(np.sqrt(np.mean(new_residual**2)))
+        if on_iteration is not None:
+            on_iteration()
         if new_norm > residual_norm:
             reason = "residual_grew"
             break
@@ -188,6 +202,7 @@ def us_tie(
         if history[-1] < tolerance:
             reason = "converged"
             break
+    phase = phase[:height, :width]
     phase = phase - phase.mean()
     if return_info:
         return phase, USTIEInfo(iterations=len(history), residuals=history, stopped_because=reason)

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from napari_cvdm.base_estimate import KINDS, TIEBase, formulation_words
+from napari_cvdm.data.simulate import phase_object_stack
+from napari_cvdm.physics.optics import apply_transfer, frequency_grid
+
+WAVELENGTH_UM, PIXEL_UM, DZ_UM = 0.521, 0.21, 1.0
+N = 64
+
+
+def strong_phase_pairs(seed, count=3, range_rad=3.5):
+    """Smooth phase objects as strong as the simulator's (3.5 rad), where the linear TIE errs."""
+    rng = np.random.default_rng(seed)
+    fy, fx = frequency_grid((N, N), PIXEL_UM)
+    pairs = []
+    for _ in range(count):
+        field = apply_transfer(rng.normal(size=(N, N)), np.exp(-((fx**2 + fy**2) / 0.3**2)))
+        phase = range_rad * (field - field.min()) / np.ptp(field)
+        pairs.append((phase_object_stack(phase, DZ_UM, WAVELENGTH_UM, PIXEL_UM), phase))
+    return [s for s, _ in pairs], [p for _, p in pairs]
+
+
+def test_the_fit_keeps_the_solver_with_the_lower_error_on_the_pairs():
+    stacks, phases = strong_phase_pairs(0)
+    fits = {kind: TIEBase.fit(stacks, phases, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, kind=kind)[0] for kind in KINDS}
+    assert fits["us_tie"].kind == "us_tie" and fits["fft_tie"].kind == "fft_tie"
+    # US-TIE keeps FFT-TIE's exponent and boundary and rescales its strength
+    assert (fits["us_tie"].exponent, fits["us_tie"].boundary) == (fits["fft_tie"].exponent, fits["fft_tie"].boundary)
+    errors = {kind: base.mean_log_error(stacks, phases) for kind, base in fits.items()}
+    chosen, _ = TIEBase.fit(stacks, phases, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75)
+    assert chosen == fits[min(errors, key=errors.get)]
+    # on smooth, noise-free objects the linear TIE is the better one (measured: 0.0041 vs 0.0082 rad)
+    assert chosen.kind == "fft_tie"
+
+
+def test_a_base_round_trips_with_its_solver_and_old_files_mean_fft_tie():
+    base = TIEBase(12.0, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, "mirror", 4.0, kind="us_tie")
+    assert TIEBase.from_dict(base.to_dict()) == base
+    old = {k: v for k, v in base.to_dict().items() if k != "kind"}
+    assert TIEBase.from_dict(old).kind == "fft_tie"
+    stack, _ = strong_phase_pairs(2, count=1)
+    phase = base.phase(stack[0])
+    assert phase.shape == (N, N) and phase.dtype == np.float32
+    assert phase.mean() == pytest.approx(1.75, abs=1e-5)
+
+
+def test_an_unknown_solver_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown base kind 'gs_tie'"):
+        TIEBase(12.0, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, kind="gs_tie")
+    with pytest.raises(ValueError, match="unknown base kind 'gs_tie'"):
+        TIEBase.fit(*strong_phase_pairs(3, count=1), WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, kind="gs_tie")
+    assert set(KINDS) == {"fft_tie", "us_tie"}
+
+
+def test_the_formulation_names_the_solver():
+    class Info:
+        class config:
+            base = "physics"
+        base = {"kind": "us_tie", "boundary": "periodic"}
+
+    assert "US-TIE phase (periodic boundary)" in formulation_words(Info)
+    Info.base = {"boundary": "mirror"}
+    assert "FFT-TIE phase (mirror boundary)" in formulation_words(Info)
