@@ -83,7 +83,7 @@ def _stream(args, task: str, name: str) -> np.random.Generator:
 
 
 def qpi_images(args, name: str, count: int) -> list[tuple]:
-    """``(input stack (2, H, W), phase (H, W), input pixel µm)`` of one QPI set."""
+    """``(input stack (2, H, W), phase (H, W), input pixel µm, source name)`` of one QPI set."""
     photos = split_source_files(args.source_images)["test"]
     files = photos[0::3] if name == "calibration" else [p for i, p in enumerate(photos) if i % 3]
     rng, out = _stream(args, "qpi", name), []
@@ -92,7 +92,7 @@ def qpi_images(args, name: str, count: int) -> list[tuple]:
         if name == "pixel":
             config = QPISimulationConfig(pixel_um=QPI_FOREIGN_PIXEL_UM)
             sample = simulate_qpi(rng, args.size, config, noise_std=noise, source_files=files, natural_fraction=1.0)
-            out.append((sample.stack, sample.phase, QPI_FOREIGN_PIXEL_UM))
+            out.append((sample.stack, sample.phase, QPI_FOREIGN_PIXEL_UM, sample.source))
             continue
         if name == "object":
             source = render_structure("microtubule", (args.size, args.size), 0.21, rng)
@@ -100,12 +100,12 @@ def qpi_images(args, name: str, count: int) -> list[tuple]:
         else:
             noise = QPI_FOREIGN_NOISE if name == "noise" else noise
             sample = simulate_qpi(rng, args.size, noise_std=noise, source_files=files, natural_fraction=1.0)
-        out.append((sample.stack, sample.phase, QPISimulationConfig().pixel_um))
+        out.append((sample.stack, sample.phase, QPISimulationConfig().pixel_um, sample.source))
     return out
 
 
 def sr_images(args, name: str, count: int) -> list[tuple]:
-    """``(widefield (h, w), target (H, W), camera pixel µm)`` of one SR set."""
+    """``(widefield (h, w), target (H, W), camera pixel µm, source name)`` of one SR set (each its own)."""
     rng, out = _stream(args, "sr", name), []
     photos = split_source_files(args.source_images)["test"]
     for i in range(count):
@@ -121,7 +121,7 @@ def sr_images(args, name: str, count: int) -> list[tuple]:
                 sample = simulate_sr(rng, args.size, kind=kind, config=config)
         else:
             sample = simulate_sr(rng, args.size, kind=kind, config=config, peak_photons=peak)
-        out.append((sample.widefield, sample.target, sample.camera_pixel_um))
+        out.append((sample.widefield, sample.target, sample.camera_pixel_um, f"{name} {i}"))
     return out
 
 
@@ -137,7 +137,7 @@ def reconstruct_set(args, task: str, name: str, count: int, model, info) -> list
     if not all(p.is_file() for p in paths):
         images = (qpi_images if task == "qpi" else sr_images)(args, name, count)
         settings = ReconstructionSettings(n_samples=args.samples, device="cpu", seed=args.seed)
-        for path, (image, target, pixel) in zip(paths, images):
+        for path, (image, target, pixel, _) in zip(paths, images):
             if path.is_file():
                 continue
             start = time.perf_counter()
@@ -205,12 +205,45 @@ def calibration_figures(calibration_set: list[dict], test_set: list[dict], task:
     return figures, calibration
 
 
+def resplit_uce_ratios(args, task: str, calibration_set: list[dict], test_set: list[dict]) -> dict:
+    """The default calibration's UCE ratio over ``args.resplits`` random re-splits of the same images.
+
+    Calibration and test images are pooled and split anew by *source* (QPI: a third of the source
+    photos calibrate, the rest test, as in the fixed split; SR: a third of the images), seeded; the
+    spread shows how much of the ratio is the draw of the calibration images. ``in_sample`` is the
+    floor no mapping of the std can beat on the fixed test set: the calibration fitted on it.
+    """
+    images = calibration_set + test_set
+    make = qpi_images if task == "qpi" else sr_images
+    sources = [entry[3] for name, count in (("calibration", len(calibration_set)), ("test", len(test_set)))
+               for entry in make(args, name, count)]
+    names = sorted(set(sources))
+    rng = np.random.default_rng(args.seed)
+
+    def ratio(fit_on: list[dict], test_on: list[dict]) -> float:
+        calibration = fit_calibration(*([im[key] for im in fit_on] for key in ("mean", "std", "target")))
+        means, stds, targets = ([im[key] for im in test_on] for key in ("mean", "std", "target"))
+        return uce(means, [calibrated_std(s, calibration) for s in stds], targets) / uce(means, stds, targets)
+
+    ratios = []
+    for _ in range(args.resplits):
+        chosen = set(rng.permutation(names)[: max(1, round(len(names) / 3))].tolist())
+        fit_on = [im for im, source in zip(images, sources) if source in chosen]
+        test_on = [im for im, source in zip(images, sources) if source not in chosen]
+        ratios.append(ratio(fit_on, test_on))
+    return {"resplits": args.resplits, "spread": _spread(ratios),
+            "fraction_at_most_half": float(np.mean(np.asarray(ratios) <= 0.5)),
+            "in_sample": ratio(test_set, test_set)}
+
+
 def task_figures(args, task: str) -> dict:
     model, info = load_model(MODELS[task])
     sets = {"calibration": args.calibration_images, "test": args.test_images,
             **{name: args.foreign_images for name in FOREIGN}}
     data = {name: reconstruct_set(args, task, name, count, model, info) for name, count in sets.items() if count}
     figures, calibration = calibration_figures(data["calibration"], data["test"], task)
+    if args.resplits:
+        figures["uce_resplits"] = resplit_uce_ratios(args, task, data["calibration"], data["test"])
     shipped = info.calibration.get("distribution")
     shipped = DistributionSummary.from_dict(shipped) if shipped else None
     # does the calibration still hold where the warning fires (or stays silent)?
@@ -247,6 +280,11 @@ def print_report(task: str, figures: dict) -> None:
     for name, rate in figures["warning"].items():
         if rate is not None:
             print(f"- warning on {name}: {rate['fired']} of {rate['of']}")
+    if "uce_resplits" in figures:
+        r = figures["uce_resplits"]
+        print(f"- UCE ratio of the default calibration over {r['resplits']} re-splits by source: min, p10, median, "
+              f"p90, max {', '.join(f'{v:.2f}' for v in r['spread'])}; at most 0.5 in "
+              f"{100 * r['fraction_at_most_half']:.0f} %; fitted on the test set itself {r['in_sample']:.2f}")
     for name, entry in figures.get("foreign_coverage", {}).items():
         print(f"- calibrated coverage on foreign {name}: " + ", ".join(
             f"{100 * value:.1f} % at {key.split('_')[1]} %" for key, value in entry.items()))
@@ -264,6 +302,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/calibration_goal"))
+    parser.add_argument("--resplits", type=int, default=40,
+                        help="random re-splits of the same images for the UCE ratio's spread (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"cpu ({platform.processor() or 'cpu'}), torch {torch.__version__}, 1 thread; N = {args.samples}, "
