@@ -650,7 +650,8 @@ def _add_evaluate_command(commands) -> None:
     source.add_argument("--size", type=_bounded(int, MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE), default=128,
                         help="simulated image side (default: 128)")
     source.add_argument("--source-images", metavar="DIR",
-                        help="QPI: phase objects from the test split (by file) of this folder of photos")
+                        help="photos from the test split (by file) of this folder: QPI phase objects; "
+                             "SR adds them as a structure family")
     source.add_argument("--test-set", choices=("unseen", "seen"), default="unseen",
                         help="simulated data outside the training distribution (default) or from it")
     optics = evaluate.add_argument_group("optics for the classical baselines")
@@ -678,7 +679,8 @@ def _add_simulate_command(commands) -> None:
     simulate.add_argument("--split", choices=("train", "validation", "test"), default="train",
                           help="stream to write (default: train); SR's test split uses the unseen settings")
     simulate.add_argument("--source-images", metavar="DIR",
-                          help="QPI: phase objects from this folder's photos of --split (split by file)")
+                          help="photos of --split (split by file) of this folder: QPI phase objects; "
+                               "SR adds them as a structure family")
     simulate.set_defaults(run=_simulate)
 
 

@@ -65,7 +65,9 @@ class TrainConfig:
     trained direct predictor) or ``paper`` (the CVDM of the paper); see
     :mod:`napari_cvdm.model.cvdm`. ``wavelength_um``/``dz_um``: the QPI optics of the data
     (the physics base needs them; simulated data use the simulator's). ``source_images``: a
-    folder of source photos for the QPI simulator (None: the built-in synthetic scenes).
+    folder of source photos for the simulator, its training split only (QPI: the phase objects,
+    None: the built-in synthetic scenes; SR: a fifth structure family, the photos as
+    fluorophore densities).
     ``tie_method``: the TIE solver of a residual QPI model's base (``us_tie`` or ``fft_tie``,
     :mod:`napari_cvdm.base_estimate`); None: the fine-tuned model's, else whichever fits the
     training pairs better. Naming

@@ -3,6 +3,7 @@ import pytest
 
 from napari_cvdm.data.datasets import load_pair_folders
 from napari_cvdm.data.simulate import (
+    PHOTO_KIND,
     SR_TRAIN,
     SR_UNSEEN_TEST,
     STRUCTURE_KINDS,
@@ -211,8 +212,23 @@ def test_pairs_from_a_folder_use_only_their_splits_photos(tmp_path):
     assert set(only_photos) <= split["train"]
     seen = sources(SimulatedPairs("qpi", 32, split="test", source_dir=folder, source_split="train"), 10)
     assert {n for n in seen if n.startswith("photo_")} <= split["train"]
-    with pytest.raises(ValueError, match="QPI"):
-        SimulatedPairs("sr", 32, source_dir=folder)
+
+
+def test_sr_pairs_from_a_folder_add_its_splits_photos_as_a_structure_family(tmp_path):
+    folder = write_photos(tmp_path / "photos", 30)
+    split = {key: {p.name for p in files} for key, files in split_source_files(folder).items()}
+    train = [p.name.split("-", 4)[-1] for p in SimulatedPairs("sr", 32, source_dir=folder, balanced_kinds=True).take(10)]
+    assert train[:4] == list(STRUCTURE_KINDS) and train[5:9] == list(STRUCTURE_KINDS)
+    assert {train[4], train[9]} <= split["train"]  # every fifth pair is a training photo
+    validation = SimulatedPairs("sr", 32, split="validation", source_dir=folder, balanced_kinds=True).take(5)
+    assert validation[4].name.split("-", 4)[-1] in split["validation"]
+    sample = simulate_sr(np.random.default_rng(0), 32, kind=PHOTO_KIND,
+                         source_files=sorted(folder.iterdir()))
+    assert sample.kind == PHOTO_KIND and sample.source.startswith("photo_") and sample.target.min() >= 0
+    with pytest.raises(ValueError, match="photo structure kind needs source_files"):
+        simulate_sr(np.random.default_rng(0), 32, kind=PHOTO_KIND)
+    # without a folder, the default SR stream is unchanged: the four training families only
+    assert {p.name.rsplit("-", 1)[-1] for p in SimulatedPairs("sr", 32).take(12)} <= set(STRUCTURE_KINDS)
 
 
 def test_a_photo_smaller_than_the_crop_is_upsampled_not_mirrored(tmp_path):

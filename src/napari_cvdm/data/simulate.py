@@ -45,6 +45,7 @@ __all__ = [
     "SR_UNSEEN_TEST",
     "STRUCTURE_KINDS",
     "UNSEEN_STRUCTURE_KINDS",
+    "PHOTO_KIND",
     "QPISample",
     "QPISimulationConfig",
     "SRSample",
@@ -63,6 +64,10 @@ __all__ = [
 
 STRUCTURE_KINDS = ("ccp", "er", "microtubule", "actin")  # the training structures
 UNSEEN_STRUCTURE_KINDS = ("nucleus", "mitochondria")  # families held out of training, for the unseen test
+#: An SR family drawn from a folder of photos (``source_files``), added to training when one is given:
+#: a crop of a photo as the fluorophore density, for the dense, continuous textures the four
+#: filament and vesicle families lack.
+PHOTO_KIND = "photo"
 
 # Fluorophore cross-section (Gaussian sigma, µm) of each structure kind: FWHM ≈ 2.355·sigma.
 _CROSS_SECTION_SIGMA_UM = {"ccp": 0.015, "er": 0.025, "microtubule": 0.011, "actin": 0.004,
@@ -430,6 +435,7 @@ class SRSample:
     target_pixel_um: float
     camera_pixel_um: float
     offset_adu: float
+    source: str = ""  # the photo's file name of a photo object
 
     def pair(self, name: str = "simulated") -> ImagePair:
         """The training pair: widefield upsampled to the target grid ``(1, H, W)``, target ``(1, H, W)``."""
@@ -443,15 +449,21 @@ def simulate_sr(
     kind: str | None = None,
     config: SRSimulationConfig = SRSimulationConfig(),
     peak_photons: float | None = None,
+    source_files: Sequence[Path] | None = None,
 ) -> SRSample:
     """Simulate one widefield/SIM-like pair on a ``size × size`` target grid (``size`` divisible by ``factor``).
 
-    ``kind`` (default: drawn from ``config.kinds``) and ``peak_photons`` (default: drawn
-    log-uniformly from ``config.peak_photons_range``) fix the structure and the SNR.
+    ``kind`` (default: drawn from ``config.kinds``, plus :data:`PHOTO_KIND` when
+    ``source_files`` are given) and ``peak_photons`` (default: drawn log-uniformly from
+    ``config.peak_photons_range``) fix the structure and the SNR. A ``photo`` object is a
+    random crop of one of ``source_files`` in [0, 1] as the density.
     """
     if size % config.factor:
         raise ValueError(f"size {size} must be a multiple of the camera factor {config.factor}")
-    kind = kind if kind is not None else str(rng.choice(config.kinds))
+    kinds = tuple(config.kinds) + ((PHOTO_KIND,) if source_files else ())
+    kind = kind if kind is not None else str(rng.choice(kinds))
+    if kind == PHOTO_KIND and not source_files:
+        raise ValueError("the photo structure kind needs source_files (a folder of photos)")
     na = rng.uniform(*config.na_range)
     wavelength = rng.uniform(*config.emission_wavelength_um_range)
     if peak_photons is None:
@@ -460,7 +472,11 @@ def simulate_sr(
     shape = (size, size)
     pixel = config.target_pixel_um
 
-    obj = render_structure(kind, shape, pixel, rng, config.structures)
+    source = ""
+    if kind == PHOTO_KIND:
+        obj, source = _crop_natural(rng, size, source_files)
+    else:
+        obj = render_structure(kind, shape, pixel, rng, config.structures)
     spectrum = np.fft.fft2(obj)
     widefield_fine = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength)))
     target = np.real(np.fft.ifft2(spectrum * incoherent_otf(shape, pixel, na, wavelength, config.target_cutoff_scale)))
@@ -481,6 +497,7 @@ def simulate_sr(
         target_pixel_um=pixel,
         camera_pixel_um=pixel * config.factor,
         offset_adu=config.offset_adu,
+        source=source,
     )
 
 
@@ -786,6 +803,7 @@ class SimulatedPairs:
     Validation and test pairs of a ``source_dir`` take its photos in a seeded order
     (all different until the split's files are used up); training pairs draw them at random.
     ``balanced_kinds``: SR structure kinds in turn (``sr_config.kinds[i % n]``) instead of drawn.
+    SR with ``source_dir``: the split's photos are one more structure family (:data:`PHOTO_KIND`).
     Pair names end with the object's source (photo file name or texture) or SR kind.
     """
 
@@ -807,8 +825,6 @@ class SimulatedPairs:
         if self.split not in _SPLITS:
             raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {self.split!r}")
         self.source_files: tuple[Path, ...] | None = None
-        if self.source_dir is not None and self.task != "qpi":
-            raise ValueError("source images are phase objects for QPI; the SR simulator renders its own structures")
         file_split = self.source_split or self.split
         if file_split not in SOURCE_SPLITS:
             raise ValueError(f"source_split must be one of {SOURCE_SPLITS}, got {file_split!r}")
@@ -842,10 +858,13 @@ class SimulatedPairs:
         index = self._count
         self._count += 1
         if self.task == "sr":
-            kinds = self.sr_config.kinds
+            kinds = tuple(self.sr_config.kinds) + ((PHOTO_KIND,) if self.source_files else ())
             kind = kinds[index % len(kinds)] if self.balanced_kinds else None
-            sample = simulate_sr(self._rng, self.size, kind=kind, config=self.sr_config)
-            label = sample.kind
+            files = self.source_files
+            if self._photo_order is not None and (kind or "") == PHOTO_KIND:
+                files = (files[self._photo_order[index % len(files)]],)
+            sample = simulate_sr(self._rng, self.size, kind=kind, config=self.sr_config, source_files=files)
+            label = sample.source or sample.kind
         else:
             files = self.source_files
             if self._photo_order is not None:

@@ -174,15 +174,14 @@ def _simulated_source(config: TrainConfig) -> _Source:
     """``simulated_images`` pairs of the simulator; validation pairs from its own stream."""
     if config.task == "generic":
         raise InputError("A generic model needs data: give input_dir and target_dir, or image pairs.")
-    if config.source_images is not None and config.task != "qpi":
-        raise InputError("source_images (a folder of photos) is for the QPI simulator; SR simulates its structures.")
     # with a folder of photos, training and validation draw from disjoint files (split by file)
     stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed, source_dir=config.source_images)
     train_pairs = stream.take(config.simulated_images)
     n_validation = max(1, round(config.validation_fraction * config.simulated_images)) \
         if config.validation_fraction > 0 else 0
     validation_pairs = stream.with_split("validation").take(n_validation)
-    sources = f"; phase objects from the training split of {config.source_images}" if config.source_images else ""
+    objects = "phase objects" if config.task == "qpi" else "a fifth structure family, fluorophore densities,"
+    sources = f"; {objects} from the training split of {config.source_images}" if config.source_images else ""
     description = (f"{config.simulated_images} simulated {config.task} pairs of {config.simulated_size}² px "
                    f"(napari_cvdm.data.simulate, seed {config.seed}{sources})")
     pixel_size = config.input_pixel_size_um
