@@ -106,33 +106,38 @@ class TIEBase:
         loses on smooth objects, so the data decide, as they do the boundary).
 
         Returns the base and its MAE (rad)."""
+        stacks, phases = _fit_pairs(stacks, phases)
         if kind is None:
             fits = [cls.fit(stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad, k) for k in KINDS]
-            stacks = [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]]
-            phases = [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]]
             return min(fits, key=lambda fit: fit[0].mean_log_error(stacks, phases))
         if kind not in KINDS:
             raise ValueError(f"unknown base kind {kind!r}; choose one of {', '.join(KINDS)}")
-        stacks = [np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]]
-        phases = [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]]
         strength, exponent, boundary, error = fit_regularization(stacks, phases, dz_um, wavelength_um, pixel_um)
         fitted = cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
                      exponent)
         if kind == "fft_tie":
             return fitted, error
         candidates = [replace(fitted, strength=strength * factor, kind=kind) for factor in US_TIE_STRENGTH_FACTORS]
-        scored = [(base.mean_log_error(stacks, phases), base) for base in candidates]
-        best = min(scored, key=lambda pair: pair[0])[1]
+        best = min(candidates, key=lambda base: base.mean_log_error(stacks, phases))
         return best, float(np.mean(best.errors(stacks, phases)))
 
     def errors(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> list[float]:
         """Phase MAE (rad, free offset removed) of this base on each ``(stack, phase)`` pair."""
-        return [float(np.abs((b := self.phase(st).astype(np.float64)) - b.mean() - (ph - ph.mean())).mean())
-                for st, ph in zip(stacks, phases)]
+        maes = []
+        for stack, phase in zip(stacks, phases):
+            estimate = self.phase(stack).astype(np.float64)
+            maes.append(float(np.abs(estimate - estimate.mean() - (phase - phase.mean())).mean()))
+        return maes
 
     def mean_log_error(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> float:
         """The mean log MAE, what :meth:`fit` minimises (a clean image counts as much as a noisy one)."""
         return float(np.mean(np.log(self.errors(stacks, phases))))
+
+
+def _fit_pairs(stacks, phases) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first :data:`FIT_IMAGES` pairs as float64 stacks ``(2, H, W)`` and phases ``(H, W)``."""
+    return ([np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
+            [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]])
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
