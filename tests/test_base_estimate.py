@@ -59,6 +59,6 @@ def test_the_formulation_names_the_solver():
             base = "physics"
         base = {"kind": "us_tie", "boundary": "periodic"}
 
-    assert "US-TIE phase (periodic boundary)" in formulation_words(Info)
+    assert "refines the US-TIE phase (periodic boundary)" in formulation_words(Info)
     Info.base = {"boundary": "mirror"}
-    assert "FFT-TIE phase (mirror boundary)" in formulation_words(Info)
+    assert "refines the FFT-TIE phase (mirror boundary)" in formulation_words(Info)

@@ -158,7 +158,7 @@ def formulation_words(info) -> str:
     if base == "physics":
         tie = info.base or {}
         solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
-        return (f"residual — refines a {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
+        return (f"residual — refines the {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
                 if tie else "residual — refines a physics base")
     if base == "predictor":
         return "residual — refines a jointly trained direct (L2) prediction"
