@@ -481,7 +481,7 @@ def test_each_planes_base_is_reported_before_its_samples():
     assert first <= 1 and second - first - 1 > len(events) - second - 1 > 0
 
 
-def test_a_us_tie_base_reports_each_iteration_and_a_stop_interrupts_it():
+def test_a_us_tie_base_reports_its_stages_and_a_stop_interrupts_it():
     import dataclasses
 
     from napari_cvdm.base_estimate import TIEBase
@@ -492,14 +492,14 @@ def test_a_us_tie_base_reports_each_iteration_and_a_stop_interrupts_it():
     events = []
     reconstruct(model, info, _phase_bump_stack(), ReconstructionSettings(n_samples=1, steps=2, device="cpu"),
                 progress=lambda done, total: events.append(done))
-    # the base's iterations re-report the count before its one step is done
+    # the base's stages re-report the count before its one step is done
     beats = events[:events.index(1)]
     assert len(beats) >= 2 and set(beats) == {0}
     polls = []
     with pytest.raises(Cancelled):
         reconstruct(model, info, _phase_bump_stack(), ReconstructionSettings(n_samples=1, steps=2, device="cpu"),
                     should_stop=lambda: polls.append(1) or len(polls) > 1)
-    assert len(polls) == 2  # stopped at the base's second iteration, before any sampling
+    assert len(polls) == 2  # stopped at the base's second heartbeat, before any sampling
 
 
 def test_a_residual_model_gives_the_same_schedule_map_whatever_the_tiles():

@@ -30,12 +30,12 @@ import numpy as np
 from .physics.tie import BOUNDARIES, fft_tie, fit_regularization, noise_adaptive_regularization, us_tie
 
 #: The TIE solvers a base may use, by ``TIEBase.kind``: ``(stack, dz, λ, pixel, a, boundary) → φ``.
-#: ``on_iteration`` follows each US-TIE iteration (FFT-TIE is one solve).
+#: ``heartbeat()`` is called between US-TIE's stages (FFT-TIE is one short solve).
 SOLVERS = {
-    "fft_tie": lambda stack, dz, wavelength, pixel, a, boundary, on_iteration=None:
+    "fft_tie": lambda stack, dz, wavelength, pixel, a, boundary, heartbeat=None:
         fft_tie(stack, dz, wavelength, pixel, a, boundary),
-    "us_tie": lambda stack, dz, wavelength, pixel, a, boundary, on_iteration=None:
-        us_tie(stack, dz, wavelength, pixel, a, boundary=boundary, on_iteration=on_iteration),
+    "us_tie": lambda stack, dz, wavelength, pixel, a, boundary, heartbeat=None:
+        us_tie(stack, dz, wavelength, pixel, a, boundary=boundary, heartbeat=heartbeat),
 }
 KINDS = tuple(SOLVERS)
 #: Images used to fit the regulariser (the fit is cheap, but a few images already pin it).
@@ -81,15 +81,15 @@ class TIEBase:
         return cls(**data)
 
     def phase(self, stack: np.ndarray, wavelength_um: float | None = None, dz_um: float | None = None,
-              pixel_um: float | None = None, on_iteration: Callable[[], None] | None = None) -> np.ndarray:
+              pixel_um: float | None = None, heartbeat: Callable[[], None] | None = None) -> np.ndarray:
         """Base phase ``(H, W)`` float32 in rad (mean ``offset_rad``) of one stack ``(2, H, W)``.
 
         The optics default to the model's training optics; pass the input's own where known.
-        ``on_iteration()`` follows each iteration of an iterative solver.
+        ``heartbeat()`` is called between the stages of an iterative solver.
         """
         regularization = noise_adaptive_regularization(stack, self.strength, self.exponent)
         phase = SOLVERS[self.kind](stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
-                                   pixel_um or self.pixel_um, regularization, self.boundary, on_iteration)
+                                   pixel_um or self.pixel_um, regularization, self.boundary, heartbeat)
         return (phase + self.offset_rad).astype(np.float32)
 
     def with_optics(self, wavelength_um: float, dz_um: float, pixel_um: float) -> TIEBase:

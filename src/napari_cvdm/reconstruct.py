@@ -555,7 +555,7 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     if model.config.base == "physics":
         from .base_estimate import TIEBase
 
-        phase = TIEBase.from_dict(info.base).phase(condition, on_iteration=beat, **optics)
+        phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:
             tick()
