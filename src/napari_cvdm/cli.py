@@ -650,8 +650,7 @@ def _add_evaluate_command(commands) -> None:
     source.add_argument("--size", type=_bounded(int, MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE), default=128,
                         help="simulated image side (default: 128)")
     source.add_argument("--source-images", metavar="DIR",
-                        help="photos from the test split (by file) of this folder: QPI phase objects; "
-                             "SR adds them as a structure family")
+                        help="QPI: phase objects from the test split (by file) of this folder of photos")
     source.add_argument("--test-set", choices=("unseen", "seen"), default="unseen",
                         help="simulated data outside the training distribution (default) or from it")
     optics = evaluate.add_argument_group("optics for the classical baselines")
