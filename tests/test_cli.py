@@ -239,7 +239,8 @@ def test_info_prints_the_model_metadata(models, capsys):
     assert json.loads(capsys.readouterr().out)["task"] == "qpi"
 
 
-def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_differ(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["fft_tie", "us_tie"])  # US-TIE reports progress before the first step
+def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_differ(tmp_path, capsys, kind):
     from napari_cvdm.base_estimate import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
@@ -249,7 +250,7 @@ def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_diffe
                      input_normalization={"mode": "mean"},
                      target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
                      sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
-                     base=TIEBase(10.0, 0.521, 1.0, 0.21, 1.75).to_dict())
+                     base=TIEBase(10.0, 0.521, 1.0, 0.21, 1.75, kind=kind).to_dict())
     model_path = save_model(tmp_path / "residual.safetensors", CVDM(config), info)
     yy, xx = np.mgrid[:32, :32] / 32
     stack = phase_object_stack(np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.05), 1.0, 0.521, 0.21)

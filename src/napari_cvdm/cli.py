@@ -112,7 +112,7 @@ class _SampleRate:
     def show(self, done: int, total: int) -> None:
         elapsed = time.monotonic() - self.start
         samples = self.n_samples * done / total
-        left = elapsed * (total - done) / done
+        left = elapsed * (total - done) / done if done else None  # a heartbeat before the first step
         self.line.show(f"{self.label}: step {done}/{total}, {samples:.1f}/{self.n_samples} samples, "
                        f"{elapsed / max(samples, 1e-9):.1f} s per sample, {_duration(left)} left",
                        force=done == total)
