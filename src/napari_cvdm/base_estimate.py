@@ -106,20 +106,20 @@ class TIEBase:
         loses on smooth objects, so the data decide, as they do the boundary).
 
         Returns the base and its MAE (rad)."""
-        stacks, phases = _fit_pairs(stacks, phases)
-        if kind is None:
-            fits = [cls.fit(stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad, k) for k in KINDS]
-            return min(fits, key=lambda fit: fit[0].mean_log_error(stacks, phases))
-        if kind not in KINDS:
+        if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown base kind {kind!r}; choose one of {', '.join(KINDS)}")
-        strength, exponent, boundary, error = fit_regularization(stacks, phases, dz_um, wavelength_um, pixel_um)
-        fitted = cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
-                     exponent)
-        if kind == "fft_tie":
-            return fitted, error
-        candidates = [replace(fitted, strength=strength * factor, kind=kind) for factor in US_TIE_STRENGTH_FACTORS]
-        best = min(candidates, key=lambda base: base.mean_log_error(stacks, phases))
-        return best, float(np.mean(best.errors(stacks, phases)))
+        stacks, phases = _fit_pairs(stacks, phases)
+        strength, exponent, boundary, _ = fit_regularization(stacks, phases, dz_um, wavelength_um, pixel_um)
+        fft_base = cls(strength, float(wavelength_um), float(dz_um), float(pixel_um), float(offset_rad), boundary,
+                       exponent)
+        candidates = []  # (base, its MAE per pair)
+        if kind in (None, "fft_tie"):
+            candidates.append((fft_base, fft_base.errors(stacks, phases)))
+        if kind in (None, "us_tie"):
+            candidates += [(base, base.errors(stacks, phases)) for base in
+                           (replace(fft_base, strength=strength * f, kind="us_tie") for f in US_TIE_STRENGTH_FACTORS)]
+        base, errors = min(candidates, key=lambda candidate: _mean_log(candidate[1]))
+        return base, float(np.mean(errors))
 
     def errors(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> list[float]:
         """Phase MAE (rad, free offset removed) of this base on each ``(stack, phase)`` pair."""
@@ -131,7 +131,11 @@ class TIEBase:
 
     def mean_log_error(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> float:
         """The mean log MAE, what :meth:`fit` minimises (a clean image counts as much as a noisy one)."""
-        return float(np.mean(np.log(self.errors(stacks, phases))))
+        return _mean_log(self.errors(stacks, phases))
+
+
+def _mean_log(errors: list[float]) -> float:
+    return float(np.mean(np.log(errors)))
 
 
 def _fit_pairs(stacks, phases) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -543,7 +543,7 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     Before any tiling: the TIE base of a physics model from the stack with the input's optics
     (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), a
     predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
-    of its tiles). ``beat()`` follows each iteration of an iterative TIE base (no step done).
+    of its tiles). ``beat()`` is called between the stages of an iterative TIE base (no step done).
     """
     from .physics import upsample
 

@@ -443,6 +443,11 @@ class SRSample:
         return ImagePair(name, upsample(self.widefield, factor)[None], self.target[None].astype(np.float32))
 
 
+def sr_kinds(config: SRSimulationConfig, with_photos: bool) -> tuple[str, ...]:
+    """The structure families an SR draw chooses from: ``config.kinds``, and photos if there are any."""
+    return tuple(config.kinds) + ((PHOTO_KIND,) if with_photos else ())
+
+
 def simulate_sr(
     rng: np.random.Generator,
     size: int = 256,
@@ -460,8 +465,7 @@ def simulate_sr(
     """
     if size % config.factor:
         raise ValueError(f"size {size} must be a multiple of the camera factor {config.factor}")
-    kinds = tuple(config.kinds) + ((PHOTO_KIND,) if source_files else ())
-    kind = kind if kind is not None else str(rng.choice(kinds))
+    kind = kind if kind is not None else str(rng.choice(sr_kinds(config, bool(source_files))))
     if kind == PHOTO_KIND and not source_files:
         raise ValueError("the photo structure kind needs source_files (a folder of photos)")
     na = rng.uniform(*config.na_range)
@@ -858,10 +862,10 @@ class SimulatedPairs:
         index = self._count
         self._count += 1
         if self.task == "sr":
-            kinds = tuple(self.sr_config.kinds) + ((PHOTO_KIND,) if self.source_files else ())
+            kinds = sr_kinds(self.sr_config, bool(self.source_files))
             kind = kinds[index % len(kinds)] if self.balanced_kinds else None
             files = self.source_files
-            if self._photo_order is not None and (kind or "") == PHOTO_KIND:
+            if self._photo_order is not None and kind == PHOTO_KIND:
                 files = (files[self._photo_order[index % len(files)]],)
             sample = simulate_sr(self._rng, self.size, kind=kind, config=self.sr_config, source_files=files)
             label = sample.source or sample.kind
