@@ -86,6 +86,13 @@ def test_small_images_and_wrong_channels_are_refused_before_training():
         load_training_data(TrainConfig(task="generic"))
 
 
+@pytest.mark.parametrize("task", ["sr", "qpi"])
+def test_a_folder_without_photos_is_refused_by_name(tmp_path, task):
+    with pytest.raises(InputError, match="source_images: no images .* in"):
+        load_training_data(TrainConfig(task=task, simulated_images=2, simulated_size=32,
+                                       source_images=str(tmp_path)))
+
+
 def test_folder_pixel_size_is_the_targets_times_the_factor_else_the_inputs(tmp_path):
     inputs, targets = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()

@@ -175,7 +175,10 @@ def _simulated_source(config: TrainConfig) -> _Source:
     if config.task == "generic":
         raise InputError("A generic model needs data: give input_dir and target_dir, or image pairs.")
     # with a folder of photos, training and validation draw from disjoint files (split by file)
-    stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed, source_dir=config.source_images)
+    try:
+        stream = SimulatedPairs(config.task, config.simulated_size, seed=config.seed, source_dir=config.source_images)
+    except ValueError as error:  # an empty folder, or a split without photos
+        raise InputError(f"source_images: {error}") from None
     train_pairs = stream.take(config.simulated_images)
     n_validation = max(1, round(config.validation_fraction * config.simulated_images)) \
         if config.validation_fraction > 0 else 0
