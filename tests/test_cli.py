@@ -84,16 +84,22 @@ def test_predict_grid_and_memory_layout_flags_reach_the_sampler(tmp_path, models
     widefield = np.random.default_rng(1).poisson(80, (16, 16)).astype(np.float32)
     write_image(tmp_path / "cells.tif", widefield, pixel_size_um=0.1)
     means = {}
-    for name, flags in {"plain": [], "nhwc": ["--channels-last"], "uniform": ["--grid", "uniform"]}.items():
+    runs = {"plain": [], "nhwc": ["--channels-last"], "uniform": ["--grid", "uniform"], "narrow": ["--log-snr-max", "6"]}
+    for name, flags in runs.items():
         assert main(["predict", str(tmp_path / "cells.tif"), "--model", str(models["sr"]), "--out",
                      str(tmp_path / name), *FAST, *flags]) == 0
         means[name] = read_image(tmp_path / name / "cells_mean.tif").array
         settings = json.loads((tmp_path / name / "cells_cvdm.json").read_text())["settings"]
         assert settings["channels_last"] == (name == "nhwc")
         assert settings["grid"] == ("uniform" if name == "uniform" else "log_snr")  # resolved: the default
+        assert settings["log_snr_range"][1] == (6.0 if name == "narrow" else 13.3)
     capsys.readouterr()
     np.testing.assert_allclose(means["nhwc"], means["plain"], atol=1e-4)  # same arithmetic, other layout
     assert np.abs(means["uniform"] - means["plain"]).max() > 1e-3  # another grid samples other times
+    assert np.abs(means["narrow"] - means["plain"]).max() > 1e-4, np.abs(means["narrow"] - means["plain"]).max()
+    assert main(["predict", str(tmp_path / "cells.tif"), "--model", str(models["sr"]), "--out",
+                 str(tmp_path / "bad"), "--log-snr-max", "0"]) == 2
+    assert "--log-snr-max" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_predict_a_folder_of_qpi_stacks_uses_the_model_pixel_size_when_the_file_has_none(tmp_path, models, capsys):

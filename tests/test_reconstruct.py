@@ -404,6 +404,8 @@ def test_sr_model_refuses_a_named_two_channel_stack():
     (ReconstructionSettings(tile_size=64, tile_overlap=40), "overlap"),
     (ReconstructionSettings(precision="fp8"), "precision"),
     (ReconstructionSettings(grid="karras"), "grid"),
+    (ReconstructionSettings(log_snr_max=0.0), "log_snr_max"),
+    (ReconstructionSettings(log_snr_max="8"), "log_snr_max"),
     (ReconstructionSettings(device="tpu"), "tpu"),
 ])
 def test_bad_settings_are_refused(settings, word):

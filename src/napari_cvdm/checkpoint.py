@@ -63,6 +63,7 @@ class SamplerDefaults(TypedDict, total=False):
     eta: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     clip: PositiveFinite | None
     grid: str
+    log_snr_range: tuple[float | None, float]
 
 
 @with_config(ConfigDict(extra="forbid"))

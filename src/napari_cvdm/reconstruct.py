@@ -75,7 +75,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import warnings
 
@@ -153,7 +153,9 @@ class ReconstructionSettings:
     as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
     the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
     (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
-    ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``channels_last`` runs the denoiser
+    ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``log_snr_max``: the ``log_snr`` grid's
+    last log-SNR before t = 0 (None: the model's, else ``LOG_SNR_MAX``; 8 with 8 NFE keeps the
+    20-NFE quality of the shipped models, docs/benchmarks.md). ``channels_last`` runs the denoiser
     on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
     eager with a warning) — both GPU options that leave the result unchanged up to rounding.
     """
@@ -170,6 +172,7 @@ class ReconstructionSettings:
     eta: float | None = None
     max_batch: int | None = None
     grid: str | None = None
+    log_snr_max: float | None = None
     channels_last: bool = False
     compile: bool = False
 
@@ -191,6 +194,10 @@ class ReconstructionSettings:
         if self.eta is not None and (isinstance(self.eta, bool) or not isinstance(self.eta, int | float)
                                      or not 0.0 <= float(self.eta) <= 1.0):
             raise InputError(f"η (eta) must be a number between 0 and 1 (got {self.eta!r}).")
+        if self.log_snr_max is not None and (isinstance(self.log_snr_max, bool)
+                                             or not isinstance(self.log_snr_max, int | float)
+                                             or not 0.0 < float(self.log_snr_max) <= 20.0):
+            raise InputError(f"log_snr_max must be a number in (0, 20] (got {self.log_snr_max!r}).")
         base, colon, index = str(self.device).strip().lower().partition(":")
         if not isinstance(self.device, str) or base not in ("auto", "cpu", "mps", "cuda") \
                 or (colon and (base == "auto" or not index.isdigit())):
@@ -473,6 +480,8 @@ def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> Samp
     try:
         options = SamplingOptions.resolve(info.sampler, sampler=settings.sampler, steps=settings.steps,
                                           eta=settings.eta, grid=settings.grid)
+        if settings.log_snr_max is not None:
+            options = replace(options, log_snr_range=(options.log_snr_range[0], float(settings.log_snr_max)))
     except ValueError as error:  # the settings are checked: the model file's defaults are at fault
         raise InputError(f"The model's default sampling settings are unusable: {error}.") from None
     if options.sampler not in SAMPLERS:

@@ -171,6 +171,19 @@ def test_log_snr_grid_is_uniform_in_the_reference_pixels_log_snr():
     assert torch.equal(time_grid(8), torch.linspace(1, 0, 9))
 
 
+@pytest.mark.parametrize("low,high", [(None, 8.0), (-3.0, 10.0)])
+def test_a_narrowed_log_snr_grid_spans_the_asked_range_after_t_equal_1(low, high):
+    model = _model()
+    lam = 0.7
+    times = time_grid(6, kind="log_snr", schedule=model.schedule, lam=lam, log_snr_range=(low, high))
+    assert times[0] == 1.0 and times[-1] == 0.0 and torch.all(times[1:] < times[:-1])
+    gamma = model.schedule.double().gamma(times[:-1].double(), torch.full((6, 1, 1, 1), lam, dtype=torch.float64))
+    log_snr = (torch.log(gamma) - torch.log1p(-gamma)).flatten()
+    start = float(log_snr[0]) if low is None else low  # ℓ(1) unless the range starts above it
+    expected = torch.linspace(start, high, 6, dtype=torch.float64)[1:]
+    assert torch.allclose(log_snr[1:], expected, atol=0.05)
+
+
 def _gaussian_oracle_model(s2: torch.Tensor) -> CVDM:
     """A CVDM whose denoiser is the exact ε̂ for data x0 ~ N(0, s²) per pixel."""
     model = _model()

@@ -30,7 +30,8 @@ def test_options_are_frozen():
 
 @pytest.mark.parametrize("field,value", [
     ("sampler", "euler"), ("steps", 0), ("steps", 2.5), ("steps", True), ("eta", 1.5), ("eta", float("nan")),
-    ("clip", 0.0), ("clip", -1.0), ("grid", "cosine"),
+    ("clip", 0.0), ("clip", -1.0), ("grid", "cosine"), ("log_snr_range", (9.0, 8.0)),
+    ("log_snr_range", (None, float("nan"))), ("log_snr_range", (None, 25.0)), ("log_snr_range", 8.0),
 ])
 def test_bad_sampling_values_raise_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field} "):
@@ -51,6 +52,8 @@ def test_resolve_takes_the_given_settings_then_the_models_then_the_defaults():
     assert given == SamplingOptions("ancestral", 7, 0.2, None, "log_snr")
     assert SamplingOptions.resolve({}) == SamplingOptions() == SamplingOptions.resolve(None)
     assert SamplingOptions.resolve({"name": "ancestral"}).eta == 1.0  # the sampler's own η default
+    narrowed = SamplingOptions.resolve({"log_snr_range": [None, 8.0]}, steps=4)
+    assert narrowed.log_snr_range == (None, 8.0) and SamplingOptions().log_snr_range[1] > 8.0
 
 
 def test_each_sampler_name_makes_a_fresh_instance_of_its_class():

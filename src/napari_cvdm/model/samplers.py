@@ -19,11 +19,14 @@ found by name in :data:`SAMPLER_TYPES`; :data:`SAMPLERS` are the ones offered to
 
 Time grids (:data:`GRIDS`), shared by all pixels of an input:
 
-- ``log_snr`` (default): the K points ``t_K … t_1`` uniform in the log-SNR
+- ``log_snr`` (default): ``t_K = 1``, then ``t_{K−1} … t_1`` uniform in the log-SNR
   ``ℓ(t) = log(γ/(1 − γ))`` of the reference pixel whose λ is the median of the
-  λ map, from ``ℓ(1)`` up to ``LOG_SNR_MAX``, then ``t_0 = 0``: the final x̂0 is
-  predicted from an almost clean x_{t_1}, and the solvers converge at their order
-  to the exact flow.
+  λ map, over ``[ℓ_low, ℓ_high]`` (:attr:`SamplingOptions.log_snr_range`; by default
+  ``ℓ(1)`` to ``LOG_SNR_MAX``, the points then spaced as if ``t_K`` were ``ℓ_low`` too),
+  then ``t_0 = 0``: the final x̂0 is predicted from an almost clean x_{t_1}, and the
+  solvers converge at their order to the exact flow. A model may narrow the range
+  (its file's sampler defaults): where the signal is still buried (ℓ ≪ 0) or already
+  resolved (large ℓ) a step changes little, so few-step sampling spends its steps between.
 - ``uniform``: uniform in t. Its last interval ``[0, 1/K]`` is covered by one
   x̂0 prediction, a posterior *mean* at a noticeable noise level for K ≤ 50, so
   every solver is first order and the samples are shrunk (docs/benchmarks.md).
@@ -298,8 +301,9 @@ class SamplingOptions:
     ``sampler``: a name in :data:`SAMPLER_TYPES`; ``steps``: network evaluations (NFE), ≥ 1;
     ``eta``: η in [0, 1] of the samplers that have one (None: the sampler's default; after
     construction always the η used, 0 for a deterministic sampler); ``clip``: bound of
-    |x̂0| (None: unclipped); ``grid``: one of :data:`GRIDS`. Bad values raise ValueError
-    naming the field.
+    |x̂0| (None: unclipped); ``grid``: one of :data:`GRIDS`; ``log_snr_range``: ``(ℓ_low, ℓ_high)``
+    of the ``log_snr`` grid (ℓ_low None: the reference pixel's ℓ(1)). Bad values raise
+    ValueError naming the field.
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -307,6 +311,7 @@ class SamplingOptions:
     eta: float | None = None
     clip: float | None = DEFAULT_CLIP
     grid: str = DEFAULT_GRID
+    log_snr_range: tuple[float | None, float] = (None, LOG_SNR_MAX)
 
     def __post_init__(self):
         if self.sampler not in SAMPLER_TYPES:
@@ -321,23 +326,41 @@ class SamplingOptions:
         object.__setattr__(self, "steps", int(self.steps))
         if self.clip is not None:
             object.__setattr__(self, "clip", _number("clip", self.clip, 0.0, math.inf, low_open=True))
+        object.__setattr__(self, "log_snr_range", _log_snr_range(self.log_snr_range))
 
     @classmethod
     def resolve(cls, model_defaults: Mapping | None = None, *, sampler: str | None = None,
                 steps: int | None = None, eta: float | None = None, grid: str | None = None) -> SamplingOptions:
         """The given settings (None: not given), else the model's (``ModelInfo.sampler``: name, steps,
-        eta, clip, grid), else the defaults above. ``clip`` comes from the model only."""
+        eta, clip, grid, log_snr_range), else the defaults above. ``clip`` and ``log_snr_range``
+        come from the model only."""
         defaults = dict(model_defaults or {})
         given = {"sampler": sampler, "steps": steps, "eta": eta, "grid": grid}
         values = {field: value if value is not None else defaults.get("name" if field == "sampler" else field)
                   for field, value in given.items()}
         if "clip" in defaults:
             values["clip"] = defaults["clip"]
+        if defaults.get("log_snr_range") is not None:
+            values["log_snr_range"] = tuple(defaults["log_snr_range"])
         return cls(**{field: value for field, value in values.items() if value is not None or field == "clip"})
 
     def make_sampler(self) -> Sampler:
         """A fresh sampler (with empty history) for one chain."""
         return SAMPLER_TYPES[self.sampler](self.eta)
+
+
+def _log_snr_range(value) -> tuple[float | None, float]:
+    """``(ℓ_low or None, ℓ_high)`` with ℓ_low < ℓ_high ≤ 20, else ValueError naming ``log_snr_range``."""
+    try:
+        low, high = value
+        high = _number("log_snr_range's ℓ_high", high, -math.inf, 20.0)
+        low = None if low is None else _number("log_snr_range's ℓ_low", low, -math.inf, high)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"log_snr_range must be (ℓ_low or None, ℓ_high), ℓ_low < ℓ_high ≤ 20 "
+                         f"(got {value!r}): {error}") from None
+    if low is not None and low >= high:
+        raise ValueError(f"log_snr_range must have ℓ_low < ℓ_high (got {value!r})")
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -367,13 +390,15 @@ class RuntimeOptions:
 
 
 def time_grid(steps: int, device: torch.device | str = "cpu", *, kind: str = "uniform",
-              schedule=None, lam: float | None = None) -> torch.Tensor:
+              schedule=None, lam: float | None = None,
+              log_snr_range: tuple[float | None, float] = (None, LOG_SNR_MAX)) -> torch.Tensor:
     """``steps + 1`` times from 1 down to 0 (float32 on ``device``).
 
-    ``kind="uniform"``: uniform in t. ``kind="log_snr"``: ``t_K … t_1`` uniform in the
-    log-SNR of a pixel with λ = ``lam`` under ``schedule`` (a :class:`Schedule`),
-    from ℓ(1) to ``LOG_SNR_MAX``, and ``t_0 = 0``; falls back to uniform when that
-    pixel's schedule does not span a log-SNR interval (e.g. λ ≈ 0).
+    ``kind="uniform"``: uniform in t. ``kind="log_snr"``: ``t_K = 1``, ``t_{K−1} … t_1``
+    uniform in the log-SNR of a pixel with λ = ``lam`` under ``schedule`` (a :class:`Schedule`)
+    on the points of ``linspace(ℓ_low, ℓ_high, K)`` after the first (ℓ_low None or below ℓ(1):
+    ℓ(1); ℓ_high at most ℓ(0)), and ``t_0 = 0``; falls back to uniform when that pixel's
+    schedule does not span a log-SNR interval (e.g. λ ≈ 0).
     """
     if steps < 1:
         raise ValueError("steps must be at least 1")
@@ -385,7 +410,9 @@ def time_grid(steps: int, device: torch.device | str = "cpu", *, kind: str = "un
     if schedule is None or lam is None:
         raise ValueError("the log_snr grid needs the schedule and a reference λ")
     log_snr = _log_snr_table(schedule, float(lam))
-    low, high = log_snr[-1], min(LOG_SNR_MAX, log_snr[0])
+    wanted_low, wanted_high = log_snr_range
+    low = log_snr[-1] if wanted_low is None else max(log_snr[-1], wanted_low)
+    high = min(wanted_high, log_snr[0])
     if not np.all(np.isfinite([low, high])) or high - low < 1e-3:
         return uniform
     targets = np.linspace(low, high, steps)  # t_K = 1 … t_1
@@ -415,7 +442,8 @@ def _log_snr_table(schedule, lam: float) -> np.ndarray:
 
 
 def _row_grids(steps: int, grid: str, schedule, schedule_map: torch.Tensor,
-               lam_ref: float | torch.Tensor | None) -> torch.Tensor:
+               lam_ref: float | torch.Tensor | None,
+               log_snr_range: tuple[float | None, float] = (None, LOG_SNR_MAX)) -> torch.Tensor:
     """Time grid ``(steps + 1,)`` or, for ``log_snr``, one per row ``(B, steps + 1)``."""
     device = schedule_map.device
     if grid != "log_snr":
@@ -423,10 +451,11 @@ def _row_grids(steps: int, grid: str, schedule, schedule_map: torch.Tensor,
     if lam_ref is None:
         lam_ref = schedule_map.flatten(1).float().median(1).values
     refs = torch.as_tensor(lam_ref, dtype=torch.float32).flatten().cpu()
+    grid_of = lambda value: time_grid(steps, device, kind=grid, schedule=schedule, lam=value,  # noqa: E731
+                                      log_snr_range=log_snr_range)
     if refs.numel() == 1:
-        return time_grid(steps, device, kind=grid, schedule=schedule, lam=float(refs))
-    grids = {value: time_grid(steps, device, kind=grid, schedule=schedule, lam=value)
-             for value in set(refs.tolist())}
+        return grid_of(float(refs))
+    grids = {value: grid_of(value) for value in set(refs.tolist())}
     return torch.stack([grids[value] for value in refs.tolist()])
 
 
@@ -515,7 +544,7 @@ def sample(
     if schedule_map is None:
         schedule_map = model.schedule.schedule_map(y)
     steps = options.steps
-    times = _row_grids(steps, options.grid, model.schedule, schedule_map, lam_ref)
+    times = _row_grids(steps, options.grid, model.schedule, schedule_map, lam_ref, options.log_snr_range)
     if noise is None:
         shape = (y.shape[0], model.config.x_channels, *y.shape[-2:])
         noise = lambda stage: torch.randn(shape, generator=generator, device=y.device)  # noqa: E731
