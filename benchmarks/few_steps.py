@@ -58,8 +58,7 @@ def main() -> None:
     print(f"device: CPU {platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; "
           f"{args.size}² output, N = {args.samples}")
     for task in args.tasks:
-        size = args.size if task == "qpi" else args.size // 2
-        images = nfe.inputs(task, argparse.Namespace(**{**vars(args), "size": size}))
+        images = nfe.inputs(task, args)
         rows = []
         for i, (image, target, kwargs, to_unit) in enumerate(images):
             full, full_s = timed_run(task, image, kwargs, i, 20, (None, LOG_SNR_MAX), args.samples)
