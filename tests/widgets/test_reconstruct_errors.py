@@ -31,6 +31,13 @@ def image(shape=(24, 24), seed=0):
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
+def test_the_grid_end_reaches_the_settings_and_follows_the_chosen_model(widget, qpi_model_path):
+    widget.select_model(qpi_model_path)
+    assert widget.settings().log_snr_max == pytest.approx(13.3)  # the tiny model names no range
+    widget.log_snr_max_spin.setValue(8.0)
+    assert widget.settings().log_snr_max == 8.0
+
+
 def test_no_model_chosen(viewer, widget, notifications):
     viewer.add_image(image(), name="wf")
     widget.model_combo.setCurrentIndex(0)
