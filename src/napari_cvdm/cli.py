@@ -550,14 +550,15 @@ def raise_input(message: str) -> None:
 
 def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     from .model import GRIDS, SAMPLERS
+    from .model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
 
     group = parser.add_argument_group("sampling")
     group.add_argument("--n-samples", type=_bounded(int, 1, MAX_SAMPLES), default=8, help="samples per image (default: 8)")
     group.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's")
     group.add_argument("--steps", type=_bounded(int, 1, MAX_SAMPLER_STEPS), default=None, help="sampling steps (default: the model's)")
     group.add_argument("--grid", choices=GRIDS, default=None, help="sampler time grid (default: the model's)")
-    group.add_argument("--log-snr-max", type=_bounded(float, 0, 20, above=True), default=None,
-                       help="last log-SNR of the log_snr grid (default: the model's, else 13.3); "
+    group.add_argument("--log-snr-max", type=_bounded(float, 0, LOG_SNR_CEILING, above=True), default=None,
+                       help=f"last log-SNR of the log_snr grid (default: the model's, else {LOG_SNR_MAX:g}); "
                             "--steps 8 --log-snr-max 8 is 2.5x faster at the 20-step quality (docs/benchmarks.md)")
     group.add_argument("--eta", type=_bounded(float, 0, 1), default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
     group.add_argument("--seed", type=SEED, default=0)

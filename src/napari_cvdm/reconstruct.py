@@ -85,7 +85,7 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
 from .model import CVDM, SAMPLERS
-from .model.samplers import GRIDS, RunningMoments, RuntimeOptions, SamplingOptions, sample
+from .model.samplers import GRIDS, LOG_SNR_CEILING, RunningMoments, RuntimeOptions, SamplingOptions, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -196,8 +196,8 @@ class ReconstructionSettings:
             raise InputError(f"η (eta) must be a number between 0 and 1 (got {self.eta!r}).")
         if self.log_snr_max is not None and (isinstance(self.log_snr_max, bool)
                                              or not isinstance(self.log_snr_max, int | float)
-                                             or not 0.0 < float(self.log_snr_max) <= 20.0):
-            raise InputError(f"log_snr_max must be a number in (0, 20] (got {self.log_snr_max!r}).")
+                                             or not 0.0 < float(self.log_snr_max) <= LOG_SNR_CEILING):
+            raise InputError(f"log_snr_max must be a number in (0, {LOG_SNR_CEILING:g}] (got {self.log_snr_max!r}).")
         base, colon, index = str(self.device).strip().lower().partition(":")
         if not isinstance(self.device, str) or base not in ("auto", "cpu", "mps", "cuda") \
                 or (colon and (base == "auto" or not index.isdigit())):

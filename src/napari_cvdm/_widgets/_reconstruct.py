@@ -34,7 +34,7 @@ from ..calibrate import UncertaintyOutputs, calibrate_model, calibration_line, u
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
-from ..model.samplers import LOG_SNR_MAX
+from ..model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model
@@ -229,7 +229,7 @@ class ReconstructWidget(QWidget):
                                       "ancestral: the paper's sampler (~200 steps)")
         self.steps_spin = spin_box(1, 5000, 20, "Denoising steps per sample")
         self.log_snr_max_spin = QDoubleSpinBox()
-        self.log_snr_max_spin.setRange(1.0, 20.0)
+        self.log_snr_max_spin.setRange(1.0, LOG_SNR_CEILING)
         self.log_snr_max_spin.setDecimals(1)
         self.log_snr_max_spin.setValue(LOG_SNR_MAX)
         self.log_snr_max_spin.setToolTip("Last log-SNR of the sampler's time grid before the final step. "

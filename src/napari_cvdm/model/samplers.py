@@ -78,6 +78,8 @@ MIN_GAMMA = 1e-20
 MAX_GAMMA = 1 - 2**-23
 #: Largest log-SNR ``log(γ/(1 − γ))`` of the ``log_snr`` grid (VDM's bound: noise std ≈ 1.3e-3).
 LOG_SNR_MAX = 13.3
+#: Largest end of the ``log_snr`` grid a user or model file may ask for (noise std ≈ 4.5e-5).
+LOG_SNR_CEILING = 20.0
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -350,13 +352,13 @@ class SamplingOptions:
 
 
 def _log_snr_range(value) -> tuple[float | None, float]:
-    """``(ℓ_low or None, ℓ_high)`` with ℓ_low < ℓ_high ≤ 20, else ValueError naming ``log_snr_range``."""
+    """``(ℓ_low or None, ℓ_high)`` with ℓ_low < ℓ_high ≤ LOG_SNR_CEILING, else ValueError naming ``log_snr_range``."""
     try:
         low, high = value
-        high = _number("log_snr_range's ℓ_high", high, -math.inf, 20.0)
+        high = _number("log_snr_range's ℓ_high", high, -math.inf, LOG_SNR_CEILING)
         low = None if low is None else _number("log_snr_range's ℓ_low", low, -math.inf, high)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"log_snr_range must be (ℓ_low or None, ℓ_high), ℓ_low < ℓ_high ≤ 20 "
+        raise ValueError(f"log_snr_range must be (ℓ_low or None, ℓ_high), ℓ_low < ℓ_high ≤ {LOG_SNR_CEILING:g} "
                          f"(got {value!r}): {error}") from None
     if low is not None and low >= high:
         raise ValueError(f"log_snr_range must have ℓ_low < ℓ_high (got {value!r})")
