@@ -77,6 +77,40 @@ def test_calibrate_model_fits_on_every_pair_and_records_what_it_saw(model_path):
     assert calibration.scale[-1] > 1
 
 
+def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(model_path):
+    model, info = load_model(model_path)
+    settings = ReconstructionSettings(n_samples=3, steps=3, log_snr_max=8.0, device="cpu", tile_size=None)
+    calibration = calibrate_model(model, info, _qpi_pairs(count=1), settings)
+    assert calibration.sampler["steps"] == 3 and calibration.sampler["n_samples"] == 3
+    assert calibration.sampler["log_snr_range"] == [None, 8.0] and calibration.sampler["name"] == "dpm_solver_2m"
+    assert "3 steps to log-SNR 8, N = 3" in calibration.describe()
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+    calibrated = with_calibration(info, calibration)
+    assert calibrated.sampler["steps"] == 3 and calibrated.sampler["log_snr_range"] == [None, 8.0]
+    assert info.sampler["steps"] == 2  # the original info is unchanged
+    # the written file reads back with the new defaults, and a reconstruction uses them
+    from napari_cvdm.reconstruct import reconstruct
+
+    path = save_model(model_path.parent / "defaults.safetensors", model, calibrated)
+    model, loaded = load_model(path)
+    result = reconstruct(model, loaded, _qpi_pairs(count=1)[0].input,
+                         ReconstructionSettings(n_samples=2, device="cpu", tile_size=None))
+    assert result.metadata["steps"] == 3 and result.metadata["log_snr_range"][1] == 8.0
+    assert calibration.sampler_mismatch(result.metadata) is None
+    other = {**result.metadata, "steps": 20}
+    assert "steps 20 (calibrated at 3)" in calibration.sampler_mismatch(other)
+
+
+def test_a_file_without_a_recorded_sampler_keeps_its_defaults(calibrated_path):
+    info = read_model_info(calibrated_path)
+    old = {key: value for key, value in info.calibration.items() if key != "sampler"}
+    calibration = Calibration.from_dict(old)
+    assert calibration.sampler == {} and calibration.sampler_mismatch({"steps": 99}) is None
+    assert with_calibration(info, calibration).sampler == info.sampler
+    with pytest.raises(ValueError, match="sampler"):
+        Calibration.from_dict({**old, "sampler": "fast"})
+
+
 def test_calibrate_model_refuses_one_sample_or_no_pairs(model_path):
     model, info = load_model(model_path)
     with pytest.raises(ValueError, match="at least 2 samples"):
@@ -218,6 +252,20 @@ def test_predict_prints_one_line_for_an_input_unlike_the_calibration_data(calibr
     assert len(lines) == 1 and lines[0].startswith("cvdm predict: warning: cell.tif:")
     sidecar = json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
     assert "pixel size" in sidecar["uncertainty"]["out_of_distribution"]
+    assert sidecar["uncertainty"]["sampler_note"] is None  # FAST samples as the calibration did
+
+
+def test_predict_says_when_it_samples_unlike_the_calibration(calibrated_path, tmp_path, capsys):
+    image = tmp_path / "cell.tif"
+    tifffile.imwrite(image, _qpi_pairs()[0].input)
+    argv = ["predict", str(image), "--model", str(calibrated_path), "--out", str(tmp_path / "o"), *FAST,
+            "--steps", "3"]
+    assert main(argv) == 0
+    _, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "calibrated at 2" in line]
+    assert len(lines) == 1 and "steps 3" in lines[0], err
+    sidecar = json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
+    assert "steps 3 (calibrated at 2)" in sidecar["uncertainty"]["sampler_note"]
 
 
 # ----------------------------------------------------------------------------- end of training

@@ -92,6 +92,7 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     for done, pair in enumerate(pairs, 1):
         result = reconstruct(model, info, pair.input, settings, should_stop=should_stop,
                              input_pixel_size_um=input_pixel_size_um, upsampled=True)
+        sampler = sampler_used(result.metadata)
         mean = np.asarray(result.mean, np.float64).reshape(pair.target.shape)
         std = np.sqrt(np.maximum(np.asarray(result.variance, np.float64), 0.0)).reshape(pair.target.shape)
         target = np.asarray(pair.target, np.float64)
@@ -112,12 +113,24 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     per_image = len(stds) // len(inputs)
     image_stds = [np.stack(stds[i:i + per_image]) for i in range(0, len(stds), per_image)]
     calibration.distribution = summarize_distribution(image_stds, inputs, pixel, info.task)
+    calibration.sampler = sampler
     return calibration
 
 
+def sampler_used(metadata: dict) -> dict:
+    """The ``ModelInfo.sampler`` entry (name, steps, n_samples, eta, clip, grid, log_snr_range) of a
+    reconstruction's metadata."""
+    low, high = metadata["log_snr_range"]
+    return {"name": metadata["sampler"], "steps": int(metadata["steps"]), "n_samples": int(metadata["n_samples"]),
+            "eta": float(metadata["eta"]), "clip": metadata["clip"], "grid": metadata["grid"],
+            "log_snr_range": [None if low is None else float(low), float(high)]}
+
+
 def with_calibration(info: ModelInfo, calibration: Calibration) -> ModelInfo:
-    """A copy of ``info`` that carries ``calibration``."""
-    return dataclasses.replace(info, calibration=calibration.to_dict())
+    """A copy of ``info`` that carries ``calibration``; its sampling defaults become those the
+    calibration was fitted with, since the error bars hold for them (unchanged when it recorded none)."""
+    sampler = {**info.sampler, **calibration.sampler} if calibration.sampler else info.sampler
+    return dataclasses.replace(info, calibration=calibration.to_dict(), sampler=sampler)
 
 
 def model_calibration(info: ModelInfo) -> Calibration | None:
@@ -166,7 +179,8 @@ class UncertaintyOutputs:
     pairs) and ``error`` (the half-width of mean ± error at ``level``) are in the output unit, shaped like the variance, None when the model is uncalibrated or N = 1.
     ``calibration``: the calibration's describe() or ``"uncalibrated"``; ``warning``: the
     out-of-distribution sentence (None when the image looks like the calibration data or
-    there is nothing to compare with); ``variance_note``: how noisy the N-sample variance is.
+    there is nothing to compare with); ``variance_note``: how noisy the N-sample variance is;
+    ``sampler_note``: a sentence when the reconstruction sampled unlike the calibration's fit.
     """
 
     calibrated: bool
@@ -177,18 +191,21 @@ class UncertaintyOutputs:
     warning: str | None
     variance_note: str
     variance_relative_error: float | None
+    sampler_note: str | None = None
 
     def summary(self) -> dict:
         """JSON-safe fields for a sidecar or layer metadata."""
         return {"calibrated": self.calibrated, "level": self.level, "calibration": self.calibration,
                 "out_of_distribution": self.warning, "variance_note": self.variance_note,
-                "variance_relative_error": self.variance_relative_error}
+                "variance_relative_error": self.variance_relative_error, "sampler_note": self.sampler_note}
 
 
 def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray | None, n_samples: int,
-                        input_pixel_size_um: float | None = None, level: float = ERROR_LEVEL) -> UncertaintyOutputs:
+                        input_pixel_size_um: float | None = None, level: float = ERROR_LEVEL,
+                        sampling: dict | None = None) -> UncertaintyOutputs:
     """Calibrated std, ± error at ``level`` and the checks, for a reconstruction of ``image`` (raw input;
-    None: no out-of-distribution check)."""
+    None: no out-of-distribution check); ``sampling``: the reconstruction's metadata (None: not checked
+    against the calibration's sampler)."""
     n_samples = int(n_samples)
     relative = variance_relative_error(n_samples) if n_samples > 1 else None
     note = sample_variance_note(n_samples)
@@ -208,6 +225,7 @@ def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray
     return UncertaintyOutputs(
         True, level, calibration.describe(), calibrated_std(std, calibration).astype(np.float32),
         error_bound(std, calibration, level).astype(np.float32), warning, note, relative,
+        calibration.sampler_mismatch(sampling) if sampling else None,
     )
 
 

@@ -169,6 +169,9 @@ class Calibration:
       out), at the :data:`SPREAD_QUANTILES` over images (empty for 1 image).
     - ``source`` (free text: which data), ``date`` (ISO 8601, UTC), ``units`` of the std.
     - ``distribution``: what the calibration inputs looked like (for :func:`check_in_distribution`).
+    - ``sampler``: the sampling settings the fitted reconstructions used (``ModelInfo.sampler``'s
+      keys: name, steps, n_samples, eta, clip, grid, log_snr_range; empty for older files). The
+      scales hold for these: fewer steps or another grid spread the samples differently.
     """
 
     levels: list[float]
@@ -187,6 +190,7 @@ class Calibration:
     variance_scale: float = 1.0
     variance_bin_edges: list[float] = field(default_factory=list)
     bin_variance_scale: list[float] = field(default_factory=list)
+    sampler: dict = field(default_factory=dict)
 
     @property
     def binned(self) -> bool:
@@ -220,6 +224,8 @@ class Calibration:
         }
         if self.distribution is not None:
             out["distribution"] = self.distribution.to_dict()
+        if self.sampler:
+            out["sampler"] = _json_sampler(self.sampler)
         return out
 
     @classmethod
@@ -269,6 +275,7 @@ class Calibration:
             levels, scale, n_images, n_pixels, std_floor, edges, bin_scale, fallback, coverage, **texts,
             distribution=None if distribution is None else DistributionSummary.from_dict(distribution),
             variance_scale=variance_scale, variance_bin_edges=variance_edges, bin_variance_scale=bin_variance,
+            sampler=_checked_sampler(data.get("sampler")),
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -277,8 +284,61 @@ class Calibration:
         when = f" on {self.date[:10]}" if self.date else ""
         bins = f", {len(self.bin_scale)} std bins" if self.binned else ""
         scale95 = ", ".join(f"{lvl:.0%}: ×{s:.2f}" for lvl, s in zip(self.levels, self.scale))
-        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}"
+        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}{_sampler_words(self.sampler)}"
         return f"calibrated{where}{when} ({used}); std scale {scale95}"
+
+    def sampler_mismatch(self, used: dict) -> str | None:
+        """A sentence when ``used`` (a reconstruction's metadata: sampler, steps, grid, log_snr_range)
+        samples differently from the fit, None when it matches or the fit did not record its sampler."""
+        if not self.sampler:
+            return None
+        fitted = _comparable(self.sampler)
+        actual = _comparable({"name": used.get("sampler", used.get("name")), **used})
+        differing = [key for key in fitted if key in actual and fitted[key] != actual[key]]
+        if not differing:
+            return None
+        said = ", ".join(f"{key} {actual[key]} (calibrated at {fitted[key]})" for key in differing)
+        return (f"This reconstruction samples with {said}: the error bars were fitted on other samples "
+                f"and may be off; reconstruct with the model's defaults or calibrate again.")
+
+
+#: The sampling settings that change the spread of the samples, and so the calibration.
+SAMPLER_KEYS = ("name", "steps", "grid", "log_snr_range")
+
+
+def _json_sampler(sampler: dict) -> dict:
+    out = {key: value for key, value in sampler.items() if value is not None or key == "clip"}
+    if out.get("log_snr_range") is not None:
+        out["log_snr_range"] = [None if v is None else float(v) for v in out["log_snr_range"]]
+    return out
+
+
+def _checked_sampler(value) -> dict:
+    """The stored sampler settings (a mapping of JSON scalars, log_snr_range a pair), else ValueError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"calibration sampler must be a mapping, got {type(value).__name__}")
+    for key, item in value.items():
+        pair = key == "log_snr_range" and isinstance(item, list) and len(item) == 2
+        if not (pair or item is None or isinstance(item, (str, int, float))):
+            raise ValueError(f"calibration sampler {key} must be a number or a name, got {item!r}")
+    return dict(value)
+
+
+def _comparable(sampler: dict) -> dict:
+    out = {key: sampler[key] for key in SAMPLER_KEYS if sampler.get(key) is not None}
+    if "log_snr_range" in out:
+        out["log_snr_range"] = tuple(None if v is None else round(float(v), 6) for v in out["log_snr_range"])
+    return out
+
+
+def _sampler_words(sampler: dict) -> str:
+    if not sampler.get("steps"):
+        return ""
+    end = sampler.get("log_snr_range")
+    grid_end = f" to log-SNR {float(end[1]):g}" if end else ""
+    return f", {sampler['steps']} steps{grid_end}, N = {sampler.get('n_samples', '?')}"
 
 
 def _is_number(value) -> bool:

@@ -363,9 +363,11 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
             progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
         )
     line.done()
-    uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size)
-    if uncertainty.warning:
-        _say(f"cvdm predict: warning: {path.name}: {uncertainty.warning}")
+    uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size,
+                                      sampling=result.metadata)
+    for note in (uncertainty.warning, uncertainty.sampler_note):
+        if note:
+            _say(f"cvdm predict: warning: {path.name}: {note}")
     axes = _output_axes(image.axes, result.mean.ndim - 2)
     written = _write_outputs(result, uncertainty, axes, outputs)
     consistency = _write_consistency(args, info, result, image.array, pixel_size, axes, outputs, written)

@@ -528,7 +528,7 @@ class ReconstructWidget(QWidget):
             result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
                                         on_partial=report, on_base=on_base)
             uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples,
-                                              job.input_pixel_size_um)
+                                              job.input_pixel_size_um, sampling=result.metadata)
             consistency = None
             if has_forward_model(info):
                 consistency = consistency_map(info, image, result.mean, dz_um=job.input_defocus_um,
@@ -647,8 +647,9 @@ class ReconstructWidget(QWidget):
 
     def _announce(self, job: ReconstructionJob, uncertainty: UncertaintyOutputs, display: ResultLayers) -> None:
         """After the last layer is shown: the notes on the uncertainty and the final status."""
-        if uncertainty.warning:
-            notifications.show_warning(uncertainty.warning)
+        warning = " ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note)
+        if warning:  # one notification, however many notes
+            notifications.show_warning(warning)
         if job.settings.n_samples == 1:
             notifications.show_info(uncertainty.variance_note)
         self.run_panel.succeeded(f"Done: {', '.join(display.shown_names())}.")
