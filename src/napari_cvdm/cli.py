@@ -561,7 +561,7 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grid", choices=GRIDS, default=None, help="sampler time grid (default: the model's)")
     group.add_argument("--log-snr-max", type=_bounded(float, 0, LOG_SNR_CEILING, above=True), default=None,
                        help=f"last log-SNR of the log_snr grid (default: the model's, else {LOG_SNR_MAX:g}); "
-                            "--steps 8 --log-snr-max 8 is 2.5x faster at the 20-step quality (docs/benchmarks.md)")
+                            "the shipped models: 8 (with 8 steps, 2.5x faster at the 20-step quality, docs/benchmarks.md)")
     group.add_argument("--eta", type=_bounded(float, 0, 1), default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
     group.add_argument("--seed", type=SEED, default=0)
     group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")

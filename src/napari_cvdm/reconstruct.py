@@ -154,8 +154,8 @@ class ReconstructionSettings:
     the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
     (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
     ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``log_snr_max``: the ``log_snr`` grid's
-    last log-SNR before t = 0 (None: the model's, else ``LOG_SNR_MAX``; 8 with 8 NFE keeps the
-    20-NFE quality of the shipped models, docs/benchmarks.md). ``channels_last`` runs the denoiser
+    last log-SNR before t = 0 (None: the model's, else ``LOG_SNR_MAX``; 8 with 8 NFE, the shipped
+    residual models' default, keeps their 20-NFE quality, docs/benchmarks.md). ``channels_last`` runs the denoiser
     on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
     eager with a warning) — both GPU options that leave the result unchanged up to rounding.
     """

@@ -233,8 +233,8 @@ class ReconstructWidget(QWidget):
         self.log_snr_max_spin.setDecimals(1)
         self.log_snr_max_spin.setValue(LOG_SNR_MAX)
         self.log_snr_max_spin.setToolTip("Last log-SNR of the sampler's time grid before the final step. "
-                                         "8 steps ending at 8 keep the 20-step quality of the shipped "
-                                         "models in about 0.4x the time (docs/benchmarks.md)")
+                                         "The shipped models default to 8 steps ending at 8: the 20-step "
+                                         "quality in about 0.4x the time (docs/benchmarks.md)")
         self.tile_spin = spin_box(32, 8192, defaults.tile_size,
                                   "Largest tile side in output pixels (tiles are spread evenly); smaller uses less memory")
         self.tile_spin.setSingleStep(32)
