@@ -87,6 +87,7 @@ def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(mode
     assert Calibration.from_dict(calibration.to_dict()) == calibration
     calibrated = with_calibration(info, calibration)
     assert calibrated.sampler["steps"] == 3 and calibrated.sampler["log_snr_range"] == [None, 8.0]
+    assert calibrated.sampler["n_samples"] == 2  # the sample count stays the model's
     assert info.sampler["steps"] == 2  # the original info is unchanged
     # the written file reads back with the new defaults, and a reconstruction uses them
     from napari_cvdm.reconstruct import reconstruct

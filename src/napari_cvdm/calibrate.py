@@ -128,8 +128,11 @@ def sampler_used(metadata: dict) -> dict:
 
 def with_calibration(info: ModelInfo, calibration: Calibration) -> ModelInfo:
     """A copy of ``info`` that carries ``calibration``; its sampling defaults become those the
-    calibration was fitted with, since the error bars hold for them (unchanged when it recorded none)."""
-    sampler = {**info.sampler, **calibration.sampler} if calibration.sampler else info.sampler
+    calibration was fitted with, since the error bars hold for them (unchanged when it recorded none).
+    The sample count stays the model's: it trades time for a less noisy variance, and the
+    variance note says how noisy."""
+    fitted = {key: value for key, value in calibration.sampler.items() if key != "n_samples"}
+    sampler = {**info.sampler, **fitted}
     return dataclasses.replace(info, calibration=calibration.to_dict(), sampler=sampler)
 
 
