@@ -62,3 +62,17 @@ def test_the_formulation_names_the_solver():
     assert "refines the US-TIE phase (periodic boundary)" in formulation_words(Info)
     Info.base = {"boundary": "mirror"}
     assert "refines the FFT-TIE phase (mirror boundary)" in formulation_words(Info)
+
+
+def test_a_refit_fixes_a_mistuned_regulariser_and_keeps_the_solver_and_optics():
+    stacks, phases = strong_phase_pairs(4)
+    rng = np.random.default_rng(4)
+    noisy = [stack + rng.normal(0.0, 0.05, stack.shape) for stack in stacks]
+    mistuned = TIEBase(1e6, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, "mirror", 2.0, kind="us_tie")
+    refitted, before, after = mistuned.refit(noisy, phases)
+    assert after < 0.8 * before and after == pytest.approx(np.mean(refitted.errors(noisy, phases)))
+    assert (refitted.kind, refitted.offset_rad, refitted.wavelength_um, refitted.dz_um, refitted.pixel_um) == \
+        ("us_tie", 1.75, WAVELENGTH_UM, DZ_UM, PIXEL_UM)
+    # a base the search cannot beat is kept as it is
+    again, before_again, after_again = refitted.refit(noisy, phases)
+    assert again == refitted and after_again == before_again

@@ -308,3 +308,45 @@ def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp
     wrong = consistency_output(info, np.roll(sample.phase, 2, axis=1), sample.stack, 0.21)
     assert right.summary["rms"] == pytest.approx(1.0, abs=0.15) and wrong.summary["rms"] > 3
     assert "not_computed" in consistency_output(info, sample.phase[:8], sample.stack, 0.21).summary
+
+
+def test_cvdm_calibrate_refits_a_qpi_base_first_only_when_asked_and_only_for_one(model_path, pair_folders,
+                                                                                   tmp_path, capsys):
+    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.data.simulate import phase_object_stack
+
+    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
+                         schedule_downsample=4, padding="reflect")
+    mistuned = TIEBase(1e6, 0.521, 1.0, 0.21, 1.75, "mirror", 2.0, kind="fft_tie")
+    info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                     input_normalization={"mode": "mean"},
+                     target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
+                     sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
+                     base=mistuned.to_dict())
+    torch.manual_seed(0)
+    residual = save_model(tmp_path / "residual.safetensors", CVDM(config), info)
+    rng = np.random.default_rng(1)
+    inputs, targets = tmp_path / "phase_in", tmp_path / "phase_out"
+    inputs.mkdir(), targets.mkdir()
+    yy, xx = np.mgrid[:32, :32] / 32
+    for i in range(3):
+        phase = 3.5 * np.exp(-((yy - rng.uniform(0.3, 0.7)) ** 2 + (xx - rng.uniform(0.3, 0.7)) ** 2) / 0.03)
+        stack = phase_object_stack(phase, 1.0, 0.521, 0.21) + rng.normal(0.0, 0.05, (2, 32, 32))
+        tifffile.imwrite(inputs / f"c{i}.tif", stack.astype(np.float32))
+        tifffile.imwrite(targets / f"c{i}.tif", phase.astype(np.float32))
+    output = tmp_path / "refitted.safetensors"
+    assert main(["calibrate", "--model", str(residual), "--input-dir", str(inputs), "--target-dir", str(targets),
+                 "--output", str(output), "--refit-base", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "TIE base refitted on 3 pair(s)" in err
+    refitted = read_model_info(output)
+    assert TIEBase.from_dict(refitted.base).strength != mistuned.strength
+    assert "refitted" in Calibration.from_dict(refitted.calibration).source
+    assert read_model_info(residual).base == mistuned.to_dict()  # the original model is untouched
+    # a model without a TIE base is refused in one line, before anything is computed or written
+    inputs, targets = pair_folders
+    assert main(["calibrate", "--model", str(model_path), "--input-dir", str(inputs), "--target-dir", str(targets),
+                 "--output", str(tmp_path / "no.safetensors"), "--refit-base", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--refit-base" in err
+    assert not (tmp_path / "no.safetensors").exists()

@@ -7,6 +7,7 @@
 the result goes into the model file as ``ModelInfo.calibration`` (:func:`with_calibration`).
 :func:`uncertainty_outputs` turns a reconstruction's variance into the calibrated std and
 the "± error at 95 %" bound, with the out-of-distribution sentence and the small-N note.
+:func:`refit_base` refits a QPI model's TIE regulariser on the same kind of pairs, before calibrating.
 :func:`consistency_output`: the data-consistency map of a reconstruction against its input.
 No Qt here.
 """
@@ -29,6 +30,7 @@ from .calibration import (
     summarize_distribution,
     variance_relative_error,
 )
+from .base_estimate import FIT_IMAGES
 from .checkpoint import ModelInfo
 from .errors import InputError
 
@@ -115,6 +117,27 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     calibration.distribution = summarize_distribution(image_stds, inputs, pixel, info.task)
     calibration.sampler = sampler
     return calibration
+
+
+def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | None = None) -> tuple[ModelInfo, str]:
+    """``info`` with its TIE base's regulariser refitted on ``pairs`` (:meth:`TIEBase.refit`), and a
+    sentence saying what changed. For a residual QPI model with a physics base (InputError otherwise);
+    QPI targets are phases in rad. Do it before calibrating: the error bars hold for the base they saw."""
+    from .base_estimate import TIEBase
+
+    if info.config.base != "physics" or not info.base:
+        raise InputError("Only a residual QPI model with a physics (TIE) base has a base regulariser to refit.")
+    if not pairs:
+        raise InputError("No pairs to refit the base on: give at least one input/target pair.")
+    base = TIEBase.from_dict(info.base)
+    refitted, before, after = base.refit([pair.input for pair in pairs], [pair.target for pair in pairs],
+                                         input_pixel_size_um)
+    count = min(len(pairs), FIT_IMAGES)
+    if refitted == base:
+        return info, f"the TIE base's regulariser stays: no refit on {count} pair(s) beat it (MAE {before:.4f} rad)"
+    words = (f"TIE base refitted on {count} pair(s): regulariser strength {refitted.strength:.3g}, exponent "
+             f"{refitted.exponent:g}, {refitted.boundary} boundary; its MAE {before:.4f} → {after:.4f} rad")
+    return dataclasses.replace(info, base=refitted.to_dict()), words
 
 
 def sampler_used(metadata: dict) -> dict:

@@ -453,7 +453,7 @@ def _calibration_output(args: argparse.Namespace) -> Path:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate_model, with_calibration
+    from .calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
     from .reconstruct import resolve_device
@@ -467,13 +467,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     info = read_model_info(args.model)
     if info.task not in ("sr", "qpi"):
         raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
+    if args.refit_base and (info.config.base != "physics" or not info.base):
+        raise InputError(f"{Path(args.model).name} has no TIE base to refit: --refit-base is for residual QPI models.")
     pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
     pixel = args.pixel_size or folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
                                                  int(info.upsampling_factor))
     model, info = load_model(args.model, resolve_device(settings.device))
+    source = f"{len(pairs)} pair(s) of {Path(args.input_dir).resolve()}"
+    if args.refit_base:
+        trained_base = info.base
+        info, words = refit_base(info, pairs, pixel)
+        _say(f"cvdm calibrate: {words}")
+        source += "; its TIE base refitted on them first" if info.base != trained_base else ""
     line = _ProgressLine()
     calibration = calibrate_model(
-        model, info, pairs, settings, source=f"{len(pairs)} pair(s) of {Path(args.input_dir).resolve()}",
+        model, info, pairs, settings, source=source,
         progress=lambda done, total: line.show(f"calibrating: image {done}/{total}", force=done == total),
         input_pixel_size_um=pixel, bins=args.bins,
     )
@@ -637,6 +645,9 @@ def _add_calibrate_command(commands) -> None:
                            help="fit one scale per equal-count bin of the std (default: 1)")
     calibrate.add_argument("--pixel-size", type=POSITIVE, default=None,
                            help="raw input pixel µm (default: the data's, else the model's)")
+    calibrate.add_argument("--refit-base", action="store_true",
+                           help="QPI residual models: first refit the TIE base's regulariser on these pairs "
+                                "(kept only if it lowers the base's error on them)")
     _add_reconstruction_flags(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
