@@ -242,30 +242,27 @@ def test_predict_writes_the_calibrated_tiffs_only_for_a_calibrated_model(calibra
     assert sidecar["uncertainty"]["variance_note"] == NO_VARIANCE_MESSAGE
 
 
-def test_predict_prints_one_line_for_an_input_unlike_the_calibration_data(calibrated_path, tmp_path, capsys):
+def _predict_one(calibrated_path, tmp_path, capsys, *flags) -> tuple[str, dict]:
+    """``cvdm predict`` of one pair's input with ``flags``: its stderr and its sidecar."""
     image = tmp_path / "cell.tif"
     tifffile.imwrite(image, _qpi_pairs()[0].input)
-    argv = ["predict", str(image), "--model", str(calibrated_path), "--out", str(tmp_path / "o"), *FAST,
-            "--pixel-size", "0.5"]
+    argv = ["predict", str(image), "--model", str(calibrated_path), "--out", str(tmp_path / "o"), *FAST, *flags]
     assert main(argv) == 0
-    _, err = capsys.readouterr()
+    return capsys.readouterr().err, json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
+
+
+def test_predict_prints_one_line_for_an_input_unlike_the_calibration_data(calibrated_path, tmp_path, capsys):
+    err, sidecar = _predict_one(calibrated_path, tmp_path, capsys, "--pixel-size", "0.5")
     lines = [line for line in err.splitlines() if "unlike the 2 calibration" in line]
     assert len(lines) == 1 and lines[0].startswith("cvdm predict: warning: cell.tif:")
-    sidecar = json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
     assert "pixel size" in sidecar["uncertainty"]["out_of_distribution"]
     assert sidecar["uncertainty"]["sampler_note"] is None  # FAST samples as the calibration did
 
 
 def test_predict_says_when_it_samples_unlike_the_calibration(calibrated_path, tmp_path, capsys):
-    image = tmp_path / "cell.tif"
-    tifffile.imwrite(image, _qpi_pairs()[0].input)
-    argv = ["predict", str(image), "--model", str(calibrated_path), "--out", str(tmp_path / "o"), *FAST,
-            "--steps", "3"]
-    assert main(argv) == 0
-    _, err = capsys.readouterr()
+    err, sidecar = _predict_one(calibrated_path, tmp_path, capsys, "--steps", "3")
     lines = [line for line in err.splitlines() if "calibrated at 2" in line]
     assert len(lines) == 1 and "steps 3" in lines[0], err
-    sidecar = json.loads((tmp_path / "o" / "cell_cvdm.json").read_text())
     assert "steps 3 (calibrated at 2)" in sidecar["uncertainty"]["sampler_note"]
 
 
