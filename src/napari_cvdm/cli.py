@@ -453,6 +453,7 @@ def _calibration_output(args: argparse.Namespace) -> Path:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from .base_estimate import FIT_IMAGES
     from .calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
@@ -476,6 +477,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     source = f"{len(pairs)} pair(s) of {Path(args.input_dir).resolve()}"
     if args.refit_base:
         trained_base = info.base
+        _say(f"cvdm calibrate: refitting the TIE base's regulariser on {min(len(pairs), FIT_IMAGES)} pair(s)…")
         info, words = refit_base(info, pairs, pixel)
         _say(f"cvdm calibrate: {words}")
         source += "; its TIE base refitted on them first" if info.base != trained_base else ""
