@@ -26,7 +26,7 @@ if [ ! -d "$WORK/$task/inputs" ]; then
   "$CVDM" simulate --task "$task" --split test --images 1 --size 512 --seed 0 "${source[@]}" --out "$WORK/$task"
 fi
 input=$(ls "$WORK/$task"/inputs/*.tif)
-echo "input: $input; model: $model; threads: ${OMP_NUM_THREADS:=2}"
+echo "device: cpu ($(nproc) cores, $(uname -m)); input: $input; model: $model; threads: ${OMP_NUM_THREADS:=2}"
 export OMP_NUM_THREADS
 farm-bench -n "$runs" --warmup 0 --timeout 1200 \
   --vs "$CVDM predict $input --model $model --n-samples 4 --device cpu --steps 20 --log-snr-max 13.3 --out $WORK/$task/old --overwrite" \

@@ -106,6 +106,13 @@ class TIEBase:
         loses on smooth objects, so the data decide, as they do the boundary).
 
         Returns the base and its MAE (rad)."""
+        base, errors = cls._fit_with_errors(stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad, kind)
+        return base, float(np.mean(errors))
+
+    @classmethod
+    def _fit_with_errors(cls, stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad,
+                         kind) -> tuple[TIEBase, list[float]]:
+        """:meth:`fit`'s base and its MAE (rad) on each of the fitted pairs."""
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown base kind {kind!r}; choose one of {', '.join(KINDS)}")
         stacks, phases = _fit_pairs(stacks, phases)
@@ -118,8 +125,7 @@ class TIEBase:
         if kind in (None, "us_tie"):
             candidates += [(base, base.errors(stacks, phases)) for base in
                            (replace(fft_base, strength=strength * f, kind="us_tie") for f in US_TIE_STRENGTH_FACTORS)]
-        base, errors = min(candidates, key=lambda candidate: _mean_log(candidate[1]))
-        return base, float(np.mean(errors))
+        return min(candidates, key=lambda candidate: _mean_log(candidate[1]))
 
     def refit(self, stacks: list[np.ndarray], phases: list[np.ndarray],
               pixel_um: float | None = None) -> tuple[TIEBase, float, float]:
@@ -128,11 +134,10 @@ class TIEBase:
         and the offset stay, since the refinement was trained on this solver's output. The refit is
         kept only if it lowers the mean log MAE on the pairs. Returns ``(base, MAE before, MAE after)``
         in rad (after = before when ``self`` is kept)."""
-        probe = self.with_optics(self.wavelength_um, self.dz_um, pixel_um or self.pixel_um)
-        fitted, _ = TIEBase.fit(stacks, phases, probe.wavelength_um, probe.dz_um, probe.pixel_um, self.offset_rad,
-                                kind=self.kind)
-        stacks, phases = _fit_pairs(stacks, phases)
-        before, after = probe.errors(stacks, phases), fitted.errors(stacks, phases)
+        at_pixel = self.with_optics(self.wavelength_um, self.dz_um, pixel_um or self.pixel_um)
+        fitted, after = TIEBase._fit_with_errors(stacks, phases, at_pixel.wavelength_um, at_pixel.dz_um,
+                                                 at_pixel.pixel_um, self.offset_rad, self.kind)
+        before = at_pixel.errors(*_fit_pairs(stacks, phases))
         if _mean_log(after) >= _mean_log(before):
             return self, float(np.mean(before)), float(np.mean(before))
         refitted = replace(self, strength=float(fitted.strength), exponent=float(fitted.exponent),
@@ -160,6 +165,11 @@ def _fit_pairs(stacks, phases) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The first :data:`FIT_IMAGES` pairs as float64 stacks ``(2, H, W)`` and phases ``(H, W)``."""
     return ([np.asarray(s, np.float64) for s in stacks[:FIT_IMAGES]],
             [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]])
+
+
+def has_tie_base(info) -> bool:
+    """Whether a model (its ``ModelInfo``) is a residual model with a physics (TIE) base."""
+    return info.config.base == "physics" and bool(info.base)
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:

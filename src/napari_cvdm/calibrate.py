@@ -30,7 +30,7 @@ from .calibration import (
     summarize_distribution,
     variance_relative_error,
 )
-from .base_estimate import FIT_IMAGES
+from .base_estimate import FIT_IMAGES, TIEBase, has_tie_base
 from .checkpoint import ModelInfo
 from .errors import InputError
 
@@ -123,9 +123,7 @@ def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | No
     """``info`` with its TIE base's regulariser refitted on ``pairs`` (:meth:`TIEBase.refit`), and a
     sentence saying what changed. For a residual QPI model with a physics base (InputError otherwise);
     QPI targets are phases in rad. Do it before calibrating: the error bars hold for the base they saw."""
-    from .base_estimate import TIEBase
-
-    if info.config.base != "physics" or not info.base:
+    if not has_tie_base(info):
         raise InputError("Only a residual QPI model with a physics (TIE) base has a base regulariser to refit.")
     if not pairs:
         raise InputError("No pairs to refit the base on: give at least one input/target pair.")

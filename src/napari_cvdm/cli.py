@@ -453,7 +453,7 @@ def _calibration_output(args: argparse.Namespace) -> Path:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .base_estimate import FIT_IMAGES
+    from .base_estimate import FIT_IMAGES, has_tie_base
     from .calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
@@ -468,7 +468,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     info = read_model_info(args.model)
     if info.task not in ("sr", "qpi"):
         raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
-    if args.refit_base and (info.config.base != "physics" or not info.base):
+    if args.refit_base and not has_tie_base(info):
         raise InputError(f"{Path(args.model).name} has no TIE base to refit: --refit-base is for residual QPI models.")
     pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
     pixel = args.pixel_size or folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
