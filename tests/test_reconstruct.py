@@ -1,5 +1,7 @@
 """Reconstruction engine: shapes and units, tiling (exactness and seams), devices, cancelling."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -634,3 +636,32 @@ def test_a_large_plane_gets_its_smooth_schedule_map_in_blended_tiles(monkeypatch
     tiled = reconstruct(model, info, _qpi_stack(192, 192), settings)
     assert not np.array_equal(tiled.gamma_map, whole.gamma_map)
     assert np.abs(tiled.gamma_map - whole.gamma_map).mean() < 0.2 * whole.gamma_map.std()  # 0.11 measured
+
+
+def test_a_residual_models_mean_shrinks_its_refinement_toward_the_base_unless_asked_not_to():
+    from napari_cvdm.model import refinement_weight
+    from napari_cvdm.reconstruct import reconstruct_base
+
+    model, info = _residual_qpi()
+    stack = _phase_bump_stack()
+    settings = ReconstructionSettings(n_samples=4, steps=2, device="cpu", keep_samples=True, tile_size=32,
+                                      tile_overlap=16)
+    shrunk = reconstruct(model, info, stack, settings)
+    plain = reconstruct(model, info, stack, replace(settings, shrink_refinement=False))
+    base = reconstruct_base(model, info, stack, device="cpu")
+    np.testing.assert_allclose(plain.mean, plain.samples.mean(0), atol=1e-5)
+    np.testing.assert_allclose(shrunk.samples, plain.samples)
+    np.testing.assert_allclose(shrunk.variance, plain.variance)
+    (weight,) = shrunk.metadata["refinement_weight"]
+    assert plain.metadata["refinement_weight"] == [1.0]
+    assert weight == pytest.approx(refinement_weight(plain.mean - base, plain.variance, 4), rel=1e-6)
+    assert 0.0 < weight < 1.0  # a perturbed tiny network refines with a lot of spread
+    np.testing.assert_allclose(shrunk.mean, base + weight * (plain.mean - base), atol=1e-5)
+
+
+def test_the_papers_formulation_has_no_refinement_to_shrink():
+    model, info = _tiny("qpi")
+    settings = ReconstructionSettings(n_samples=2, steps=1, device="cpu", keep_samples=True)
+    out = reconstruct(model, info, _qpi_stack(16, 16), settings)
+    assert out.metadata["refinement_weight"] == [None]
+    np.testing.assert_allclose(out.mean, out.samples.mean(0), atol=1e-5)

@@ -229,6 +229,7 @@ def _settings(args: argparse.Namespace):
         device=args.device, seed=args.seed, keep_samples=getattr(args, "keep_samples", False),
         precision=args.precision, eta=args.eta, max_batch=args.max_batch,
         grid=args.grid, log_snr_max=args.log_snr_max, channels_last=args.channels_last, compile=args.compile,
+        shrink_refinement=not args.plain_mean,
     )
 
 
@@ -573,6 +574,9 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"last log-SNR of the log_snr grid (default: the model's, else {LOG_SNR_MAX:g}); "
                             "the shipped models: 8 (with 8 steps, 2.5x faster at the 20-step quality, docs/benchmarks.md)")
     group.add_argument("--eta", type=_bounded(float, 0, 1), default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
+    group.add_argument("--plain-mean", action="store_true",
+                       help="residual models: the plain mean of the N samples, without shrinking the "
+                            "refinement toward the base by its sampling noise")
     group.add_argument("--seed", type=SEED, default=0)
     group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -37,8 +37,10 @@ Residual models (:mod:`napari_cvdm.model.cvdm`): the base b(y) is computed once 
 *plane* before any tiling (the TIE phase of the whole stack, or the direct predictor
 on the whole plane), and so is λ of their smooth schedule network; tiles are then cut
 from the condition ``[y, b]`` and from λ, so both are the same whatever the tiling.
-The output is ``b + s·r̂`` per sample: the mean is b plus s times the residuals' mean,
-the variance s² times theirs. The paper's formulation computes λ(y) once per tile
+The output is ``b + s·r̂`` per sample, the variance s² times the residuals'. The mean is
+``b + w·d`` with d = s times the residuals' mean and w the share of d that is not the
+sampling noise of N samples (:func:`~napari_cvdm.model.cvdm.refinement_weight`, computed on
+the whole blended plane; ``settings.shrink_refinement=False``: w = 1, the plain sample mean). The paper's formulation computes λ(y) once per tile
 before sampling, as its files expect. Either way the ``log_snr`` time grid is built
 for the median of the plane's blended λ map, so all tiles walk the grid the untiled
 image would.
@@ -84,7 +86,7 @@ import torch
 
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
-from .model import CVDM, SAMPLERS
+from .model import CVDM, SAMPLERS, refinement_weight
 from .model.samplers import GRIDS, LOG_SNR_CEILING, RunningMoments, RuntimeOptions, SamplingOptions, sample
 
 ProgressCallback = Callable[[int, int], None]
@@ -158,6 +160,8 @@ class ReconstructionSettings:
     residual models' default, keeps their 20-NFE quality, docs/benchmarks.md). ``channels_last`` runs the denoiser
     on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
     eager with a warning) — both GPU options that leave the result unchanged up to rounding.
+    ``shrink_refinement``: a residual model's mean is ``b + w·(sample mean − b)`` with the
+    James–Stein weight w (module docstring); False gives the plain mean of the N samples.
     """
 
     n_samples: int = 8
@@ -175,6 +179,7 @@ class ReconstructionSettings:
     log_snr_max: float | None = None
     channels_last: bool = False
     compile: bool = False
+    shrink_refinement: bool = True
 
     def check(self) -> None:
         """Raise InputError naming the first unusable setting (type, range or choice)."""
@@ -202,7 +207,7 @@ class ReconstructionSettings:
         if not isinstance(self.device, str) or base not in ("auto", "cpu", "mps", "cuda") \
                 or (colon and (base == "auto" or not index.isdigit())):
             raise InputError(f"Unknown device {self.device!r}; choose auto, cpu, mps, cuda or cuda:N.")
-        for name in ("keep_samples", "channels_last", "compile"):
+        for name in ("keep_samples", "channels_last", "compile", "shrink_refinement"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"Setting {name} must be True or False (got {getattr(self, name)!r}).")
 
@@ -239,7 +244,9 @@ def check_call(settings, input_pixel_size_um) -> None:
 class Reconstruction:
     """Result on the output grid, float32.
 
-    ``mean`` ``(..., H_out, W_out)`` in the target unit (``rad`` for QPI), ``variance``
+    ``mean`` ``(..., H_out, W_out)`` in the target unit (``rad`` for QPI): the mean of the N
+    samples, for a residual model with its refinement shrunk toward the base
+    (``metadata["refinement_weight"]``, one w per plane); ``variance``
     the unbiased variance of the N samples in unit², ``gamma_map`` γ(t = 0.5, y)
     (unitless, low = noise injected early = harder pixel); ``samples``
     ``(..., N, H_out, W_out)`` when kept. A model with several target channels adds a
@@ -747,8 +754,9 @@ def reconstruct(
     metadata = _metadata(settings, run, model, device, tiling, input_pixel_size_um)
 
     def result(samples_done: int, plane: int, final: bool) -> Reconstruction:
-        return outputs.result(info, pixel_size, {**metadata, "samples_done": samples_done, "plane": plane,
-                                                 "planes": len(planes)}, final)
+        per_plane = {key: list(metadata[key]) for key in ("grid_reference_lambda", "refinement_weight")}
+        return outputs.result(info, pixel_size, {**metadata, **per_plane, "samples_done": samples_done,
+                                                 "plane": plane, "planes": len(planes)}, final)
 
     counter = _StepCounter(len(planes) * _steps_per_plane(model, tiling, run), progress, should_stop)
     finished = [0, 0, 0]  # rounds finished, plane, its samples
@@ -757,11 +765,13 @@ def reconstruct(
             plane_run = _PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter,
                                         on_base)
             metadata["grid_reference_lambda"].append(plane_run.lam_ref)
+            metadata["refinement_weight"].append(None)
             plane_run.blend_gamma_into(model, outputs, p, tiling)
             for first in range(0, run.n_samples, run.chunk):
                 plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick,
                                      should_stop)
-                plane_run.blend_into(outputs, p, tiling)
+                metadata["refinement_weight"][p] = plane_run.blend_into(outputs, p, tiling,
+                                                                        settings.shrink_refinement)
                 finished = [finished[0] + 1, p, plane_run.count]
                 if on_partial is not None and (p < len(planes) - 1 or plane_run.count < run.n_samples):
                     on_partial(result(plane_run.count, p, final=False))
@@ -788,7 +798,7 @@ def _metadata(settings: ReconstructionSettings, run: _Sampling, model: CVDM, dev
               tiling: _TileGrid, input_pixel_size_um: float | None) -> dict:
     """The resolved settings a Reconstruction records (``grid_reference_lambda`` filled per plane)."""
     return {
-        **asdict(settings), **asdict(run.options), "grid_reference_lambda": [],
+        **asdict(settings), **asdict(run.options), "grid_reference_lambda": [], "refinement_weight": [],
         "formulation": model.config.formulation, "device": str(device),
         "precision": "bf16" if run.runtime.autocast_dtype is not None else "fp32",
         "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
@@ -963,8 +973,11 @@ class _PlaneRun:
             gamma[..., r0:r1, c0:c1] += tile.weight * tile_gamma
         tiling.normalise(gamma)
 
-    def blend_into(self, outputs: _Outputs, index: int, tiling: _TileGrid) -> None:
-        """Write this plane's blended mean, variance (and kept samples) in target units into ``outputs``."""
+    def blend_into(self, outputs: _Outputs, index: int, tiling: _TileGrid, shrink: bool) -> float | None:
+        """Write this plane's blended mean, variance (and kept samples) in target units into ``outputs``.
+
+        A residual model's mean is then shrunk toward its base (``shrink``); returns the weight w
+        of its refinement (None for the paper's formulation)."""
         scale, offset, s = self.plane.scale, self.plane.offset, self.residual_scale
         targets = [outputs.mean[index], outputs.variance[index]]
         if outputs.samples is not None:
@@ -984,6 +997,13 @@ class _PlaneRun:
                 targets[2][region] += weight * (scale * (base + s * draws) + offset)
         for array in targets:
             tiling.normalise(array)
+        if self.plane.base is None:
+            return None
+        base = (scale * self.plane.base + offset).astype(np.float32)
+        refinement = targets[0] - base
+        weight = refinement_weight(refinement, targets[1], self.count) if shrink else 1.0
+        targets[0][...] = base + np.float32(weight) * refinement
+        return weight
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",

@@ -242,6 +242,10 @@ class ReconstructWidget(QWidget):
         self.device_combo.addItems(engine.available_devices())
         self.seed_spin = spin_box(0, 2**31 - 1, defaults.seed, "Random seed: the same seed gives the same samples")
         self.keep_samples_check = QCheckBox("add the N samples as a layer")
+        self.plain_mean_check = QCheckBox("plain mean of the samples")
+        self.plain_mean_check.setToolTip("Residual models: report the samples' plain mean instead of shrinking "
+                                         "the refinement toward the base by its sampling noise (the default, "
+                                         "closer to the truth on unseen images, docs/results.md)")
         form.addRow("Samples N", self.samples_spin)
         form.addRow("Sampler", self.sampler_combo)
         form.addRow("Steps", self.steps_spin)
@@ -250,6 +254,7 @@ class ReconstructWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Seed", self.seed_spin)
         form.addRow("", self.keep_samples_check)
+        form.addRow("", self.plain_mean_check)
         return group
 
     def _build_run_row(self) -> QVBoxLayout:
@@ -417,6 +422,7 @@ class ReconstructWidget(QWidget):
             tile_size=self.tile_spin.value(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             keep_samples=self.keep_samples_check.isChecked(),
+            shrink_refinement=not self.plain_mean_check.isChecked(),
             max_batch=samples_per_round(self.samples_spin.value(), self.device_combo.currentText()),
         )
 

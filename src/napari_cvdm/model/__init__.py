@@ -1,6 +1,6 @@
 """The CVDM method in PyTorch: schedule, denoiser, loss and samplers (no Qt, no napari)."""
 
-from .cvdm import CVDM, LossTerms, ModelConfig, low_discrepancy_times
+from .cvdm import CVDM, LossTerms, ModelConfig, low_discrepancy_times, refinement_weight
 from .samplers import (
     GRIDS, SAMPLERS, RuntimeOptions, SampleStatistics, SamplingOptions, sample, sample_statistics,
 )
@@ -9,6 +9,6 @@ from .unet import DENOISER_PRESETS, UNet, UNetSize
 
 __all__ = [
     "CVDM", "DENOISER_PRESETS", "GRIDS", "LossTerms", "ModelConfig", "RuntimeOptions", "SAMPLERS",
-    "SCHEDULE_KINDS", "SampleStatistics", "SamplingOptions", "Schedule", "UNet", "UNetSize", "low_discrepancy_times", "sample",
-    "sample_statistics",
+    "SCHEDULE_KINDS", "SampleStatistics", "SamplingOptions", "Schedule", "UNet", "UNetSize", "low_discrepancy_times",
+    "refinement_weight", "sample", "sample_statistics",
 ]

@@ -49,12 +49,20 @@ Bases (``ModelConfig.base``):
   ``L_base = (P(y) − x0)²`` (so P estimates the posterior mean E[x0 | y]); the
   diffusion losses see b through a stop-gradient, so they never pull P away from it.
   ``L = L_CVDM(r) + L_base``.
+
+The reconstruction of a residual model (:func:`refinement_weight`) shrinks the
+mean refinement ``d = s·mean(r̂)`` toward the base by the share of it the N samples
+agree on: ``x̂ = b + w·d``. The plain mean ``b + d`` carries the sampling noise of
+an N-sample mean, which costs a base that is already near the posterior mean (a
+predictor, a TIE solve of a clean stack) more than the refinement gains.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -247,3 +255,22 @@ class CVDM(nn.Module):
                 + REGULARISER_WEIGHT * regulariser_loss
             )
         return LossTerms(total, noise_loss, ode_loss, prior_loss, regulariser_loss, base_loss)
+
+
+def refinement_weight(refinement: np.ndarray, variance: np.ndarray, n_samples: int) -> float:
+    """The weight w ∈ [0, 1] of a residual model's mean refinement in its reconstruction ``b + w·d``.
+
+    ``refinement`` d = mean of the N samples − b and ``variance`` their unbiased per-pixel
+    variance (same shape, any unit, the same for both). d estimates the posterior-mean
+    refinement μ with the noise of an N-sample mean, ``E‖d‖² = ‖μ‖² + Σ var / N``, so the
+    positive-part James–Stein weight keeps the share of d that is not sampling noise::
+
+        w = max(0, 1 − Σ var / (N ‖d‖²))
+
+    w = 1 when there is no spread to judge by (N = 1) or nothing to shrink (d = 0).
+    """
+    power = float(np.sum(np.square(refinement, dtype=np.float64)))
+    if n_samples < 2 or power == 0.0:
+        return 1.0
+    noise = float(np.sum(variance, dtype=np.float64)) / n_samples
+    return float(min(1.0, max(0.0, 1.0 - noise / power)))
