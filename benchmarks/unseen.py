@@ -22,7 +22,9 @@ Scores: MS-SSIM, MAE and PSNR on the [0, 1] scale (QPI: offset removed, ÷ the t
 SR: CARE-style affine fit to the target), error power per octave band (contribution to
 the MSE, mean over images), FRC resolution of the mean and of one sample against the
 target, coverage of ±1.96 std, Spearman(std, |error|) and Spearman(λ, variance) (λ is
-read from the γ map: γ(½) = exp(−λ τ̃(½)) is decreasing in λ).
+read from the γ map: γ(½) = exp(−λ τ̃(½)) is decreasing in λ). A residual model also gets
+the rows of its plain sample mean (the refinement not shrunk; the model's column ``refinement_weight``
+gives the w its reconstruction used) and of its base alone.
 
 Usage::
 
@@ -95,6 +97,9 @@ def _model_rows(models, image, target_unit, pixel, args, to_unit, **optics) -> d
                              std=np.sqrt(out.variance) * abs(slope), gamma=out.gamma_map)
         base = reconstruct_base(model, info, image, device=args.device, **optics)
         if base is not None:
+            rows[name]["refinement_weight"] = out.metadata["refinement_weight"][0]
+            rows[f"{name}: plain sample mean"] = _scores(to_unit(out.samples.mean(axis=-3), slope)[0], target_unit,
+                                                         pixel, std=np.sqrt(out.variance) * abs(slope))
             rows[f"{name}: base alone"] = _scores(to_unit(base)[0], target_unit, pixel)
     return rows
 
@@ -229,7 +234,7 @@ def _mean(rows, key):
 
 def print_table(rows: dict[str, list]) -> None:
     keys = ("ms_ssim", "mae", "psnr", "frc", "frc_sample", "coverage95", "spearman_std_error",
-            "mse_over_variance", "spearman_lambda_variance")
+            "mse_over_variance", "spearman_lambda_variance", "refinement_weight")
     print("| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, method_rows in rows.items():
         cells = []

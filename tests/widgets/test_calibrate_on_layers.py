@@ -83,3 +83,37 @@ def test_the_button_asks_for_the_layers_and_a_new_file(cell, qpi_model_path, tmp
     assert asked[0] == [stack.name, phase.name]  # image layers, no outputs
     assert asked[2].endswith("tiny_qpi-calibrated.safetensors")
     assert read_model_info(tmp_path / "from-button.safetensors").calibration
+
+
+def test_a_residual_qpi_model_is_asked_to_refit_its_tie_base_on_the_pair_first(cell, tiny_model_writer, tmp_path,
+                                                                               notifications, monkeypatch, wait_idle):
+    from napari_cvdm._widgets import _reconstruct
+    from napari_cvdm.base_estimate import TIEBase
+
+    viewer, stack, phase = cell
+    model_path = tiny_model_writer(tmp_path / "residual.safetensors", "qpi", residual=True)
+    widget = widget_for(viewer, model_path)
+    answers = iter([(stack.name, True), (phase.name, True)])
+    monkeypatch.setattr(_reconstruct.QInputDialog, "getItem", lambda *args: next(answers))
+    monkeypatch.setattr(_reconstruct.QFileDialog, "getSaveFileName",
+                        lambda *args: (str(tmp_path / "refitted.safetensors"), ""))
+    asked = []
+    monkeypatch.setattr(_reconstruct.QMessageBox, "question",
+                        lambda parent, title, text, *rest: asked.append(text) or _reconstruct.QMessageBox.StandardButton.Yes)
+    widget.calibrate_button.click()
+    wait_idle(widget)
+    assert notifications.error == [] and len(asked) == 1 and "TIE base" in asked[0]
+    before, after = read_model_info(model_path), read_model_info(tmp_path / "refitted.safetensors")
+    assert after.calibration
+    # the untrained file's regulariser (strength 10) is far off for this cell: the refit replaces it
+    assert TIEBase.from_dict(after.base) != TIEBase.from_dict(before.base)
+    assert "TIE base refitted on 1 pair(s)" in widget.status_label.text()
+
+
+def test_refitting_a_model_without_a_tie_base_is_one_notification(cell, qpi_model_path, tmp_path, notifications):
+    viewer, stack, phase = cell
+    widget = widget_for(viewer, qpi_model_path)
+    assert not widget.calibrate_on_layers(stack, phase, tmp_path / "new.safetensors", refit=True)
+    assert notifications.error == ["tiny_qpi.safetensors has no TIE base to refit: refitting is for residual QPI "
+                                   "models."]
+    assert not (tmp_path / "new.safetensors").exists()

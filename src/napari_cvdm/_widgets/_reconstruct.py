@@ -24,13 +24,17 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
+    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import reconstruct as engine
-from ..calibrate import UncertaintyOutputs, calibrate_model, calibration_line, uncertainty_outputs, with_calibration
+from ..base_estimate import has_tie_base
+from ..calibrate import (
+    UncertaintyOutputs, calibrate_model, calibration_line, refit_base, uncertainty_outputs, with_calibration,
+)
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
@@ -562,13 +566,19 @@ class ReconstructWidget(QWidget):
         suggested = self.selected_entry().path.with_name(f"{self.selected_entry().path.stem}-calibrated.safetensors")
         path, _ = QFileDialog.getSaveFileName(self, "Save the calibrated model as", str(suggested),
                                               "CVDM models (*.safetensors)")  # the dialog confirms an overwrite
-        if path:
-            self.calibrate_on_layers(self.viewer.layers[source], self.viewer.layers[target], path)
+        if not path:
+            return
+        refit = has_tie_base(self.selected_entry().info) and QMessageBox.question(
+            self, title, "Refit the TIE base's regulariser on this pair first? (Kept only if it lowers the "
+                         "base's error on the pair; the error bars are then fitted for the refitted base.)",
+        ) == QMessageBox.StandardButton.Yes
+        self.calibrate_on_layers(self.viewer.layers[source], self.viewer.layers[target], path, refit=refit)
 
-    def calibrate_on_layers(self, input_layer, target_layer, path: str | Path) -> bool:
+    def calibrate_on_layers(self, input_layer, target_layer, path: str | Path, refit: bool = False) -> bool:
         """Calibrate the chosen model on one layer pair in the background and save it as the NEW file ``path``.
 
-        The model it comes from is never replaced. Returns whether the work started.
+        ``refit``: first refit a residual QPI model's TIE base on the pair (``cvdm calibrate
+        --refit-base``). The model it comes from is never replaced. Returns whether the work started.
         """
         if self.run_panel.refuse_if_running():
             return False
@@ -579,6 +589,8 @@ class ReconstructWidget(QWidget):
                 raise InputError(entry.error if entry is not None and entry.error else "No model chosen.")
             if path == entry.path:
                 raise InputError(f"Choose a new file: the calibrated model never replaces {entry.path.name}.")
+            if refit and not has_tie_base(entry.info):
+                raise InputError(f"{entry.path.name} has no TIE base to refit: refitting is for residual QPI models.")
             pair = layer_pair(entry.info, input_layer, target_layer)
         except InputError as exc:
             notifications.show_error(str(exc))
@@ -588,9 +600,10 @@ class ReconstructWidget(QWidget):
 
         def compute(progress, should_stop):
             model = models.get(entry.path, settings.device)
-            calibration = calibrate_model(model, info, [pair], settings, source=f"napari layers {pair.name}",
+            used, refit_words = refit_base(info, [pair], pixel_size) if refit else (info, "")
+            calibration = calibrate_model(model, used, [pair], settings, source=f"napari layers {pair.name}",
                                           should_stop=should_stop, input_pixel_size_um=pixel_size)
-            return save_model(path, model, with_calibration(info, calibration))
+            return save_model(path, model, with_calibration(used, calibration)), refit_words
 
         self.run_panel.launch(compute, f"CVDM: calibrating {entry.path.name}", f"Calibrating on {pair.name}…",
                               on_done=self._calibrated)
@@ -603,9 +616,11 @@ class ReconstructWidget(QWidget):
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Calibration"))
             return
-        self.select_model(outcome.value)
+        path, refit_words = outcome.value
+        self.select_model(path)
         entry = self.selected_entry()
-        self.run_panel.succeeded(f"Saved {entry.path.name}: {calibration_line(entry.info)}")
+        refit_words = f"; {refit_words}" if refit_words else ""
+        self.run_panel.succeeded(f"Saved {entry.path.name}: {calibration_line(entry.info)}{refit_words}")
 
     def cancel(self) -> None:
         """Stop the running reconstruction or calibration at its next denoising step."""
