@@ -1,0 +1,157 @@
+"""The QPI regression baseline at the shipped residual model's training budget, on the unseen test photos.
+
+The baseline is the shipped model's denoiser U-Net (same preset and padding, no γ input)
+trained with an L2 loss to predict the residual ``r = (φ − b) / s`` from the condition
+``[I(−dz), I(+dz), b]`` in one pass, so it estimates the posterior mean of the same
+residual the diffusion samples; its phase is ``b + s·r̂``. It sees the shipped model's
+normalisation and its TIE base b (the refitted one), through the project's own
+:class:`~napari_cvdm.train.Trainer` data (simulated pairs from the training split of the
+photos, 96² patches, batch 8, AdamW at the shipped runs' learning rate and schedule).
+
+``train`` writes the network (safetensors) and a JSON record; ``score`` scores it on exactly
+the test pairs of ``benchmarks/unseen.py`` (same seeds and photos; its "base alone" row
+repeats unseen.py's, a check that the images are the same).
+
+Usage::
+
+    python benchmarks/qpi_regression.py train --steps 8800 --out runs/qpi-regression
+    python benchmarks/qpi_regression.py score --out runs/qpi-regression --images 3 --large-images 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import unseen  # noqa: E402
+from napari_cvdm.checkpoint import load_model  # noqa: E402
+from napari_cvdm.data.simulate import split_source_files  # noqa: E402
+from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
+from napari_cvdm.reconstruct import _prepare_plane, reconstruct_base  # noqa: E402
+from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cvdm-qpi-residual.safetensors"
+
+
+def _network(model) -> UNet:
+    config = model.config
+    return UNet(config.y_channels + config.x_channels, config.x_channels, DENOISER_PRESETS[config.preset],
+                padding=config.padding)
+
+
+def train_regression(args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights = args.out / "regression.safetensors"
+    if weights.exists() and not args.overwrite:
+        sys.exit(f"qpi_regression: {weights} exists; pass --overwrite to replace it")
+    config = TrainConfig(task="qpi", init_model=str(args.model), patch_size=96, batch_size=8, steps=args.steps,
+                         learning_rate=2e-4, simulated_images=args.simulated_images, simulated_size=256,
+                         source_images=str(args.source_images), seed=args.seed, device="cpu",
+                         validate_every=0, checkpoint_every=0, calibrate=False,
+                         output=str(args.out / "unused-diffusion.safetensors"), overwrite=True)
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    scale = float(trainer.model.config.residual_scale)
+    x_channels = trainer.model.config.x_channels
+    print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
+    torch.manual_seed(args.seed)
+    net = _network(trainer.model)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(config))
+    start, losses = time.perf_counter(), []
+    for step in range(args.steps):
+        batch = trainer.draw(step)
+        condition = batch.y
+        residual = (batch.x0 - condition[:, -x_channels:]) / scale
+        loss = (net(condition) - residual).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimiser.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 200 == 0 or step + 1 == args.steps:
+            print(f"step {step + 1}/{args.steps}: loss {np.mean(losses[-200:]):.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            save_file(net.state_dict(), str(weights))
+    trainer.close()
+    record = {"steps": args.steps, "wall_time_s": time.perf_counter() - start, "simulated_images": args.simulated_images,
+              "seed": args.seed, "model": str(args.model), "device": f"cpu, {torch.get_num_threads()} threads",
+              "final_loss": float(np.mean(losses[-200:]))}
+    (args.out / "regression.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps(record))
+
+
+@torch.no_grad()
+def regression_phase(net: UNet, model, info, stack: np.ndarray) -> np.ndarray:
+    """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units."""
+    plane = _prepare_plane(model, info, stack, 1, torch.device("cpu"), {})
+    residual = net(plane.condition)[0].numpy()
+    value = plane.scale * (plane.base + model.config.residual_scale * residual) + plane.offset
+    return value[0]
+
+
+def score(args) -> None:
+    model, info = load_model(args.model)
+    net = _network(model)
+    net.load_state_dict(load_file(str(args.out / "regression.safetensors")))
+    net.eval()
+    split = split_source_files(args.source_images)
+    pixel = float(info.input_pixel_size_um)
+    sets = [(noise, 256, args.images) for noise in args.noise] if args.images else []
+    sets += [(noise, args.large_size, args.large_images) for noise in args.large_noise]
+    results = {}
+    for noise, size, count in sets:
+        # the same stream of test pairs as benchmarks/unseen.py
+        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, int(noise * 1e4), size]))
+        rows: dict[str, list] = {}
+        for _ in range(count):
+            stack, phase = unseen._qpi_pair(rng, split["test"], size, noise)
+            target = unseen.metrics.to_unit_range(phase)
+            estimates = {"regression (equal budget)": regression_phase(net, model, info, stack),
+                         "base alone": reconstruct_base(model, info, stack, device="cpu")}
+            for name, estimate in estimates.items():
+                rows.setdefault(name, []).append(unseen._scores(unseen._phase_to_unit(estimate, phase)[0], target,
+                                                                pixel))
+        key = f"noise {noise:g}, {count} × {size}²"
+        results[key] = rows
+        print(f"\n### QPI {key} (unseen test photos)\n")
+        unseen.print_table(rows)
+    (args.out / "scores.json").write_text(json.dumps(results, indent=1, default=float))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("train", "score"))
+    parser.add_argument("--out", type=Path, required=True, help="folder of the network and its scores")
+    parser.add_argument("--model", type=Path, default=SHIPPED, help="the residual model whose budget and base it gets")
+    parser.add_argument("--source-images", type=Path, default=Path("../shared/data/natural-images"))
+    parser.add_argument("--steps", type=int, default=8800, help="the shipped model's 800 + 3000 + 2000 + 3000")
+    parser.add_argument("--simulated-images", type=int, default=672, help="the shipped runs' 96 + 3 × 192 pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--large-images", type=int, default=2)
+    parser.add_argument("--large-size", type=int, default=512)
+    parser.add_argument("--large-noise", type=float, nargs="*", default=[0.0, 0.02, 0.05, 0.1])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"device: cpu ({platform.processor() or 'cpu'}), torch {torch.__version__}, {args.threads} threads")
+    train_regression(args) if args.command == "train" else score(args)
+
+
+if __name__ == "__main__":
+    main()
