@@ -276,3 +276,12 @@ def test_predict_defaults_are_the_engines():
     defaults = ReconstructionSettings()
     assert (args.tile_size, args.tile_overlap, args.n_samples) == (defaults.tile_size, defaults.tile_overlap,
                                                                    defaults.n_samples)
+
+
+def test_plain_mean_reaches_the_reconstruction_settings():
+    from napari_cvdm.cli import _settings, build_parser
+
+    parser = build_parser()
+    assert _settings(parser.parse_args(["predict", "x.tif", "--model", "m.safetensors"])).shrink_refinement
+    args = parser.parse_args(["predict", "x.tif", "--model", "m.safetensors", "--plain-mean"])
+    assert _settings(args).shrink_refinement is False

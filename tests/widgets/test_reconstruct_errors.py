@@ -38,6 +38,12 @@ def test_the_grid_end_reaches_the_settings_and_follows_the_chosen_model(widget, 
     assert widget.settings().log_snr_max == 8.0
 
 
+def test_the_plain_mean_box_turns_the_refinement_shrinkage_off(widget):
+    assert widget.settings().shrink_refinement and not widget.plain_mean_check.isChecked()
+    widget.plain_mean_check.setChecked(True)
+    assert widget.settings().shrink_refinement is False
+
+
 def test_no_model_chosen(viewer, widget, notifications):
     viewer.add_image(image(), name="wf")
     widget.model_combo.setCurrentIndex(0)
