@@ -29,6 +29,19 @@ def _qpi_model(path):
     return save_model(path, CVDM(config), info)
 
 
+def _residual_qpi_model(path, base):
+    """An untrained tiny residual QPI model with the TIE ``base``, saved at ``path``."""
+    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
+                         schedule_downsample=4, padding="reflect")
+    info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                     input_normalization={"mode": "mean"},
+                     target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
+                     sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
+                     base=base.to_dict())
+    torch.manual_seed(0)
+    return save_model(path, CVDM(config), info)
+
+
 def _qpi_pairs(count=2, size=24, seed=0):
     rng = np.random.default_rng(seed)
     return [ImagePair(f"p{i}", (1 + 0.1 * rng.standard_normal((2, size, size))).astype(np.float32),
@@ -100,6 +113,23 @@ def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(mode
     assert calibration.sampler_mismatch(result.metadata) is None
     other = {**result.metadata, "steps": 20}
     assert "steps 20 (calibrated at 3)" in calibration.sampler_mismatch(other)
+
+
+def test_a_residual_models_calibration_records_which_mean_it_was_fitted_on(model_path, tmp_path):
+    from napari_cvdm.base_estimate import TIEBase
+
+    model, info = load_model(_residual_qpi_model(tmp_path / "residual.safetensors",
+                                                 TIEBase(10.0, 0.521, 1.0, 0.21, 1.75)))
+    settings = ReconstructionSettings(n_samples=2, steps=2, device="cpu", tile_size=None)
+    calibration = calibrate_model(model, info, _qpi_pairs(count=1), settings)
+    assert calibration.sampler["shrink_refinement"] is True
+    metadata = {"sampler": "dpm_solver_2m_sde", "steps": 2, "shrink_refinement": True}
+    assert calibration.sampler_mismatch(metadata) is None
+    note = calibration.sampler_mismatch({**metadata, "shrink_refinement": False})
+    assert "the plain mean (calibrated on the shrunk mean)" in note
+    # the paper's formulation has one mean: nothing to record
+    paper, paper_info = load_model(model_path)
+    assert "shrink_refinement" not in calibrate_model(paper, paper_info, _qpi_pairs(count=1), settings).sampler
 
 
 def test_a_file_without_a_recorded_sampler_keeps_its_defaults(calibrated_path):
@@ -312,16 +342,8 @@ def test_cvdm_calibrate_refits_a_qpi_base_first_only_when_asked_and_only_for_one
     from napari_cvdm.base_estimate import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
-    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
-                         schedule_downsample=4, padding="reflect")
     mistuned = TIEBase(1e6, 0.521, 1.0, 0.21, 1.75, "mirror", 2.0, kind="fft_tie")
-    info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
-                     input_normalization={"mode": "mean"},
-                     target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
-                     sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
-                     base=mistuned.to_dict())
-    torch.manual_seed(0)
-    residual = save_model(tmp_path / "residual.safetensors", CVDM(config), info)
+    residual = _residual_qpi_model(tmp_path / "residual.safetensors", mistuned)
     rng = np.random.default_rng(1)
     inputs, targets = tmp_path / "phase_in", tmp_path / "phase_out"
     inputs.mkdir(), targets.mkdir()

@@ -140,11 +140,15 @@ def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | No
 
 def sampler_used(metadata: dict) -> dict:
     """The ``ModelInfo.sampler`` entry (name, steps, n_samples, eta, clip, grid, log_snr_range) of a
-    reconstruction's metadata."""
+    reconstruction's metadata; for a residual model also ``shrink_refinement`` (which mean the
+    errors were measured on)."""
     low, high = metadata["log_snr_range"]
-    return {"name": metadata["sampler"], "steps": int(metadata["steps"]), "n_samples": int(metadata["n_samples"]),
+    used = {"name": metadata["sampler"], "steps": int(metadata["steps"]), "n_samples": int(metadata["n_samples"]),
             "eta": float(metadata["eta"]), "clip": metadata["clip"], "grid": metadata["grid"],
             "log_snr_range": [None if low is None else float(low), float(high)]}
+    if metadata.get("formulation") == "residual":
+        used["shrink_refinement"] = bool(metadata.get("shrink_refinement", True))
+    return used
 
 
 def with_calibration(info: ModelInfo, calibration: Calibration) -> ModelInfo:

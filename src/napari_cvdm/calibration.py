@@ -297,13 +297,20 @@ class Calibration:
         differing = [key for key in fitted if key in actual and fitted[key] != actual[key]]
         if not differing:
             return None
-        said = ", ".join(f"{key} {actual[key]} (calibrated at {fitted[key]})" for key in differing)
+        said = ", ".join(_difference_words(key, actual[key], fitted[key]) for key in differing)
         return (f"This reconstruction samples with {said}: the error bars were fitted on other samples "
                 f"and may be off; reconstruct with the model's defaults or calibrate again.")
 
 
 #: The sampling settings that change the spread of the samples, and so the calibration.
-SAMPLER_KEYS = ("name", "steps", "grid", "log_snr_range")
+SAMPLER_KEYS = ("name", "steps", "grid", "log_snr_range", "shrink_refinement")
+
+
+def _difference_words(key: str, actual, fitted) -> str:
+    if key == "shrink_refinement":
+        means = {True: "the shrunk mean", False: "the plain mean"}
+        return f"{means[bool(actual)]} (calibrated on {means[bool(fitted)]})"
+    return f"{key} {actual} (calibrated at {fitted})"
 
 
 def _json_sampler(sampler: dict) -> dict:
