@@ -2,3 +2,26 @@ import torch
 
 # Tests are tiny; more threads only contend on small CI machines.
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def residual_qpi_writer():
+    """``write(path, base)``: save an untrained tiny residual QPI model with the TIE ``base`` at ``path``."""
+    from napari_cvdm.checkpoint import ModelInfo, save_model
+    from napari_cvdm.model import CVDM, ModelConfig
+
+    def write(path, base):
+        config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
+                             schedule_downsample=4, padding="reflect")
+        info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                         input_normalization={"mode": "mean"},
+                         target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
+                         sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
+                         base=base.to_dict())
+        torch.manual_seed(0)
+        return save_model(path, CVDM(config), info)
+
+    return write

@@ -29,19 +29,6 @@ def _qpi_model(path):
     return save_model(path, CVDM(config), info)
 
 
-def _residual_qpi_model(path, base):
-    """An untrained tiny residual QPI model with the TIE ``base``, saved at ``path``."""
-    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
-                         schedule_downsample=4, padding="reflect")
-    info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
-                     input_normalization={"mode": "mean"},
-                     target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
-                     sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
-                     base=base.to_dict())
-    torch.manual_seed(0)
-    return save_model(path, CVDM(config), info)
-
-
 def _qpi_pairs(count=2, size=24, seed=0):
     rng = np.random.default_rng(seed)
     return [ImagePair(f"p{i}", (1 + 0.1 * rng.standard_normal((2, size, size))).astype(np.float32),
@@ -115,10 +102,11 @@ def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(mode
     assert "steps 20 (calibrated at 3)" in calibration.sampler_mismatch(other)
 
 
-def test_a_residual_models_calibration_records_which_mean_it_was_fitted_on(model_path, tmp_path):
+def test_a_residual_models_calibration_records_which_mean_it_was_fitted_on(model_path, tmp_path,
+                                                                          residual_qpi_writer):
     from napari_cvdm.base_estimate import TIEBase
 
-    model, info = load_model(_residual_qpi_model(tmp_path / "residual.safetensors",
+    model, info = load_model(residual_qpi_writer(tmp_path / "residual.safetensors",
                                                  TIEBase(10.0, 0.521, 1.0, 0.21, 1.75)))
     settings = ReconstructionSettings(n_samples=2, steps=2, device="cpu", tile_size=None)
     calibration = calibrate_model(model, info, _qpi_pairs(count=1), settings)
@@ -338,12 +326,13 @@ def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp
 
 
 def test_cvdm_calibrate_refits_a_qpi_base_first_only_when_asked_and_only_for_one(model_path, pair_folders,
-                                                                                   tmp_path, capsys):
+                                                                                   tmp_path, capsys,
+                                                                                   residual_qpi_writer):
     from napari_cvdm.base_estimate import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
     mistuned = TIEBase(1e6, 0.521, 1.0, 0.21, 1.75, "mirror", 2.0, kind="fft_tie")
-    residual = _residual_qpi_model(tmp_path / "residual.safetensors", mistuned)
+    residual = residual_qpi_writer(tmp_path / "residual.safetensors", mistuned)
     rng = np.random.default_rng(1)
     inputs, targets = tmp_path / "phase_in", tmp_path / "phase_out"
     inputs.mkdir(), targets.mkdir()

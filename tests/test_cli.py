@@ -246,18 +246,13 @@ def test_info_prints_the_model_metadata(models, capsys):
 
 
 @pytest.mark.parametrize("kind", ["fft_tie", "us_tie"])  # US-TIE reports progress before the first step
-def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_differ(tmp_path, capsys, kind):
+def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_differ(tmp_path, capsys, kind,
+                                                                                   residual_qpi_writer):
     from napari_cvdm.base_estimate import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
-    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
-                         schedule_downsample=4, padding="reflect")
-    info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
-                     input_normalization={"mode": "mean"},
-                     target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]},
-                     sampler={"name": "dpm_solver_2m_sde", "steps": 2, "n_samples": 2, "clip": 4.0},
-                     base=TIEBase(10.0, 0.521, 1.0, 0.21, 1.75, kind=kind).to_dict())
-    model_path = save_model(tmp_path / "residual.safetensors", CVDM(config), info)
+    model_path = residual_qpi_writer(tmp_path / "residual.safetensors",
+                                     TIEBase(10.0, 0.521, 1.0, 0.21, 1.75, kind=kind))
     yy, xx = np.mgrid[:32, :32] / 32
     stack = phase_object_stack(np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.05), 1.0, 0.521, 0.21)
     tifffile.imwrite(tmp_path / "cell.tif", stack.astype(np.float32))
