@@ -103,6 +103,9 @@ def regression_phase(net: UNet, model, info, stack: np.ndarray) -> np.ndarray:
 
 
 def score(args) -> None:
+    scores_path = args.out / "scores.json"
+    if scores_path.exists() and not args.overwrite:
+        sys.exit(f"qpi_regression: {scores_path} exists; pass --overwrite to replace it")
     model, info = load_model(args.model)
     net = _network(model)
     net.load_state_dict(load_file(str(args.out / "regression.safetensors")))
@@ -128,7 +131,7 @@ def score(args) -> None:
         results[key] = rows
         print(f"\n### QPI {key} (unseen test photos)\n")
         unseen.print_table(rows)
-    (args.out / "scores.json").write_text(json.dumps(results, indent=1, default=float))
+    scores_path.write_text(json.dumps(results, indent=1, default=float))
 
 
 def main() -> None:
