@@ -53,15 +53,19 @@ def test_an_unknown_solver_is_refused_by_name():
     assert set(KINDS) == {"fft_tie", "us_tie"}
 
 
-def test_the_formulation_names_the_solver():
+def test_the_formulation_names_the_solver_and_a_base_correction():
+    from napari_cvdm.model import ModelConfig
+
     class Info:
-        class config:
-            base = "physics"
+        config = ModelConfig(y_channels=2, base="physics")
         base = {"kind": "us_tie", "boundary": "periodic"}
 
-    assert "refines the US-TIE phase (periodic boundary)" in formulation_words(Info)
+    assert formulation_words(Info).endswith("refines the US-TIE phase (periodic boundary) of the whole image")
     Info.base = {"boundary": "mirror"}
     assert "refines the FFT-TIE phase (mirror boundary)" in formulation_words(Info)
+    Info.config = ModelConfig(y_channels=2, base="physics_predictor")
+    assert formulation_words(Info).endswith("(mirror boundary) of the whole image corrected by a jointly "
+                                            "trained direct (L2) prediction")
 
 
 def test_a_refit_fixes_a_mistuned_regulariser_and_keeps_the_solver_and_optics():

@@ -15,7 +15,7 @@ import torch
 
 from napari_cvdm.checkpoint import load_model
 from napari_cvdm.errors import InputError
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct
+from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base
 from napari_cvdm.train import Batch, TrainConfig, Trainer, TrainingDiverged, train
 
 
@@ -297,6 +297,35 @@ def test_a_qpi_fine_tune_keeps_its_base_solver_unless_another_is_named(tmp_path)
         _config(tmp_path, "sr", tie_method="us_tie").check()
     with pytest.raises(InputError, match="tie_method"):
         _config(tmp_path, "bad", task="qpi", tie_method="gs_tie").check()
+
+
+def test_a_base_correction_fine_tunes_a_tie_model_starting_from_it_and_reconstructs(tmp_path):
+    rng = np.random.default_rng(1)
+    phases = [rng.random((24, 24)).astype(np.float32) * 3 for _ in range(3)]
+    stacks = [np.stack([1 + 0.1 * p, 1 - 0.1 * p]).astype(np.float32) for p in phases]
+    qpi = dict(task="qpi", validation_fraction=0.0, input_pixel_size_um=0.21)
+    first = train(_config(tmp_path, "first", steps=1, **qpi), pairs=(stacks, phases)).model_path
+    trainer = Trainer(_config(tmp_path, "corrected", steps=2, init_model=str(first), base_correction=True, **qpi),
+                      pairs=(stacks, phases))
+    try:
+        original, info = load_model(first)
+        assert trainer.model.config.base == "physics_predictor"
+        y = torch.from_numpy(trainer.data.train_pairs[0].input[None])
+        with torch.no_grad():  # before a step the corrected model is the model it started from
+            assert torch.equal(trainer.model.condition(y)[0], original.condition(y)[0])
+    finally:
+        trainer.close()
+    corrected = train(_config(tmp_path, "corrected2", steps=2, init_model=str(first), base_correction=True, **qpi),
+                      pairs=(stacks, phases)).model_path
+    model, corrected_info = load_model(corrected)
+    assert corrected_info.config.base == "physics_predictor" and corrected_info.base == info.base
+    out = reconstruct(model, corrected_info, stacks[0], ReconstructionSettings(n_samples=2, steps=2, device="cpu"))
+    assert out.mean.shape == (24, 24) and np.isfinite(out.mean).all()
+    base = reconstruct_base(model, corrected_info, stacks[0], device="cpu")
+    tie = reconstruct_base(original, info, stacks[0], device="cpu")
+    assert base.shape == (24, 24) and not np.allclose(base, tie)  # the trained P moved the base
+    with pytest.raises(InputError, match="base_correction corrects a residual QPI model"):
+        _config(tmp_path, "sr", base_correction=True).check()
 
 
 def test_a_stopped_fine_tune_resumes_and_must_keep_its_base(tmp_path, monkeypatch):

@@ -169,7 +169,7 @@ def _fit_pairs(stacks, phases) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def has_tie_base(info) -> bool:
     """Whether a model (its ``ModelInfo``) is a residual model with a physics (TIE) base."""
-    return info.config.base == "physics" and bool(info.base)
+    return info.config.uses_physics and bool(info.base)
 
 
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
@@ -187,11 +187,12 @@ def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | N
 def formulation_words(info) -> str:
     """What the model's reconstruction is built from, in a few words (model card, info)."""
     base = info.config.base
-    if base == "physics":
+    if info.config.uses_physics:
         tie = info.base or {}
         solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
+        corrected = " corrected by a jointly trained direct (L2) prediction" if base == "physics_predictor" else ""
         return (f"residual — refines the {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
-                if tie else "residual — refines a physics base")
+                f"{corrected}" if tie else f"residual — refines a physics base{corrected}")
     if base == "predictor":
         return "residual — refines a jointly trained direct (L2) prediction"
     return "paper (CVDM on the image itself)"

@@ -72,6 +72,9 @@ class TrainConfig:
     :mod:`napari_cvdm.base_estimate`); None: the fine-tuned model's, else whichever fits the
     training pairs better. Naming
     another solver than the fine-tuned model's refits its base on the training pairs.
+    ``base_correction``: a residual QPI model's base becomes the TIE phase plus a jointly trained
+    direct (L2) prediction of its residual (``physics_predictor`` in :mod:`napari_cvdm.model.cvdm`);
+    fine-tuning a model without one adds it (starting as that model), a model with one keeps it.
     ``calibrate``: at the end of the run, calibrate the error bars on up to 4 validation crops
     (:mod:`napari_cvdm.calibrate`) and store the calibration in the exported model.
     """
@@ -117,6 +120,7 @@ class TrainConfig:
     source_images: str | None = None
     calibrate: bool = True
     tie_method: Literal["fft_tie", "us_tie"] | None = None
+    base_correction: bool = False
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True, revalidate_instances="always")
 
@@ -151,6 +155,9 @@ class TrainConfig:
                 raise InputError(f"Unknown {name} '{getattr(self, name)}'; choose one of: {', '.join(choices)}.")
         if self.tie_method is not None and (self.task != "qpi" or self.formulation != "residual"):
             raise InputError(f"tie_method is the TIE solver of a residual QPI model's base; "
+                             f"this run is a {self.formulation} {self.task} model.")
+        if self.base_correction and (self.task != "qpi" or self.formulation != "residual"):
+            raise InputError(f"base_correction corrects a residual QPI model's TIE base; "
                              f"this run is a {self.formulation} {self.task} model.")
         if (self.input_dir is None) != (self.target_dir is None):
             raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")

@@ -499,7 +499,7 @@ def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> Samp
 
 def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_um) -> dict:
     """The optics the TIE base uses (None = the model's), with a warning when they differ from training."""
-    if model.config.base != "physics":
+    if not model.config.uses_physics:
         return {}
     from .base_estimate import TIEBase, optics_mismatch
 
@@ -568,14 +568,18 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     input_normalizer = _normalizer(info.input_normalization)
     normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
     y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
-    if model.config.base == "physics":
+    if model.config.uses_physics:
         from .base_estimate import TIEBase
 
         phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:
             tick()
-        return _Plane.with_base(y, base, scale, offset)
+        if model.config.base == "physics":
+            return _Plane.with_base(y, base, scale, offset)
+        y = torch.cat([y, torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))[None]], dim=1)
+        corrected = _predictor_base(model, y, device, tick)
+        return _Plane.with_base(y[:, :model.config.y_channels], corrected, scale, offset)
     if model.config.base == "predictor":
         return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)
     return _Plane(y, None, scale, offset)
@@ -811,9 +815,9 @@ def _steps_per_plane(model: CVDM, tiling: _TileGrid, run: _Sampling) -> int:
     schedule's λ tiles, then every tile's denoising steps."""
     height, width = len(tiling.row_total), len(tiling.col_total)
     steps = len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps
-    if model.config.base == "physics":
+    if model.config.uses_physics:
         steps += 1
-    if model.config.base == "predictor":
+    if model.config.uses_predictor:
         base_tiles = base_tiling(model, height, width)
         steps += len(base_tiles.rows) * len(base_tiles.cols)
     if model.config.schedule_downsample > 1:

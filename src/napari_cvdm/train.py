@@ -228,11 +228,22 @@ def _model_config(config: TrainConfig, data: TrainingData) -> ModelConfig:
     spec = data.spec
     residual = {}
     if config.formulation == "residual":
-        residual = dict(base="physics" if data.physics_base is not None else "predictor",
+        physics = "physics_predictor" if config.base_correction else "physics"
+        residual = dict(base=physics if data.physics_base is not None else "predictor",
                         residual_scale=data.residual_scale, schedule_downsample=RESIDUAL_SCHEDULE_DOWNSAMPLE,
                         padding="reflect")
     return ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
                        preset=config.preset, schedule=config.schedule, **residual)
+
+
+def _with_base_correction(model: CVDM) -> CVDM:
+    """A physics-base model with a new, zero-initialised base predictor: the same reconstruction
+    until training moves P (``ModelConfig.base == "physics_predictor"``)."""
+    corrected = CVDM(dataclasses.replace(model.config, base="physics_predictor"))
+    missing, unexpected = corrected.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("base_net.") for key in missing), (missing, unexpected)
+    log.info("fine-tuning adds a base correction: b = TIE + s·P([I, TIE]), P trained jointly")
+    return corrected
 
 
 class Trainer:
@@ -293,6 +304,9 @@ class Trainer:
         spec = self.data.spec
         self.model_config = base.config if base is not None else _model_config(config, self.data)
         torch.manual_seed(config.seed)
+        if base_net is not None and config.base_correction and base.config.base == "physics":
+            base_net = _with_base_correction(base_net)
+            self.model_config = base_net.config
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,

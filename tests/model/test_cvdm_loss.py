@@ -127,6 +127,29 @@ def test_a_predictor_base_learns_by_l2_alone_and_the_diffusion_sees_it_through_a
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.denoiser.parameters())
 
 
+def test_a_corrected_physics_base_is_the_tie_phase_plus_s_times_the_predictor_and_starts_as_the_tie_phase():
+    torch.manual_seed(0)
+    config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics_predictor", residual_scale=0.5)
+    model = CVDM(config).double()
+    x0, y, t, noise = _batch()
+    tie = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    condition, base = model.condition(torch.cat([y, tie], 1))
+    assert torch.equal(base, tie)  # P's output layer starts at zero
+    with torch.no_grad():
+        for p in model.base_net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    condition, base = model.condition(torch.cat([y, tie], 1))
+    correction = model.base_net(torch.cat([y, tie], 1))
+    assert torch.allclose(base, tie + 0.5 * correction) and float(correction.abs().max()) > 0
+    # the denoiser sees [I(−dz), I(+dz), corrected base]: the physics model's channels
+    assert condition.shape[1] == config.condition_channels == config.input_channels == 3
+    assert torch.equal(condition[:, :2], y) and torch.equal(condition[:, 2:], base)
+    terms = model.loss(x0, torch.cat([y, tie], 1), t=t, noise=noise)
+    assert float(terms.base) == pytest.approx(float((base - x0).pow(2).mean()))
+    (terms.total - terms.base).backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.base_net.parameters())
+
+
 def test_model_files_of_the_paper_formulation_keep_their_meaning():
     config = ModelConfig.from_dict({"x_channels": 1, "y_channels": 2, "preset": "tiny", "schedule": "cvdm"})
     assert config.formulation == "paper" and config.condition_channels == config.input_channels == 2

@@ -49,6 +49,12 @@ Bases (``ModelConfig.base``):
   ``L_base = (P(y) − x0)²`` (so P estimates the posterior mean E[x0 | y]); the
   diffusion losses see b through a stop-gradient, so they never pull P away from it.
   ``L = L_CVDM(r) + L_base``.
+- ``"physics_predictor"``: both: b = b_TIE + s·P([y, b_TIE]), P trained jointly with
+  ``L_base`` as above, so P learns the posterior mean of the physics base's own residual
+  (on noisy QPI stacks a one-pass L2 network on the TIE base beats the diffusion's mean,
+  docs/results.md stop 23). The condition keeps the physics model's channels, ``c = [y, b]``,
+  so a physics model fine-tunes into this one; P's zero-initialised output layer makes the
+  new model start as the old one.
 
 The reconstruction of a residual model (:func:`refinement_weight`) shrinks the
 mean refinement ``d = s·mean(r̂)`` toward the base by the share of it the N samples
@@ -71,7 +77,7 @@ from .schedule import SCHEDULE_KINDS, Schedule
 from .unet import DENOISER_PRESETS, PADDINGS, SCHEDULE_PRESETS, UNet
 
 #: ``none`` = the paper's formulation; the others are the residual formulation's bases.
-BASES = ("none", "physics", "predictor")
+BASES = ("none", "physics", "predictor", "physics_predictor")
 
 ODE_WEIGHT = 2.0
 PRIOR_WEIGHT = 2.0
@@ -121,6 +127,16 @@ class ModelConfig:
         return "paper" if self.base == "none" else "residual"
 
     @property
+    def uses_physics(self) -> bool:
+        """Whether the base starts from a physics solve that arrives with the input."""
+        return self.base in ("physics", "physics_predictor")
+
+    @property
+    def uses_predictor(self) -> bool:
+        """Whether a jointly trained U-Net P computes (part of) the base."""
+        return self.base in ("predictor", "physics_predictor")
+
+    @property
     def condition_channels(self) -> int:
         """Channels of the condition c the schedule and denoiser see: y, plus b when residual."""
         return self.y_channels + (0 if self.base == "none" else self.x_channels)
@@ -128,7 +144,7 @@ class ModelConfig:
     @property
     def input_channels(self) -> int:
         """Channels the model takes: y, plus the physics base when it comes from outside."""
-        return self.y_channels + (self.x_channels if self.base == "physics" else 0)
+        return self.y_channels + (self.x_channels if self.uses_physics else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,8 +196,8 @@ class CVDM(nn.Module):
         #: weight of L_prior (the oracle benchmark's ablation sets it to 0)
         self.prior_weight = PRIOR_WEIGHT
         self.base_net = None
-        if config.base == "predictor":
-            self.base_net = UNet(config.y_channels, config.x_channels, DENOISER_PRESETS[config.preset],
+        if config.uses_predictor:
+            self.base_net = UNet(config.input_channels, config.x_channels, DENOISER_PRESETS[config.preset],
                                  padding=config.padding)
 
     def condition(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -191,6 +207,10 @@ class CVDM(nn.Module):
             return y, None
         if self.config.base == "physics":
             return y, y[:, self.config.y_channels:]
+        if self.config.base == "physics_predictor":
+            measured = y[:, :self.config.y_channels]
+            base = y[:, self.config.y_channels:] + self.config.residual_scale * self.base_net(y)
+            return torch.cat([measured, base.detach()], dim=1), base
         base = self.base_net(y)
         return torch.cat([y, base.detach()], dim=1), base
 
