@@ -153,12 +153,11 @@ class TrainConfig:
         for name, choices in (("preset", DENOISER_PRESETS), ("schedule", SCHEDULE_KINDS), ("sampler", SAMPLERS)):
             if getattr(self, name) not in choices:
                 raise InputError(f"Unknown {name} '{getattr(self, name)}'; choose one of: {', '.join(choices)}.")
-        if self.tie_method is not None and (self.task != "qpi" or self.formulation != "residual"):
-            raise InputError(f"tie_method is the TIE solver of a residual QPI model's base; "
-                             f"this run is a {self.formulation} {self.task} model.")
-        if self.base_correction and (self.task != "qpi" or self.formulation != "residual"):
-            raise InputError(f"base_correction corrects a residual QPI model's TIE base; "
-                             f"this run is a {self.formulation} {self.task} model.")
+        for name, given, role in (("tie_method", self.tie_method is not None, "is the TIE solver of"),
+                                  ("base_correction", self.base_correction, "corrects")):
+            if given and (self.task != "qpi" or self.formulation != "residual"):
+                raise InputError(f"{name} {role} a residual QPI model's TIE base; "
+                                 f"this run is a {self.formulation} {self.task} model.")
         if (self.input_dir is None) != (self.target_dir is None):
             raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
         if not str(self.output).endswith(".safetensors"):

@@ -577,9 +577,8 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
             tick()
         if model.config.base == "physics":
             return _Plane.with_base(y, base, scale, offset)
-        y = torch.cat([y, torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))[None]], dim=1)
-        corrected = _predictor_base(model, y, device, tick)
-        return _Plane.with_base(y[:, :model.config.y_channels], corrected, scale, offset)
+        corrected = _predictor_base(model, _Plane.with_base(y, base, scale, offset).condition, device, tick)
+        return _Plane.with_base(y, corrected, scale, offset)
     if model.config.base == "predictor":
         return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)
     return _Plane(y, None, scale, offset)

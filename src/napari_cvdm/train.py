@@ -302,11 +302,10 @@ class Trainer:
         config = self.config
         self.data = load_training_data(config, pairs, base)
         spec = self.data.spec
-        self.model_config = base.config if base is not None else _model_config(config, self.data)
         torch.manual_seed(config.seed)
         if base_net is not None and config.base_correction and base.config.base == "physics":
             base_net = _with_base_correction(base_net)
-            self.model_config = base_net.config
+        self.model_config = base_net.config if base_net is not None else _model_config(config, self.data)
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
