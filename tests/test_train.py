@@ -326,6 +326,9 @@ def test_a_base_correction_fine_tunes_a_tie_model_starting_from_it_and_reconstru
     assert base.shape == (24, 24) and not np.allclose(base, tie)  # the trained P moved the base
     with pytest.raises(InputError, match="base_correction corrects a residual QPI model"):
         _config(tmp_path, "sr", base_correction=True).check()
+    paper = train(_config(tmp_path, "paper", steps=1, formulation="paper", **qpi), pairs=(stacks, phases)).model_path
+    with pytest.raises(InputError, match="base_correction corrects a TIE base; paper.safetensors has none"):
+        Trainer(_config(tmp_path, "p2", init_model=str(paper), base_correction=True, **qpi), pairs=(stacks, phases))
 
 
 def test_a_stopped_fine_tune_resumes_and_must_keep_its_base(tmp_path, monkeypatch):

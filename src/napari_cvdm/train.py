@@ -147,6 +147,9 @@ def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
     model, info = load_model(path)
     if info.task != config.task:
         raise InputError(f"{path.name} is a {info.task} model; it cannot be fine-tuned for the {config.task} task.")
+    if config.base_correction and not info.config.uses_physics:
+        raise InputError(f"base_correction corrects a TIE base; {path.name} has none "
+                         f"({info.config.formulation} formulation).")
     return model, info
 
 
