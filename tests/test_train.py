@@ -311,8 +311,9 @@ def test_a_base_correction_fine_tunes_a_tie_model_starting_from_it_and_reconstru
         original, info = load_model(first)
         assert trainer.model.config.base == "physics_predictor"
         y = torch.from_numpy(trainer.data.train_pairs[0].input[None])
+        assert y.shape[1] == 4  # the stack, the TIE phase and the noise-level map ν
         with torch.no_grad():  # before a step the corrected model is the model it started from
-            assert torch.equal(trainer.model.condition(y)[0], original.condition(y)[0])
+            assert torch.equal(trainer.model.condition(y)[0], original.condition(y[:, :3])[0])
     finally:
         trainer.close()
     corrected = train(_config(tmp_path, "corrected2", steps=2, init_model=str(first), base_correction=True, **qpi),

@@ -27,7 +27,15 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .physics.tie import BOUNDARIES, fft_tie, fit_regularization, noise_adaptive_regularization, us_tie
+from .physics.tie import (
+    BOUNDARIES,
+    NOISE_FLOOR,
+    estimate_noise_std,
+    fft_tie,
+    fit_regularization,
+    noise_adaptive_regularization,
+    us_tie,
+)
 
 #: The TIE solvers a base may use, by ``TIEBase.kind``: ``(stack, dz, λ, pixel, a, boundary) → φ``.
 #: ``heartbeat()`` is called between US-TIE's stages (FFT-TIE is one short solve).
@@ -155,6 +163,18 @@ class TIEBase:
     def mean_log_error(self, stacks: list[np.ndarray], phases: list[np.ndarray]) -> float:
         """The mean log MAE, what :meth:`fit` minimises (a clean image counts as much as a noisy one)."""
         return _mean_log(self.errors(stacks, phases))
+
+
+def noise_level_map(stack: np.ndarray) -> np.ndarray:
+    """The noise-level input ν ``(1, H, W)`` float32 of a corrected base's P: ``log10 √(σ̂² + floor²) + 2``
+    everywhere (0 at σ̂ = 0.01, 1 at 0.1; σ̂ relative to the mean intensity, on the whole stack ``(2, H, W)``).
+
+    The TIE regulariser follows σ̂, so how much of the low frequencies the base lost does too;
+    without ν a P trained mostly on noisy stacks restores, on a clean stack, scales its base
+    never lost (docs/results.md, stop 24).
+    """
+    level = math.log10(math.sqrt(estimate_noise_std(stack) ** 2 + NOISE_FLOOR**2)) + 2.0
+    return np.full((1, *np.shape(stack)[-2:]), level, np.float32)
 
 
 def _mean_log(errors: list[float]) -> float:

@@ -557,8 +557,8 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
 
     Before any tiling: the TIE base of a physics model from the stack with the input's optics
-    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), a
-    predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
+    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's) and, for a
+    corrected one, the noise-level map of the whole stack; a predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
     of its tiles). ``beat()`` is called between the stages of an iterative TIE base (no step done).
     """
     from .physics import upsample
@@ -577,8 +577,11 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
             tick()
         if model.config.base == "physics":
             return _Plane.with_base(y, base, scale, offset)
-        corrected = _predictor_base(model, _Plane.with_base(y, base, scale, offset).condition, device, tick)
-        return _Plane.with_base(y, corrected, scale, offset)
+        from .base_estimate import noise_level_map
+
+        predictor_input = torch.cat([_Plane.with_base(y, base, scale, offset).condition,
+                                     torch.from_numpy(noise_level_map(condition))[None]], dim=1)
+        return _Plane.with_base(y, _predictor_base(model, predictor_input, device, tick), scale, offset)
     if model.config.base == "predictor":
         return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)
     return _Plane(y, None, scale, offset)

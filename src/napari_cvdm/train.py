@@ -245,7 +245,7 @@ def _with_base_correction(model: CVDM) -> CVDM:
     corrected = CVDM(dataclasses.replace(model.config, base="physics_predictor"))
     missing, unexpected = corrected.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("base_net.") for key in missing), (missing, unexpected)
-    log.info("fine-tuning adds a base correction: b = TIE + s·P([I, TIE]), P trained jointly")
+    log.info("fine-tuning adds a base correction: b = TIE + s·P([I, TIE, noise level]), P trained jointly")
     return corrected
 
 

@@ -133,18 +133,24 @@ def test_a_corrected_physics_base_is_the_tie_phase_plus_s_times_the_predictor_an
     model = CVDM(config).double()
     x0, y, t, noise = _batch()
     tie = torch.rand(3, 1, 8, 8, dtype=torch.float64)
-    condition, base = model.condition(torch.cat([y, tie], 1))
+    noise_level = torch.full((3, 1, 8, 8), 0.5, dtype=torch.float64)
+    inputs = torch.cat([y, tie, noise_level], 1)  # [I(−dz), I(+dz), TIE phase, ν]
+    assert config.input_channels == 4
+    condition, base = model.condition(inputs)
     assert torch.equal(base, tie)  # P's output layer starts at zero
     with torch.no_grad():
         for p in model.base_net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    condition, base = model.condition(torch.cat([y, tie], 1))
-    correction = model.base_net(torch.cat([y, tie], 1))
+    condition, base = model.condition(inputs)
+    correction = model.base_net(inputs)
     assert torch.allclose(base, tie + 0.5 * correction) and float(correction.abs().max()) > 0
+    # only P sees ν: another noise level moves the base
+    other = model.condition(torch.cat([y, tie, noise_level + 1.0], 1))[1]
+    assert float((other - base).abs().max()) > 1e-6
     # the denoiser sees [I(−dz), I(+dz), corrected base]: the physics model's channels
-    assert condition.shape[1] == config.condition_channels == config.input_channels == 3
+    assert condition.shape[1] == config.condition_channels == 3
     assert torch.equal(condition[:, :2], y) and torch.equal(condition[:, 2:], base)
-    terms = model.loss(x0, torch.cat([y, tie], 1), t=t, noise=noise)
+    terms = model.loss(x0, inputs, t=t, noise=noise)
     assert float(terms.base) == pytest.approx(float((base - x0).pow(2).mean()))
     (terms.total - terms.base).backward()
     assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.base_net.parameters())

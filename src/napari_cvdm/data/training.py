@@ -110,14 +110,20 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     physics_base = None
     if config.formulation == "residual" and spec.name == "qpi":
         physics_base = _physics_base(config, spec, source, base, pairs is not None)
-    train_pairs = [_normalized_pair(p, spec, physics_base) for p in source.train_pairs]
+    # a corrected base's P also sees the noise level (napari_cvdm.model.cvdm, "physics_predictor")
+    noise_map = config.base_correction or (base is not None and base.config.base == "physics_predictor")
+
+    def normalised(pair):
+        return _normalized_pair(pair, spec, physics_base, noise_map)
+
+    train_pairs = [normalised(p) for p in source.train_pairs]
     validation = None
     if source.validation_pairs:
         # the pairs are normalised (and given their base channel) here, so the set keeps them as they are
         identity = Normalizer.fixed(-1.0, 1.0)
         as_is = dataclasses.replace(spec, input_channels=train_pairs[0].input.shape[0],
                                     input_normalizer=identity, target_normalizer=identity)
-        validation = make_validation_set([_normalized_pair(p, spec, physics_base) for p in source.validation_pairs],
+        validation = make_validation_set([normalised(p) for p in source.validation_pairs],
                                          as_is, config.patch_size, config.validation_patches)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
     return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
@@ -225,16 +231,22 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
     return physics_base
 
 
-def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | None) -> ImagePair:
+def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | None,
+                     noise_map: bool = False) -> ImagePair:
     """The pair normalised for training; with a physics base, its base phase is appended to the
-    input (normalised like the target) and the target shifted to the base's mean phase."""
+    input (normalised like the target), then with ``noise_map`` the stack's noise-level map ν,
+    and the target is shifted to the base's mean phase."""
     if physics_base is None:
         return normalize_pair(pair, spec)
+    from ..base_estimate import noise_level_map
+
     phase = physics_base.phase(pair.input)
     target = pair.target - pair.target.mean() + phase.mean()
     normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
-    base_channel = spec.target_normalizer.normalize(phase[None])
-    return ImagePair(pair.name, np.concatenate([normalised.input, base_channel]), normalised.target)
+    channels = [normalised.input, spec.target_normalizer.normalize(phase[None])]
+    if noise_map:
+        channels.append(noise_level_map(pair.input))
+    return ImagePair(pair.name, np.concatenate(channels), normalised.target)
 
 
 def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[ImagePair],
@@ -247,5 +259,6 @@ def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[Image
     if spec.name != "qpi":
         return PREDICTOR_RESIDUAL_SCALE
     channels = spec.target_channels
-    squares = [float(np.mean((p.target - p.input[-channels:]) ** 2)) for p in train_pairs]
+    base = slice(spec.input_channels, spec.input_channels + channels)  # after the stack; ν may follow
+    squares = [float(np.mean((p.target - p.input[base]) ** 2)) for p in train_pairs]
     return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")

@@ -49,12 +49,14 @@ Bases (``ModelConfig.base``):
   ``L_base = (P(y) − x0)²`` (so P estimates the posterior mean E[x0 | y]); the
   diffusion losses see b through a stop-gradient, so they never pull P away from it.
   ``L = L_CVDM(r) + L_base``.
-- ``"physics_predictor"``: both: b = b_TIE + s·P([y, b_TIE]), P trained jointly with
+- ``"physics_predictor"``: both: b = b_TIE + s·P([y, b_TIE, ν]), P trained jointly with
   ``L_base`` as above, so P learns the posterior mean of the physics base's own residual
   (on noisy QPI stacks a one-pass L2 network on the TIE base beats the diffusion's mean,
-  docs/results.md stop 23). The condition keeps the physics model's channels, ``c = [y, b]``,
-  so a physics model fine-tunes into this one; P's zero-initialised output layer makes the
-  new model start as the old one.
+  docs/results.md stop 23). ν is a constant map of the stack's noise level, which sets the
+  TIE regulariser and so what the base lost (:func:`napari_cvdm.base_estimate.noise_level_map`);
+  it arrives after b_TIE and only P sees it. The condition keeps the physics model's channels,
+  ``c = [y, b]``, so a physics model fine-tunes into this one; P's zero-initialised output
+  layer makes the new model start as the old one.
 
 The reconstruction of a residual model (:func:`refinement_weight`) shrinks the
 mean refinement ``d = s·mean(r̂)`` toward the base by the share of it the N samples
@@ -143,8 +145,10 @@ class ModelConfig:
 
     @property
     def input_channels(self) -> int:
-        """Channels the model takes: y, plus the physics base when it comes from outside."""
-        return self.y_channels + (self.x_channels if self.uses_physics else 0)
+        """Channels the model takes: y, plus the physics base when it comes from outside, plus
+        the noise-level map ν that a corrected physics base's P sees."""
+        physics = self.x_channels if self.uses_physics else 0
+        return self.y_channels + physics + (1 if self.base == "physics_predictor" else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,8 +212,8 @@ class CVDM(nn.Module):
         if self.config.base == "physics":
             return y, y[:, self.config.y_channels:]
         if self.config.base == "physics_predictor":
-            measured = y[:, :self.config.y_channels]
-            base = y[:, self.config.y_channels:] + self.config.residual_scale * self.base_net(y)
+            measured, tie = y[:, :self.config.y_channels], y[:, self.config.y_channels:self.config.condition_channels]
+            base = tie + self.config.residual_scale * self.base_net(y)
             return torch.cat([measured, base.detach()], dim=1), base
         base = self.base_net(y)
         return torch.cat([y, base.detach()], dim=1), base
