@@ -325,6 +325,9 @@ def test_a_base_correction_fine_tunes_a_tie_model_starting_from_it_and_reconstru
     base = reconstruct_base(model, corrected_info, stacks[0], device="cpu")
     tie = reconstruct_base(original, info, stacks[0], device="cpu")
     assert base.shape == (24, 24) and not np.allclose(base, tie)  # the trained P moved the base
+    # fine-tuning a corrected model (as a user fine-tunes the shipped one) keeps P and its ν input
+    again = train(_config(tmp_path, "again", steps=1, init_model=str(corrected), **qpi), pairs=(stacks, phases))
+    assert load_model(again.model_path)[1].config.base == "physics_predictor"
     with pytest.raises(InputError, match="base_correction corrects a residual QPI model"):
         _config(tmp_path, "sr", base_correction=True).check()
     paper = train(_config(tmp_path, "paper", steps=1, formulation="paper", **qpi), pairs=(stacks, phases)).model_path
