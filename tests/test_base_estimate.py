@@ -65,7 +65,7 @@ def test_the_formulation_names_the_solver_and_a_base_correction():
     assert "refines the FFT-TIE phase (mirror boundary)" in formulation_words(Info)
     Info.config = ModelConfig(y_channels=2, base="physics_predictor")
     assert formulation_words(Info).endswith("(mirror boundary) of the whole image corrected by a jointly "
-                                            "trained direct (L2) prediction")
+                                            "trained direct (L2) prediction that reads the stack's noise level")
 
 
 def test_a_refit_fixes_a_mistuned_regulariser_and_keeps_the_solver_and_optics():

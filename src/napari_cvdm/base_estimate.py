@@ -210,7 +210,8 @@ def formulation_words(info) -> str:
     if info.config.uses_physics:
         tie = info.base or {}
         solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
-        corrected = " corrected by a jointly trained direct (L2) prediction" if base == "physics_predictor" else ""
+        corrected = (" corrected by a jointly trained direct (L2) prediction that reads the stack's noise level"
+                     if base == "physics_predictor" else "")
         return (f"residual — refines the {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
                 f"{corrected}" if tie else f"residual — refines a physics base{corrected}")
     if base == "predictor":
