@@ -210,6 +210,32 @@ def test_the_train_widget_offers_both_formulations_and_passes_the_choice(make_na
     assert widget.config(pairs_from_layers=False).formulation == "paper"
 
 
+def test_the_base_correction_is_offered_for_residual_qpi_and_kept_by_a_corrected_model(make_napari_viewer, tmp_path):
+    from napari_cvdm._widgets._train import TrainWidget
+
+    widget = TrainWidget(make_napari_viewer())
+    widget.input_dir_edit.setText(str(tmp_path))
+    widget.target_dir_edit.setText(str(tmp_path))
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))
+    widget.base_combo.setCurrentIndex(0)  # random weights
+    widget.formulation_combo.setCurrentText("residual")
+    assert widget.correction_check.isEnabled()
+    widget.correction_check.setChecked(True)
+    assert widget.config(pairs_from_layers=False).base_correction
+    widget.formulation_combo.setCurrentText("paper")
+    assert not widget.correction_check.isEnabled() and not widget.config(pairs_from_layers=False).base_correction
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("sr"))
+    widget.formulation_combo.setCurrentText("residual")
+    assert not widget.correction_check.isEnabled()
+    # the shipped QPI model has a corrected base: fine-tuning it keeps the box checked and fixed
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("qpi"))
+    shipped = [i for i in range(widget.base_combo.count()) if "cvdm-qpi-residual" in widget.base_combo.itemText(i)]
+    assert shipped, [widget.base_combo.itemText(i) for i in range(widget.base_combo.count())]
+    widget.base_combo.setCurrentIndex(shipped[0])
+    assert widget.correction_check.isChecked() and not widget.correction_check.isEnabled()
+    assert widget.config(pairs_from_layers=False).base_correction
+
+
 def test_an_existing_model_is_replaced_only_when_the_user_agrees(viewer, tmp_path, notifications, wait_idle,
                                                                    monkeypatch):
     from napari_cvdm.data import write_simulated_folders

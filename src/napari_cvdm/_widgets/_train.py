@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from napari.utils import notifications
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -134,6 +135,11 @@ class TrainWidget(QWidget):
         self.formulation_combo.setCurrentText(_config_defaults()["formulation"])
         self.formulation_combo.setToolTip("residual: refine a base estimate (QPI: TIE phase; SR: a direct "
                                           "predictor trained with it); paper: the CVDM of the paper")
+        self.formulation_combo.currentIndexChanged.connect(self._update_base_correction)
+        self.correction_check = QCheckBox("correct the TIE base with a direct predictor")
+        self.correction_check.setToolTip("QPI, residual: the base becomes the TIE phase plus a network trained "
+                                         "with it (L2) that also reads the stack's noise level, as in the shipped "
+                                         "model; a fine-tuned model without one gains it and starts as it was")
         self.base_combo = QComboBox()
         self.base_combo.setToolTip("Fine-tune a trained model of this task (its size and schedule are kept), "
                                    "or start from random weights")
@@ -155,6 +161,7 @@ class TrainWidget(QWidget):
         form.addRow("Size preset", self.preset_combo)
         form.addRow("Schedule", self.schedule_combo)
         form.addRow("Formulation", self.formulation_combo)
+        form.addRow("Base", self.correction_check)
         form.addRow("Save to", output_row)
         return group
 
@@ -229,6 +236,7 @@ class TrainWidget(QWidget):
                     "radians (…, H, W). Stacks give one pair per plane.")
         self.data_hint.setText(hint)
         self._refresh_bases()  # also suggests the 'Save to' name
+        self._update_base_correction()
         self._update_buttons()
 
     @property
@@ -284,6 +292,18 @@ class TrainWidget(QWidget):
         self.preset_combo.setEnabled(not fixed)
         self.schedule_combo.setEnabled(not fixed)
         self.formulation_combo.setEnabled(not fixed)
+        self._update_base_correction()
+
+    def _update_base_correction(self, *_) -> None:
+        """The base correction is offered for residual QPI models; a fine-tuned model that has one keeps it."""
+        entry = self.registry.get(self.base_model) if self.base_model is not None else None
+        base = entry.info.config.base if entry is not None and entry.info is not None else None
+        offered = (self.task_name == "qpi" and self.formulation_combo.currentText() == "residual"
+                   and base in (None, "physics", "physics_predictor"))
+        kept = base == "physics_predictor"
+        if not offered or kept:
+            self.correction_check.setChecked(kept)
+        self.correction_check.setEnabled(offered and not kept)
 
     def _refresh_layers(self, *_) -> None:
         images = [layer for layer in self.viewer.layers
@@ -340,6 +360,7 @@ class TrainWidget(QWidget):
             validate_every=self.validate_every_spin.value(), device=self.device_combo.currentText(),
             output=str(self.output_path()),
             init_model=None if self.base_model is None else str(self.base_model),
+            base_correction=self.correction_check.isChecked(),
         )
         if pairs_from_layers:
             values["input_pixel_size_um"] = self._layer_input_pixel_size()
