@@ -8,9 +8,13 @@ normalisation and its TIE base b (the refitted one), through the project's own
 :class:`~napari_cvdm.train.Trainer` data (simulated pairs from the training split of the
 photos, 96² patches, batch 8, AdamW at the shipped runs' learning rate and schedule).
 
+It always regresses on the bare TIE base, also when the model corrects it (``physics_predictor``);
+``--noise-map`` gives it the stack's noise-level map ν as well (``[I, b, ν]``), as the shipped
+model's base correction gets, for a comparison on the same inputs. Record which in the notes.
+
 ``train`` writes the network (safetensors) and a JSON record; ``score`` scores it on exactly
-the test pairs of ``benchmarks/unseen.py`` (same seeds and photos; its "base alone" row
-repeats unseen.py's, a check that the images are the same).
+the test pairs of ``benchmarks/unseen.py`` (same seeds and photos; its "model's base alone" row
+repeats unseen.py's "base alone", a check that the images are the same).
 
 Usage::
 
@@ -21,11 +25,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unseen  # noqa: E402
+from napari_cvdm.base_estimate import noise_level_map  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
@@ -44,10 +51,17 @@ from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noq
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cvdm-qpi-residual.safetensors"
 
 
-def _network(model) -> UNet:
+def _network(model, noise_map: bool) -> UNet:
     config = model.config
-    return UNet(config.y_channels + config.x_channels, config.x_channels, DENOISER_PRESETS[config.preset],
-                padding=config.padding)
+    return UNet(config.y_channels + config.x_channels + int(noise_map), config.x_channels,
+                DENOISER_PRESETS[config.preset], padding=config.padding)
+
+
+def _inputs(y: torch.Tensor, config, noise_map: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's input ``[I, b]`` (+ ν) and the TIE base b from a training batch's ``y``
+    (``[I, b]``, or ``[I, b, ν]`` for a model whose base is corrected)."""
+    tie = slice(config.y_channels, config.y_channels + config.x_channels)
+    return y[:, :tie.stop + int(noise_map)], y[:, tie]
 
 
 def train_regression(args) -> None:
@@ -58,22 +72,21 @@ def train_regression(args) -> None:
     config = TrainConfig(task="qpi", init_model=str(args.model), patch_size=96, batch_size=8, steps=args.steps,
                          learning_rate=2e-4, simulated_images=args.simulated_images, simulated_size=256,
                          source_images=str(args.source_images), seed=args.seed, device="cpu",
-                         validate_every=0, checkpoint_every=0, calibrate=False,
+                         validate_every=0, checkpoint_every=0, calibrate=False, base_correction=args.noise_map,
                          output=str(args.out / "unused-diffusion.safetensors"), overwrite=True)
     start = time.perf_counter()
     trainer = Trainer(config)
     scale = float(trainer.model.config.residual_scale)
-    x_channels = trainer.model.config.x_channels
     print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
     torch.manual_seed(args.seed)
-    net = _network(trainer.model)
+    net = _network(trainer.model, args.noise_map)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(config))
     start, losses = time.perf_counter(), []
     for step in range(args.steps):
         batch = trainer.draw(step)
-        condition = batch.y
-        residual = (batch.x0 - condition[:, -x_channels:]) / scale
+        condition, tie = _inputs(batch.y, trainer.model.config, args.noise_map)
+        residual = (batch.x0 - tie) / scale
         loss = (net(condition) - residual).pow(2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -87,17 +100,22 @@ def train_regression(args) -> None:
             save_file(net.state_dict(), str(weights))
     trainer.close()
     record = {"steps": args.steps, "wall_time_s": time.perf_counter() - start, "simulated_images": args.simulated_images,
-              "seed": args.seed, "model": str(args.model), "device": f"cpu, {torch.get_num_threads()} threads",
+              "seed": args.seed, "model": str(args.model), "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
               "final_loss": float(np.mean(losses[-200:]))}
     (args.out / "regression.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record))
 
 
 @torch.no_grad()
-def regression_phase(net: UNet, model, info, stack: np.ndarray) -> np.ndarray:
-    """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units."""
-    plane = _prepare_plane(model, info, stack, 1, torch.device("cpu"), {})
-    residual = net(plane.condition)[0].numpy()
+def regression_phase(net: UNet, model, info, stack: np.ndarray, noise_map: bool) -> np.ndarray:
+    """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units, b the TIE base."""
+    # the bare TIE base's plane, also of a model that corrects it
+    tie_model = SimpleNamespace(config=dataclasses.replace(model.config, base="physics"))
+    plane = _prepare_plane(tie_model, info, stack, 1, torch.device("cpu"), {})
+    condition = plane.condition
+    if noise_map:
+        condition = torch.cat([condition, torch.from_numpy(noise_level_map(stack))[None]], dim=1)
+    residual = net(condition)[0].numpy()
     value = plane.scale * (plane.base + model.config.residual_scale * residual) + plane.offset
     return value[0]
 
@@ -107,7 +125,9 @@ def score(args) -> None:
     if scores_path.exists() and not args.overwrite:
         sys.exit(f"qpi_regression: {scores_path} exists; pass --overwrite to replace it")
     model, info = load_model(args.model)
-    net = _network(model)
+    record = json.loads((args.out / "regression.json").read_text())
+    noise_map = bool(record.get("noise_map", False))  # as trained, whatever this run's flag says
+    net = _network(model, noise_map)
     net.load_state_dict(load_file(str(args.out / "regression.safetensors")))
     net.eval()
     split = split_source_files(args.source_images)
@@ -122,8 +142,8 @@ def score(args) -> None:
         for _ in range(count):
             stack, phase = unseen._qpi_pair(rng, split["test"], size, noise)
             target = unseen.metrics.to_unit_range(phase)
-            estimates = {"regression (equal budget)": regression_phase(net, model, info, stack),
-                         "base alone": reconstruct_base(model, info, stack, device="cpu")}
+            estimates = {"regression": regression_phase(net, model, info, stack, noise_map),
+                         "model's base alone": reconstruct_base(model, info, stack, device="cpu")}
             for name, estimate in estimates.items():
                 rows.setdefault(name, []).append(unseen._scores(unseen._phase_to_unit(estimate, phase)[0], target,
                                                                 pixel))
@@ -140,8 +160,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder of the network and its scores")
     parser.add_argument("--model", type=Path, default=SHIPPED, help="the residual model whose budget and base it gets")
     parser.add_argument("--source-images", type=Path, default=Path("../shared/data/natural-images"))
-    parser.add_argument("--steps", type=int, default=8800, help="the shipped model's 800 + 3000 + 2000 + 3000")
-    parser.add_argument("--simulated-images", type=int, default=672, help="the shipped runs' 96 + 3 × 192 pairs")
+    parser.add_argument("--steps", type=int, default=12400,
+                        help="the shipped model's 800 + 3000 + 2000 + 3000 + 3600 (stop 23: 8800, without the last)")
+    parser.add_argument("--simulated-images", type=int, default=864, help="the shipped runs' 96 + 4 × 192 pairs")
+    parser.add_argument("--noise-map", action="store_true", help="give the network the noise-level map ν too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
