@@ -16,7 +16,9 @@ common=(--preset "${PRESET:-paper}" --steps "${STEPS:-20000}" --batch-size "${BA
         --simulated-size "${SIZE:-256}" --formulation residual --checkpoint-every 500 --validate-every 1000)
 for task in qpi sr; do
     extra=()
-    if [ "$task" = qpi ] && [ -n "${SOURCE_IMAGES:-}" ]; then extra=(--source-images "$SOURCE_IMAGES"); fi
+    # QPI as shipped: the TIE base corrected by a jointly trained direct predictor that reads the noise level
+    if [ "$task" = qpi ]; then extra=(--base-correction); fi
+    if [ "$task" = qpi ] && [ -n "${SOURCE_IMAGES:-}" ]; then extra+=(--source-images "$SOURCE_IMAGES"); fi
     resume=()
     if [ -f "$out/cvdm-$task-gpu.run/last.pt" ]; then resume=(--resume); fi
     "$cvdm" train --task "$task" "${common[@]}" "${extra[@]}" "${resume[@]}" --output "$out/cvdm-$task-gpu.safetensors"

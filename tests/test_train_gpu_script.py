@@ -19,3 +19,4 @@ def test_the_gpu_recipe_trains_both_models(tmp_path):
     for task in ("qpi", "sr"):
         info = read_model_info(tmp_path / f"cvdm-{task}-gpu.safetensors")
         assert info.task == task and info.config.formulation == "residual" and info.training["steps"] == 2
+    assert read_model_info(tmp_path / "cvdm-qpi-gpu.safetensors").config.base == "physics_predictor"
