@@ -45,6 +45,7 @@ from napari_cvdm.base_estimate import noise_level_map  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
+from napari_cvdm.physics.tie import estimate_noise_std  # noqa: E402
 from napari_cvdm.reconstruct import _prepare_plane, reconstruct_base  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
 
@@ -72,7 +73,8 @@ def train_regression(args) -> None:
     config = TrainConfig(task="qpi", init_model=str(args.model), patch_size=96, batch_size=8, steps=args.steps,
                          learning_rate=2e-4, simulated_images=args.simulated_images, simulated_size=256,
                          source_images=str(args.source_images), seed=args.seed, device="cpu",
-                         validate_every=0, checkpoint_every=0, calibrate=False, base_correction=args.noise_map,
+                         validate_every=0, checkpoint_every=0, calibrate=False,
+                         base_correction=args.noise_map,
                          output=str(args.out / "unused-diffusion.safetensors"), overwrite=True)
     start = time.perf_counter()
     trainer = Trainer(config)
@@ -100,7 +102,8 @@ def train_regression(args) -> None:
             save_file(net.state_dict(), str(weights))
     trainer.close()
     record = {"steps": args.steps, "wall_time_s": time.perf_counter() - start, "simulated_images": args.simulated_images,
-              "seed": args.seed, "model": str(args.model), "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
+              "seed": args.seed, "model": str(args.model), "noise_map": args.noise_map,
+              "device": f"cpu, {torch.get_num_threads()} threads",
               "final_loss": float(np.mean(losses[-200:]))}
     (args.out / "regression.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record))
@@ -108,13 +111,14 @@ def train_regression(args) -> None:
 
 @torch.no_grad()
 def regression_phase(net: UNet, model, info, stack: np.ndarray, noise_map: bool) -> np.ndarray:
-    """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units, b the TIE base."""
+    """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units (b: TIE)."""
     # the bare TIE base's plane, also of a model that corrects it
     tie_model = SimpleNamespace(config=dataclasses.replace(model.config, base="physics"))
     plane = _prepare_plane(tie_model, info, stack, 1, torch.device("cpu"), {})
     condition = plane.condition
     if noise_map:
-        condition = torch.cat([condition, torch.from_numpy(noise_level_map(stack))[None]], dim=1)
+        level = noise_level_map(estimate_noise_std(stack), stack.shape)
+        condition = torch.cat([condition, torch.from_numpy(level)[None]], dim=1)
     residual = net(condition)[0].numpy()
     value = plane.scale * (plane.base + model.config.residual_scale * residual) + plane.offset
     return value[0]
@@ -124,6 +128,8 @@ def score(args) -> None:
     scores_path = args.out / "scores.json"
     if scores_path.exists() and not args.overwrite:
         sys.exit(f"qpi_regression: {scores_path} exists; pass --overwrite to replace it")
+    if not (args.out / "regression.json").is_file():
+        sys.exit(f"qpi_regression: {args.out} holds no trained regression; run 'train' first")
     model, info = load_model(args.model)
     record = json.loads((args.out / "regression.json").read_text())
     noise_map = bool(record.get("noise_map", False))  # as trained, whatever this run's flag says

@@ -30,7 +30,6 @@ import numpy as np
 from .physics.tie import (
     BOUNDARIES,
     NOISE_FLOOR,
-    estimate_noise_std,
     fft_tie,
     fit_regularization,
     noise_adaptive_regularization,
@@ -89,13 +88,15 @@ class TIEBase:
         return cls(**data)
 
     def phase(self, stack: np.ndarray, wavelength_um: float | None = None, dz_um: float | None = None,
-              pixel_um: float | None = None, heartbeat: Callable[[], None] | None = None) -> np.ndarray:
+              pixel_um: float | None = None, heartbeat: Callable[[], None] | None = None,
+              noise_std: float | None = None) -> np.ndarray:
         """Base phase ``(H, W)`` float32 in rad (mean ``offset_rad``) of one stack ``(2, H, W)``.
 
         The optics default to the model's training optics; pass the input's own where known.
-        ``heartbeat()`` is called between the stages of an iterative solver.
+        ``heartbeat()`` is called between the stages of an iterative solver; ``noise_std``: the
+        stack's σ̂ when the caller has it (a corrected base needs it for ν too), else estimated.
         """
-        regularization = noise_adaptive_regularization(stack, self.strength, self.exponent)
+        regularization = noise_adaptive_regularization(stack, self.strength, self.exponent, noise_std)
         phase = SOLVERS[self.kind](stack, dz_um or self.dz_um, wavelength_um or self.wavelength_um,
                                    pixel_um or self.pixel_um, regularization, self.boundary, heartbeat)
         return (phase + self.offset_rad).astype(np.float32)
@@ -165,16 +166,18 @@ class TIEBase:
         return _mean_log(self.errors(stacks, phases))
 
 
-def noise_level_map(stack: np.ndarray) -> np.ndarray:
-    """The noise-level input ν ``(1, H, W)`` float32 of a corrected base's P: ``log10 √(σ̂² + floor²) + 2``
-    everywhere (0 at σ̂ = 0.01, 1 at 0.1; σ̂ relative to the mean intensity, on the whole stack ``(2, H, W)``).
+def noise_level_map(noise_std: float, shape: tuple[int, ...]) -> np.ndarray:
+    """The noise-level input ν ``(1, H, W)`` float32 of a corrected base's P, ``log10 √(σ̂² + floor²) + 2``
+    everywhere (0 at σ̂ = 0.01, 1 at 0.1), for a stack of ``shape`` ``(2, H, W)`` whose noise std,
+    relative to its mean intensity, is ``noise_std`` (:func:`~napari_cvdm.physics.tie.estimate_noise_std`
+    of the whole stack, the σ̂ its TIE regulariser uses).
 
     The TIE regulariser follows σ̂, so how much of the low frequencies the base lost does too;
     without ν a P trained mostly on noisy stacks restores, on a clean stack, scales its base
     never lost (docs/results.md, stop 24).
     """
-    level = math.log10(math.sqrt(estimate_noise_std(stack) ** 2 + NOISE_FLOOR**2)) + 2.0
-    return np.full((1, *np.shape(stack)[-2:]), level, np.float32)
+    level = math.log10(math.sqrt(noise_std**2 + NOISE_FLOOR**2)) + 2.0
+    return np.full((1, *shape[-2:]), level, np.float32)
 
 
 def _mean_log(errors: list[float]) -> float:

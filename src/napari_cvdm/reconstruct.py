@@ -557,9 +557,9 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
 
     Before any tiling: the TIE base of a physics model from the stack with the input's optics
-    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's) and, for a
-    corrected one, the noise-level map of the whole stack; a predictor's base on the whole normalised plane (:func:`_predictor_base`; ``tick`` after each
-    of its tiles). ``beat()`` is called between the stages of an iterative TIE base (no step done).
+    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), corrected
+    by P from the whole stack's noise level for a ``physics_predictor``; a predictor's base on the
+    whole normalised plane (:func:`_predictor_base`; ``tick`` after each of its tiles). ``beat()`` is called between the stages of an iterative TIE base (no step done).
     """
     from .physics import upsample
 
@@ -569,18 +569,19 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
     y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
     if model.config.uses_physics:
-        from .base_estimate import TIEBase
+        from .base_estimate import TIEBase, noise_level_map
+        from .physics.tie import estimate_noise_std
 
-        phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, **optics)
+        corrected = model.config.base == "physics_predictor"
+        noise_std = estimate_noise_std(condition) if corrected else None  # once, for the base and for ν
+        phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, noise_std=noise_std, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:
             tick()
-        if model.config.base == "physics":
+        if not corrected:
             return _Plane.with_base(y, base, scale, offset)
-        from .base_estimate import noise_level_map
-
-        predictor_input = torch.cat([_Plane.with_base(y, base, scale, offset).condition,
-                                     torch.from_numpy(noise_level_map(condition))[None]], dim=1)
+        predictor_input = torch.cat([y, torch.from_numpy(base)[None],
+                                     torch.from_numpy(noise_level_map(noise_std, condition.shape))[None]], dim=1)
         return _Plane.with_base(y, _predictor_base(model, predictor_input, device, tick), scale, offset)
     if model.config.base == "predictor":
         return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)

@@ -239,13 +239,15 @@ def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | No
     if physics_base is None:
         return normalize_pair(pair, spec)
     from ..base_estimate import noise_level_map
+    from ..physics.tie import estimate_noise_std
 
-    phase = physics_base.phase(pair.input)
+    noise_std = estimate_noise_std(pair.input) if noise_map else None  # once, for the base and for ν
+    phase = physics_base.phase(pair.input, noise_std=noise_std)
     target = pair.target - pair.target.mean() + phase.mean()
     normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
     channels = [normalised.input, spec.target_normalizer.normalize(phase[None])]
     if noise_map:
-        channels.append(noise_level_map(pair.input))
+        channels.append(noise_level_map(noise_std, pair.input.shape))
     return ImagePair(pair.name, np.concatenate(channels), normalised.target)
 
 

@@ -212,7 +212,8 @@ class CVDM(nn.Module):
         if self.config.base == "physics":
             return y, y[:, self.config.y_channels:]
         if self.config.base == "physics_predictor":
-            measured, tie = y[:, :self.config.y_channels], y[:, self.config.y_channels:self.config.condition_channels]
+            measured = y[:, :self.config.y_channels]
+            tie = y[:, self.config.y_channels:self.config.condition_channels]  # ν, P's alone, follows
             base = tie + self.config.residual_scale * self.base_net(y)
             return torch.cat([measured, base.detach()], dim=1), base
         base = self.base_net(y)

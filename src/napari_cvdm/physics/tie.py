@@ -247,15 +247,18 @@ def estimate_noise_std(stack: np.ndarray) -> float:
     return float(np.percentile(local, 10) / (0.6745 * 6.0) * np.sqrt(2.0))
 
 
-def noise_adaptive_regularization(stack: np.ndarray, strength: float, exponent: float = 2.0) -> float:
-    """Tikhonov ``a = strength · (σ̂² + NOISE_FLOOR²)^(exponent/2)`` (µm⁻⁴) from the stack's noise std σ̂.
+def noise_adaptive_regularization(stack: np.ndarray, strength: float, exponent: float = 2.0,
+                                  noise_std: float | None = None) -> float:
+    """Tikhonov ``a = strength · (σ̂² + NOISE_FLOOR²)^(exponent/2)`` (µm⁻⁴) from the stack's noise std σ̂
+    (:func:`estimate_noise_std`, unless the caller already has it as ``noise_std``).
 
     ``exponent = 2`` is a white-spectrum Wiener filter (``a ∝`` noise power). Natural
     objects have far less power at high frequencies than at low ones, so the best constant
     Tikhonov ``a`` grows faster than σ² (on the QPI simulator's photos about 400× from
     σ = 0.05 to 0.2, an exponent near 4); :func:`fit_regularization` fits both numbers.
     """
-    return float(strength * (estimate_noise_std(stack) ** 2 + NOISE_FLOOR**2) ** (exponent / 2))
+    sigma = estimate_noise_std(stack) if noise_std is None else noise_std
+    return float(strength * (sigma**2 + NOISE_FLOOR**2) ** (exponent / 2))
 
 
 def fit_regularization(
