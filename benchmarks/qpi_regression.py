@@ -85,6 +85,17 @@ def train_regression(args) -> None:
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(config))
     start, losses = time.perf_counter(), []
+
+    def save(steps_done: int) -> dict:
+        # the record goes with every checkpoint, so a stopped run is scorable and says how far it got
+        save_file(net.state_dict(), str(weights))
+        record = {"steps": steps_done, "planned_steps": args.steps, "wall_time_s": time.perf_counter() - start,
+                  "simulated_images": args.simulated_images, "seed": args.seed, "model": str(args.model),
+                  "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
+                  "final_loss": float(np.mean(losses[-200:]))}
+        (args.out / "regression.json").write_text(json.dumps(record, indent=1))
+        return record
+
     for step in range(args.steps):
         batch = trainer.draw(step)
         condition, tie = _inputs(batch.y, trainer.model.config, args.noise_map)
@@ -99,13 +110,8 @@ def train_regression(args) -> None:
         if (step + 1) % 200 == 0 or step + 1 == args.steps:
             print(f"step {step + 1}/{args.steps}: loss {np.mean(losses[-200:]):.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
-            save_file(net.state_dict(), str(weights))
+            record = save(step + 1)
     trainer.close()
-    record = {"steps": args.steps, "wall_time_s": time.perf_counter() - start, "simulated_images": args.simulated_images,
-              "seed": args.seed, "model": str(args.model), "noise_map": args.noise_map,
-              "device": f"cpu, {torch.get_num_threads()} threads",
-              "final_loss": float(np.mean(losses[-200:]))}
-    (args.out / "regression.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record))
 
 
@@ -133,6 +139,8 @@ def score(args) -> None:
     model, info = load_model(args.model)
     record = json.loads((args.out / "regression.json").read_text())
     noise_map = bool(record.get("noise_map", False))  # as trained, whatever this run's flag says
+    print(f"regression: {record['steps']} of {record.get('planned_steps', record['steps'])} planned steps, "
+          f"{record['simulated_images']} pairs, noise map {noise_map}")
     net = _network(model, noise_map)
     net.load_state_dict(load_file(str(args.out / "regression.safetensors")))
     net.eval()

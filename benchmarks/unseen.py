@@ -32,7 +32,12 @@ Usage::
         --model CVDM-residual=runs/qpi-residual.safetensors --model CVDM-paper=models/cvdm-qpi-small.safetensors
     python benchmarks/unseen.py --task sr --model CVDM-residual=runs/sr-residual.safetensors
 
-Prints the device and Markdown tables; ``--save FILE`` writes the per-image rows as JSON.
+Prints the device and Markdown tables, and each model paired image by image against the
+classical methods; ``--save FILE`` writes the per-image rows as JSON, and ``--show`` prints
+saved runs of the same images together (e.g. a model beside the QPI regression baseline)::
+
+    python benchmarks/unseen.py --task qpi --show runs/cvdm.json runs/qpi-regression/scores.json \\
+        --reference US-TIE regression
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from napari_cvdm.physics.tie import BOUNDARIES, fft_tie, us_tie  # noqa: E402
 from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
 
 RL_ITERATIONS = 10
+CLASSICAL = {"qpi": ("FFT-TIE", "US-TIE"), "sr": ("Richardson–Lucy", "bicubic")}
 REGULARISERS = np.logspace(-6, 0, 13)
 
 
@@ -185,6 +191,7 @@ def run_qpi(args, models) -> dict:
         print(f"\n### QPI {key} (tuned on validation: FFT-TIE a = {tuned['fft_tie'][0]:.2g} µm⁻⁴, "
               f"{tuned['fft_tie'][1]}; US-TIE a = {tuned['us_tie']:.2g} µm⁻⁴; {time.perf_counter() - start:.0f} s)\n")
         print_table(rows)
+        print_paired(rows, CLASSICAL["qpi"])
     return results
 
 
@@ -220,6 +227,7 @@ def run_sr(args, models) -> dict:
         results[kind] = rows
         print(f"\n### SR {kind} ({args.images} × {args.size}², SR_UNSEEN_TEST; FRC in nm)\n")
         print_table(rows)
+        print_paired(rows, CLASSICAL["sr"])
     return results
 
 
@@ -252,6 +260,52 @@ def print_table(rows: dict[str, list]) -> None:
               + " |")
 
 
+PAIRED = (("ms_ssim", "MS-SSIM", 1), ("mae", "MAE", -1), ("psnr", "PSNR", 1))
+
+
+def print_paired(rows: dict[str, list], references: tuple[str, ...]) -> None:
+    """Each model minus each reference, image by image: mean ± s.e. of the difference and the
+    number of images on which the model is better (the verdict a row of means cannot give)."""
+    models = [name for name in rows if name not in references and ":" not in name and "base alone" not in name]
+    references = [name for name in references if name in rows]
+    if not models or not references:
+        return
+    header = " | ".join(f"Δ {label} | better" for _, label, _ in PAIRED)
+    print(f"\npaired over images (model − reference, mean ± s.e.; better: images where the model wins)\n\n"
+          f"| model | reference | {header} |\n|---|---|" + "---|---|" * len(PAIRED))
+    for model in models:
+        for reference in references:
+            cells = []
+            for key, _, sign in PAIRED:
+                diff = np.array([m[key] - r[key] for m, r in zip(rows[model], rows[reference])], dtype=float)
+                sem = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+                cells.append(f"{diff.mean():+.4f} ± {sem:.4f} | {int(np.sum(sign * diff > 0))}/{len(diff)}")
+            print(f"| {model} | {reference} | " + " | ".join(cells) + " |")
+
+
+def merge_saved(paths: list[Path]) -> dict:
+    """The rows of several saved runs (``--save`` here, ``scores.json`` of qpi_regression.py) joined by set.
+
+    Runs are joined only where they scored the same images: their base-alone rows (or rows of the
+    same name) must agree image by image to 1e-6 MS-SSIM; the repeated row is kept once."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for key, rows in json.loads(path.read_text()).items():
+            into = merged.setdefault(key, {})
+            for name, method_rows in rows.items():
+                same = [n for n in into if n == name or (n.endswith("base alone") and name.endswith("base alone"))]
+                if same and not all(len(into[n]) == len(method_rows) and np.allclose(
+                        [r["ms_ssim"] for r in into[n]], [r["ms_ssim"] for r in method_rows], atol=1e-6)
+                        for n in same):
+                    sys.exit(f"unseen: {path}: '{name}' in set '{key}' differs from '{same[0]}' of an earlier "
+                             "run; not the same images")
+                if name not in into and not (same and name.endswith("base alone")):
+                    into[name] = method_rows
+            if len({len(r) for r in into.values()}) > 1:
+                sys.exit(f"unseen: {path}: set '{key}' holds a different number of images than an earlier run's")
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("qpi", "sr"), required=True)
@@ -272,7 +326,19 @@ def main() -> None:
     parser.add_argument("--tuning", type=Path, default=Path("eval/qpi-tie-tuning.json"),
                         help="cache of the TIE regularisers tuned on validation photos")
     parser.add_argument("--tune-only", action="store_true", help="tune the TIE solvers, score nothing")
+    parser.add_argument("--show", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of saved runs of the same images (--save here, scores.json of "
+                             "qpi_regression.py), joined by set, with every model paired against every other "
+                             "row named by --reference; score nothing")
+    parser.add_argument("--reference", nargs="+", help="with --show: the rows to pair against "
+                                                       "(default: the task's classical methods)")
     args = parser.parse_args()
+    if args.show:
+        for key, rows in merge_saved(args.show).items():
+            print(f"\n### {args.task.upper()} {key}\n")
+            print_table(rows)
+            print_paired(rows, tuple(args.reference or CLASSICAL[args.task]))
+        return
     torch.set_num_threads(args.threads)
     print(f"device: {args.device} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
           f"{args.threads} CPU threads; N = {args.samples}, each model's default sampler")
