@@ -64,7 +64,7 @@ FLAG_CASES = {
     "pixel-size text": (PREDICT + ["--pixel-size", "abc"], "--pixel-size", "'abc'"),
     "tile 0 overlap -5": (PREDICT + ["--tile-size", "0", "--tile-overlap", "-5"], "--tile-overlap", "-5"),
     "tile-size -3": (PREDICT + ["--tile-size", "-3"], "--tile-size"),
-    "tile-size 8": (PREDICT + ["--tile-size", "8"], "tile_size", "at least 16"),
+    "tile-size 8": (PREDICT + ["--tile-size", "8"], "tile_size", "between 16 and"),
     "overlap over half": (PREDICT + ["--tile-size", "64", "--tile-overlap", "40"], "overlap", "32"),
     "steps huge": (PREDICT + ["--steps", "99999999999999999999"], "--steps"),
     "steps 0": (PREDICT + ["--steps", "0"], "--steps"),

@@ -27,6 +27,7 @@ from typing_extensions import TypedDict
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
+from .engine.settings import MAX_SAMPLER_STEPS, MAX_SAMPLES
 from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 #: 2 added the residual formulation (ModelConfig.base, ...) and ModelInfo.base/calibration; 1 still loads.
@@ -36,8 +37,6 @@ MODEL_SUFFIX = ".safetensors"
 TASKS = ("sr", "qpi", "generic")
 #: Bounds on metadata values: beyond them a file is damaged or hostile, not a model.
 MAX_UPSAMPLING = 8
-MAX_SAMPLER_STEPS = 10_000
-MAX_SAMPLES = 1_000
 
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 

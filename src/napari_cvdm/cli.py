@@ -65,9 +65,6 @@ def _device(text: str) -> str:
 
 POSITIVE = _bounded(float, 0, above=True)
 # Bounds of the numeric flags: far beyond real use, small enough never to exhaust memory on their own.
-MAX_SAMPLES = 10_000
-MAX_SAMPLER_STEPS = 100_000
-MAX_SIDE = 1_000_000
 MAX_IMAGES = 100_000
 MIN_SIMULATED_SIZE, MAX_SIMULATED_SIZE = 16, 4096
 SEED = _bounded(int, 0, 2**63 - 1)
@@ -221,16 +218,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from .reconstruct import ReconstructionSettings
+    """The reconstruction settings of the flags :func:`_add_reconstruction_flags` made (0 = None where
+    None means something, e.g. ``--tile-size 0`` = the whole image)."""
+    from .engine.settings import BOUNDS, DEFAULTS, ReconstructionSettings
 
-    return ReconstructionSettings(
-        n_samples=args.n_samples, sampler=args.sampler, steps=args.steps,
-        tile_size=None if args.tile_size == 0 else args.tile_size, tile_overlap=args.tile_overlap,
-        device=args.device, seed=args.seed, keep_samples=getattr(args, "keep_samples", False),
-        precision=args.precision, eta=args.eta, max_batch=args.max_batch,
-        grid=args.grid, log_snr_max=args.log_snr_max, channels_last=args.channels_last, compile=args.compile,
-        shrink_refinement=not args.plain_mean,
-    )
+    values = {name: getattr(args, name) for name in BOUNDS if hasattr(args, name)}
+    for name, value in values.items():
+        if value == 0 and not isinstance(value, bool) and BOUNDS[name].none is not None \
+                and getattr(DEFAULTS, name) is not None:
+            values[name] = None
+    return ReconstructionSettings(**values)
 
 
 def _output_axes(input_axes: str | None, lead_ndim: int) -> str | None:
@@ -561,33 +558,36 @@ def raise_input(message: str) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_reconstruction_flags(parser: argparse.ArgumentParser) -> None:
-    from .model import GRIDS, SAMPLERS
-    from .model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
+def _add_reconstruction_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per reconstruction setting (``--n-samples`` for ``n_samples``), its range, choices and
+    default from :data:`napari_cvdm.engine.settings.BOUNDS`; read back by :func:`_settings`."""
+    from .engine.settings import BOUNDS, DEFAULTS
 
     group = parser.add_argument_group("sampling")
-    group.add_argument("--n-samples", type=_bounded(int, 1, MAX_SAMPLES), default=8, help="samples per image (default: 8)")
-    group.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's")
-    group.add_argument("--steps", type=_bounded(int, 1, MAX_SAMPLER_STEPS), default=None, help="sampling steps (default: the model's)")
-    group.add_argument("--grid", choices=GRIDS, default=None, help="sampler time grid (default: the model's)")
-    group.add_argument("--log-snr-max", type=_bounded(float, 0, LOG_SNR_CEILING, above=True), default=None,
-                       help=f"last log-SNR of the log_snr grid (default: the model's, else {LOG_SNR_MAX:g}); "
-                            "the shipped models: 8 (with 8 steps, 2.5x faster at the 20-step quality, docs/benchmarks.md)")
-    group.add_argument("--eta", type=_bounded(float, 0, 1), default=None, help="DDIM η for ddim/ancestral (default: 0 / 1)")
-    group.add_argument("--plain-mean", action="store_true",
-                       help="residual models: the plain mean of the N samples, without shrinking the "
-                            "refinement toward the base by its sampling noise")
-    group.add_argument("--seed", type=SEED, default=0)
-    group.add_argument("--device", type=_device, default="auto", help="auto, cuda, cuda:1, mps or cpu (default: auto)")
-    group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="auto = bf16 on CUDA, else fp32")
-    group.add_argument("--tile-size", type=_bounded(int, 0, MAX_SIDE), default=320,
-                       help="largest tile side in output pixels; 0 = whole image (default: %(default)s)")
-    group.add_argument("--tile-overlap", type=_bounded(int, 0, MAX_SIDE), default=32, help="output pixels (default: 32)")
-    group.add_argument("--max-batch", type=_bounded(int, 1, MAX_SAMPLES), default=None, help="samples per network call, a round (default: 4 for a 320² tile, more for smaller ones)")
-    group.add_argument("--channels-last", action="store_true", help="run the network on NHWC tensors (GPUs)")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the network (first call slow; pays off on large images)")
+    for name, bound in BOUNDS.items():
+        if name in exclude:
+            continue
+        default = getattr(DEFAULTS, name)
+        flag, words = "--" + name.replace("_", "-"), bound.help
+        if isinstance(default, bool):
+            flag = bound.flag or (flag if not default else "--no-" + name.replace("_", "-"))
+            group.add_argument(flag, dest=name, action="store_const", const=not default, default=default,
+                               help=words)
+            continue
+        if bound.none is not None:
+            words += f" (default: {bound.none})" if default is None else f"; 0 = {bound.none} (default: {default})"
+        elif not isinstance(default, bool):
+            words += f" (default: {default})"
+        kind = type(default) if default is not None else (float if bound.above or isinstance(bound.high, float)
+                                                         else int if bound.low is not None else str)
+        options = {"choices": bound.choices} if bound.choices else {}
+        if name == "device":
+            options = {"type": _device}
+        elif kind in (int, float):
+            low = 0 if (default is not None and bound.none is not None) else bound.low
+            options = {"type": _bounded(kind, low, bound.high, above=bound.above and low == bound.low),
+                       "metavar": "N" if kind is int else "X"}
+        group.add_argument(flag, dest=name, default=default, help=words.replace("%", "%%"), **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -626,7 +626,6 @@ def _add_predict_command(commands) -> None:
                          help="QPI: illumination wavelength in µm for a model's TIE base (default: the model's)")
     predict.add_argument("--dz-um", type=POSITIVE, default=None,
                          help="QPI: defocus distance ±dz in µm for a model's TIE base (default: the model's)")
-    predict.add_argument("--keep-samples", action="store_true", help="also write the individual samples")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_reconstruction_flags(predict)
     predict.set_defaults(run=_predict)
@@ -654,7 +653,7 @@ def _add_calibrate_command(commands) -> None:
     calibrate.add_argument("--refit-base", action="store_true",
                            help="QPI residual models: first refit the TIE base's regulariser on these pairs "
                                 "(kept only if it lowers the base's error on them)")
-    _add_reconstruction_flags(calibrate)
+    _add_reconstruction_flags(calibrate, exclude=("keep_samples",))
     calibrate.set_defaults(run=_calibrate)
 
 
@@ -686,7 +685,7 @@ def _add_evaluate_command(commands) -> None:
                         help="raw input pixel µm (default: the data's, else the model's)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
     evaluate.add_argument("--out", default="out/evaluate", help="output folder (default: out/evaluate)")
-    _add_reconstruction_flags(evaluate)
+    _add_reconstruction_flags(evaluate, exclude=("keep_samples",))
     evaluate.set_defaults(run=_evaluate)
 
 

@@ -87,20 +87,21 @@ import torch
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
 from .model import CVDM, SAMPLERS, refinement_weight
-from .model.samplers import GRIDS, LOG_SNR_CEILING, RunningMoments, RuntimeOptions, SamplingOptions, sample
+from .engine.settings import (  # noqa: F401 - the engine's public names
+    MAX_SAMPLER_STEPS, MAX_SAMPLES, MIN_TILE_SIZE, ReconstructionSettings, autocast_dtype, available_devices,
+    resolve_device,
+)
+from .model.samplers import RunningMoments, RuntimeOptions, SamplingOptions, sample
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 #: ``on_partial(result)``: the reconstruction so far, after each round of samples.
 PartialCallback = Callable[["Reconstruction"], None]
 
-PRECISIONS = ("auto", "fp32", "bf16")
 #: Side of the global noise blocks (output pixels); changing it changes the noise for a seed.
 NOISE_BLOCK = 64
 #: Smallest image side (input pixels) a model is run on.
 MIN_INPUT_SIZE = 8
-#: Smallest tile side (output pixels).
-MIN_TILE_SIZE = 16
 #: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
 MAX_INPUT_MAGNITUDE = 1e15
 #: Output pixels per network call when ``max_batch`` is None (4 samples of a 320² tile).
@@ -111,121 +112,7 @@ MEMORY_FRACTION = 0.7
 PIXEL_SIZE_TOLERANCE = 0.1
 
 
-# ----------------------------------------------------------------------------- devices
-
-
-def available_devices() -> list[str]:
-    """``"auto"`` first, then the devices present here: ``"cuda"``, ``"mps"``, ``"cpu"``."""
-    devices = ["auto"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices + ["cpu"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``name`` (``auto`` = CUDA, else MPS, else CPU); InputError if absent."""
-    name = str(name).strip().lower()
-    present = available_devices()
-    if name == "auto":
-        return torch.device(present[1])
-    base = name.split(":")[0]
-    if base not in present:
-        raise InputError(f"Device '{name}' is not available here; choose one of: {', '.join(present)}.")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"Device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
-    return device
-
-
 # ----------------------------------------------------------------------------- settings and result
-
-
-@dataclass
-class ReconstructionSettings:
-    """How to reconstruct. ``None`` for sampler/steps means the model's defaults (``ModelInfo.sampler``).
-
-    ``tile_size``/``tile_overlap`` are in output pixels (``tile_size=None``: the whole
-    image at once; else the largest tile side, see :func:`tile_spans`); fixed by the settings
-    and the image alone, never by the machine, so a seed gives the same result everywhere
-    (320: per pixel a 512² tile costs about 2× a 256² one on this project's CPU, and a tile of
-    at most 320 px keeps a 512² plane in 2 × 2 tiles, docs/benchmarks.md). ``eta`` overrides the η of ``ddim``/``ancestral``/``dpm_solver_2m_sde`` (None: 0, 1, 1).
-    ``max_batch`` caps the samples run through the network together, a round (None: as many
-    as keep a call within ``PIXELS_PER_CALL`` output pixels, so memory follows the tile size);
-    the result does not depend on it beyond float rounding. ``precision``: ``fp32``, ``bf16`` or ``auto``
-    (bf16 on CUDA, else fp32). ``grid``: the sampler's time grid (None: the model's, else
-    ``log_snr``; see :mod:`napari_cvdm.model.samplers`). ``log_snr_max``: the ``log_snr`` grid's
-    last log-SNR before t = 0 (None: the model's, else ``LOG_SNR_MAX``; 8 with 8 NFE, the shipped
-    residual models' default, keeps their 20-NFE quality, docs/benchmarks.md). ``channels_last`` runs the denoiser
-    on NHWC tensors, ``compile`` through ``torch.compile`` (first call slow; falls back to
-    eager with a warning) — both GPU options that leave the result unchanged up to rounding.
-    ``shrink_refinement``: a residual model's mean is ``b + w·(sample mean − b)`` with the
-    James–Stein weight w (module docstring); False gives the plain mean of the N samples.
-    """
-
-    n_samples: int = 8
-    sampler: str | None = None
-    steps: int | None = None
-    tile_size: int | None = 320
-    tile_overlap: int = 32
-    device: str = "auto"
-    seed: int = 0
-    keep_samples: bool = False
-    precision: str = "auto"
-    eta: float | None = None
-    max_batch: int | None = None
-    grid: str | None = None
-    log_snr_max: float | None = None
-    channels_last: bool = False
-    compile: bool = False
-    shrink_refinement: bool = True
-
-    def check(self) -> None:
-        """Raise InputError naming the first unusable setting (type, range or choice)."""
-        _whole("n_samples", self.n_samples, 1, MAX_SAMPLES)
-        _whole("steps", self.steps, 1, MAX_SAMPLER_STEPS, optional=True)
-        _whole("tile_size", self.tile_size, MIN_TILE_SIZE, None, optional=True)
-        _whole("tile_overlap", self.tile_overlap, 0, None)
-        _whole("seed", self.seed, 0, 2**63 - 1)
-        _whole("max_batch", self.max_batch, 1, None, optional=True)
-        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("grid", self.grid, GRIDS),
-                                     ("precision", self.precision, PRECISIONS)):
-            if not (value is None and name != "precision") and (not isinstance(value, str) or value not in choices):
-                raise InputError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
-        if self.tile_size is not None and self.tile_overlap > self.tile_size // 2:
-            raise InputError(f"Tile overlap must be between 0 and half the tile size "
-                             f"({self.tile_size // 2}); got {self.tile_overlap}.")
-        if self.eta is not None and (isinstance(self.eta, bool) or not isinstance(self.eta, int | float)
-                                     or not 0.0 <= float(self.eta) <= 1.0):
-            raise InputError(f"η (eta) must be a number between 0 and 1 (got {self.eta!r}).")
-        if self.log_snr_max is not None and (isinstance(self.log_snr_max, bool)
-                                             or not isinstance(self.log_snr_max, int | float)
-                                             or not 0.0 < float(self.log_snr_max) <= LOG_SNR_CEILING):
-            raise InputError(f"log_snr_max must be a number in (0, {LOG_SNR_CEILING:g}] (got {self.log_snr_max!r}).")
-        base, colon, index = str(self.device).strip().lower().partition(":")
-        if not isinstance(self.device, str) or base not in ("auto", "cpu", "mps", "cuda") \
-                or (colon and (base == "auto" or not index.isdigit())):
-            raise InputError(f"Unknown device {self.device!r}; choose auto, cpu, mps, cuda or cuda:N.")
-        for name in ("keep_samples", "channels_last", "compile", "shrink_refinement"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"Setting {name} must be True or False (got {getattr(self, name)!r}).")
-
-
-#: Bounds that keep a setting from exhausting memory or time on its own.
-MAX_SAMPLES = 10_000
-MAX_SAMPLER_STEPS = 100_000
-
-
-def _whole(name: str, value, low: int, high: int | None, optional: bool = False) -> None:
-    """InputError unless ``value`` is an int (not a bool) in [low, high] (or None when ``optional``)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(f"Setting {name} must be a whole number (got {value!r}).")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise InputError(f"Setting {name} must be {bound} (got {value}).")
 
 
 def check_call(settings, input_pixel_size_um) -> None:
@@ -507,12 +394,6 @@ def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=3)
     return {"wavelength_um": wavelength_um, "dz_um": dz_um, "pixel_um": pixel_size_um}
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -893,7 +774,7 @@ def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.d
     largest_tile = max(r1 - r0 for r0, r1 in tiling.rows) * max(c1 - c0 for c0, c1 in tiling.cols)
     per_call = settings.max_batch if settings.max_batch is not None else PIXELS_PER_CALL // largest_tile
     chunk = max(1, min(n_samples, int(per_call)))
-    runtime = RuntimeOptions(_autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
+    runtime = RuntimeOptions(autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
     return _Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings)
 
 

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -38,7 +39,8 @@ from ..calibrate import (
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
-from ..model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
+from ..engine.settings import BOUNDS, DEFAULTS
+from ..model.samplers import DEFAULT_STEPS, LOG_SNR_MAX
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model
@@ -112,6 +114,14 @@ class ReconstructionJob:
     plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
     input_pixel_size_um: float | None   # from the layer's scale when it is calibrated
     input_defocus_um: float | None = None  # a stack layer's ±dz (metadata "defocus_um"), for the preview
+
+
+def setting_spin_box(name: str, value: int | None = None) -> QSpinBox:
+    """A spin box for the whole-number setting ``name``: its range and meaning from ``BOUNDS``, its value
+    ``value`` (None: the setting's default). Qt's spin boxes hold 32-bit values: larger bounds are cut."""
+    bound = BOUNDS[name]
+    value = getattr(DEFAULTS, name) if value is None else value
+    return spin_box(int(bound.low), int(min(bound.high, 2**31 - 1)), value, bound.help[:1].upper() + bound.help[1:])
 
 
 def layer_pixel_size_um(layer) -> float | None:
@@ -223,33 +233,28 @@ class ReconstructWidget(QWidget):
     def _build_options_group(self) -> QGroupBox:
         group = QGroupBox("Sampling")
         form = QFormLayout(group)
-        defaults = engine.ReconstructionSettings()
-        self.samples_spin = spin_box(1, 512, defaults.n_samples,
-                                  "Number of samples N: the mean and variance are over these")
+        self.samples_spin = setting_spin_box("n_samples")
         self.sampler_combo = QComboBox()
         self.sampler_combo.addItems(list(SAMPLERS))
         self.sampler_combo.setToolTip("dpm_solver_2m_sde: fast and stochastic (10–25 steps, the best "
                                       "measured); dpm_solver_2m, ddim: deterministic; "
                                       "ancestral: the paper's sampler (~200 steps)")
-        self.steps_spin = spin_box(1, 5000, 20, "Denoising steps per sample")
+        self.steps_spin = setting_spin_box("steps", DEFAULT_STEPS)
+        bound = BOUNDS["log_snr_max"]
         self.log_snr_max_spin = QDoubleSpinBox()
-        self.log_snr_max_spin.setRange(1.0, LOG_SNR_CEILING)
         self.log_snr_max_spin.setDecimals(1)
+        self.log_snr_max_spin.setRange(bound.low + 0.1, bound.high)  # the bound excludes its low end
         self.log_snr_max_spin.setValue(LOG_SNR_MAX)
-        self.log_snr_max_spin.setToolTip("Last log-SNR of the sampler's time grid before the final step. "
-                                         "The shipped models default to 8 steps ending at 8: the 20-step "
-                                         "quality in about 0.4x the time (docs/benchmarks.md)")
-        self.tile_spin = spin_box(32, 8192, defaults.tile_size,
-                                  "Largest tile side in output pixels (tiles are spread evenly); smaller uses less memory")
+        self.log_snr_max_spin.setToolTip(bound.help)
+        self.tile_spin = setting_spin_box("tile_size")
         self.tile_spin.setSingleStep(32)
         self.device_combo = QComboBox()
         self.device_combo.addItems(engine.available_devices())
-        self.seed_spin = spin_box(0, 2**31 - 1, defaults.seed, "Random seed: the same seed gives the same samples")
+        self.device_combo.setToolTip(BOUNDS["device"].help)
+        self.seed_spin = setting_spin_box("seed")
         self.keep_samples_check = QCheckBox("add the N samples as a layer")
         self.plain_mean_check = QCheckBox("plain mean of the samples")
-        self.plain_mean_check.setToolTip("Residual models: report the samples' plain mean instead of shrinking "
-                                         "the refinement toward the base by its sampling noise (the default, "
-                                         "closer to the truth on unseen images, docs/results.md)")
+        self.plain_mean_check.setToolTip(BOUNDS["shrink_refinement"].help)
         form.addRow("Samples N", self.samples_spin)
         form.addRow("Sampler", self.sampler_combo)
         form.addRow("Steps", self.steps_spin)

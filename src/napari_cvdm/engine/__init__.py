@@ -1,0 +1,1 @@
+"""The reconstruction engine: settings and devices (more of the engine moves here by concern)."""
