@@ -304,7 +304,7 @@ def test_training_calibrates_the_exported_model_on_its_validation_crops(tmp_path
 
 
 def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp_path, capsys):
-    from napari_cvdm.calibrate import consistency_output
+    from napari_cvdm.consistency import consistency_output
     from napari_cvdm.data.simulate import simulate_qpi
 
     image = tmp_path / "cell.tif"
@@ -314,7 +314,7 @@ def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp
     assert values.shape == (24, 24) and np.all(values >= 0)
     fields = sidecar["consistency"]
     assert sidecar["outputs"]["consistency"] == "cell_consistency.tif"
-    assert fields["units"] == "input noise std" and fields["optics"] == {"dz_um": 1.0, "wavelength_um": 0.521}
+    assert fields["units"] == "input noise std" and fields["optics"] == {"wavelength_um": 0.521, "dz_um": 1.0}
     assert fields["rms"] == pytest.approx(float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), rel=1e-5)
     # The true phase explains its own stack (≈ 1 noise std); a shifted one does not.
     sample = simulate_qpi(np.random.default_rng(0), 64, noise_std=0.05)

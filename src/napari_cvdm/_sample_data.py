@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM
+
 #: Geometry shared by the QPI samples (the CVDM paper's optics).
-QPI_WAVELENGTH_UM = 0.521
-QPI_DEFOCUS_UM = 1.0
+QPI_DEFOCUS_UM = QPI_DZ_UM
 QPI_PHASE_MAX_RAD = 3.5
 #: Camera noise added to the cell's defocus images (std, relative to unit illumination).
 CELL_NOISE_STD = 0.02

@@ -16,11 +16,11 @@ import re
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import CVDMError, InputError
+from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM, SR_EMISSION_UM, SR_NA
 
 EXIT_USER_ERROR = 2
 #: ``cvdm train`` stopped by a signal, checkpoint and model saved: a scheduler requeues with --resume.
@@ -238,20 +238,13 @@ def _output_axes(input_axes: str | None, lead_ndim: int) -> str | None:
     return "".join(lead) + "YX" if len(lead) == lead_ndim else None
 
 
-NO_VARIANCE = "not written: one sample (--n-samples 1) has no spread; use 2 or more samples for a variance"
-#: Output names of a calibrated model: the calibrated std and the half-width of mean ± error at 95 %.
-CALIBRATED_OUTPUTS = {"std_calibrated": "calibrated_std", "error95": "error"}
 
 
-def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
-                     calibrated: bool = False, consistency: bool = False) -> dict[Path, dict[str, Path]]:
-    """Every file ``predict`` will write, per input; InputError before any computing if one would
-    replace an input, two inputs would write the same names, or one exists (without --overwrite).
-    ``calibrated``: the model has a calibration, so the calibrated std and the 95 % error are written too;
-    ``consistency``: the task has a forward model, so the data-consistency map is written too."""
-    spread = ["variance"] + (list(CALIBRATED_OUTPUTS) if calibrated else []) if args.n_samples > 1 else []
-    names = ["mean", "gamma"] + (["consistency"] if consistency else []) + spread
-    names += ["samples"] if args.keep_samples else []
+def _planned_outputs(files: list[Path], out_dir: Path, names: list[str],
+                     overwrite: bool = False) -> dict[Path, dict[str, Path]]:
+    """Every file ``predict`` will write, per input: the outputs ``names`` (:func:`napari_cvdm.predict.
+    output_names`) and the sidecar. InputError before any computing if one would replace an input, two
+    inputs would write the same names, or one exists (without ``overwrite``)."""
     by_stem: dict[str, Path] = {}
     for path in files:
         other = by_stem.setdefault(path.stem.lower(), path)
@@ -266,7 +259,7 @@ def _planned_outputs(files: list[Path], out_dir: Path, args: argparse.Namespace,
                       "sidecar": out_dir / f"{path.stem}_cvdm.json"} for path in files}
     targets = [target for outputs in planned.values() for target in outputs.values()]
     existing = [target for target in targets if target.exists()]
-    if existing and not args.overwrite:
+    if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise InputError(f"{existing[0]} already exists{more}; use --overwrite to replace, or another --out.")
     return planned
@@ -293,16 +286,15 @@ def _rank_share(files: list[Path], device: str) -> tuple[list[Path], str]:
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info
+    from .engine.settings import resolve_device
     from .io import check_writable_folder, list_images
-    from .reconstruct import resolve_device
+    from .predict import output_names
 
     settings = _settings(args)
     settings.check()
     files, settings.device = _rank_share(list_images(args.inputs), settings.device)
     out_dir = check_writable_folder(args.out)
-    model_info = read_model_info(args.model)
-    planned = _planned_outputs(files, out_dir, args, calibrated=bool(model_info.calibration),
-                               consistency=model_info.task in ("sr", "qpi"))
+    planned = _planned_outputs(files, out_dir, output_names(read_model_info(args.model), settings), args.overwrite)
     model, info = load_model(args.model, resolve_device(settings.device))
     failed = []
     for index, path in enumerate(files, 1):
@@ -320,106 +312,40 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_input(args, info, path: Path):
-    """``(image, pixel size µm or None)`` of one input, checked against the model; warns on stderr
-    when its pixel size or (QPI) optics differ from the model's."""
+def _read_input(args, path: Path):
+    """``(image, acquisition)`` of one input file: its array and what is known about it (flags win over
+    the TIFF's pixel size)."""
     from .io import read_image
-    from .reconstruct import check_pixel_size, validate_input
+    from .predict import Acquisition
 
     image = read_image(path)
     if image.array.ndim > 5:
         raise InputError(f"the image has {image.array.ndim} dimensions {image.array.shape}; "
                          "at most 5 (T, Z, C, Y, X) can be reconstructed and written.")
-    validate_input(info, image.array, image.axes)
     pixel_size = args.pixel_size if args.pixel_size is not None else image.pixel_size_um
-    mismatch = check_pixel_size(info, pixel_size)
-    if mismatch:
-        _say(f"cvdm predict: warning: {path.name}: {mismatch}")
-    if info.base:
-        from .base_estimate import TIEBase, optics_mismatch
-
-        optics = optics_mismatch(TIEBase.from_dict(info.base), args.wavelength_um, args.dz_um)
-        if optics:
-            _say(f"cvdm predict: warning: {path.name}: {optics}")
-    return image, pixel_size
+    return image.array, Acquisition(str(path), pixel_size, args.wavelength_um, args.dz_um, image.axes)
 
 
 def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str) -> None:
-    """Reconstruct one file and write its outputs (names from :func:`_planned_outputs`)."""
-    from . import __version__
-    from .calibrate import uncertainty_outputs
-    from .io import write_sidecar
-    from .reconstruct import reconstruct
-
-    image, pixel_size = _read_input(args, info, path)
-    line = _ProgressLine()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the pixel-size warning was printed above
-        result = reconstruct(
-            model, info, image.array, settings, input_pixel_size_um=pixel_size,
-            wavelength_um=args.wavelength_um, dz_um=args.dz_um,
-            progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
-        )
-    line.done()
-    uncertainty = uncertainty_outputs(info, result.variance, image.array, settings.n_samples, pixel_size,
-                                      sampling=result.metadata)
-    for note in (uncertainty.warning, uncertainty.sampler_note):
-        if note:
-            _say(f"cvdm predict: warning: {path.name}: {note}")
-    axes = _output_axes(image.axes, result.mean.ndim - 2)
-    written = _write_outputs(result, uncertainty, axes, outputs)
-    consistency = _write_consistency(args, info, result, image.array, pixel_size, axes, outputs, written)
-    sidecar = write_sidecar(outputs["sidecar"], {
-        "input": str(path), "input_shape": list(image.array.shape), "input_axes": image.axes,
-        "input_pixel_size_um": pixel_size, "output_pixel_size_um": result.pixel_size_um,
-        "upsampling_factor": result.upsampling_factor, "unit": result.unit,
-        "outputs": {name: p.name for name, p in written.items()},
-        **({} if "variance" in outputs else {"variance": NO_VARIANCE}),
-        "calibrated": uncertainty.calibrated, "uncertainty": uncertainty.summary(),
-        "consistency": consistency.summary,
-        "model": {"path": str(Path(args.model).resolve()), **info.to_dict()},
-        "settings": result.metadata, "napari_cvdm_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    for written_path in (*written.values(), sidecar):
-        print(written_path)
-
-
-def _write_consistency(args, info, result, image: np.ndarray, pixel_size, axes: str | None,
-                       outputs: dict[str, Path], written: dict[str, Path]):
-    """Write the data-consistency map (on the input grid) when planned; returns the consistency
-    output (its ``summary`` goes into the sidecar)."""
-    from .calibrate import consistency_output
-    from .io import write_image
-
-    consistency = consistency_output(info, result.mean, image, pixel_size, args.wavelength_um, args.dz_um)
-    if "consistency" in outputs and consistency.map is not None:
-        written["consistency"] = write_image(outputs["consistency"], consistency.map,
-                                             consistency.summary["input_pixel_size_um"], axes)
-    elif "consistency" in outputs:
-        _say(f"cvdm predict: note: {outputs['consistency'].name}: no consistency map "
-             f"({consistency.summary['not_computed']})")
-    return consistency
-
-
-def _write_outputs(result, uncertainty, axes: str | None, outputs: dict[str, Path]) -> dict[str, Path]:
-    """Write the planned images of one reconstruction; returns the files written by output name."""
+    """Reconstruct one file through :func:`napari_cvdm.predict.predict` and write its planned outputs."""
     import numpy as np
 
-    from .io import write_image
+    from .io import TiffSink
+    from .predict import Hooks, predict
 
-    written = {}
-    arrays = {"mean": result.mean, "variance": result.variance, "gamma": result.gamma_map,
-              **{name: getattr(uncertainty, field) for name, field in CALIBRATED_OUTPUTS.items()}}
-    for name, array in arrays.items():
-        if name in outputs and array is not None:
-            written[name] = write_image(outputs[name], array, result.pixel_size_um, axes)
-    if "samples" in outputs:
-        # samples first, shown by ImageJ as frames (T) unless the input is a time series itself
-        samples = np.moveaxis(result.samples, -3, 0)
-        sample_axes = "T" + axes if axes is not None and "T" not in axes else None
-        written["samples"] = write_image(outputs["samples"], samples, result.pixel_size_um, sample_axes)
-    return written
+    image, acquisition = _read_input(args, path)
+    line = _ProgressLine()
+    hooks = Hooks(progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
+                  on_note=lambda note: _say(f"cvdm predict: warning: {path.name}: {note}"))
+    axes = _output_axes(acquisition.axes, np.ndim(image) - 2 - (int(info.config.y_channels) > 1))
+    sink = TiffSink({name: p for name, p in outputs.items() if name != "sidecar"}, outputs["sidecar"], axes)
+    prediction = predict(model, info, image, acquisition, settings, hooks, sink, model_path=args.model)
+    line.done()
+    if "consistency" in outputs and "consistency" not in sink.written:
+        _say(f"cvdm predict: note: {outputs['consistency'].name}: no consistency map "
+             f"({prediction.consistency.summary['not_computed']})")
+    for written_path in sink.written.values():
+        print(written_path)
 
 
 # ----------------------------------------------------------------------------- calibrate
@@ -676,11 +602,14 @@ def _add_evaluate_command(commands) -> None:
     source.add_argument("--test-set", choices=("unseen", "seen"), default="unseen",
                         help="simulated data outside the training distribution (default) or from it")
     optics = evaluate.add_argument_group("optics for the classical baselines")
-    optics.add_argument("--na", type=_bounded(float, 0, 2, above=True), default=1.4, help="SR numerical aperture (default: 1.4)")
-    optics.add_argument("--wavelength", type=POSITIVE, default=0.575, help="SR emission µm (default: 0.575)")
+    optics.add_argument("--na", type=_bounded(float, 0, 2, above=True), default=SR_NA,
+                        help=f"SR numerical aperture (default: {SR_NA})")
+    optics.add_argument("--wavelength", type=POSITIVE, default=SR_EMISSION_UM,
+                        help=f"SR emission µm (default: {SR_EMISSION_UM})")
     optics.add_argument("--offset", type=_bounded(float), default=100.0, help="SR camera offset ADU (default: 100)")
-    optics.add_argument("--dz", type=POSITIVE, default=1.0, help="QPI defocus µm (default: 1)")
-    optics.add_argument("--qpi-wavelength", type=POSITIVE, default=0.521, help="QPI µm (default: 0.521)")
+    optics.add_argument("--dz", type=POSITIVE, default=QPI_DZ_UM, help=f"QPI defocus µm (default: {QPI_DZ_UM})")
+    optics.add_argument("--qpi-wavelength", type=POSITIVE, default=QPI_WAVELENGTH_UM,
+                        help=f"QPI µm (default: {QPI_WAVELENGTH_UM})")
     optics.add_argument("--pixel-size", type=POSITIVE, default=None,
                         help="raw input pixel µm (default: the data's, else the model's)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import InputError
+from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM
 from .model import SAMPLERS
 from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .model.schedule import SCHEDULE_KINDS
@@ -115,8 +116,8 @@ class TrainConfig:
     init_model: str | None = None
     overwrite: bool = False
     formulation: Literal["paper", "residual"] = "residual"
-    wavelength_um: Positive = 0.521
-    dz_um: Positive = 1.0
+    wavelength_um: Positive = QPI_WAVELENGTH_UM
+    dz_um: Positive = QPI_DZ_UM
     source_images: str | None = None
     calibrate: bool = True
     tie_method: Literal["fft_tie", "us_tie"] | None = None

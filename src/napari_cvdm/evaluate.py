@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM, SR_EMISSION_UM, SR_NA
 from .reconstruct import ReconstructionSettings
 
 FIDELITY = ("psnr", "ssim", "ms_ssim", "mae")
@@ -60,11 +61,11 @@ class EvaluationOptions:
     images: int = 8
     size: int = 128
     seed: int = 0
-    na: float = 1.4
-    wavelength_um: float = 0.575
+    na: float = SR_NA
+    wavelength_um: float = SR_EMISSION_UM
     offset: float = 100.0
-    dz_um: float = 1.0
-    qpi_wavelength_um: float = 0.521
+    dz_um: float = QPI_DZ_UM
+    qpi_wavelength_um: float = QPI_WAVELENGTH_UM
     pixel_size_um: float | None = None
 
 

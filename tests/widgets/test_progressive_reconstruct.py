@@ -17,7 +17,7 @@ import pytest
 
 from napari_cvdm import reconstruct as engine
 from napari_cvdm._widgets import ReconstructWidget
-from napari_cvdm._widgets._preview import BASE_KIND, TIE_KIND, UPSAMPLED_KIND
+from napari_cvdm.preview import BASE_KIND, TIE_KIND, UPSAMPLED_KIND
 from napari_cvdm.errors import Cancelled
 from napari_cvdm.physics import upsample
 from napari_cvdm.physics.tie import fft_tie
@@ -318,7 +318,7 @@ def test_with_the_real_engine_the_layers_refine_and_cancel_keeps_the_finished_sa
     assert np.all(variance.data >= 0) and variance.data.max() > 0
 
 
-def test_a_qpi_result_gets_a_hidden_data_consistency_layer_and_sr_none(viewer, qpi_model_path, sr_model_path,
+def test_qpi_and_sr_results_get_a_hidden_data_consistency_layer_on_their_grids(viewer, qpi_model_path, sr_model_path,
                                                                        notifications, monkeypatch, wait_idle):
     from napari_cvdm.physics.consistency import qpi_consistency
 
@@ -332,7 +332,7 @@ def test_a_qpi_result_gets_a_hidden_data_consistency_layer_and_sr_none(viewer, q
     assert notifications.error == []
     layer = viewer.layers[f"{stack.name} CVDM data consistency"]
     mean = viewer.layers[f"{stack.name} CVDM mean"].data
-    expected = qpi_consistency(mean, np.asarray(stack.data), 1.0, 0.521, stack.scale[-1], amplitude="measured")
+    expected = qpi_consistency(mean, np.asarray(stack.data), 1.0, 0.521, stack.scale[-1], amplitude="unit")
     np.testing.assert_allclose(layer.data, expected, rtol=1e-4)
     assert not layer.visible and "forward(mean)" in layer.metadata["cvdm"]["role"]
     assert layer.name in widget.status_label.text()
@@ -342,4 +342,5 @@ def test_a_qpi_result_gets_a_hidden_data_consistency_layer_and_sr_none(viewer, q
     widget.input_combo.setCurrentText("wf")
     assert widget.start()
     wait_idle(widget)
-    assert "wf CVDM data consistency" not in viewer.layers  # no forward model with known optics for SR
+    wf = viewer.layers["wf CVDM data consistency"]  # on the camera grid of the input, not the output's
+    assert wf.data.shape == (16, 16) and tuple(wf.scale) == tuple(viewer.layers["wf"].scale)

@@ -21,9 +21,11 @@ VARIANCE_SUFFIX = "CVDM variance"
 GAMMA_SUFFIX = "CVDM γ map"
 SAMPLES_SUFFIX = "CVDM samples"
 ERROR_SUFFIX = "CVDM ± error (95 %)"
+CALIBRATED_STD_SUFFIX = "CVDM calibrated std"
 CONSISTENCY_SUFFIX = "CVDM data consistency"
 #: Every layer name ending this plugin writes (never offered as an input).
-OUTPUT_SUFFIXES = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX, CONSISTENCY_SUFFIX)
+OUTPUT_SUFFIXES = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, CALIBRATED_STD_SUFFIX, GAMMA_SUFFIX, SAMPLES_SUFFIX,
+                   CONSISTENCY_SUFFIX)
 
 
 def output_geometry(scale: Sequence[float], translate: Sequence[float], factor: int,

@@ -33,9 +33,7 @@ from qtpy.QtWidgets import (
 
 from .. import reconstruct as engine
 from ..base_estimate import has_tie_base
-from ..calibrate import (
-    UncertaintyOutputs, calibrate_model, calibration_line, refit_base, uncertainty_outputs, with_calibration,
-)
+from ..calibrate import calibrate_model, calibration_line, refit_base, with_calibration
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
@@ -43,9 +41,9 @@ from ..engine.settings import BOUNDS, DEFAULTS
 from ..model.samplers import DEFAULT_STEPS, LOG_SNR_MAX
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
-from ._consistency import consistency_map, has_forward_model
 from ._layers import MEAN_SUFFIX, OUTPUT_SUFFIXES, fill_layer_combo, output_geometry
-from ._preview import Preview, classical_preview, defocus_um, has_classical_preview, with_first_base
+from ..predict import Acquisition, Hooks, MemorySink, Prediction, check_input, predict
+from ..preview import Preview, defocus_um
 from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
 from ._run_panel import RunPanel, spin_box
@@ -112,8 +110,11 @@ class ReconstructionJob:
     input_scale: tuple[float, ...]      # of the output's axes (channel axis and unused leading axes dropped)
     input_translate: tuple[float, ...]
     plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
-    input_pixel_size_um: float | None   # from the layer's scale when it is calibrated
-    input_defocus_um: float | None = None  # a stack layer's ±dz (metadata "defocus_um"), for the preview
+    acquisition: Acquisition            # the layer's name, pixel size (from a calibrated scale) and ±dz
+
+    @property
+    def input_pixel_size_um(self) -> float | None:
+        return self.acquisition.pixel_size_um
 
 
 def setting_spin_box(name: str, value: int | None = None) -> QSpinBox:
@@ -481,8 +482,8 @@ class ReconstructWidget(QWidget):
             entry=self.selected_entry(), settings=self.settings(), input_name=layer.name,
             input_scale=tuple(float(layer.scale[i]) for i in keep),
             input_translate=tuple(float(layer.translate[i]) for i in keep), plane=plane,
-            input_pixel_size_um=layer_pixel_size_um(layer),
-            input_defocus_um=defocus_um(layer.metadata) if stacked else None,
+            acquisition=Acquisition(layer.name, layer_pixel_size_um(layer),
+                                    dz_um=defocus_um(layer.metadata) if stacked else None),
         )
         return image, job
 
@@ -503,13 +504,10 @@ class ReconstructWidget(QWidget):
             return False
         try:
             image, job = self.gather_input(entry.info)
-            engine.validate_input(entry.info, image)
+            check_input(entry.info, image, job.acquisition)  # its warnings come from the job itself
         except InputError as exc:
             notifications.show_error(str(exc))
             return False
-        mismatch = engine.check_pixel_size(entry.info, job.input_pixel_size_um)
-        if mismatch:
-            notifications.show_warning(mismatch)
         self._job, self._last_progress = job, (0, 0)
         self._display = self._result_layers(job)
         self.run_panel.launch(self._computation(entry, image, job), f"CVDM: reconstructing {job.input_name}",
@@ -518,37 +516,19 @@ class ReconstructWidget(QWidget):
         return True
 
     def _computation(self, entry: ModelEntry, image: np.ndarray, job: ReconstructionJob):
-        """``compute(progress, should_stop, report)`` for the worker thread.
+        """``compute(progress, should_stop, report)`` for the worker thread: the job
+        (:func:`napari_cvdm.predict.predict`) into a :class:`MemorySink`.
 
-        Reports (to :meth:`_show_report`, on the GUI thread): the classical preview (SR, QPI), the
-        base b(y) of the first plane as the engine computes it (residual models), then the mean
-        after every round of samples.
+        Reports (to :meth:`_show_report`, on the GUI thread): the previews, the mean after every
+        round of samples, and each warning as a sentence.
         """
         path, info, settings, models = entry.path, entry.info, job.settings, self.models
 
         def compute(progress, should_stop, report):
-            preview = None
-            if has_classical_preview(info):
-                preview = classical_preview(info, image, pixel_um=job.input_pixel_size_um, dz_um=job.input_defocus_um)
-                report(preview)
             model = models.get(path, settings.device)
-            planes = engine.plane_count(info, image)
-
-            def on_base(plane: int, base: np.ndarray) -> None:
-                # later planes' bases arrive after the first plane's samples: no longer a preview
-                shown = with_first_base(preview, base, planes) if plane == 0 else None
-                if shown is not None:
-                    report(shown)
-
-            result = engine.reconstruct(model, info, image, settings, progress=progress, should_stop=should_stop,
-                                        on_partial=report, on_base=on_base)
-            uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples,
-                                              job.input_pixel_size_um, sampling=result.metadata)
-            consistency = None
-            if has_forward_model(info):
-                consistency = consistency_map(info, image, result.mean, dz_um=job.input_defocus_um,
-                                              pixel_um=job.input_pixel_size_um)
-            return result, uncertainty, consistency
+            sink = MemorySink()
+            hooks = Hooks(progress, should_stop, on_partial=report, on_preview=report, on_note=report)
+            return predict(model, info, image, job.acquisition, settings, hooks, sink, model_path=path), sink
 
         return compute
 
@@ -653,7 +633,9 @@ class ReconstructWidget(QWidget):
         """A preview or a round's partial result from the worker (GUI thread)."""
         if self._display is None:
             return
-        if isinstance(report, Preview):
+        if isinstance(report, str):
+            notifications.show_warning(report)
+        elif isinstance(report, Preview):
             self._display.show_preview(report)
         else:
             self._display.show_samples(report, int(report.metadata.get("samples_done", 0)))
@@ -667,17 +649,14 @@ class ReconstructWidget(QWidget):
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
-        result, uncertainty, consistency = outcome.value
-        self.show_result(result, job, uncertainty, display, consistency)
-        self._staged.put(f"done: {id(job)}", lambda: self._announce(job, uncertainty, display))
+        prediction, sink = outcome.value
+        self.show_result(prediction, job, display, sink.arrays)
+        self._staged.put(f"done: {id(job)}", lambda: self._announce(job, prediction, display))
 
-    def _announce(self, job: ReconstructionJob, uncertainty: UncertaintyOutputs, display: ResultLayers) -> None:
-        """After the last layer is shown: the notes on the uncertainty and the final status."""
-        warning = " ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note)
-        if warning:  # one notification, however many notes
-            notifications.show_warning(warning)
+    def _announce(self, job: ReconstructionJob, prediction: Prediction, display: ResultLayers) -> None:
+        """After the last layer is shown: the final status (and why one sample has no variance)."""
         if job.settings.n_samples == 1:
-            notifications.show_info(uncertainty.variance_note)
+            notifications.show_info(prediction.uncertainty.variance_note)
         self.run_panel.succeeded(f"Done: {', '.join(display.shown_names())}.")
 
     def _finish_cancelled(self, error: Cancelled, display: ResultLayers) -> None:
@@ -718,20 +697,15 @@ class ReconstructWidget(QWidget):
             "unit": info.target_unit,
         }
         return ResultLayers(self.viewer, self._staged, job.input_name, scale, translate, metadata,
-                            job.settings.n_samples)
+                            job.settings.n_samples, input_geometry=(job.input_scale, job.input_translate))
 
-    def show_result(self, result: engine.Reconstruction, job: ReconstructionJob,
-                    uncertainty: UncertaintyOutputs | None = None, display: ResultLayers | None = None,
-                    consistency: np.ndarray | None = None) -> ResultLayers:
-        """Show the final mean, variance, γ-map, (calibrated model) ± error and (QPI) data-consistency
-        layers, and the samples if kept.
+    def show_result(self, prediction: Prediction, job: ReconstructionJob, display: ResultLayers | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> ResultLayers:
+        """Show every output of a finished job as a layer (mean, variance, calibrated std and ± error,
+        γ map, data consistency, samples; those the job gave), ``arrays`` (a sink's) or its own.
 
-        The layers change in the next event-loop turns (one layer per turn); N = 1 gives no
-        variance layer (one sample has no spread). ``uncertainty``: computed here when not given.
+        The layers change in the next event-loop turns (one layer per turn).
         """
-        if uncertainty is None:
-            uncertainty = uncertainty_outputs(job.entry.info, result.variance, None, job.settings.n_samples,
-                                              job.input_pixel_size_um)
         display = display or self._result_layers(job)
-        display.show_samples(result, job.settings.n_samples, uncertainty, consistency)
+        display.show_prediction(prediction, arrays if arrays is not None else prediction.outputs())
         return display

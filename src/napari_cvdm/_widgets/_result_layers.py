@@ -1,7 +1,7 @@
 """The output layers of one reconstruction, shown as its results arrive without stalling the GUI.
 
 A run shows a preview, then the mean and variance after every round of samples, then the
-final result (:mod:`._preview`, :func:`napari_cvdm.reconstruct.reconstruct`'s ``on_partial``).
+final result (:mod:`napari_cvdm.predict`: its previews, ``on_partial`` and the finished prediction).
 Adding a napari layer costs ~0.2 s of GUI time whatever its size (its controls and its
 vispy visual); adding four in one go stalled the viewer for 0.55 s. So every layer change
 is one piece of :class:`StagedUpdates`, run one per event-loop turn, and a newer change
@@ -21,8 +21,10 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
-from ._consistency import ROLE as CONSISTENCY_ROLE
+from ..predict import Prediction
+from ..preview import Preview
 from ._layers import (
+    CALIBRATED_STD_SUFFIX,
     CONSISTENCY_SUFFIX,
     ERROR_SUFFIX,
     GAMMA_SUFFIX,
@@ -33,7 +35,12 @@ from ._layers import (
     remove_layer,
     robust_limits,
 )
-from ._preview import Preview
+
+
+VARIANCE_ROLE = "per-pixel sample variance (the model's own, not calibrated)"
+GAMMA_ROLE = "learned schedule γ(t = 0.5, y)"
+CONSISTENCY_ROLE = "data consistency: (measured − forward(mean)) / input noise std (QPI: RMS over ±dz); " \
+                   "≈ 1 where the mean explains the data (docs/uncertainty.md)"
 
 
 class StagedUpdates:
@@ -79,13 +86,15 @@ class ResultLayers:
     """The layers ``f"{input_name} {suffix}"`` of one run on output geometry ``scale``/``translate``.
 
     ``metadata``: what every layer's ``metadata["cvdm"]`` holds (model, settings, ...);
-    ``n_samples``: the N the run will draw.
+    ``n_samples``: the N the run will draw; ``input_geometry``: ``(scale, translate)`` of the input
+    grid, for a map that lies on it (SR's data consistency).
     """
 
     def __init__(self, viewer, staged: StagedUpdates, input_name: str, scale, translate, metadata: dict,
-                 n_samples: int):
+                 n_samples: int, input_geometry: tuple | None = None):
         self.viewer, self.staged, self.input_name = viewer, staged, input_name
         self.scale, self.translate, self.metadata, self.n_samples = scale, translate, metadata, n_samples
+        self.input_geometry = input_geometry or (scale, translate)
         self.preview_kind: str | None = None
         self.samples_done = 0
         self.plane, self.planes = 0, 1  # the plane being sampled (of several: "all planes")
@@ -107,37 +116,50 @@ class ResultLayers:
         self._show(MEAN_SUFFIX, preview.data, "gray", robust_limits, extra,
                    name=f"{self.name(MEAN_SUFFIX)} (preview: {preview.kind})")
 
-    def show_samples(self, result, samples_done: int, uncertainty=None, consistency=None) -> None:
+    def show_samples(self, result, samples_done: int) -> None:
         """The mean, variance (N > 1), γ map of ``result`` after ``samples_done`` samples (of its plane
-        ``result.metadata["plane"]``; the planes before it have all N, those after none).
+        ``result.metadata["plane"]``; the planes before it have all N, those after none)."""
+        extra = self._progress_extra(result, samples_done)
+        self._show(MEAN_SUFFIX, result.mean, "gray", robust_limits, {**extra, "role": "mean of the samples"})
+        spread_known = self.n_samples > 1 and (samples_done > 1 or self.plane > 0)
+        self._show_or_drop(VARIANCE_SUFFIX, result.variance if spread_known else None, "magma", _from_zero,
+                           {**extra, "role": VARIANCE_ROLE})
+        self._show(GAMMA_SUFFIX, result.gamma_map, "viridis", _central, {**extra, "role": GAMMA_ROLE})
 
-        With ``uncertainty`` (the final result) also the calibrated ± error, the ``consistency`` map
-        and the kept samples; layers of an earlier run that this one does not give are removed.
-        """
+    def show_prediction(self, prediction: Prediction, arrays: dict[str, np.ndarray]) -> None:
+        """Every output of a finished job (``arrays`` by :data:`napari_cvdm.predict.OUTPUTS` name) as a
+        layer; layers of an earlier run that this one does not give are removed."""
+        result, uncertainty = prediction.reconstruction, prediction.uncertainty
+        extra = self._progress_extra(result, self.n_samples)
+        spread = {**extra, **uncertainty.summary()}
+        calibrated = f"(calibrated), {result.unit}"
+        roles = {
+            MEAN_SUFFIX: ("mean", "gray", robust_limits, {**extra, "role": "mean of the samples"}),
+            VARIANCE_SUFFIX: ("variance", "magma", _from_zero, {**spread, "role": VARIANCE_ROLE}),
+            CALIBRATED_STD_SUFFIX: ("std_calibrated", "magma", _from_zero,
+                                    {**spread, "role": f"std whose square matches the squared error {calibrated}"}),
+            ERROR_SUFFIX: ("error95", "magma", _from_zero,
+                           {**spread, "role": f"half-width of mean ± error at {uncertainty.level:.0%} {calibrated}"}),
+            GAMMA_SUFFIX: ("gamma", "viridis", _central, {**extra, "role": GAMMA_ROLE}),
+            CONSISTENCY_SUFFIX: ("consistency", "magma", _from_zero,
+                                 {**extra, "role": CONSISTENCY_ROLE, **prediction.consistency.summary}),
+        }
+        for suffix, (name, colormap, limits, metadata) in roles.items():
+            grid = self.input_geometry if name == "consistency" and prediction.consistency.on_input_grid else None
+            self._show_or_drop(suffix, arrays.get(name), colormap, limits, metadata, grid=grid)
+        samples = arrays.get("samples")
+        # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
+        self._show_or_drop(SAMPLES_SUFFIX, None if samples is None else np.moveaxis(samples, -3, 0), "gray",
+                           robust_limits, {**extra, "role": "individual samples (axis 0)"}, leading=1)
+
+    def _progress_extra(self, result, samples_done: int) -> dict:
+        """The metadata every layer of ``result`` carries, after ``samples_done`` samples of its plane."""
         self.preview_kind, self.samples_done = None, samples_done
         self.plane, self.planes = int(result.metadata.get("plane", 0)), int(result.metadata.get("planes", 1))
         extra = {"preview": None, "samples_done": samples_done, "unit": result.unit, "engine": result.metadata}
         if self.planes > 1:
             extra["samples_done_plane"] = self.plane
-        spread = {**extra, "role": "per-pixel sample variance (the model's own, not calibrated)",
-                  **(uncertainty.summary() if uncertainty is not None else {})}
-        self._show(MEAN_SUFFIX, result.mean, "gray", robust_limits, {**extra, "role": "mean of the samples"})
-        spread_known = self.n_samples > 1 and (samples_done > 1 or self.plane > 0)
-        self._show_or_drop(VARIANCE_SUFFIX, result.variance if spread_known else None, "magma",
-                           _from_zero, spread)
-        error = uncertainty.error if uncertainty is not None else None
-        if error is not None:
-            role = f"half-width of mean ± error at {uncertainty.level:.0%} (calibrated), {result.unit}"
-            self._show(ERROR_SUFFIX, error, "magma", _from_zero, {**spread, "role": role})
-        else:
-            self._drop(ERROR_SUFFIX)
-        self._show(GAMMA_SUFFIX, result.gamma_map, "viridis", _central,
-                   {**extra, "role": "learned schedule γ(t = 0.5, y)"})
-        self._show_or_drop(CONSISTENCY_SUFFIX, consistency, "magma", _from_zero, {**extra, "role": CONSISTENCY_ROLE})
-        samples = None if result.samples is None else np.moveaxis(np.asarray(result.samples), -3, 0)
-        # Sample axis first, so that T/Z axes stay aligned with the input layer's (napari aligns the last axes).
-        self._show_or_drop(SAMPLES_SUFFIX, samples, "gray", robust_limits,
-                           {**extra, "role": "individual samples (axis 0)"}, leading=1)
+        return extra
 
     def progress_words(self) -> str:
         """E.g. "3 / 8 samples", "3 / 8 samples of plane 2 / 5", with the preview shown, if any."""
@@ -150,14 +172,16 @@ class ResultLayers:
 
     def shown_names(self) -> list[str]:
         """Names of this run's layers present now, mean first."""
-        suffixes = (MEAN_SUFFIX, VARIANCE_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX, CONSISTENCY_SUFFIX, SAMPLES_SUFFIX)
+        suffixes = (MEAN_SUFFIX, VARIANCE_SUFFIX, CALIBRATED_STD_SUFFIX, ERROR_SUFFIX, GAMMA_SUFFIX,
+                    CONSISTENCY_SUFFIX, SAMPLES_SUFFIX)
         return [layer.name for layer in map(self.find, suffixes) if layer is not None]
 
-    def _show_or_drop(self, suffix: str, data, colormap: str, limits, extra: dict, leading: int = 0) -> None:
+    def _show_or_drop(self, suffix: str, data, colormap: str, limits, extra: dict, leading: int = 0,
+                      grid: tuple | None = None) -> None:
         if data is None:
             self._drop(suffix)
         else:
-            self._show(suffix, data, colormap, limits, extra, leading=leading)
+            self._show(suffix, data, colormap, limits, extra, leading=leading, grid=grid)
 
     def _drop(self, suffix: str) -> None:
         """Remove (once per run) a layer of ``suffix`` left by an earlier run: it describes another result."""
@@ -166,18 +190,20 @@ class ResultLayers:
             self.staged.put(suffix, lambda: remove_layer(self.viewer, self.name(suffix)))
 
     def _show(self, suffix: str, data, colormap: str, limits, extra: dict, name: str | None = None,
-              leading: int = 0) -> None:
+              leading: int = 0, grid: tuple | None = None) -> None:
+        """Put the layer change in the queue; ``grid``: ``(scale, translate)`` other than the output's."""
         self._removed.discard(suffix)
+        scale, translate = grid or (self.scale, self.translate)
         self.staged.put(suffix, lambda: self._apply(suffix, np.asarray(data), colormap, limits, extra,
-                                                    name or self.name(suffix), leading))
+                                                    name or self.name(suffix), leading, scale, translate))
 
-    def _apply(self, suffix, data, colormap, limits, extra, name, leading) -> None:
+    def _apply(self, suffix, data, colormap, limits, extra, name, leading, scale, translate) -> None:
         """Add or update one layer (on the GUI thread, in its own event-loop turn)."""
         existing = self.find(suffix)
         metadata = {"cvdm": {**self.metadata, "n_samples": self.n_samples, **extra}}
         layer = add_or_replace_image(
             self.viewer, name, data, existing=existing, visible_if_new=False,
-            scale=(1.0,) * leading + tuple(self.scale), translate=(0.0,) * leading + tuple(self.translate),
+            scale=(1.0,) * leading + tuple(scale), translate=(0.0,) * leading + tuple(translate),
             colormap=colormap, contrast_limits=limits(data), metadata=metadata,
         )
         if existing is not None:

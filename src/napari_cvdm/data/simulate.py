@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..physics.optics import apply_transfer, bin_pixels, frequency_grid, incoherent_otf, propagate, upsample
+from ..physics.optics import (
+    QPI_DZ_UM, QPI_WAVELENGTH_UM, apply_transfer, bin_pixels, frequency_grid, incoherent_otf, propagate, upsample,
+)
 from ..physics.consistency import qpi_forward as phase_object_stack  # noqa: F401 - the simulator's forward model
 from .datasets import ImagePair, get_task
 
@@ -512,9 +514,9 @@ def simulate_sr(
 class QPISimulationConfig:
     """Two-shot defocus QPI settings of the CVDM paper (µm, radians, unit illumination)."""
 
-    wavelength_um: float = 0.521
+    wavelength_um: float = QPI_WAVELENGTH_UM
     pixel_um: float = 0.21
-    dz_um: float = 1.0
+    dz_um: float = QPI_DZ_UM
     phase_max_rad: float = 3.5
     noise_std_range: tuple[float, float] = (0.0, 0.2)
     # The reference code also adds the noise std as an offset to both planes; off by default.

@@ -228,7 +228,7 @@ def _planes(array: np.ndarray, trailing: int) -> np.ndarray:
 
 
 def reconstruction_consistency(task: str, mean: np.ndarray, image: np.ndarray, pixel_um: float,
-                               optics: dict, factor: int = 1) -> np.ndarray:
+                               optics: dict, factor: int = 1, amplitude: str = "unit") -> np.ndarray:
     """Data-consistency map of every plane of a reconstruction, in units of the input's noise std.
 
     - SR: ``mean`` ``(..., factor·h, factor·w)``, ``image`` the raw widefield ``(..., h, w)``
@@ -236,7 +236,7 @@ def reconstruction_consistency(task: str, mean: np.ndarray, image: np.ndarray, p
       ``optics``: ``na``, ``wavelength_um``, ``target_cutoff_scale``.
     - QPI: ``mean`` the phase ``(..., H, W)`` in rad, ``image`` the defocus stacks
       ``(..., 2, H, W)``; map ``(..., H, W)`` of :func:`qpi_consistency`, ≥ 0. ``optics``:
-      ``dz_um``, ``wavelength_um``.
+      ``dz_um``, ``wavelength_um``; ``amplitude`` as in :func:`qpi_residual_planes`.
 
     ValueError when the shapes do not pair up or the noise cannot be estimated.
     """
@@ -253,7 +253,8 @@ def reconstruction_consistency(task: str, mean: np.ndarray, image: np.ndarray, p
         means, inputs = _planes(mean, 2), _planes(image, 3)
 
         def compute(plane_mean, plane_input):
-            return qpi_consistency(plane_mean, plane_input, optics["dz_um"], optics["wavelength_um"], pixel_um)
+            return qpi_consistency(plane_mean, plane_input, optics["dz_um"], optics["wavelength_um"], pixel_um,
+                                   amplitude=amplitude)
 
         grid = means.shape[-2:]
     else:

@@ -15,6 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Optics assumed where neither the input nor the model file says: those of the training simulators.
+#: QPI: illumination wavelength and defocus ±dz (µm); SR: objective NA, emission wavelength (µm) and
+#: the SIM-like target's cut-off as a multiple of the widefield one (the middle of the SR simulator's ranges).
+QPI_WAVELENGTH_UM = 0.521
+QPI_DZ_UM = 1.0
+SR_NA = 1.4
+SR_EMISSION_UM = 0.575
+SR_TARGET_CUTOFF_SCALE = 2.0
+
 __all__ = [
     "angular_spectrum_transfer",
     "apply_transfer",

@@ -1,6 +1,6 @@
-"""What the Reconstruct widget shows before the first sample exists (no Qt, no layers).
+"""What a reconstruction can show before its first sample exists.
 
-Order (issue 17): a classical preview within a second, then the residual model's base
+Order: a classical preview within a second, then the residual model's base
 b(y) as the engine computes it (its first plane: the engine reports each plane's base
 before sampling it; SR's predictor network takes seconds, QPI's TIE base 0.03 s for 512²),
 then the refining mean of the samples. The classical previews:
@@ -17,10 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checkpoint import ModelInfo
-from ..config import TrainConfig
-from ..physics import upsample
-from ..physics.tie import fft_tie
+from .checkpoint import ModelInfo
+from .consistency import input_optics
+from .physics import upsample
+from .physics.tie import fft_tie
 
 BASE_KIND = "base b(y)"
 TIE_KIND = "FFT-TIE phase"
@@ -54,16 +54,16 @@ def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | N
                       dz_um: float | None = None, wavelength_um: float | None = None) -> Preview:
     """The classical estimate of ``image`` (layout as for :func:`napari_cvdm.reconstruct.reconstruct`).
 
-    QPI optics default to the model's training pixel size, 1 µm defocus and λ = 0.521 µm
-    (the training defaults), as the paper formulation's files do not record them.
+    QPI optics: given, else the model's, else the training simulator's (:func:`input_optics`);
+    the pixel size: given, else the model's.
     """
     image = np.asarray(image, dtype=np.float32)
     if info.task == "sr":
         return Preview(upsample(image, int(info.upsampling_factor)), UPSAMPLED_KIND)
     pixel = pixel_um or info.input_pixel_size_um or 1.0
+    optics, _ = input_optics(info, wavelength_um, dz_um)
     planes = image.reshape(-1, 2, *image.shape[-2:])
-    phases = [fft_tie(plane, dz_um or TrainConfig.dz_um, wavelength_um or TrainConfig.wavelength_um, pixel,
-                      boundary="mirror") for plane in planes]
+    phases = [fft_tie(plane, optics["dz_um"], optics["wavelength_um"], pixel, boundary="mirror") for plane in planes]
     phase = np.stack(phases).reshape(*image.shape[:-3], *image.shape[-2:]) + _phase_offset(info)
     return Preview(phase.astype(np.float32), TIE_KIND)
 

@@ -1,0 +1,224 @@
+"""The reconstruction job: one input image in, every output and its record out.
+
+``predict(model, info, image, acquisition, settings, hooks, sink)`` is the one front door
+that the CLI (``cvdm predict``), the Reconstruct widget and the Python API go through:
+
+1. checks before computing (:func:`check_input`): the image against the model, and sentences
+   for a pixel size or optics that differ from the model's training data;
+2. a classical preview and each plane's base b(y), when ``hooks.on_preview`` asks for them;
+3. the reconstruction (:func:`napari_cvdm.reconstruct.reconstruct`): mean, variance, γ map;
+4. the calibrated std and ± error (:mod:`napari_cvdm.calibrate`) and the data-consistency map
+   (:mod:`napari_cvdm.consistency`);
+5. the record (the sidecar's JSON), then every output plane by plane to the ``sink``.
+
+Outputs (:data:`OUTPUTS`) are float32 ``(..., H, W)`` arrays; those of one run share the leading
+shape of the input's planes, the samples add an axis N before it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .calibrate import UncertaintyOutputs, uncertainty_outputs
+from .checkpoint import ModelInfo
+from .consistency import ConsistencyOutput, consistency_output
+from .engine.settings import ReconstructionSettings
+from .preview import Preview, classical_preview, has_classical_preview, with_first_base
+from . import reconstruct as engine
+from .reconstruct import Reconstruction, check_pixel_size, plane_count, validate_input
+
+#: Every output a job can give, in the order front ends show and write them.
+OUTPUTS = ("mean", "variance", "std_calibrated", "error95", "gamma", "consistency", "samples")
+NO_VARIANCE = "not given: one sample (N = 1) has no spread; use 2 or more samples for a variance"
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What is known about an input: its name (file or layer), ``pixel_size_um`` (raw input grid, µm),
+    the QPI optics ``wavelength_um`` and ``dz_um`` (µm) and its ``axes`` (e.g. ``"TCYX"``); None: unknown,
+    the model's values are used."""
+
+    name: str = "image"
+    pixel_size_um: float | None = None
+    wavelength_um: float | None = None
+    dz_um: float | None = None
+    axes: str | None = None
+
+
+@dataclass
+class Hooks:
+    """Callbacks of a running job, each optional. ``progress(done, total)`` counts denoising steps;
+    ``should_stop()`` is polled between them (a stop raises :class:`~napari_cvdm.errors.Cancelled`
+    with the partial result); ``on_partial(reconstruction)`` after each round of samples;
+    ``on_preview(preview)`` before the first sample; ``on_note(sentence)`` for each warning."""
+
+    progress: Callable[[int, int], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_partial: Callable[[Reconstruction], None] | None = None
+    on_preview: Callable[[Preview], None] | None = None
+    on_note: Callable[[str], None] | None = None
+
+    def note(self, sentence: str | None) -> None:
+        if sentence and self.on_note is not None:
+            self.on_note(sentence)
+
+
+@dataclass
+class Prediction:
+    """A finished job: the reconstruction, its uncertainty and consistency, and the record (JSON-safe)."""
+
+    reconstruction: Reconstruction
+    uncertainty: UncertaintyOutputs
+    consistency: ConsistencyOutput
+    record: dict = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The output arrays that exist, by name (:data:`OUTPUTS` order)."""
+        result, uncertainty = self.reconstruction, self.uncertainty
+        n_samples = int(result.metadata.get("n_samples", 2))
+        arrays = {"mean": result.mean, "variance": result.variance if n_samples > 1 else None,
+                  "std_calibrated": uncertainty.calibrated_std, "error95": uncertainty.error,
+                  "gamma": result.gamma_map, "consistency": self.consistency.map, "samples": result.samples}
+        return {name: arrays[name] for name in OUTPUTS if arrays[name] is not None}
+
+    def pixel_size_um(self, name: str) -> float | None:
+        """The pixel size (µm) of output ``name``: the input's for a map on the input grid."""
+        if name == "consistency" and self.consistency.on_input_grid:
+            return self.record.get("input_pixel_size_um")
+        return self.reconstruction.pixel_size_um
+
+
+class Sink(Protocol):
+    """Where a job's outputs go, plane by plane: ``put(name, plane, planes, data)`` for the 2-D plane
+    ``plane`` of ``planes`` of output ``name`` (its leading axes in C order), then ``close(prediction)``."""
+
+    def put(self, name: str, plane: int, planes: int, data: np.ndarray) -> None: ...
+
+    def close(self, prediction: Prediction) -> None: ...
+
+
+class MemorySink:
+    """Keeps every output in memory (the widget and the Python API): ``arrays[name]``, shaped as the job gave it."""
+
+    def __init__(self):
+        self._planes: dict[str, list[np.ndarray]] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, plane: int, planes: int, data: np.ndarray) -> None:
+        self._planes.setdefault(name, []).append(data)
+
+    def close(self, prediction: Prediction) -> None:
+        for name, array in prediction.outputs().items():
+            self.arrays[name] = np.stack(self._planes.pop(name)).reshape(array.shape)
+
+
+def output_names(info: ModelInfo, settings: ReconstructionSettings) -> list[str]:
+    """The outputs a job of ``info``'s model with ``settings`` gives (:data:`OUTPUTS` order); the
+    consistency map may still be missing where the input's pixel size is unknown."""
+    spread = settings.n_samples > 1
+    given = {"mean": True, "variance": spread, "std_calibrated": spread and bool(info.calibration),
+             "error95": spread and bool(info.calibration), "gamma": True,
+             "consistency": info.task in ("sr", "qpi"), "samples": settings.keep_samples}
+    return [name for name in OUTPUTS if given[name]]
+
+
+def check_input(info: ModelInfo, image: np.ndarray, acquisition: Acquisition) -> list[str]:
+    """InputError (one sentence) if ``image`` cannot go through the model; else the warnings: a pixel
+    size or QPI optics unlike the model's training data. Cheap: safe on a GUI thread."""
+    validate_input(info, image, acquisition.axes)
+    notes = [check_pixel_size(info, acquisition.pixel_size_um)]
+    if info.base:
+        from .base_estimate import TIEBase, optics_mismatch
+
+        notes.append(optics_mismatch(TIEBase.from_dict(info.base), acquisition.wavelength_um, acquisition.dz_um))
+    return [note for note in notes if note]
+
+
+def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition | None = None,
+            settings: ReconstructionSettings | None = None, hooks: Hooks | None = None,
+            sink: Sink | None = None, model_path: str | Path | None = None) -> Prediction:
+    """Reconstruct ``image`` (layout as for :func:`napari_cvdm.reconstruct.reconstruct`) with every output.
+
+    ``model_path`` goes into the record. Without a ``sink`` the outputs stay in the returned
+    :class:`Prediction`. Raises InputError before computing when the input or settings are unusable.
+    """
+    acquisition, hooks = acquisition or Acquisition(), hooks or Hooks()
+    settings = settings or ReconstructionSettings()
+    settings.check()
+    for note in check_input(info, image, acquisition):
+        hooks.note(note)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # said through hooks.note above
+        result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
+                             input_pixel_size_um=acquisition.pixel_size_um, wavelength_um=acquisition.wavelength_um,
+                             dz_um=acquisition.dz_um, on_partial=hooks.on_partial,
+                             on_base=_preview_bases(info, image, acquisition, hooks))
+    uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples, acquisition.pixel_size_um,
+                                      sampling=result.metadata)
+    hooks.note(" ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note))
+    consistency = consistency_output(info, result.mean, image, acquisition.pixel_size_um,
+                                     acquisition.wavelength_um, acquisition.dz_um)
+    prediction = Prediction(result, uncertainty, consistency)
+    prediction.record = _record(prediction, info, image, acquisition, model_path)
+    _deliver(prediction, sink)
+    return prediction
+
+
+def _preview_bases(info: ModelInfo, image: np.ndarray, acquisition: Acquisition, hooks: Hooks):
+    """Report the classical preview now, and return the engine's ``on_base``: the first plane's base
+    replaces its preview (later planes' bases arrive after samples, no longer a preview)."""
+    if hooks.on_preview is None:
+        return None
+    preview = None
+    if has_classical_preview(info):
+        preview = classical_preview(info, image, pixel_um=acquisition.pixel_size_um, dz_um=acquisition.dz_um,
+                                    wavelength_um=acquisition.wavelength_um)
+        hooks.on_preview(preview)
+    planes = plane_count(info, image)
+
+    def on_base(plane: int, base: np.ndarray) -> None:
+        shown = with_first_base(preview, base, planes) if plane == 0 else None
+        if shown is not None:
+            hooks.on_preview(shown)
+
+    return on_base
+
+
+def _record(prediction: Prediction, info: ModelInfo, image: np.ndarray, acquisition: Acquisition,
+            model_path: str | Path | None) -> dict:
+    """The JSON-safe record of a finished job (a CLI sidecar, a layer's metadata)."""
+    from . import __version__
+
+    result, uncertainty = prediction.reconstruction, prediction.uncertainty
+    pixel = acquisition.pixel_size_um if acquisition.pixel_size_um is not None else info.input_pixel_size_um
+    record = {
+        "input": acquisition.name, "input_shape": list(np.shape(image)), "input_axes": acquisition.axes,
+        "input_pixel_size_um": pixel, "output_pixel_size_um": result.pixel_size_um,
+        "upsampling_factor": result.upsampling_factor, "unit": result.unit,
+        "calibrated": uncertainty.calibrated, "uncertainty": uncertainty.summary(),
+        "consistency": prediction.consistency.summary,
+        "model": {"path": None if model_path is None else str(Path(model_path).resolve()), **info.to_dict()},
+        "settings": result.metadata, "napari_cvdm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if int(result.metadata.get("n_samples", 2)) < 2:
+        record["variance"] = NO_VARIANCE
+    return record
+
+
+def _deliver(prediction: Prediction, sink: Sink | None) -> None:
+    """Hand every output to ``sink`` one 2-D plane at a time (C order of its leading axes), then close it."""
+    if sink is None:
+        return
+    for name, array in prediction.outputs().items():
+        planes = array.reshape(-1, *array.shape[-2:])
+        for index, plane in enumerate(planes):
+            sink.put(name, index, len(planes), plane)
+    sink.close(prediction)
