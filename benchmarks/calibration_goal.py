@@ -51,10 +51,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm.calibrate import _aligned  # noqa: E402
-from napari_cvdm.calibration import (  # noqa: E402
-    DistributionSummary, calibrated_std, check_in_distribution, fit_calibration, summarize_distribution,
-)
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import simulate  # noqa: E402
 from napari_cvdm.data.simulate import (  # noqa: E402
@@ -62,7 +58,13 @@ from napari_cvdm.data.simulate import (  # noqa: E402
     split_source_files,
 )
 from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
-from napari_cvdm.uncertainty_metrics import coverage, uce  # noqa: E402
+from napari_cvdm.uncertainty.apply import calibrated_std  # noqa: E402
+from napari_cvdm.uncertainty.calibrate import _aligned  # noqa: E402
+from napari_cvdm.uncertainty.conformal import fit_calibration  # noqa: E402
+from napari_cvdm.uncertainty.metrics import coverage, uce  # noqa: E402
+from napari_cvdm.uncertainty.ood import (  # noqa: E402
+    DistributionSummary, check_in_distribution, summarize_distribution,
+)
 
 MODELS = {"qpi": "models/cvdm-qpi-residual.safetensors", "sr": "models/cvdm-sr-residual.safetensors"}
 FOREIGN = ("pixel", "noise", "object")

@@ -32,13 +32,12 @@ from qtpy.QtWidgets import (
 
 from .. import reconstruct as engine
 from ..base_estimate import has_tie_base
-from ..calibrate import (
-    UncertaintyOutputs, calibrate_model, calibration_line, refit_base, uncertainty_outputs, with_calibration,
-)
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
 from ..model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
+from ..uncertainty.apply import UncertaintyOutputs, calibration_line, uncertainty_outputs
+from ..uncertainty.calibrate import calibrate_model, refit_base, with_calibration
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._consistency import consistency_map, has_forward_model

@@ -14,34 +14,31 @@ often over-confident where they are confident and the reverse where they are not
 
 Everything here is numpy (stdlib ``statistics`` for normal quantiles); no torch, no Qt.
 A :class:`Calibration` is JSON-safe through :meth:`Calibration.to_dict`, for the model
-file's metadata under ``calibration``.
+file's metadata under ``calibration``. Applying one: :mod:`napari_cvdm.uncertainty.apply`.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
 
+from ._checks import as_images, float_list, positive_int
+from .ood import DistributionSummary, summarize_distribution
+from .sampler import checked_sampler, json_sampler, sampler_mismatch, sampler_words
+
 __all__ = [
     "DEFAULT_LEVELS",
+    "NO_VARIANCE_MESSAGE",
     "Calibration",
-    "DistributionSummary",
-    "calibrated_std",
-    "check_in_distribution",
+    "bin_index",
     "conformal_quantile",
-    "error_bound",
-    "feature_names",
     "fit_calibration",
-    "haar_noise_std",
     "normal_quantile",
-    "sample_variance_note",
-    "summarize_distribution",
-    "variance_relative_error",
 ]
 
 DEFAULT_LEVELS = (0.8, 0.9, 0.95)
@@ -63,50 +60,10 @@ def normal_quantile(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
-# ----------------------------------------------------------------------------- small N
-
-
-def variance_relative_error(n_samples: int) -> float:
-    """Relative standard error of a sample variance from ``n_samples`` Gaussian draws, ``sqrt(2/(N−1))``.
-
-    The std's own relative error is about half of it, ``sqrt(1/(2(N−1)))``. Raises
-    ValueError (with :data:`NO_VARIANCE_MESSAGE`) for ``N = 1``: one sample has no variance.
-    """
-    n = int(n_samples)
-    if n < 1:
-        raise ValueError(f"the number of samples must be at least 1, got {n_samples}")
-    if n == 1:
-        raise ValueError(NO_VARIANCE_MESSAGE)
-    return math.sqrt(2.0 / (n - 1))
-
-
-def sample_variance_note(n_samples: int) -> str:
-    """One sentence for the user on how far the std map of ``n_samples`` samples can be trusted."""
-    if int(n_samples) == 1:
-        return NO_VARIANCE_MESSAGE
-    relative = variance_relative_error(n_samples)
-    return (
-        f"With {int(n_samples)} samples the variance map is itself uncertain by about ±{relative:.0%} "
-        f"(the std by ±{relative / 2:.0%}) per pixel."
-    )
-
-
-# ----------------------------------------------------------------------------- data handling
-
-
-def _as_images(name: str, images) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        images = [images] if images.ndim <= 2 else list(images)
-    arrays = [np.asarray(image, dtype=np.float64) for image in images]
-    if not arrays:
-        raise ValueError(f"{name} is empty: give at least one image")
-    return arrays
-
-
 def _pooled_scores(means, stds, targets) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """Per-image flat scores and stds (std floored), and the floor used."""
-    means, stds = _as_images("means", means), _as_images("stds", stds)
-    targets = _as_images("targets", targets)
+    means, stds = as_images("means", means), as_images("stds", stds)
+    targets = as_images("targets", targets)
     if not len(means) == len(stds) == len(targets):
         raise ValueError(
             f"got {len(means)} means, {len(stds)} stds and {len(targets)} targets; give one of each per image"
@@ -225,7 +182,7 @@ class Calibration:
         if self.distribution is not None:
             out["distribution"] = self.distribution.to_dict()
         if self.sampler:
-            out["sampler"] = _json_sampler(self.sampler)
+            out["sampler"] = json_sampler(self.sampler)
         return out
 
     @classmethod
@@ -236,21 +193,21 @@ class Calibration:
         missing = [key for key in ("levels", "scale", "n_images", "n_pixels", "std_floor") if key not in data]
         if missing:
             raise ValueError(f"calibration is missing the field(s) {', '.join(missing)}")
-        levels = _float_list(data, "levels")
+        levels = float_list(data, "levels")
         if not levels or any(not 0.0 < x < 1.0 for x in levels) or sorted(set(levels)) != levels:
             raise ValueError(f"calibration levels must be distinct, increasing and in (0, 1), got {levels}")
-        scale = _float_list(data, "scale", len(levels), positive=True)
-        n_images, n_pixels = _count(data, "n_images"), _count(data, "n_pixels")
+        scale = float_list(data, "scale", len(levels), positive=True)
+        n_images, n_pixels = positive_int(data, "n_images"), positive_int(data, "n_pixels")
         if n_pixels < n_images:
             raise ValueError(f"calibration has fewer pixels ({n_pixels}) than images ({n_images})")
-        std_floor = _float_list({"std_floor": [data["std_floor"]]}, "std_floor", 1, positive=True)[0]
-        edges = _float_list(data, "bin_edges") if data.get("bin_edges") else []
+        std_floor = float_list({"std_floor": [data["std_floor"]]}, "std_floor", 1, positive=True)[0]
+        edges = float_list(data, "bin_edges") if data.get("bin_edges") else []
         rows = data.get("bin_scale") or []
         if not isinstance(rows, list) or len(edges) != (len(rows) + 1 if rows else 0):
             raise ValueError("calibration bin_edges must have one more value than bin_scale has bins")
         if edges and any(b < a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"calibration bin_edges must be non-decreasing, got {edges}")
-        bin_scale = [_float_list({"bin row": r}, "bin row", len(levels), positive=True) for r in rows]
+        bin_scale = [float_list({"bin row": r}, "bin row", len(levels), positive=True) for r in rows]
         fallback = [bool(x) for x in (data.get("bin_fallback") or [False] * len(rows))]
         if len(fallback) != len(rows):
             raise ValueError("calibration bin_fallback must have one flag per bin")
@@ -258,16 +215,16 @@ class Calibration:
         if not isinstance(coverage, list) or (coverage and len(coverage) != len(levels)):
             raise ValueError("calibration image_coverage must have one row per level")
         key = "image_coverage row"
-        coverage = [_float_list({key: r}, key, len(SPREAD_QUANTILES), unit=True) for r in coverage]
+        coverage = [float_list({key: r}, key, len(SPREAD_QUANTILES), unit=True) for r in coverage]
         texts = {key: data.get(key, "") for key in ("source", "date", "units")}
         for key, value in texts.items():
             if not isinstance(value, str):
                 raise ValueError(f"calibration {key} must be a string, got {type(value).__name__}")
         distribution = data.get("distribution")
-        variance_scale = _float_list({"variance_scale": [data.get("variance_scale", 1.0)]}, "variance_scale", 1,
+        variance_scale = float_list({"variance_scale": [data.get("variance_scale", 1.0)]}, "variance_scale", 1,
                                      positive=True)[0]
-        variance_edges = _float_list(data, "variance_bin_edges") if data.get("variance_bin_edges") else []
-        bin_variance = _float_list(data, "bin_variance_scale", max(len(variance_edges) - 1, 0), positive=True) \
+        variance_edges = float_list(data, "variance_bin_edges") if data.get("variance_bin_edges") else []
+        bin_variance = float_list(data, "bin_variance_scale", max(len(variance_edges) - 1, 0), positive=True) \
             if variance_edges else []
         if any(b < a for a, b in zip(variance_edges, variance_edges[1:])):
             raise ValueError(f"calibration variance_bin_edges must be non-decreasing, got {variance_edges}")
@@ -275,7 +232,7 @@ class Calibration:
             levels, scale, n_images, n_pixels, std_floor, edges, bin_scale, fallback, coverage, **texts,
             distribution=None if distribution is None else DistributionSummary.from_dict(distribution),
             variance_scale=variance_scale, variance_bin_edges=variance_edges, bin_variance_scale=bin_variance,
-            sampler=_checked_sampler(data.get("sampler")),
+            sampler=checked_sampler(data.get("sampler")),
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -284,97 +241,13 @@ class Calibration:
         when = f" on {self.date[:10]}" if self.date else ""
         bins = f", {len(self.bin_scale)} std bins" if self.binned else ""
         scale95 = ", ".join(f"{lvl:.0%}: ×{s:.2f}" for lvl, s in zip(self.levels, self.scale))
-        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}{_sampler_words(self.sampler)}"
+        used = f"{self.n_images} images, {self.n_pixels} pixels{bins}{sampler_words(self.sampler)}"
         return f"calibrated{where}{when} ({used}); std scale {scale95}"
 
     def sampler_mismatch(self, used: dict) -> str | None:
         """A sentence when ``used`` (a reconstruction's metadata: sampler, steps, grid, log_snr_range)
         samples differently from the fit, None when it matches or the fit did not record its sampler."""
-        if not self.sampler:
-            return None
-        fitted = _comparable(self.sampler)
-        actual = _comparable({"name": used.get("sampler", used.get("name")), **used})
-        differing = [key for key in fitted if key in actual and fitted[key] != actual[key]]
-        if not differing:
-            return None
-        said = ", ".join(_difference_words(key, actual[key], fitted[key]) for key in differing)
-        return (f"This reconstruction samples with {said}: the error bars were fitted on other samples "
-                f"and may be off; reconstruct with the model's defaults or calibrate again.")
-
-
-#: The sampling settings that change the spread of the samples, and so the calibration.
-SAMPLER_KEYS = ("name", "steps", "grid", "log_snr_range", "shrink_refinement")
-
-
-def _difference_words(key: str, actual, fitted) -> str:
-    if key == "shrink_refinement":
-        means = {True: "the shrunk mean", False: "the plain mean"}
-        return f"{means[bool(actual)]} (calibrated on {means[bool(fitted)]})"
-    return f"{key} {actual} (calibrated at {fitted})"
-
-
-def _json_sampler(sampler: dict) -> dict:
-    out = {key: value for key, value in sampler.items() if value is not None or key == "clip"}
-    if out.get("log_snr_range") is not None:
-        out["log_snr_range"] = [None if v is None else float(v) for v in out["log_snr_range"]]
-    return out
-
-
-def _checked_sampler(value) -> dict:
-    """The stored sampler settings (a mapping of JSON scalars, log_snr_range a pair), else ValueError."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"calibration sampler must be a mapping, got {type(value).__name__}")
-    for key, item in value.items():
-        pair = key == "log_snr_range" and isinstance(item, list) and len(item) == 2
-        if not (pair or item is None or isinstance(item, (str, int, float))):
-            raise ValueError(f"calibration sampler {key} must be a number or a name, got {item!r}")
-    return dict(value)
-
-
-def _comparable(sampler: dict) -> dict:
-    out = {key: sampler[key] for key in SAMPLER_KEYS if sampler.get(key) is not None}
-    if "log_snr_range" in out:
-        out["log_snr_range"] = tuple(None if v is None else round(float(v), 6) for v in out["log_snr_range"])
-    return out
-
-
-def _sampler_words(sampler: dict) -> str:
-    if not sampler.get("steps"):
-        return ""
-    end = sampler.get("log_snr_range")
-    grid_end = f" to log-SNR {float(end[1]):g}" if end else ""
-    return f", {sampler['steps']} steps{grid_end}, N = {sampler.get('n_samples', '?')}"
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _float_list(
-    data: dict, key: str, length: int | None = None, positive: bool = False, unit: bool = False
-) -> list[float]:
-    values = data.get(key)
-    if not isinstance(values, list) or not all(_is_number(x) for x in values):
-        raise ValueError(f"calibration {key} must be a list of numbers, got {values!r}")
-    values = [float(x) for x in values]
-    if length is not None and len(values) != length:
-        raise ValueError(f"calibration {key} must have {length} values, got {len(values)}")
-    if not all(math.isfinite(x) for x in values):
-        raise ValueError(f"calibration {key} must be finite, got {values}")
-    if positive and any(x <= 0 for x in values):
-        raise ValueError(f"calibration {key} must be positive, got {values}")
-    if unit and any(not 0.0 <= x <= 1.0 for x in values):
-        raise ValueError(f"calibration {key} must lie in [0, 1], got {values}")
-    return values
-
-
-def _count(data: dict, key: str) -> int:
-    value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"calibration {key} must be a positive integer, got {value!r}")
-    return value
+        return sampler_mismatch(self.sampler, used)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -404,7 +277,7 @@ def _variance_scale(scores: np.ndarray, stds: np.ndarray) -> float:
 def _equal_count_bins(stds: np.ndarray, bins: int, min_pixels_per_bin: int) -> tuple[list, list]:
     """Edges of ``bins`` equal-count std bins and, per bin, its pixels' mask (None when too few)."""
     edges = np.quantile(stds, np.linspace(0.0, 1.0, bins + 1))
-    index = _bin_index(stds, edges)
+    index = bin_index(stds, edges)
     masks = [index == b for b in range(bins)]
     return edges.tolist(), [mask if int(mask.sum()) >= min_pixels_per_bin else None for mask in masks]
 
@@ -422,8 +295,8 @@ def _binned_variance_scales(scores, stds, bins, min_pixels_per_bin, global_scale
                    for mask in masks]
 
 
-def _bin_index(std: np.ndarray, edges) -> np.ndarray:
-    """Bin of each std: interior edges split the bins; values beyond the outer edges go to the end bins."""
+def bin_index(std: np.ndarray, edges) -> np.ndarray:
+    """Bin of each std (int array, shape of ``std``): interior edges split the bins; values beyond the outer edges go to the end bins."""
     return np.searchsorted(np.asarray(edges)[1:-1], std, side="right")
 
 
@@ -482,193 +355,3 @@ def fit_calibration(
     if inputs is not None:
         calibration.distribution = summarize_distribution(stds, inputs, pixel_size_um, task)
     return calibration
-
-
-# ----------------------------------------------------------------------------- applying
-
-
-def _scale_map(std: np.ndarray, calibration: Calibration, level: float | None) -> np.ndarray:
-    if level is None:
-        global_scale, per_bin = calibration.variance_scale, calibration.bin_variance_scale
-        edges = calibration.variance_bin_edges
-    else:
-        j = calibration.level_index(level)
-        global_scale, per_bin = calibration.scale[j], [row[j] for row in calibration.bin_scale]
-        edges = calibration.bin_edges
-    if not per_bin:
-        return np.full(std.shape, global_scale)
-    return np.asarray(per_bin)[_bin_index(std, edges)]
-
-
-def calibrated_std(std, calibration: Calibration, level: float | None = None) -> np.ndarray:
-    """The calibrated std of ``max(std, std_floor)`` (same shape and units, float64).
-
-    ``level=None``: scaled by ``variance_scale`` (per std bin if fitted so), so that its square
-    matches the squared error on average: the std to read as a std. ``level``: scaled by
-    ``q_level / z_level``, so that ``mean ± z_level·calibrated`` covers ``level`` (z = 1.96 at 0.95).
-    """
-    std = np.maximum(np.asarray(std, dtype=np.float64), calibration.std_floor)
-    return std * _scale_map(std, calibration, level)
-
-
-def error_bound(std, calibration: Calibration, level: float = 0.95) -> np.ndarray:
-    """Half-width of the "± error at ``level``" interval around the mean, ``q_level · std`` (std units)."""
-    return normal_quantile(level) * calibrated_std(std, calibration, level)
-
-
-# ----------------------------------------------------------------------------- out of distribution
-
-# A feature this many times beyond the range seen in calibration counts as "far outside".
-# Over n calibration images, the observed [min, max] of a feature already brackets about
-# (n−1)/(n+1) of the population (≥ 88 % for n ≥ 16); a further factor 2 is far past the
-# sampling noise of the features themselves (the MAD noise estimate of a 128² image is good
-# to ~1 %, std quantiles to less) and past the spread a calibrated model tolerates (its
-# scale factors change by well under 2× between std bins on the shipped models).
-FEATURE_MARGIN = 2.0
-# The defocus-stack noise estimate reads 0.9–0.95 of the true std where the object is smooth and
-# more only where phase texture leaks into it, so its calibration maximum is already generous:
-# 1.5× (chosen on one seeded draw of the calibration goal's streams, checked on two others).
-DEFOCUS_NOISE_MARGIN = 1.5
-# The model's optics live in pixels: a pixel size 20 % off moves the OTF cut-off in
-# cycles/pixel further than the whole NA/λ range of the simulated training data (±7 %).
-PIXEL_SIZE_TOLERANCE = 0.2
-
-
-def _robust_range(image: np.ndarray) -> float:
-    low, high = np.percentile(image, [0.5, 99.5])
-    return float(high - low)
-
-
-def haar_noise_std(image) -> float:
-    """Noise std of ``(..., H, W)`` from the finest diagonal Haar detail, ``median|d| / 0.6745``.
-
-    For white noise of std σ the detail ``(a − b − c + d)/2`` of each 2×2 block has std σ;
-    smooth signal barely enters it and the median ignores sparse edges (Donoho & Johnstone 1994).
-    """
-    image = np.asarray(image, dtype=np.float64)
-    h, w = (image.shape[-2] // 2) * 2, (image.shape[-1] // 2) * 2
-    x = image[..., :h, :w]
-    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2.0
-    return float(np.median(np.abs(detail)) / 0.6745)
-
-
-def _defocus_noise(std: np.ndarray, image: np.ndarray) -> float:
-    """Median over the stacks of ``image`` ``(..., 2, H, W)`` of the TIE noise estimate (÷ mean intensity)."""
-    from .physics.tie import estimate_noise_std
-
-    stacks = image.reshape(-1, 2, *image.shape[-2:])
-    return float(np.median([estimate_noise_std(stack) for stack in stacks]))
-
-
-def _relative_to_range(measure: Callable[[np.ndarray, np.ndarray], float]):
-    """``measure(std, image)`` divided by the input's robust intensity range."""
-    return lambda std, image: float(measure(std, image)) / max(_robust_range(image), 1e-12)
-
-
-@dataclass(frozen=True)
-class _Feature:
-    words: str
-    value: Callable[[np.ndarray, np.ndarray], float]  # (std, input image) → a number ≥ 0
-    margin: float = FEATURE_MARGIN
-
-
-_FEATURES = {
-    "std_p50": _Feature("median std relative to the input's intensity range",
-                        _relative_to_range(lambda std, _: np.percentile(std, 50))),
-    "std_p90": _Feature("90th-percentile std relative to the input's intensity range",
-                        _relative_to_range(lambda std, _: np.percentile(std, 90))),
-    "noise": _Feature("noise level relative to the input's intensity range",
-                      _relative_to_range(lambda _, image: haar_noise_std(image))),
-    "defocus_noise": _Feature("noise level of the defocus stack relative to its mean intensity",
-                              _defocus_noise, DEFOCUS_NOISE_MARGIN),
-}
-
-
-def feature_names(task: str = "") -> tuple[str, ...]:
-    """The features recorded for a ``task``'s inputs: QPI's noise from the two planes' physics, else Haar's."""
-    return ("std_p50", "std_p90", "defocus_noise" if task == "qpi" else "noise")
-
-
-@dataclass
-class DistributionSummary:
-    """What the calibration inputs looked like: per feature ``[min, median, max]`` over images.
-
-    Features (unitless, per image; see :func:`feature_names`): the std's median and 90th
-    percentile divided by the input's robust (0.5–99.5 %) intensity range, and a noise level:
-    for a defocus stack the TIE estimate relative to its mean intensity
-    (:func:`~napari_cvdm.physics.tie.estimate_noise_std`), else the Haar estimate relative to the
-    range; ``pixel_size_um`` of the input (None if unknown).
-    """
-
-    n_images: int
-    features: dict[str, list[float]]
-    pixel_size_um: float | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "n_images": int(self.n_images),
-            "features": {k: [float(x) for x in v] for k, v in self.features.items()},
-            "pixel_size_um": None if self.pixel_size_um is None else float(self.pixel_size_um),
-        }
-
-    @classmethod
-    def from_dict(cls, data) -> DistributionSummary:
-        if not isinstance(data, dict) or not isinstance(data.get("features"), dict):
-            raise ValueError("calibration distribution must be a mapping with a 'features' mapping")
-        n_images = _count(data, "n_images")
-        features = {}
-        for name, values in data["features"].items():
-            triple = _float_list({f"distribution feature {name}": values}, f"distribution feature {name}", 3)
-            if not 0 <= triple[0] <= triple[1] <= triple[2]:
-                raise ValueError(f"calibration distribution feature {name} must be [min, median, max] ≥ 0")
-            features[str(name)] = triple
-        pixel = data.get("pixel_size_um")
-        if pixel is not None and (not _is_number(pixel) or not pixel > 0):
-            raise ValueError(f"calibration distribution pixel_size_um must be positive, got {pixel!r}")
-        return cls(n_images, features, None if pixel is None else float(pixel))
-
-
-def summarize_distribution(stds, images, pixel_size_um: float | None = None, task: str = "") -> DistributionSummary:
-    """Summarise per-image features of the calibration inputs ``images`` (QPI: stacks ``(..., 2, H, W)``)
-    and their model stds."""
-    stds, images = _as_images("stds", stds), _as_images("inputs", images)
-    if len(stds) != len(images):
-        raise ValueError(f"got {len(stds)} std maps for {len(images)} inputs")
-    features = {}
-    for name in feature_names(task):
-        values = [_FEATURES[name].value(s, x) for s, x in zip(stds, images)]
-        features[name] = np.quantile(values, [0.0, 0.5, 1.0]).tolist()
-    return DistributionSummary(len(images), features, pixel_size_um)
-
-
-def check_in_distribution(
-    summary: DistributionSummary, std, image, pixel_size_um: float | None = None
-) -> str | None:
-    """A warning sentence when ``image`` (the model input) and its ``std`` are far off calibration, else None.
-
-    "Far": a feature the summary recorded more than its margin (:data:`FEATURE_MARGIN`,
-    :data:`DEFOCUS_NOISE_MARGIN`) × beyond the calibration's [min, max], or a pixel size more
-    than :data:`PIXEL_SIZE_TOLERANCE` away from the calibration's.
-    """
-    reasons = []
-    if pixel_size_um is not None and summary.pixel_size_um is not None:
-        ratio = float(pixel_size_um) / summary.pixel_size_um
-        if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
-            seen = f"{summary.pixel_size_um:.4g} µm"
-            reasons.append(f"its pixel size {pixel_size_um:.4g} µm differs from {seen}")
-    std, image = np.asarray(std, dtype=np.float64), np.asarray(image, dtype=np.float64)
-    for name in (name for name in summary.features if name in _FEATURES):  # a file's unknown feature: skipped
-        feature, (low, _, high) = _FEATURES[name], summary.features[name]
-        value = feature.value(std, image)
-        if value > feature.margin * high:
-            times = value / max(high, 1e-300)
-            reasons.append(f"its {feature.words} is {value:.3g}, {times:.1f}× the highest seen ({high:.3g})")
-        elif value * feature.margin < low:
-            times = low / max(value, 1e-300)
-            reasons.append(f"its {feature.words} is {value:.3g}, {times:.1f}× below the lowest seen ({low:.3g})")
-    if not reasons:
-        return None
-    return (
-        f"This image is unlike the {summary.n_images} calibration image(s): {'; '.join(reasons)}; "
-        "the error bars may not hold."
-    )
