@@ -78,7 +78,7 @@ def sr_consistency(
 
     ``sr_mean`` is ``(factor·h, factor·w)``; ``forward`` is :func:`sr_forward` followed by a
     least-squares intensity scale and offset. ``noise_variance`` (scalar or ``(h, w)``, the
-    widefield's squared units) defaults to :func:`widefield_noise_variance`.
+    widefield's squared units) defaults to :func:`~.noise.widefield_noise_variance`.
     """
     data = np.asarray(widefield, dtype=np.float64)
     sr_mean = np.asarray(sr_mean, dtype=np.float64)

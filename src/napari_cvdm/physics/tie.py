@@ -224,7 +224,7 @@ NOISE_FLOOR = 0.005
 def noise_adaptive_regularization(stack: np.ndarray, strength: float, exponent: float = 2.0,
                                   noise_std: float | None = None) -> float:
     """Tikhonov ``a = strength · (σ̂² + NOISE_FLOOR²)^(exponent/2)`` (µm⁻⁴) from the stack's noise std σ̂
-    (:func:`defocus_relative_noise_std`, unless the caller already has it as ``noise_std``).
+    (:func:`~.noise.defocus_relative_noise_std`, unless the caller already has it as ``noise_std``).
 
     ``exponent = 2`` is a white-spectrum Wiener filter (``a ∝`` noise power). Natural
     objects have far less power at high frequencies than at low ones, so the best constant

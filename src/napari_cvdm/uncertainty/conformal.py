@@ -119,13 +119,13 @@ class Calibration:
     - ``variance_scale``: ``sqrt(Σ error² / Σ std²)`` over the pixels; ``variance_bin_edges``
       and ``bin_variance_scale``: the same per equal-count std bin (its own bins, empty when
       unbinned): multiply the std by it so that its square matches the squared error on
-      average — the calibrated std (:func:`calibrated_std`); 1 for files without it.
+      average — the calibrated std (:func:`~.apply.calibrated_std`); 1 for files without it.
     - ``std_floor``: stds below it are raised to it before scaling (same as in the fit).
     - ``n_images``, ``n_pixels``: what the fit used; ``image_coverage``: per level, the
       coverage of the global bound on each image when fitted on the others (leave one image
       out), at the :data:`SPREAD_QUANTILES` over images (empty for 1 image).
     - ``source`` (free text: which data), ``date`` (ISO 8601, UTC), ``units`` of the std.
-    - ``distribution``: what the calibration inputs looked like (for :func:`check_in_distribution`).
+    - ``distribution``: what the calibration inputs looked like (for :func:`~.ood.check_in_distribution`).
     - ``sampler``: the sampling settings the fitted reconstructions used (``ModelInfo.sampler``'s
       keys: name, steps, n_samples, eta, clip, grid, log_snr_range; empty for older files). The
       scales hold for these: fewer steps or another grid spread the samples differently.
