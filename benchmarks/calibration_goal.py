@@ -2,7 +2,7 @@
 
 For each task, with the shipped residual model, N samples, its default sampler:
 
-- calibrate (split-conformal, :func:`napari_cvdm.calibration.fit_calibration`, as
+- calibrate (split-conformal, :func:`napari_cvdm.uncertainty.conformal.fit_calibration`, as
   ``cvdm calibrate`` does) on ``--calibration-images`` images of the unseen test pool of
   the models issue, and test on ``--test-images`` others drawn the same way:
   - QPI: phase objects from the *test split by file* of ``--source-images`` (the pool of
@@ -14,7 +14,7 @@ For each task, with the shipped residual model, N samples, its default sampler:
 - report coverage of ``mean ± z·calibrated std`` at 90 and 95 % pooled over the test
   pixels and its per-image spread, the uncalibrated coverage, and UCE before and after
   (the 95 % calibrated std), in the model's output units;
-- the warning (:func:`napari_cvdm.calibration.check_in_distribution`) on the test images
+- the warning (:func:`napari_cvdm.uncertainty.ood.check_in_distribution`) on the test images
   (inputs like the calibration data), and on ``--foreign-images`` deliberately foreign inputs
   each: another pixel size (QPI 0.42 µm instead of 0.21; SR camera 0.1 µm instead of 0.0626),
   another noise level (QPI noise std 0.4; SR 15 peak photons instead of 1500–6000) and a very
@@ -51,10 +51,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm.calibrate import _aligned  # noqa: E402
-from napari_cvdm.calibration import (  # noqa: E402
-    DistributionSummary, calibrated_std, check_in_distribution, fit_calibration, summarize_distribution,
-)
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data import simulate  # noqa: E402
 from napari_cvdm.data.simulate import (  # noqa: E402
@@ -62,7 +58,13 @@ from napari_cvdm.data.simulate import (  # noqa: E402
     split_source_files,
 )
 from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
-from napari_cvdm.uncertainty_metrics import coverage, uce  # noqa: E402
+from napari_cvdm.uncertainty.apply import calibrated_std  # noqa: E402
+from napari_cvdm.uncertainty.calibrate import _aligned  # noqa: E402
+from napari_cvdm.uncertainty.conformal import fit_calibration  # noqa: E402
+from napari_cvdm.uncertainty.metrics import coverage, uce  # noqa: E402
+from napari_cvdm.uncertainty.ood import (  # noqa: E402
+    DistributionSummary, check_in_distribution, summarize_distribution,
+)
 
 MODELS = {"qpi": "models/cvdm-qpi-residual.safetensors", "sr": "models/cvdm-sr-residual.safetensors"}
 FOREIGN = ("pixel", "noise", "object")

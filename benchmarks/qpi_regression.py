@@ -45,7 +45,7 @@ from napari_cvdm.base_estimate import noise_level_map  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
-from napari_cvdm.physics.tie import estimate_noise_std  # noqa: E402
+from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
 from napari_cvdm.reconstruct import _prepare_plane, reconstruct_base  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
 
@@ -123,7 +123,7 @@ def regression_phase(net: UNet, model, info, stack: np.ndarray, noise_map: bool)
     plane = _prepare_plane(tie_model, info, stack, 1, torch.device("cpu"), {})
     condition = plane.condition
     if noise_map:
-        level = noise_level_map(estimate_noise_std(stack), stack.shape)
+        level = noise_level_map(defocus_relative_noise_std(stack), stack.shape)
         condition = torch.cat([condition, torch.from_numpy(level)[None]], dim=1)
     residual = net(condition)[0].numpy()
     value = plane.scale * (plane.base + model.config.residual_scale * residual) + plane.offset

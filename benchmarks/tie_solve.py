@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm.physics import tie  # noqa: E402
+from napari_cvdm.physics import noise, tie  # noqa: E402
 
 
 def full_spectrum_solve(rhs: np.ndarray, pixel_um: float, regularization: float) -> np.ndarray:
@@ -35,7 +35,7 @@ def nine_term_noise(stack: np.ndarray) -> float:
     mask = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
     h, w = plane.shape
     response = np.abs(sum(mask[i, j] * plane[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)))
-    block = min(tie.NOISE_BLOCK_PX, *response.shape)
+    block = min(noise.NOISE_BLOCK_PX, *response.shape)
     rows, cols = response.shape[0] // block, response.shape[1] // block
     blocks = response[:rows * block, :cols * block].reshape(rows, block, cols, block).transpose(0, 2, 1, 3)
     return float(np.percentile(np.median(blocks.reshape(rows * cols, -1), axis=1), 10) / (0.6745 * 6.0)
@@ -58,7 +58,7 @@ def main() -> None:
     print(f"{platform.processor() or 'cpu'}, numpy {np.__version__}; a {args.size}² stack, each pair in turn")
     for _ in range(args.repeats):
         t_old, n_old = timed(nine_term_noise, stack)
-        t_new, n_new = timed(tie.estimate_noise_std, stack)
+        t_new, n_new = timed(noise.defocus_relative_noise_std, stack)
         s_old, p_old = timed(full_spectrum_solve, rhs, 0.21, 1e-3)
         s_new, p_new = timed(tie.inverse_laplacian, rhs, 0.21, 1e-3)
         print(f"noise estimate {t_old:.2f} → {t_new:.2f} s ({t_old / t_new:.2f}×, Δ {abs(n_old - n_new):.1e}); "

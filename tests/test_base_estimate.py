@@ -4,7 +4,7 @@ import pytest
 from napari_cvdm.base_estimate import KINDS, TIEBase, formulation_words, noise_level_map
 from napari_cvdm.data.simulate import phase_object_stack
 from napari_cvdm.physics.optics import apply_transfer, frequency_grid
-from napari_cvdm.physics.tie import estimate_noise_std
+from napari_cvdm.physics.noise import defocus_relative_noise_std
 
 WAVELENGTH_UM, PIXEL_UM, DZ_UM = 0.521, 0.21, 1.0
 N = 64
@@ -86,10 +86,10 @@ def test_a_refit_fixes_a_mistuned_regulariser_and_keeps_the_solver_and_optics():
 def test_the_noise_level_map_is_constant_and_reads_log10_of_the_stack_noise_plus_2():
     rng = np.random.default_rng(3)
     flat = np.ones((2, 64, 48))
-    clean = noise_level_map(estimate_noise_std(flat), flat.shape)
+    clean = noise_level_map(defocus_relative_noise_std(flat), flat.shape)
     assert clean.shape == (1, 64, 48) and clean.dtype == np.float32 and np.ptp(clean) == 0
     assert float(clean[0, 0, 0]) == pytest.approx(np.log10(0.005) + 2, abs=1e-6)  # the noise floor
     noisy_stack = flat + rng.normal(0, 0.1, flat.shape)
-    noisy = noise_level_map(estimate_noise_std(noisy_stack), noisy_stack.shape)
-    # σ̂ is within 15 % of the true std (physics/tie.estimate_noise_std), so ν within 0.07 of 1
+    noisy = noise_level_map(defocus_relative_noise_std(noisy_stack), noisy_stack.shape)
+    # σ̂ is within 15 % of the true std (physics/noise.defocus_relative_noise_std), so ν within 0.07 of 1
     assert float(noisy[0, 0, 0]) == pytest.approx(1.0, abs=0.07)

@@ -48,7 +48,7 @@ def test_bad_source_images_are_a_readable_input_error(tmp_path):
 
 
 def test_calibrated_rows_recover_nominal_coverage_of_a_miscalibrated_std():
-    from napari_cvdm.calibration import fit_calibration
+    from napari_cvdm.uncertainty.conformal import fit_calibration
     from napari_cvdm.evaluate import _calibrated_scores, _scores
 
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_self_consistency_row_of_a_perfect_sampler_sits_at_the_finite_n_ceiling(
     scale = rng.uniform(0.5, 2.0, (48, 48))
     samples = scale * rng.standard_normal((8, 48, 48))
     row = _ceiling_scores(samples.mean(axis=0), samples, rng.random((48, 48)), "qpi")
-    assert row["coverage_95"] == pytest.approx(0.884, abs=0.015)  # P(|T₆| ≤ 1.96/sqrt(8/7)), see uncertainty_metrics
+    assert row["coverage_95"] == pytest.approx(0.884, abs=0.015)  # P(|T₆| ≤ 1.96/sqrt(8/7)), see uncertainty/metrics.py
     assert set(row) >= {"coverage_80", "uce", "ence", "ause", "spearman_std_error"}
 
 
@@ -80,7 +80,7 @@ def test_a_calibrated_model_gets_calibrated_and_ceiling_rows(tmp_path):
     import tifffile
     import torch
 
-    from napari_cvdm.calibrate import calibrate_model, with_calibration
+    from napari_cvdm.uncertainty.calibrate import calibrate_model, with_calibration
     from napari_cvdm.checkpoint import ModelInfo, save_model
     from napari_cvdm.data import ImagePair
     from napari_cvdm.model import CVDM, ModelConfig

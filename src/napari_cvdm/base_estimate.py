@@ -169,8 +169,9 @@ class TIEBase:
 def noise_level_map(noise_std: float, shape: tuple[int, ...]) -> np.ndarray:
     """The noise-level input ν ``(1, H, W)`` float32 of a corrected base's P, ``log10 √(σ̂² + floor²) + 2``
     everywhere (0 at σ̂ = 0.01, 1 at 0.1), for a stack of ``shape`` ``(2, H, W)`` whose noise std,
-    relative to its mean intensity, is ``noise_std`` (:func:`~napari_cvdm.physics.tie.estimate_noise_std`
-    of the whole stack, the σ̂ its TIE regulariser uses).
+    relative to its mean intensity, is ``noise_std``
+    (:func:`~napari_cvdm.physics.noise.defocus_relative_noise_std` of the whole stack, the σ̂ its
+    TIE regulariser uses).
 
     The TIE regulariser follows σ̂, so how much of the low frequencies the base lost does too;
     without ν a P trained mostly on noisy stacks restores, on a clean stack, scales its base

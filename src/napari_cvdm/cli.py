@@ -378,7 +378,7 @@ def _calibration_output(args: argparse.Namespace) -> Path:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .base_estimate import FIT_IMAGES, has_tie_base
-    from .calibrate import calibrate_model, refit_base, with_calibration
+    from .uncertainty.calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
     from .reconstruct import resolve_device
@@ -468,7 +468,7 @@ def _info(args: argparse.Namespace) -> None:
     import json
 
     from .base_estimate import formulation_words
-    from .calibrate import calibration_line
+    from .uncertainty.apply import calibration_line
     from .checkpoint import read_model_info
 
     info = read_model_info(args.model)

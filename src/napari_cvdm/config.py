@@ -77,7 +77,7 @@ class TrainConfig:
     direct (L2) prediction of its residual (``physics_predictor`` in :mod:`napari_cvdm.model.cvdm`);
     fine-tuning a model without one adds it (starting as that model), a model with one keeps it.
     ``calibrate``: at the end of the run, calibrate the error bars on up to 4 validation crops
-    (:mod:`napari_cvdm.calibrate`) and store the calibration in the exported model.
+    (:mod:`napari_cvdm.uncertainty.calibrate`) and store the calibration in the exported model.
     """
 
     task: Literal["sr", "qpi", "generic"] = "sr"

@@ -12,14 +12,14 @@ Every method's prediction is compared with the target on the target grid:
 
 Metrics: PSNR and SSIM/MS-SSIM with the target's data range, MAE on [0, 1]-scaled
 images; for models (N ≥ 2 samples) also the uncertainty metrics of
-:func:`napari_cvdm.uncertainty_metrics.uncertainty_report` on the std (scaled like the
+:func:`napari_cvdm.uncertainty.metrics.uncertainty_report` on the std (scaled like the
 mean): coverage of mean ± z·std at 80, 90 and 95 %, UCE, ENCE, AUSE and the Spearman
 correlation of std and |error|. Two more rows per model carry only those:
 
 - ``"<model>, calibrated"`` (when the model file has a calibration): the calibrated std
   of each level for its coverage, the 95 % one for the other metrics;
 - ``"<model>, self-consistency"`` (N ≥ 3): one of the model's own samples stands in for
-  the target (:func:`~napari_cvdm.uncertainty_metrics.self_consistency_report`), the
+  the target (:func:`~napari_cvdm.uncertainty.metrics.self_consistency_report`), the
   ceiling a perfectly calibrated sampler with N − 1 samples would reach.
 """
 
@@ -160,8 +160,8 @@ def _load_pairs(options: EvaluationOptions, task: str):
 
 
 def _uncertainty(mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> dict:
-    """:func:`uncertainty_metrics.uncertainty_report`, its Spearman keyed ``spearman_std_error``."""
-    from .uncertainty_metrics import uncertainty_report
+    """:func:`uncertainty.metrics.uncertainty_report`, its Spearman keyed ``spearman_std_error``."""
+    from .uncertainty.metrics import uncertainty_report
 
     report = uncertainty_report(mean, std, target)
     report["spearman_std_error"] = report.pop("spearman")
@@ -199,7 +199,7 @@ def _scores(prediction: np.ndarray, target: np.ndarray, task: str, std: np.ndarr
 
 def _calibrated_scores(prediction, std, target, task: str, calibration) -> dict:
     """Uncertainty metrics of the calibrated std (model units, then scaled like the mean)."""
-    from .calibration import calibrated_std
+    from .uncertainty.apply import calibrated_std
 
     aligned, scale = _alignment(prediction, target, task)
     by_level = {level: calibrated_std(std, calibration, level) * scale for level in calibration.levels}
@@ -212,14 +212,14 @@ def _calibrated_scores(prediction, std, target, task: str, calibration) -> dict:
 
 
 def _uncertainty_coverage(mean, std, target, level: float) -> float:
-    from .uncertainty_metrics import coverage
+    from .uncertainty.metrics import coverage
 
     return coverage(mean, std, target, (level,))[level]
 
 
 def _ceiling_scores(prediction, samples: np.ndarray, target, task: str) -> dict:
     """The self-consistency ceiling of ``samples`` ``(N, H, W)`` (model units; scaled like the mean)."""
-    from .uncertainty_metrics import self_consistency_report
+    from .uncertainty.metrics import self_consistency_report
 
     _, scale = _alignment(prediction, target, task)
     report = self_consistency_report(samples.astype(np.float64) * scale)
@@ -258,7 +258,7 @@ class _ModelOutput:
 
 
 def _model_method(path: Path, device, settings: ReconstructionSettings) -> Callable:
-    from .calibrate import model_calibration
+    from .uncertainty.apply import model_calibration
     from .checkpoint import load_model
     from .reconstruct import reconstruct
 

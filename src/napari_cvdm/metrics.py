@@ -1,7 +1,7 @@
 """Image-quality and resolution metrics (numpy in, float out).
 
 The uncertainty metrics (coverage, UCE/ENCE, AUSE, Spearman) live in
-:mod:`napari_cvdm.uncertainty_metrics`.
+:mod:`napari_cvdm.uncertainty.metrics`.
 
 Conventions: ``prediction`` and ``reference`` are 2-D arrays of the same shape;
 ``data_range`` defaults to the reference's ``max − min``. For images in different

@@ -7,7 +7,7 @@ that the CLI (``cvdm predict``), the Reconstruct widget and the Python API go th
    for a pixel size or optics that differ from the model's training data;
 2. a classical preview and each plane's base b(y), when ``hooks.on_preview`` asks for them;
 3. the reconstruction (:func:`napari_cvdm.reconstruct.reconstruct`): mean, variance, γ map;
-4. the calibrated std and ± error (:mod:`napari_cvdm.calibrate`) and the data-consistency map
+4. the calibrated std and ± error (:mod:`napari_cvdm.uncertainty.apply`) and the data-consistency map
    (:mod:`napari_cvdm.consistency`);
 5. the record (the sidecar's JSON), then every output plane by plane to the ``sink``.
 
@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .calibrate import UncertaintyOutputs, uncertainty_outputs
+from .uncertainty.apply import UncertaintyOutputs, uncertainty_outputs
 from .checkpoint import ModelInfo
 from .consistency import ConsistencyOutput, consistency_output
 from .engine.settings import ReconstructionSettings

@@ -451,10 +451,10 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
     if model.config.uses_physics:
         from .base_estimate import TIEBase, noise_level_map
-        from .physics.tie import estimate_noise_std
+        from .physics.noise import defocus_relative_noise_std
 
         corrected = model.config.base == "physics_predictor"
-        noise_std = estimate_noise_std(condition) if corrected else None  # once, for the base and for ν
+        noise_std = defocus_relative_noise_std(condition) if corrected else None  # once, for the base and for ν
         phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, noise_std=noise_std, **optics)
         base = _normalizer(info.target_normalization).normalize(phase[None])
         if tick is not None:

@@ -690,7 +690,7 @@ class Trainer:
         Skipped (with a log line) without validation images; a failure is logged, never fatal:
         the model is already exported and ``cvdm calibrate`` can do it later.
         """
-        from .calibrate import TRAINING_MAX_SAMPLES, calibrate_model, crops, with_calibration
+        from .uncertainty.calibrate import TRAINING_MAX_SAMPLES, calibrate_model, crops, with_calibration
         from .reconstruct import ReconstructionSettings
 
         if not self.data.validation_pairs:

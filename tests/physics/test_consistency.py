@@ -9,8 +9,8 @@ from napari_cvdm.physics.consistency import (
     qpi_residual_planes,
     sr_consistency,
     sr_forward,
-    sr_noise_variance,
 )
+from napari_cvdm.physics.noise import widefield_noise_variance
 from napari_cvdm.physics.optics import bin_pixels, incoherent_otf
 
 WAVELENGTH_UM, PIXEL_UM, DZ_UM = 0.521, 0.21, 1.0
@@ -50,9 +50,9 @@ def test_sr_forward_of_the_object_is_the_simulators_camera_image():
     np.testing.assert_allclose(from_target, camera, atol=1e-4 * camera.max())
 
 
-def test_sr_noise_variance_is_estimated_from_the_widefield_alone(sr_sample):
+def test_widefield_noise_variance_is_estimated_from_the_widefield_alone(sr_sample):
     optics = sr_sample.camera_pixel_um, sr_sample.na, sr_sample.wavelength_um
-    variance = sr_noise_variance(sr_sample.widefield, *optics)
+    variance = widefield_noise_variance(sr_sample.widefield, *optics)
     true_variance = expected_photons(sr_sample) + sr_sample.background_photons + READ_NOISE**2
     assert np.median(variance / true_variance) == pytest.approx(1.0, abs=0.1)
 
@@ -88,7 +88,7 @@ def test_sr_bad_shapes_and_settings_are_refused(sr_sample):
     with pytest.raises(ValueError, match="positive"):
         sr_map(sr_sample, sr_sample.target, noise_variance=0.0)
     with pytest.raises(ValueError, match="give the noise variance"):
-        sr_noise_variance(sr_sample.widefield, sr_sample.camera_pixel_um, 1.49, 0.3)  # cut-off beyond Nyquist
+        widefield_noise_variance(sr_sample.widefield, sr_sample.camera_pixel_um, 1.49, 0.3)  # cut-off beyond Nyquist
 
 
 def qpi_map(sample, phase, **kwargs):

@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from napari_cvdm._widgets import ReconstructWidget
-from napari_cvdm.calibrate import calibrate_model, with_calibration
+from napari_cvdm.uncertainty.calibrate import calibrate_model, with_calibration
 from napari_cvdm.checkpoint import load_model, save_model
 from napari_cvdm.data import ImagePair
 from napari_cvdm.physics import upsample

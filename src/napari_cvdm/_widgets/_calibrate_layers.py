@@ -1,6 +1,6 @@
 """A calibration pair from two napari layers, for "Calibrate on layers…" (no Qt).
 
-The pair is what :func:`napari_cvdm.calibrate.calibrate_model` (the function behind
+The pair is what :func:`napari_cvdm.uncertainty.calibrate.calibrate_model` (the function behind
 ``cvdm calibrate``) takes: the input on the target grid (an SR widefield image is
 upsampled with :func:`napari_cvdm.physics.upsample`, as in training) and the target.
 """

@@ -33,7 +33,8 @@ from qtpy.QtWidgets import (
 
 from .. import reconstruct as engine
 from ..base_estimate import has_tie_base
-from ..calibrate import calibrate_model, calibration_line, refit_base, with_calibration
+from ..uncertainty.apply import calibration_line
+from ..uncertainty.calibrate import calibrate_model, refit_base, with_calibration
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS

@@ -239,9 +239,9 @@ def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | No
     if physics_base is None:
         return normalize_pair(pair, spec)
     from ..base_estimate import noise_level_map
-    from ..physics.tie import estimate_noise_std
+    from ..physics.noise import defocus_relative_noise_std
 
-    noise_std = estimate_noise_std(pair.input) if noise_map else None  # once, for the base and for ν
+    noise_std = defocus_relative_noise_std(pair.input) if noise_map else None  # once, for the base and for ν
     phase = physics_base.phase(pair.input, noise_std=noise_std)
     target = pair.target - pair.target.mean() + phase.mean()
     normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)

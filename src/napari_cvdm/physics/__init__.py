@@ -1,5 +1,5 @@
 """Microscopy physics in numpy: optics (OTF/PSF, propagation), TIE phase retrieval, deconvolution,
-data-consistency maps.
+data-consistency maps, noise estimators.
 
 Lengths are in µm (``*_um`` arguments), spatial frequencies in cycles/µm, phases in
 radians. No torch, Qt or napari imports.
@@ -11,9 +11,9 @@ from .consistency import (
     qpi_residual_planes,
     sr_consistency,
     sr_forward,
-    sr_noise_variance,
 )
 from .deconvolution import richardson_lucy, richardson_lucy_widefield, widefield_transfer
+from .noise import defocus_relative_noise_std, finest_haar_noise_std, widefield_noise_variance
 from .optics import (
     angular_spectrum_transfer,
     apply_transfer,
@@ -34,7 +34,9 @@ __all__ = [
     "apply_transfer",
     "axial_derivative",
     "bin_pixels",
+    "defocus_relative_noise_std",
     "fft_tie",
+    "finest_haar_noise_std",
     "frequency_grid",
     "fresnel_transfer",
     "incoherent_otf",
@@ -51,8 +53,8 @@ __all__ = [
     "richardson_lucy_widefield",
     "sr_consistency",
     "sr_forward",
-    "sr_noise_variance",
     "upsample",
     "us_tie",
+    "widefield_noise_variance",
     "widefield_transfer",
 ]

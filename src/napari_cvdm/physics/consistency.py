@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..calibration import haar_noise_std
-from .optics import apply_transfer, bin_pixels, frequency_grid, incoherent_otf, propagate
+from .noise import finest_haar_noise_std, widefield_noise_variance
+from .optics import apply_transfer, bin_pixels, incoherent_otf, propagate
 
 __all__ = [
     "qpi_consistency",
@@ -32,14 +32,7 @@ __all__ = [
     "reconstruction_consistency",
     "sr_consistency",
     "sr_forward",
-    "sr_noise_variance",
 ]
-
-# Out-of-band noise starts this far beyond the OTF cut-off (keeps leakage of the cut-off edge out).
-_BAND_MARGIN = 1.05
-# Fewer out-of-band frequencies than this fraction would make the noise estimate unreliable.
-_MIN_NOISE_FRACTION = 0.05
-
 
 # ----------------------------------------------------------------------------- SR
 
@@ -71,52 +64,6 @@ def sr_forward(
     return bin_pixels(apply_transfer(sr_mean, transfer), factor)
 
 
-def _noise_band(shape: tuple[int, int], camera_pixel_um: float, na: float, wavelength_um: float):
-    """Out-of-band frequencies of the camera grid (boolean, FFT order), without the axes.
-
-    The axes ``fx = 0`` and ``fy = 0`` are left out because a non-periodic image's border
-    jump leaks along them.
-    """
-    fy, fx = frequency_grid(shape, camera_pixel_um)
-    outside = np.sqrt(fx**2 + fy**2) > _BAND_MARGIN * 2.0 * na / wavelength_um
-    return outside & (fx != 0) & (fy != 0)
-
-
-def sr_noise_variance(
-    widefield: np.ndarray, camera_pixel_um: float, na: float, wavelength_um: float
-) -> np.ndarray:
-    """Per-pixel noise variance ``(h, w)`` of a raw widefield image, in its squared units.
-
-    The out-of-band part ``n`` of the image is noise only; ``n²/fraction`` (``fraction`` the
-    share of frequencies kept) is an unbiased local variance, regressed on the in-band
-    intensity ``I`` (seen through the same local kernel) as ``gain·I + c`` (Poisson + read
-    noise with any gain and offset).
-    A negative fitted gain falls back to a constant variance.
-    """
-    data = np.asarray(widefield, dtype=np.float64)
-    band = _noise_band(data.shape, camera_pixel_um, na, wavelength_um)
-    fraction = band.mean()
-    if fraction < _MIN_NOISE_FRACTION:
-        raise ValueError(
-            f"only {fraction:.1%} of the frequencies lie beyond the optical cut-off "
-            f"(NA {na}, λ {wavelength_um} µm, "
-            f"pixel {camera_pixel_um} µm): give the noise variance instead of estimating it"
-        )
-    spectrum = np.fft.fft2(data)
-    local_variance = (np.real(np.fft.ifft2(spectrum * band)) ** 2 / fraction).ravel()
-    intensity = np.real(np.fft.ifft2(spectrum * ~band))
-    # E[n²(x)] = Σ_y h(x−y)² σ²(y) with h the band's kernel: regress on the intensity seen
-    # through the same kernel h²/fraction (sums to 1), else sparse bright structure biases the slope.
-    kernel = np.abs(np.fft.ifft2(band.astype(np.float64))) ** 2 / fraction
-    smoothed = apply_transfer(intensity, np.fft.fft2(kernel)).ravel()
-    design = np.stack([smoothed, np.ones_like(smoothed)], axis=1)
-    (gain, constant), *_ = np.linalg.lstsq(design, local_variance, rcond=None)
-    if gain <= 0:
-        gain, constant = 0.0, local_variance.mean()
-    variance = gain * intensity.ravel() + constant
-    return np.maximum(variance, 1e-3 * local_variance.mean()).reshape(data.shape)
-
-
 def sr_consistency(
     sr_mean: np.ndarray,
     widefield: np.ndarray,
@@ -131,7 +78,7 @@ def sr_consistency(
 
     ``sr_mean`` is ``(factor·h, factor·w)``; ``forward`` is :func:`sr_forward` followed by a
     least-squares intensity scale and offset. ``noise_variance`` (scalar or ``(h, w)``, the
-    widefield's squared units) defaults to :func:`sr_noise_variance`.
+    widefield's squared units) defaults to :func:`~.noise.widefield_noise_variance`.
     """
     data = np.asarray(widefield, dtype=np.float64)
     sr_mean = np.asarray(sr_mean, dtype=np.float64)
@@ -142,7 +89,7 @@ def sr_consistency(
     coefficients, *_ = np.linalg.lstsq(design, data.ravel(), rcond=None)
     expected = (design @ coefficients).reshape(data.shape)
     if noise_variance is None:
-        noise_variance = sr_noise_variance(data, camera_pixel_um, na, wavelength_um)
+        noise_variance = widefield_noise_variance(data, camera_pixel_um, na, wavelength_um)
     return (data - expected) / np.sqrt(_positive_variance(noise_variance))
 
 
@@ -203,7 +150,7 @@ def qpi_residual_planes(
     scale = float((predicted * stack).sum() / max((predicted**2).sum(), 1e-300))
     residual = stack - scale * predicted
     if noise_std is None:
-        noise_std = haar_noise_std(residual)
+        noise_std = finest_haar_noise_std(residual)
     if not noise_std > 0:
         raise ValueError("the noise std must be positive (a noise-free stack has no noise units)")
     return residual / noise_std

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .noise import defocus_relative_noise_std
 from .optics import angular_spectrum_transfer, frequency_grid, fresnel_transfer
 
-__all__ = ["BOUNDARIES", "USTIEInfo", "axial_derivative", "estimate_noise_std", "fft_tie", "fit_regularization",
+__all__ = ["BOUNDARIES", "USTIEInfo", "axial_derivative", "fft_tie", "fit_regularization",
            "inverse_laplacian", "laplacian_symbol", "noise_adaptive_regularization", "us_tie"]
 
 BOUNDARIES = ("periodic", "mirror")
@@ -220,44 +221,17 @@ def us_tie(
 NOISE_FLOOR = 0.005
 
 
-#: Side (px) of the blocks whose local noise estimates :func:`estimate_noise_std` ranks.
-NOISE_BLOCK_PX = 16
-
-
-def estimate_noise_std(stack: np.ndarray) -> float:
-    """Std of the additive noise of a defocus stack, relative to its mean intensity.
-
-    Immerkær's Laplacian-difference estimator (CVIU 64, 300, 1996) in its robust form
-    (median of the absolute response ÷ 0.6745), on the mean of the two planes: their
-    phase contrast cancels to first order in dz, their independent noise does not. Strong
-    phase texture leaks through at second order, so the estimate is the 10th percentile
-    of the local estimates in 16² blocks: the flattest tenth of the image. On the QPI
-    simulator's test photos it reads 0.0005–0.008 at no noise and 0.89–0.95 of the true
-    std from 0.01 to 0.2 (the global median read up to 0.09 at no noise on textured photos).
-    """
-    stack = _check_stack(stack)
-    mean_plane = stack.mean(axis=0) / stack.mean()
-    # the mask [[1, −2, 1], [−2, 4, −2], [1, −2, 1]] is the outer product of [1, −2, 1] with itself
-    rows_done = mean_plane[:-2] - 2.0 * mean_plane[1:-1] + mean_plane[2:]
-    response = np.abs(rows_done[:, :-2] - 2.0 * rows_done[:, 1:-1] + rows_done[:, 2:])
-    block = min(NOISE_BLOCK_PX, *response.shape)
-    rows, cols = response.shape[0] // block, response.shape[1] // block
-    blocks = response[:rows * block, :cols * block].reshape(rows, block, cols, block).transpose(0, 2, 1, 3)
-    local = np.median(blocks.reshape(rows * cols, -1), axis=1)
-    return float(np.percentile(local, 10) / (0.6745 * 6.0) * np.sqrt(2.0))
-
-
 def noise_adaptive_regularization(stack: np.ndarray, strength: float, exponent: float = 2.0,
                                   noise_std: float | None = None) -> float:
     """Tikhonov ``a = strength · (σ̂² + NOISE_FLOOR²)^(exponent/2)`` (µm⁻⁴) from the stack's noise std σ̂
-    (:func:`estimate_noise_std`, unless the caller already has it as ``noise_std``).
+    (:func:`~.noise.defocus_relative_noise_std`, unless the caller already has it as ``noise_std``).
 
     ``exponent = 2`` is a white-spectrum Wiener filter (``a ∝`` noise power). Natural
     objects have far less power at high frequencies than at low ones, so the best constant
     Tikhonov ``a`` grows faster than σ² (on the QPI simulator's photos about 400× from
     σ = 0.05 to 0.2, an exponent near 4); :func:`fit_regularization` fits both numbers.
     """
-    sigma = estimate_noise_std(stack) if noise_std is None else noise_std
+    sigma = defocus_relative_noise_std(stack) if noise_std is None else noise_std
     return float(strength * (sigma**2 + NOISE_FLOOR**2) ** (exponent / 2))
 
 
@@ -280,7 +254,7 @@ def fit_regularization(
     applied, ``a``, is searched over 1e-7 … 10 µm⁻⁴ for every exponent.
     Returns ``(strength, exponent, boundary, mean MAE in rad)``.
     """
-    noise = [estimate_noise_std(st) ** 2 + NOISE_FLOOR**2 for st in stacks]
+    noise = [defocus_relative_noise_std(st) ** 2 + NOISE_FLOOR**2 for st in stacks]
     reference = float(np.median(noise))  # strengths are searched so that a(median noise) spans the range
     results = []
     for exponent in exponents:

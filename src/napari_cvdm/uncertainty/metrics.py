@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .calibration import DEFAULT_LEVELS, normal_quantile
+from .conformal import DEFAULT_LEVELS, normal_quantile
 
 __all__ = ["ause", "coverage", "ence", "self_consistency_report", "spearman", "uce", "uncertainty_report"]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_cvdm.uncertainty_metrics import (
+from napari_cvdm.uncertainty.metrics import (
     ause,
     coverage,
     ence,

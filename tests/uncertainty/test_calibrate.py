@@ -7,13 +7,14 @@ import pytest
 import tifffile
 import torch
 
-from napari_cvdm.calibrate import calibrate_model, calibration_line, crops, uncertainty_outputs, with_calibration
-from napari_cvdm.calibration import Calibration, NO_VARIANCE_MESSAGE
 from napari_cvdm.checkpoint import ModelInfo, load_model, read_model_info, save_model
 from napari_cvdm.cli import main
 from napari_cvdm.data import ImagePair
 from napari_cvdm.model import CVDM, ModelConfig
 from napari_cvdm.reconstruct import ReconstructionSettings
+from napari_cvdm.uncertainty.apply import calibration_line, uncertainty_outputs
+from napari_cvdm.uncertainty.calibrate import calibrate_model, crops, with_calibration
+from napari_cvdm.uncertainty.conformal import NO_VARIANCE_MESSAGE, Calibration
 
 FAST = ["--n-samples", "2", "--steps", "2", "--device", "cpu", "--tile-size", "0"]
 SETTINGS = ReconstructionSettings(n_samples=2, steps=2, device="cpu", tile_size=None)

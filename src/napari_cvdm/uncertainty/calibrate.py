@@ -1,41 +1,31 @@
-"""Calibrate a model on held-out pairs, and apply a stored calibration to a reconstruction.
+"""Calibrate a model on held-out pairs: the job that fits and stores a :class:`~.conformal.Calibration`.
 
 :func:`calibrate_model` reconstructs each pair's input with
 :func:`napari_cvdm.reconstruct.reconstruct` and fits
-:func:`napari_cvdm.calibration.fit_calibration` on (mean, std, target) in the output's units
+:func:`~napari_cvdm.uncertainty.conformal.fit_calibration` on (mean, std, target) in the output's units
 (QPI: radians, the free phase offset removed; SR: the target mapped onto the mean, see :func:`_aligned`);
 the result goes into the model file as ``ModelInfo.calibration`` (:func:`with_calibration`).
-:func:`uncertainty_outputs` turns a reconstruction's variance into the calibrated std and
-the "± error at 95 %" bound, with the out-of-distribution sentence and the small-N note.
 :func:`refit_base` refits a QPI model's TIE regulariser on the same kind of pairs, before calibrating.
-No Qt here.
+:func:`crops`: the validation crops calibrated on at the end of training. No Qt here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import (
-    Calibration,
-    calibrated_std,
-    check_in_distribution,
-    error_bound,
-    fit_calibration,
-    sample_variance_note,
-    summarize_distribution,
-    variance_relative_error,
-)
-from .base_estimate import FIT_IMAGES, TIEBase, has_tie_base
-from .checkpoint import ModelInfo
-from .errors import InputError
+from ..base_estimate import FIT_IMAGES, TIEBase, has_tie_base
+from ..checkpoint import ModelInfo
+from ..errors import InputError
+from .conformal import Calibration, fit_calibration
+from .ood import summarize_distribution
+from .sampler import sampler_used
 
-#: The level of the "± error" output (layer, TIFF).
-ERROR_LEVEL = 0.95
-UNCALIBRATED = "uncalibrated"
+__all__ = ["TRAINING_MAX_SAMPLES", "calibrate_model", "crops", "refit_base", "sampler_used",
+           "with_calibration"]
+
 #: End of training: at most this many validation crops of at most this side (target pixels).
 TRAINING_CROPS = 4
 TRAINING_CROP_SIDE = 128
@@ -51,7 +41,7 @@ def _aligned(mean: np.ndarray, target: np.ndarray, info: ModelInfo) -> tuple[np.
     (the fit of :mod:`napari_cvdm.evaluate`), so that the std, its floor and its bins are
     those a prediction will have.
     """
-    from .metrics import align_offset
+    from ..metrics import align_offset
 
     if info.task == "qpi":
         return align_offset(mean, target), target
@@ -82,7 +72,7 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     the reconstruction (raises :class:`~napari_cvdm.errors.Cancelled`). The caller bounds the
     count and size of the pairs: the cost is that of predicting them.
     """
-    from .reconstruct import ReconstructionSettings, reconstruct
+    from ..reconstruct import ReconstructionSettings, reconstruct
 
     settings = settings or ReconstructionSettings()
     if not pairs:
@@ -137,19 +127,6 @@ def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | No
     return dataclasses.replace(info, base=refitted.to_dict()), words
 
 
-def sampler_used(metadata: dict) -> dict:
-    """The ``ModelInfo.sampler`` entry (name, steps, n_samples, eta, clip, grid, log_snr_range) of a
-    reconstruction's metadata; for a residual model also ``shrink_refinement`` (which mean the
-    errors were measured on)."""
-    low, high = metadata["log_snr_range"]
-    used = {"name": metadata["sampler"], "steps": int(metadata["steps"]), "n_samples": int(metadata["n_samples"]),
-            "eta": float(metadata["eta"]), "clip": metadata["clip"], "grid": metadata["grid"],
-            "log_snr_range": [None if low is None else float(low), float(high)]}
-    if metadata.get("formulation") == "residual":
-        used["shrink_refinement"] = bool(metadata.get("shrink_refinement", True))
-    return used
-
-
 def with_calibration(info: ModelInfo, calibration: Calibration) -> ModelInfo:
     """A copy of ``info`` that carries ``calibration``; its sampling defaults become those the
     calibration was fitted with, since the error bars hold for them (unchanged when it recorded none).
@@ -160,27 +137,9 @@ def with_calibration(info: ModelInfo, calibration: Calibration) -> ModelInfo:
     return dataclasses.replace(info, calibration=calibration.to_dict(), sampler=sampler)
 
 
-def model_calibration(info: ModelInfo) -> Calibration | None:
-    """The model's stored calibration, None when it has none; ValueError naming a damaged field."""
-    if not info.calibration:
-        return None
-    return Calibration.from_dict(info.calibration)
-
-
-def calibration_line(info: ModelInfo) -> str:
-    """One line for ``cvdm info`` and the model card: the calibration's describe(), or how to get one."""
-    try:
-        calibration = model_calibration(info)
-    except ValueError as error:
-        return f"calibration unreadable ({error}); run cvdm calibrate again"
-    if calibration is None:
-        return f"{UNCALIBRATED}: the variance is the model's own; run cvdm calibrate on your pairs for error bars"
-    return calibration.describe()
-
-
 def crops(pairs: Sequence, count: int = TRAINING_CROPS, side: int = TRAINING_CROP_SIDE) -> list:
     """Up to ``count`` non-overlapping crops of at most ``side``² of ``pairs``, taken in turn from each pair."""
-    from .data import ImagePair
+    from ..data import ImagePair
 
     windows = []
     for pair in pairs:
@@ -196,61 +155,3 @@ def crops(pairs: Sequence, count: int = TRAINING_CROPS, side: int = TRAINING_CRO
         window = (slice(None), slice(y, y + rows), slice(x, x + cols))
         out.append(ImagePair(f"{pair.name}[{y}:{y + rows}, {x}:{x + cols}]", pair.input[window], pair.target[window]))
     return out
-
-
-@dataclass
-class UncertaintyOutputs:
-    """What a prediction says about its error bars.
-
-    ``calibrated_std`` (the std whose square matches the squared error on the calibration
-    pairs) and ``error`` (the half-width of mean ± error at ``level``) are in the output unit, shaped like the variance, None when the model is uncalibrated or N = 1.
-    ``calibration``: the calibration's describe() or ``"uncalibrated"``; ``warning``: the
-    out-of-distribution sentence (None when the image looks like the calibration data or
-    there is nothing to compare with); ``variance_note``: how noisy the N-sample variance is;
-    ``sampler_note``: a sentence when the reconstruction sampled unlike the calibration's fit.
-    """
-
-    calibrated: bool
-    level: float
-    calibration: str
-    calibrated_std: np.ndarray | None
-    error: np.ndarray | None
-    warning: str | None
-    variance_note: str
-    variance_relative_error: float | None
-    sampler_note: str | None = None
-
-    def summary(self) -> dict:
-        """JSON-safe fields for a sidecar or layer metadata."""
-        return {"calibrated": self.calibrated, "level": self.level, "calibration": self.calibration,
-                "out_of_distribution": self.warning, "variance_note": self.variance_note,
-                "variance_relative_error": self.variance_relative_error, "sampler_note": self.sampler_note}
-
-
-def uncertainty_outputs(info: ModelInfo, variance: np.ndarray, image: np.ndarray | None, n_samples: int,
-                        input_pixel_size_um: float | None = None, level: float = ERROR_LEVEL,
-                        sampling: dict | None = None) -> UncertaintyOutputs:
-    """Calibrated std, ± error at ``level`` and the checks, for a reconstruction of ``image`` (raw input;
-    None: no out-of-distribution check); ``sampling``: the reconstruction's metadata (None: not checked
-    against the calibration's sampler)."""
-    n_samples = int(n_samples)
-    relative = variance_relative_error(n_samples) if n_samples > 1 else None
-    note = sample_variance_note(n_samples)
-    try:
-        calibration = model_calibration(info)
-    except ValueError as error:
-        warning = f"The model's calibration is unreadable ({error}); the error bars are uncalibrated."
-        return UncertaintyOutputs(False, level, UNCALIBRATED, None, None, warning, note, relative)
-    if calibration is None or n_samples < 2:
-        return UncertaintyOutputs(False, level, UNCALIBRATED if calibration is None else calibration.describe(),
-                                  None, None, None, note, relative)
-    std = np.sqrt(np.maximum(np.asarray(variance, np.float64), 0.0))
-    pixel = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
-    warning = None
-    if calibration.distribution is not None and image is not None:
-        warning = check_in_distribution(calibration.distribution, std, image, pixel)
-    return UncertaintyOutputs(
-        True, level, calibration.describe(), calibrated_std(std, calibration).astype(np.float32),
-        error_bound(std, calibration, level).astype(np.float32), warning, note, relative,
-        calibration.sampler_mismatch(sampling) if sampling else None,
-    )

@@ -1,23 +1,14 @@
 import json
-import math
 
 import numpy as np
 import pytest
 
-from napari_cvdm.calibration import (
-    NO_VARIANCE_MESSAGE,
+from napari_cvdm.uncertainty.apply import calibrated_std, error_bound
+from napari_cvdm.uncertainty.conformal import (
     Calibration,
-    DistributionSummary,
-    calibrated_std,
-    check_in_distribution,
     conformal_quantile,
-    error_bound,
     fit_calibration,
-    haar_noise_std,
     normal_quantile,
-    sample_variance_note,
-    summarize_distribution,
-    variance_relative_error,
 )
 
 SIZE = 64
@@ -195,59 +186,6 @@ def test_applying_an_uncalibrated_level_is_refused():
         error_bound(np.ones(3), calibration, level=0.99)
 
 
-def test_variance_relative_error_and_notes_for_one_and_few_samples():
-    assert variance_relative_error(2) == pytest.approx(math.sqrt(2.0))
-    assert variance_relative_error(9) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="no variance"):
-        variance_relative_error(1)
-    with pytest.raises(ValueError, match="at least 1"):
-        variance_relative_error(0)
-    assert sample_variance_note(1) == NO_VARIANCE_MESSAGE
-    assert "±50%" in sample_variance_note(9) and "±25%" in sample_variance_note(9)
-
-
-def test_variance_relative_error_matches_simulated_sample_variances():
-    rng = np.random.default_rng(9)
-    variances = rng.normal(size=(20000, 5)).var(axis=1, ddof=1)
-    assert variances.std() == pytest.approx(variance_relative_error(5), rel=0.05)
-
-
-def test_haar_noise_std_measures_white_noise_on_a_smooth_image():
-    rng = np.random.default_rng(10)
-    y, x = np.mgrid[:128, :128]
-    smooth = 10 * np.sin(x / 15.0) * np.cos(y / 20.0)
-    assert haar_noise_std(smooth + 0.3 * rng.normal(size=smooth.shape)) == pytest.approx(0.3, rel=0.05)
-
-
-def calibration_like_images(rng, n, noise, std_level):
-    images = [np.sin(np.mgrid[:64, :64][1] / 6.0) + 1.0 + noise * rng.normal(size=(64, 64)) for _ in range(n)]
-    stds = [std_level * rng.uniform(0.5, 1.5, (64, 64)) for _ in range(n)]
-    return stds, images
-
-
-def test_in_distribution_inputs_pass_and_foreign_ones_are_named():
-    rng = np.random.default_rng(11)
-    summary = summarize_distribution(*calibration_like_images(rng, 8, 0.05, 0.02), pixel_size_um=0.1)
-    (std,), (image,) = calibration_like_images(rng, 1, 0.05, 0.02)
-    assert check_in_distribution(summary, std, image, 0.1) is None
-    assert check_in_distribution(summary, std, image, None) is None  # unknown pixel size: not checked
-    warning = check_in_distribution(summary, std, image, 0.2)
-    assert "pixel size" in warning and "8 calibration image" in warning
-    (std,), (noisy,) = calibration_like_images(rng, 1, 0.5, 0.02)
-    assert "noise level" in check_in_distribution(summary, std, noisy, 0.1)
-    (std,), (image,) = calibration_like_images(rng, 1, 0.05, 0.002)
-    assert "below the lowest" in check_in_distribution(summary, std, image, 0.1)
-
-
-def test_distribution_summary_round_trips_and_validates():
-    rng = np.random.default_rng(12)
-    summary = summarize_distribution(*calibration_like_images(rng, 3, 0.05, 0.02), pixel_size_um=0.1)
-    assert DistributionSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
-    bad = summary.to_dict()
-    bad["features"]["noise"] = [0.3, 0.2, 0.1]
-    with pytest.raises(ValueError, match="min, median, max"):
-        DistributionSummary.from_dict(bad)
-
 
 def test_the_calibrated_std_matches_the_squared_error_per_bin_and_round_trips():
     """Variance matching: the std scaled by sqrt(Σ error² / Σ std²) (per std bin) has the error's variance."""
@@ -266,29 +204,3 @@ def test_the_calibrated_std_matches_the_squared_error_per_bin_and_round_trips():
     older = {key: value for key, value in calibration.to_dict().items() if "variance" not in key}
     assert Calibration.from_dict(older).variance_scale == 1.0  # files written before the field
 
-
-def test_a_qpi_summary_uses_the_defocus_noise_and_flags_a_noisier_stack():
-    from napari_cvdm.calibration import DEFOCUS_NOISE_MARGIN
-
-    rng = np.random.default_rng(13)
-    x = np.mgrid[:64, :64][1] / 9.0
-
-    def stacks(n, noise):
-        contrast = 0.2 * np.sin(x)  # a smooth phase object: ±contrast between the planes
-        return [np.stack([1 - contrast, 1 + contrast]) + noise * rng.normal(size=(2, 64, 64)) for _ in range(n)]
-
-    stds = [0.01 * rng.uniform(0.5, 1.5, (64, 64)) for _ in range(8)]
-    summary = summarize_distribution(stds, stacks(8, 0.05), 0.2, task="qpi")
-    assert set(summary.features) == {"std_p50", "std_p90", "defocus_noise"}
-    low, _, high = summary.features["defocus_noise"]
-    assert 0.04 < low <= high < 0.06  # the estimate reads the true std of a smooth object
-    assert check_in_distribution(summary, stds[0], stacks(1, 0.05)[0], 0.2) is None
-    noisier = stacks(1, 0.05 * DEFOCUS_NOISE_MARGIN * 1.3)[0]
-    assert "noise level of the defocus stack" in check_in_distribution(summary, stds[0], noisier, 0.2)
-    # several planes (T, 2, H, W): the median over the stacks
-    assert check_in_distribution(summary, stds[0], np.stack(stacks(3, 0.05)), 0.2) is None
-    # a summary written before this feature existed ("noise") is still checked with its own feature
-    old = DistributionSummary.from_dict({"n_images": 8, "features": {"noise": [1e-4, 1e-4, 2e-4],
-                                                                     "unknown": [1, 2, 3]}})
-    warning = check_in_distribution(old, stds[0], stacks(1, 0.05)[0], 0.2)
-    assert "noise level relative to the input's intensity range" in warning and "unknown" not in warning
