@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -184,20 +185,42 @@ def us_tie(
     intensity = stack.mean(axis=0) if in_focus_intensity is None else np.asarray(in_focus_intensity, float)
     amplitude = np.sqrt(np.clip(intensity, 0.0, None)).astype(np.float32)
     max_intensity = float(intensity.max())
-    scale = float(np.abs(measured).max()) or 1.0
     del intensity
 
     transfers = _defocus_transfers(measured.shape, dz_um, wavelength_um, pixel_um, method)
     beat = heartbeat or (lambda: None)
     beat()
+    solve = _LinearTIE(k / max_intensity, pixel_um, regularization)
+    phase, history, reason = _iterate(measured, amplitude, dz_um, transfers, solve, max_iterations, tolerance, beat)
+    phase = phase[:height, :width].astype(np.float64)
+    phase = phase - phase.mean()
+    if return_info:
+        return phase, USTIEInfo(iterations=len(history), residuals=history, stopped_because=reason)
+    return phase
+
+
+class _LinearTIE(NamedTuple):
+    """The uniform-intensity TIE step ``Δφ = ∇⁻²(−gain·r)`` (``gain`` = k / max I0, 1/(µm·intensity))."""
+
+    gain: float
+    pixel_um: float
+    regularization: float
+
+    def __call__(self, residual: np.ndarray) -> np.ndarray:
+        return inverse_laplacian(-self.gain * residual, self.pixel_um, self.regularization)
+
+
+def _iterate(measured, amplitude, dz_um, transfers, solve: _LinearTIE, max_iterations: int, tolerance: float,
+             beat: Callable[[], None]) -> tuple[np.ndarray, list[float], str]:
+    """US-TIE's loop (:func:`us_tie`): ``(φ, max|r| / max|∂I/∂z| per step, why it stopped)``."""
+    scale = float(np.abs(measured).max()) or 1.0
     phase = np.zeros_like(measured)
     residual = measured
     residual_norm = float(np.sqrt(np.mean(residual**2)))
     history: list[float] = []
     reason = "max_iterations"
     for _ in range(max_iterations):
-        step = inverse_laplacian(-(k / max_intensity) * residual, pixel_um, regularization)
-        candidate = phase + step
+        candidate = phase + solve(residual)
         beat()
         new_residual = measured - _predicted_derivative(amplitude, candidate, dz_um, transfers)
         new_norm = float(np.sqrt(np.mean(new_residual**2)))
@@ -210,11 +233,7 @@ def us_tie(
         if history[-1] < tolerance:
             reason = "converged"
             break
-    phase = phase[:height, :width].astype(np.float64)
-    phase = phase - phase.mean()
-    if return_info:
-        return phase, USTIEInfo(iterations=len(history), residuals=history, stopped_because=reason)
-    return phase
+    return phase, history, reason
 
 
 #: Noise std (relative to the mean intensity) below which the Wiener-like regulariser stops shrinking.
