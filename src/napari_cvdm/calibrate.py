@@ -30,7 +30,7 @@ from .calibration import (
     summarize_distribution,
     variance_relative_error,
 )
-from .base_estimate import FIT_IMAGES, TIEBase, has_tie_base
+from .residual import FIT_IMAGES, TIEBase, tie_of
 from .checkpoint import ModelInfo
 from .errors import InputError
 
@@ -123,7 +123,7 @@ def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | No
     """``info`` with its TIE base's regulariser refitted on ``pairs`` (:meth:`TIEBase.refit`), and a
     sentence saying what changed. For a residual QPI model with a physics base (InputError otherwise);
     QPI targets are phases in rad. Do it before calibrating: the error bars hold for the base they saw."""
-    if not has_tie_base(info):
+    if tie_of(info) is None:
         raise InputError("Only a residual QPI model with a physics (TIE) base has a base regulariser to refit.")
     if not pairs:
         raise InputError("No pairs to refit the base on: give at least one input/target pair.")
@@ -276,7 +276,6 @@ class ConsistencyOutput:
 def _consistency_optics(info: ModelInfo, wavelength_um: float | None, dz_um: float | None) -> tuple[dict, str]:
     if info.task == "sr":
         return dict(DEFAULT_SR_OPTICS), "defaults (the middle of the SR training simulator's NA and λ ranges)"
-    from .base_estimate import TIEBase
     from .data.simulate import QPISimulationConfig
 
     trained = TIEBase.from_dict(info.base) if info.base else QPISimulationConfig()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..base_estimate import TIEBase
+from ..residual import TIEBase
 from ..checkpoint import ModelInfo
 from ..config import TrainConfig
 from ..physics.consistency import qpi_consistency

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import InputError, ModelFileError
+from ..residual import ResidualBase, TIEBase, training_base
 from .datasets import (
     ImagePair, TaskSpec, get_task, load_pair_folders, make_validation_set, normalize_pair, pairs_from_arrays,
     random_dihedral, random_patch, split_by_image,
@@ -30,7 +31,6 @@ from .simulate import QPISimulationConfig, SimulatedPairs, SRSimulationConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..base_estimate import TIEBase
     from ..checkpoint import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class TrainingData:
     physics_base: TIEBase | None = None  # of a residual QPI model
     residual_scale: float = 1.0
     validation_pairs: list[ImagePair] = field(default_factory=list)  # raw (unnormalised), for the calibration
+    residual_base: ResidualBase | None = None  # the base kind the run trains (its model's, without s)
 
     def draw_patches(self, batch_size: int, patch_size: int,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +108,14 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     if small:
         raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
                          "lower patch_size or use larger images.")
+    residual_base = training_base(config.formulation, spec.name, config.base_correction, spec.target_channels,
+                                  spec.input_channels, None if base is None else base.config)
     physics_base = None
-    if config.formulation == "residual" and spec.name == "qpi":
+    if residual_base.needs_tie:
         physics_base = _physics_base(config, spec, source, base, pairs is not None)
-    # a corrected base's P also sees the noise level (napari_cvdm.model.cvdm, "physics_predictor")
-    noise_map = config.base_correction or (base is not None and base.config.base == "physics_predictor")
 
     def normalised(pair):
-        return _normalized_pair(pair, spec, physics_base, noise_map)
+        return _normalized_pair(pair, spec, residual_base, physics_base)
 
     train_pairs = [normalised(p) for p in source.train_pairs]
     validation = None
@@ -127,7 +128,8 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
                                          as_is, config.patch_size, config.validation_patches)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
     return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
-                        physics_base, _residual_scale(config, spec, train_pairs, base), source.validation_pairs)
+                        physics_base, _residual_scale(config, spec, train_pairs, base), source.validation_pairs,
+                        residual_base)
 
 
 def _task_spec(config: TrainConfig, base: ModelInfo | None = None) -> TaskSpec:
@@ -204,8 +206,6 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
                   pairs_given: bool) -> TIEBase:
     """The TIE base of a residual QPI model: the fine-tuned model's unless ``config.tie_method``
     names another solver, else fitted on the training pairs."""
-    from ..base_estimate import TIEBase
-
     if base is not None and base.base:
         kept = TIEBase.from_dict(base.base)
         if config.tie_method in (None, kept.kind):
@@ -231,24 +231,18 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
     return physics_base
 
 
-def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | None,
-                     noise_map: bool = False) -> ImagePair:
-    """The pair normalised for training; with a physics base, its base phase is appended to the
-    input (normalised like the target), then with ``noise_map`` the stack's noise-level map ν,
-    and the target is shifted to the base's mean phase."""
-    if physics_base is None:
-        return normalize_pair(pair, spec)
-    from ..base_estimate import noise_level_map
-    from ..physics.tie import estimate_noise_std
+def _normalized_pair(pair: ImagePair, spec: TaskSpec, residual_base: ResidualBase,
+                     physics_base: TIEBase | None) -> ImagePair:
+    """The pair normalised for training, its input as the base kind's model takes it
+    (:meth:`~napari_cvdm.residual.bases.ResidualBase.training_pair`: a TIE base appends its phase,
+    normalised like the target, and its noise-level map, and shifts the target to its mean phase)."""
+    def normalize(stack: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        normalised = normalize_pair(ImagePair(pair.name, stack, target), spec)
+        return normalised.input, normalised.target
 
-    noise_std = estimate_noise_std(pair.input) if noise_map else None  # once, for the base and for ν
-    phase = physics_base.phase(pair.input, noise_std=noise_std)
-    target = pair.target - pair.target.mean() + phase.mean()
-    normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
-    channels = [normalised.input, spec.target_normalizer.normalize(phase[None])]
-    if noise_map:
-        channels.append(noise_level_map(noise_std, pair.input.shape))
-    return ImagePair(pair.name, np.concatenate(channels), normalised.target)
+    inputs, target = residual_base.training_pair(pair.input, pair.target, physics_base, normalize,
+                                                 spec.target_normalizer.normalize)
+    return ImagePair(pair.name, inputs, target)
 
 
 def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[ImagePair],
