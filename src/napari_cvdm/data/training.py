@@ -127,9 +127,9 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
         validation = make_validation_set([normalised(p) for p in source.validation_pairs],
                                          as_is, config.patch_size, config.validation_patches)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
+    scale = _residual_scale(config, spec, train_pairs, base)
     return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
-                        physics_base, _residual_scale(config, spec, train_pairs, base), source.validation_pairs,
-                        residual_base)
+                        physics_base, scale, source.validation_pairs, residual_base)
 
 
 def _task_spec(config: TrainConfig, base: ModelInfo | None = None) -> TaskSpec:

@@ -13,5 +13,6 @@ from .unet import DENOISER_PRESETS, UNet, UNetSize
 __all__ = [
     "BASES", "BASE_LAYOUTS", "BaseLayout", "CVDM", "DENOISER_PRESETS", "GRIDS", "LossTerms", "ModelConfig",
     "RuntimeOptions", "SAMPLERS", "SCHEDULE_KINDS", "SampleStatistics", "SamplingOptions", "Schedule", "UNet",
-    "UNetSize", "compose_residual", "low_discrepancy_times", "refinement_weight", "sample", "sample_statistics",
+    "UNetSize", "compose_residual", "low_discrepancy_times", "refinement_weight", "sample",
+    "sample_statistics",
 ]

@@ -215,7 +215,8 @@ class TIEPhaseBase(ResidualBase):
         if not tie:
             return f"residual — refines a physics base{self.correction_words}"
         solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
-        return (f"residual — refines the {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
+        boundary = tie.get("boundary", "?")
+        return (f"residual — refines the {solver} phase ({boundary} boundary) of the whole image"
                 f"{self.correction_words}")
 
 
