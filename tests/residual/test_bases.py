@@ -44,6 +44,17 @@ def test_every_kind_has_a_class_and_its_channels_match_the_network():
         assert base.plane_steps(4) == steps
 
 
+def test_a_new_model_fits_its_residual_scale_to_its_base():
+    class Pair:
+        input = np.stack([np.zeros((4, 4)), np.ones((4, 4)), np.full((4, 4), 0.3)])  # [y, b_TIE, ν]
+        target = np.full((1, 4, 4), 1.5)
+
+    assert base_for(ModelConfig()).fitted_scale([Pair]) == 1.0
+    assert base_for(ModelConfig(base="predictor")).fitted_scale([Pair]) == 0.25
+    for kind in ("physics", "physics_predictor"):
+        assert base_for(ModelConfig(y_channels=1, base=kind)).fitted_scale([Pair]) == 1.0  # 2 · RMS(0.5)
+
+
 def test_the_output_is_b_plus_s_r_in_one_place():
     b, r = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     for kind in ("predictor", "physics", "physics_predictor"):

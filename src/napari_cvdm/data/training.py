@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,11 +33,6 @@ if TYPE_CHECKING:
     from ..checkpoint import ModelInfo
 
 log = logging.getLogger(__name__)
-
-#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
-#: trained predictor's error is a few tenths, so r is about unit size.
-PREDICTOR_RESIDUAL_SCALE = 0.25
-
 
 @dataclass
 class TrainingData:
@@ -127,7 +121,7 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
         validation = make_validation_set([normalised(p) for p in source.validation_pairs],
                                          as_is, config.patch_size, config.validation_patches)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
-    scale = _residual_scale(config, spec, train_pairs, base)
+    scale = base.config.residual_scale if base is not None else residual_base.fitted_scale(train_pairs)
     return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
                         physics_base, scale, source.validation_pairs, residual_base)
 
@@ -243,18 +237,3 @@ def _normalized_pair(pair: ImagePair, spec: TaskSpec, residual_base: ResidualBas
     inputs, target = residual_base.training_pair(pair.input, pair.target, physics_base, normalize,
                                                  spec.target_normalizer.normalize)
     return ImagePair(pair.name, inputs, target)
-
-
-def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[ImagePair],
-                    base: ModelInfo | None) -> float:
-    """s of r = (x0 − b)/s: kept when fine-tuning; twice the RMS of x0 − b for a physics base."""
-    if base is not None:
-        return base.config.residual_scale
-    if config.formulation != "residual":
-        return 1.0
-    if spec.name != "qpi":
-        return PREDICTOR_RESIDUAL_SCALE
-    channels = spec.target_channels
-    base = slice(spec.input_channels, spec.input_channels + channels)  # after the stack; ν may follow
-    squares = [float(np.mean((p.target - p.input[base]) ** 2)) for p in train_pairs]
-    return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")

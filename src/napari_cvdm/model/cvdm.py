@@ -40,7 +40,8 @@ any sampler unchanged (x̂0 is clipped at ±2/s, the largest |x0 − b| for data
 base in [−1, 1]) and returns ``x̂ = b + s r̂``: the mean of N samples is
 ``b + s·mean(r̂)``, the variance ``s²·var(r̂)``, the γ map the residual schedule's.
 
-Bases (``ModelConfig.base``):
+Bases (``ModelConfig.base``; what each adds to the network is :data:`BASE_LAYOUTS`, how each is
+built from data is its class in :mod:`napari_cvdm.residual.bases`):
 
 - ``"physics"``: b is computed outside the network from the physics (QPI:
   transport of intensity on the whole image plane) and arrives as the last

@@ -12,6 +12,7 @@ asks which kind a model has: it asks the class.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
@@ -23,6 +24,10 @@ from .tie_base import TIEBase, noise_level_map, optics_mismatch
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelInfo
+
+#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
+#: trained predictor's error is a few tenths, so r is about unit size.
+PREDICTOR_RESIDUAL_SCALE = 0.25
 
 #: ``normalize(stack, target) → (y, x0)``: a training pair in normalised units.
 PairNormalizer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -117,6 +122,11 @@ class ResidualBase:
         ``target`` ``(Cx, H, W)``; ``tie``: the run's TIE base where :attr:`needs_tie`."""
         return normalize(stack, target)
 
+    def fitted_scale(self, pairs: list) -> float:
+        """s for a new model trained on ``pairs`` (``.input``, ``.target`` as :meth:`training_pair`
+        gives them), so that r = (x0 − b)/s is about unit size; 1 without a base."""
+        return 1.0
+
     def plane_condition(self, info: ModelInfo, plane: WholePlane,
                         optics: dict) -> tuple[torch.Tensor, np.ndarray | None]:
         """``(c, b)`` of a whole plane: the condition ``(1, condition_channels, H, W)`` and the base
@@ -154,6 +164,9 @@ class PredictorBase(ResidualBase):
     def plane_condition(self, info: ModelInfo, plane: WholePlane,
                         optics: dict) -> tuple[torch.Tensor, np.ndarray | None]:
         return self._with_base(plane.y, plane.predict(plane.y))
+
+    def fitted_scale(self, pairs: list) -> float:
+        return PREDICTOR_RESIDUAL_SCALE
 
     def plane_steps(self, predictor_tiles: int) -> int:
         return predictor_tiles
@@ -202,6 +215,12 @@ class TIEPhaseBase(ResidualBase):
         if plane.tick is not None:
             plane.tick()
         return self._with_base(plane.y, self._from_tie(plane, channels))
+
+    def fitted_scale(self, pairs: list) -> float:
+        """Twice the RMS of x0 − b_TIE over the pairs (3 significant digits)."""
+        base = slice(self.config.y_channels, self.config.y_channels + self.config.x_channels)  # ν may follow
+        squares = [float(np.mean((p.target - p.input[base]) ** 2)) for p in pairs]
+        return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")
 
     def _from_tie(self, plane: WholePlane, channels: list[np.ndarray]) -> np.ndarray:
         """b ``(Cx, H, W)`` from the TIE channels of :meth:`tie_channels`: b_TIE itself."""
