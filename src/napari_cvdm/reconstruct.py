@@ -86,9 +86,9 @@ import torch
 
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
+from .residual import ResidualBase, WholePlane, base_for
 from .model import CVDM, SAMPLERS, refinement_weight
 from .model.samplers import GRIDS, LOG_SNR_CEILING, RunningMoments, RuntimeOptions, SamplingOptions, sample
-from .residual import ResidualBase, WholePlane, base_for
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]

@@ -31,13 +31,13 @@ from qtpy.QtWidgets import (
 )
 
 from .. import reconstruct as engine
+from ..residual import base_for, tie_of
 from ..calibrate import (
     UncertaintyOutputs, calibrate_model, calibration_line, refit_base, uncertainty_outputs, with_calibration,
 )
 from ..checkpoint import ModelInfo, load_model, save_model
 from ..errors import Cancelled, InputError
 from ..model import SAMPLERS
-from ..residual import base_for, tie_of
 from ..model.samplers import LOG_SNR_CEILING, LOG_SNR_MAX
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
