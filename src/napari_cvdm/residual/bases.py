@@ -65,6 +65,7 @@ class ResidualBase:
 
     @property
     def layout(self) -> BaseLayout:
+        """What this kind adds to the network (channels, P)."""
         return BASE_LAYOUTS[self.kind]
 
     @property
