@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unseen  # noqa: E402
-from napari_cvdm.base_estimate import noise_level_map  # noqa: E402
+from napari_cvdm.residual import noise_level_map  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402

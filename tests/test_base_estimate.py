@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from napari_cvdm.base_estimate import KINDS, TIEBase, formulation_words, noise_level_map
 from napari_cvdm.data.simulate import phase_object_stack
 from napari_cvdm.physics.optics import apply_transfer, frequency_grid
 from napari_cvdm.physics.noise import defocus_relative_noise_std
+from napari_cvdm.residual import formulation_words
+from napari_cvdm.residual.tie_base import KINDS, TIEBase, noise_level_map
 
 WAVELENGTH_UM, PIXEL_UM, DZ_UM = 0.521, 0.21, 1.0
 N = 64

@@ -248,7 +248,7 @@ def test_info_prints_the_model_metadata(models, capsys):
 @pytest.mark.parametrize("kind", ["fft_tie", "us_tie"])  # US-TIE reports progress before the first step
 def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_differ(tmp_path, capsys, kind,
                                                                                    residual_qpi_writer):
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
     model_path = residual_qpi_writer(tmp_path / "residual.safetensors",

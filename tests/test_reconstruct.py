@@ -433,7 +433,7 @@ def test_pixel_size_mismatch_warns():
 
 
 def _residual_qpi() -> tuple[CVDM, ModelInfo]:
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
 
     config = ModelConfig(x_channels=1, y_channels=2, preset="tiny", base="physics", residual_scale=0.5,
                          schedule_downsample=4, padding="reflect")
@@ -488,7 +488,7 @@ def test_each_planes_base_is_reported_before_its_samples():
 def test_a_us_tie_base_reports_its_stages_and_a_stop_interrupts_it():
     import dataclasses
 
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
     from napari_cvdm.errors import Cancelled
 
     model, info = _residual_qpi()

@@ -77,7 +77,7 @@ class ModelInfo:
     by ``upsampling_factor``. ``target_unit``: unit of the denormalised output
     (``rad`` for phase). ``sampler``: default sampler, steps and sample count.
     ``training``: free-form summary (data, steps, device, wall time, metrics).
-    ``base``: the physics base of a residual QPI model (:class:`~napari_cvdm.base_estimate.TIEBase`);
+    ``base``: the physics base of a residual QPI model (:class:`~napari_cvdm.residual.tie_base.TIEBase`);
     ``calibration``: the uncertainty calibration (both empty when unused).
     The annotations are the file format's schema: :func:`read_model_info` enforces them.
     """

@@ -377,7 +377,7 @@ def _calibration_output(args: argparse.Namespace) -> Path:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .base_estimate import FIT_IMAGES, has_tie_base
+    from .residual import FIT_IMAGES, tie_of
     from .uncertainty.calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
@@ -392,7 +392,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     info = read_model_info(args.model)
     if info.task not in ("sr", "qpi"):
         raise InputError(f"{Path(args.model).name} is a {info.task} model; cvdm calibrate reads sr or qpi pairs.")
-    if args.refit_base and not has_tie_base(info):
+    if args.refit_base and tie_of(info) is None:
         raise InputError(f"{Path(args.model).name} has no TIE base to refit: --refit-base is for residual QPI models.")
     pairs = load_pair_folders(args.input_dir, args.target_dir, info.task)[: args.max_images]  # DataError: exit 2
     pixel = args.pixel_size or folder_pixel_size(Path(args.input_dir), Path(args.target_dir),
@@ -404,7 +404,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         _say(f"cvdm calibrate: refitting the TIE base's regulariser on {min(len(pairs), FIT_IMAGES)} pair(s)…")
         info, words = refit_base(info, pairs, pixel)
         _say(f"cvdm calibrate: {words}")
-        source += "; its TIE base refitted on them first" if info.base != trained_base else ""
+        source += "; its TIE base refitted on them first" if trained_base != info.base else ""
     line = _ProgressLine()
     calibration = calibrate_model(
         model, info, pairs, settings, source=source,
@@ -467,7 +467,7 @@ def _simulate(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     import json
 
-    from .base_estimate import formulation_words
+    from .residual import formulation_words
     from .uncertainty.apply import calibration_line
     from .checkpoint import read_model_info
 

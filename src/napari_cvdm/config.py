@@ -70,7 +70,7 @@ class TrainConfig:
     None: the built-in synthetic scenes; SR: a fifth structure family, the photos as
     fluorophore densities).
     ``tie_method``: the TIE solver of a residual QPI model's base (``us_tie`` or ``fft_tie``,
-    :mod:`napari_cvdm.base_estimate`); None: the fine-tuned model's, else whichever fits the
+    :mod:`napari_cvdm.residual.tie_base`); None: the fine-tuned model's, else whichever fits the
     training pairs better. Naming
     another solver than the fine-tuned model's refits its base on the training pairs.
     ``base_correction``: a residual QPI model's base becomes the TIE phase plus a jointly trained

@@ -135,7 +135,7 @@ def check_input(info: ModelInfo, image: np.ndarray, acquisition: Acquisition) ->
     validate_input(info, image, acquisition.axes)
     notes = [check_pixel_size(info, acquisition.pixel_size_um)]
     if info.base:
-        from .base_estimate import TIEBase, optics_mismatch
+        from .residual import TIEBase, optics_mismatch
 
         notes.append(optics_mismatch(TIEBase.from_dict(info.base), acquisition.wavelength_um, acquisition.dz_um))
     return [note for note in notes if note]

@@ -86,6 +86,7 @@ import torch
 
 from .checkpoint import ModelInfo
 from .errors import Cancelled, InputError
+from .residual import ResidualBase, WholePlane, base_for
 from .model import CVDM, SAMPLERS, refinement_weight
 from .engine.settings import (  # noqa: F401 - the engine's public names
     MAX_SAMPLER_STEPS, MAX_SAMPLES, MIN_TILE_SIZE, ReconstructionSettings, autocast_dtype, available_devices,
@@ -386,14 +387,10 @@ def _resolve_sampling(info: ModelInfo, settings: ReconstructionSettings) -> Samp
 
 def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_um) -> dict:
     """The optics the TIE base uses (None = the model's), with a warning when they differ from training."""
-    if not model.config.uses_physics:
-        return {}
-    from .base_estimate import TIEBase, optics_mismatch
-
-    mismatch = optics_mismatch(TIEBase.from_dict(info.base), wavelength_um, dz_um)
+    optics, mismatch = base_for(model.config).plane_optics(info, pixel_size_um, wavelength_um, dz_um)
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=3)
-    return {"wavelength_um": wavelength_um, "dz_um": dz_um, "pixel_um": pixel_size_um}
+    return optics
 
 
 def _planes(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -420,11 +417,6 @@ class _Plane(NamedTuple):
     scale: np.ndarray
     offset: np.ndarray
 
-    @classmethod
-    def with_base(cls, y: torch.Tensor, base: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> _Plane:
-        """The condition ``[y, b]`` and the base ``b`` beside it."""
-        return cls(torch.cat([y, torch.from_numpy(base)[None]], dim=1), base, scale, offset)
-
     def base_in_target_units(self) -> np.ndarray:
         """The base ``(H, W)`` (one target channel) or ``(Cx, H, W)``, float32, in the target unit."""
         value = (self.scale * self.base + self.offset).astype(np.float32)
@@ -437,10 +429,11 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
                    beat: Callable[[], None] | None = None) -> _Plane:
     """Upsample, normalise and compute the base of one raw plane ``(Cy, h, w)``, on the whole plane.
 
-    Before any tiling: the TIE base of a physics model from the stack with the input's optics
-    (``optics``: ``wavelength_um``, ``dz_um``, ``pixel_um``, each None for the model's), corrected
-    by P from the whole stack's noise level for a ``physics_predictor``; a predictor's base on the
-    whole normalised plane (:func:`_predictor_base`; ``tick`` after each of its tiles). ``beat()`` is called between the stages of an iterative TIE base (no step done).
+    Before any tiling, the model's base (:mod:`napari_cvdm.residual.bases`) builds the condition:
+    a TIE phase from the stack with the input's optics (``optics``: ``wavelength_um``, ``dz_um``,
+    ``pixel_um``, each None for the model's), a predictor's b on the whole normalised plane
+    (:func:`_predictor_base`; ``tick`` after each of its tiles), or both. ``beat()`` is called
+    between the stages of an iterative TIE base (no step done).
     """
     from .physics import upsample
 
@@ -449,24 +442,11 @@ def _prepare_plane(model: CVDM, info: ModelInfo, raw: np.ndarray, factor: int, d
     input_normalizer = _normalizer(info.input_normalization)
     normalised = input_normalizer.normalize(condition) if input_normalizer is not None else condition
     y = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None]
-    if model.config.uses_physics:
-        from .base_estimate import TIEBase, noise_level_map
-        from .physics.noise import defocus_relative_noise_std
-
-        corrected = model.config.base == "physics_predictor"
-        noise_std = defocus_relative_noise_std(condition) if corrected else None  # once, for the base and for ν
-        phase = TIEBase.from_dict(info.base).phase(condition, heartbeat=beat, noise_std=noise_std, **optics)
-        base = _normalizer(info.target_normalization).normalize(phase[None])
-        if tick is not None:
-            tick()
-        if not corrected:
-            return _Plane.with_base(y, base, scale, offset)
-        predictor_input = torch.cat([y, torch.from_numpy(base)[None],
-                                     torch.from_numpy(noise_level_map(noise_std, condition.shape))[None]], dim=1)
-        return _Plane.with_base(y, _predictor_base(model, predictor_input, device, tick), scale, offset)
-    if model.config.base == "predictor":
-        return _Plane.with_base(y, _predictor_base(model, y, device, tick), scale, offset)
-    return _Plane(y, None, scale, offset)
+    target_normalizer = _normalizer(info.target_normalization)
+    plane = WholePlane(condition, y, lambda values: target_normalizer.normalize(values),
+                       lambda model_input: _predictor_base(model, model_input, device, tick), tick, beat)
+    c, base = base_for(model.config).plane_condition(info, plane, optics)
+    return _Plane(c, base, scale, offset)
 
 
 #: Networks that see a whole plane (the direct predictor's base, a smooth schedule's λ) run
@@ -699,11 +679,8 @@ def _steps_per_plane(model: CVDM, tiling: _TileGrid, run: _Sampling) -> int:
     schedule's λ tiles, then every tile's denoising steps."""
     height, width = len(tiling.row_total), len(tiling.col_total)
     steps = len(tiling.rows) * len(tiling.cols) * run.rounds * run.options.steps
-    if model.config.uses_physics:
-        steps += 1
-    if model.config.uses_predictor:
-        base_tiles = base_tiling(model, height, width)
-        steps += len(base_tiles.rows) * len(base_tiles.cols)
+    base_tiles = base_tiling(model, height, width)
+    steps += base_for(model.config).plane_steps(len(base_tiles.rows) * len(base_tiles.cols))
     if model.config.schedule_downsample > 1:
         lambda_tiles = _schedule_tiling(model, height, width)
         steps += len(lambda_tiles.rows) * len(lambda_tiles.cols)
@@ -808,7 +785,7 @@ class _PlaneRun:
     tiles: list[_Tile]
     lam_ref: float | None
     noise_field: NoiseField
-    residual_scale: float
+    base: ResidualBase
     count: int = 0
 
     @classmethod
@@ -825,9 +802,8 @@ class _PlaneRun:
                  for rows, cols, wy, wx, lam in _tile_schedule_maps(model, plane.condition, device, tiling, tick)]
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
-        residual_scale = 1.0 if plane.base is None else float(model.config.residual_scale)
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
-                                                     int(info.config.x_channels)), residual_scale)
+                                                     int(info.config.x_channels)), base_for(model.config))
 
     @torch.no_grad()
     def draw_round(self, model: CVDM, first: int, k: int, run: _Sampling, tick: Callable[[], None],
@@ -866,7 +842,7 @@ class _PlaneRun:
 
         A residual model's mean is then shrunk toward its base (``shrink``); returns the weight w
         of its refinement (None for the paper's formulation)."""
-        scale, offset, s = self.plane.scale, self.plane.offset, self.residual_scale
+        scale, offset, s = self.plane.scale, self.plane.offset, self.base.scale
         targets = [outputs.mean[index], outputs.variance[index]]
         if outputs.samples is not None:
             targets.append(outputs.samples[index, :self.count])
@@ -875,14 +851,14 @@ class _PlaneRun:
         for tile in self.tiles:
             (r0, r1), (c0, c1) = tile.rows, tile.cols
             region = (..., slice(r0, r1), slice(c0, c1))
-            base = 0.0 if self.plane.base is None else self.plane.base[region]
+            base = None if self.plane.base is None else self.plane.base[region]
             mean, variance = tile.moments.mean.numpy(), tile.moments.variance().numpy()
             weight = tile.weight
-            targets[0][region] += weight * (scale * (base + s * mean) + offset).astype(np.float32)
+            targets[0][region] += weight * (scale * self.base.compose(base, mean) + offset).astype(np.float32)
             targets[1][region] += weight * ((scale * s) ** 2 * variance).astype(np.float32)
             if outputs.samples is not None:
                 draws = torch.cat(tile.kept).double().numpy()
-                targets[2][region] += weight * (scale * (base + s * draws) + offset)
+                targets[2][region] += weight * (scale * self.base.compose(base, draws) + offset)
         for array in targets:
             tiling.normalise(array)
         if self.plane.base is None:
@@ -903,7 +879,7 @@ def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device:
     preview and as the direct predictor's own result. Shaped like ``reconstruct(...).mean``;
     None for a model of the paper's formulation, which has no base.
     """
-    if model.config.base == "none":
+    if not base_for(model.config).has_base:
         return None
     validate_input(info, image)
     optics = _base_optics(info, model, input_pixel_size_um, wavelength_um, dz_um)

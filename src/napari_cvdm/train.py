@@ -54,6 +54,7 @@ from .config import TrainConfig
 from .data.training import TrainingData, load_training_data
 from .errors import CVDMError, InputError
 from .model import CVDM, ModelConfig, RuntimeOptions, SamplingOptions, low_discrepancy_times, sample_statistics
+from .residual import base_for
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
     model, info = load_model(path)
     if info.task != config.task:
         raise InputError(f"{path.name} is a {info.task} model; it cannot be fine-tuned for the {config.task} task.")
-    if config.base_correction and not info.config.uses_physics:
+    if config.base_correction and not base_for(info.config).needs_tie:
         raise InputError(f"base_correction corrects a TIE base; {path.name} has none "
                          f"({info.config.formulation} formulation).")
     return model, info
@@ -230,19 +231,17 @@ def _model_config(config: TrainConfig, data: TrainingData) -> ModelConfig:
     """The architecture a new run trains: the paper's CVDM, or the residual one with a smooth schedule."""
     spec = data.spec
     residual = {}
-    if config.formulation == "residual":
-        physics = "physics_predictor" if config.base_correction else "physics"
-        residual = dict(base=physics if data.physics_base is not None else "predictor",
-                        residual_scale=data.residual_scale, schedule_downsample=RESIDUAL_SCHEDULE_DOWNSAMPLE,
-                        padding="reflect")
+    if data.residual_base.has_base:
+        residual = dict(base=data.residual_base.kind, residual_scale=data.residual_scale,
+                        schedule_downsample=RESIDUAL_SCHEDULE_DOWNSAMPLE, padding="reflect")
     return ModelConfig(x_channels=spec.target_channels, y_channels=spec.input_channels,
                        preset=config.preset, schedule=config.schedule, **residual)
 
 
-def _with_base_correction(model: CVDM) -> CVDM:
-    """A physics-base model with a new, zero-initialised base predictor: the same reconstruction
-    until training moves P (``ModelConfig.base == "physics_predictor"``)."""
-    corrected = CVDM(dataclasses.replace(model.config, base="physics_predictor"))
+def _with_base_correction(model: CVDM, kind: str) -> CVDM:
+    """A physics-base model as the base ``kind`` that corrects it with a new, zero-initialised base
+    predictor: the same reconstruction until training moves P."""
+    corrected = CVDM(dataclasses.replace(model.config, base=kind))
     missing, unexpected = corrected.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("base_net.") for key in missing), (missing, unexpected)
     log.info("fine-tuning adds a base correction: b = TIE + s·P([I, TIE, noise level]), P trained jointly")
@@ -306,8 +305,8 @@ class Trainer:
         self.data = load_training_data(config, pairs, base)
         spec = self.data.spec
         torch.manual_seed(config.seed)
-        if base_net is not None and config.base_correction and base.config.base == "physics":
-            base_net = _with_base_correction(base_net)
+        if base_net is not None and self.data.residual_base.kind != base_net.config.base:
+            base_net = _with_base_correction(base_net, self.data.residual_base.kind)
         self.model_config = base_net.config if base_net is not None else _model_config(config, self.data)
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)

@@ -105,7 +105,7 @@ def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(mode
 
 def test_a_residual_models_calibration_records_which_mean_it_was_fitted_on(model_path, tmp_path,
                                                                           residual_qpi_writer):
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
 
     model, info = load_model(residual_qpi_writer(tmp_path / "residual.safetensors",
                                                  TIEBase(10.0, 0.521, 1.0, 0.21, 1.75)))
@@ -329,7 +329,7 @@ def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp
 def test_cvdm_calibrate_refits_a_qpi_base_first_only_when_asked_and_only_for_one(model_path, pair_folders,
                                                                                    tmp_path, capsys,
                                                                                    residual_qpi_writer):
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
     from napari_cvdm.data.simulate import phase_object_stack
 
     mistuned = TIEBase(1e6, 0.521, 1.0, 0.21, 1.75, "mirror", 2.0, kind="fft_tie")

@@ -23,7 +23,7 @@ def write_tiny_model(path, task: str, steps: int = 2, n_samples: int = 2, residu
 
     ``residual``: the residual formulation (QPI: a TIE "physics" base; SR: a "predictor" network).
     """
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
 
     torch.manual_seed(0)
     base = ("physics" if task == "qpi" else "predictor") if residual else "none"

@@ -88,7 +88,7 @@ def test_the_button_asks_for_the_layers_and_a_new_file(cell, qpi_model_path, tmp
 def test_a_residual_qpi_model_is_asked_to_refit_its_tie_base_on_the_pair_first(cell, tiny_model_writer, tmp_path,
                                                                                notifications, monkeypatch, wait_idle):
     from napari_cvdm._widgets import _reconstruct
-    from napari_cvdm.base_estimate import TIEBase
+    from napari_cvdm.residual import TIEBase
 
     viewer, stack, phase = cell
     model_path = tiny_model_writer(tmp_path / "residual.safetensors", "qpi", residual=True)

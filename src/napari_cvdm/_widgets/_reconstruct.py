@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import reconstruct as engine
-from ..base_estimate import has_tie_base
+from ..residual import base_for, tie_of
 from ..uncertainty.apply import calibration_line
 from ..uncertainty.calibrate import calibrate_model, refit_base, with_calibration
 from ..checkpoint import ModelInfo, load_model, save_model
@@ -322,7 +322,7 @@ class ReconstructWidget(QWidget):
         fitting = [entry for entry in self.registry.entries()
                    if entry.info is not None and fits_model_info(layer, entry.info)]
         if len(fitting) > 1:
-            fitting = [entry for entry in fitting if entry.info.config.base != "none"]
+            fitting = [entry for entry in fitting if base_for(entry.info.config).has_base]
         return str(fitting[0].path) if len(fitting) == 1 else None
 
     def _preselect_model(self, *_) -> None:
@@ -554,7 +554,7 @@ class ReconstructWidget(QWidget):
                                               "CVDM models (*.safetensors)")  # the dialog confirms an overwrite
         if not path:
             return
-        refit = has_tie_base(self.selected_entry().info) and QMessageBox.question(
+        refit = tie_of(self.selected_entry().info) is not None and QMessageBox.question(
             self, title, "Refit the TIE base's regulariser on this pair first? (Kept only if it lowers the "
                          "base's error on the pair; the error bars are then fitted for the refitted base.)",
         ) == QMessageBox.StandardButton.Yes
@@ -575,7 +575,7 @@ class ReconstructWidget(QWidget):
                 raise InputError(entry.error if entry is not None and entry.error else "No model chosen.")
             if path == entry.path:
                 raise InputError(f"Choose a new file: the calibrated model never replaces {entry.path.name}.")
-            if refit and not has_tie_base(entry.info):
+            if refit and tie_of(entry.info) is None:
                 raise InputError(f"{entry.path.name} has no TIE base to refit: refitting is for residual QPI models.")
             pair = layer_pair(entry.info, input_layer, target_layer)
         except InputError as exc:

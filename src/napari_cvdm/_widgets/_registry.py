@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from ..base_estimate import formulation_words
+from ..residual import formulation_words
 from ..checkpoint import MODEL_SUFFIX, ModelInfo, read_model_info
 from ..errors import ModelFileError
 

@@ -35,6 +35,7 @@ from ..config import FORMULATIONS
 from ..errors import InputError
 from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
 from ..reconstruct import available_devices
+from ..residual import base_for
 from ._errors import describe_failure
 from ._layers import OUTPUT_SUFFIXES, fill_layer_combo
 from ._loss_plot import LossPlot
@@ -297,10 +298,10 @@ class TrainWidget(QWidget):
     def _update_base_correction(self, *_) -> None:
         """The base correction is offered for residual QPI models; a fine-tuned model that has one keeps it."""
         entry = self.registry.get(self.base_model) if self.base_model is not None else None
-        base = entry.info.config.base if entry is not None and entry.info is not None else None
+        base = base_for(entry.info.config) if entry is not None and entry.info is not None else None
         offered = (self.task_name == "qpi" and self.formulation_combo.currentText() == "residual"
-                   and base in (None, "physics", "physics_predictor"))
-        kept = base == "physics_predictor"
+                   and (base is None or base.needs_tie))
+        kept = base is not None and base.corrects_tie
         if not offered or kept:
             self.correction_check.setChecked(kept)
         self.correction_check.setEnabled(offered and not kept)

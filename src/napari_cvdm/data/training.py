@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import InputError, ModelFileError
+from ..residual import ResidualBase, TIEBase, training_base
 from .datasets import (
     ImagePair, TaskSpec, get_task, load_pair_folders, make_validation_set, normalize_pair, pairs_from_arrays,
     random_dihedral, random_patch, split_by_image,
@@ -30,15 +30,9 @@ from .simulate import QPISimulationConfig, SimulatedPairs, SRSimulationConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..base_estimate import TIEBase
     from ..checkpoint import ModelInfo
 
 log = logging.getLogger(__name__)
-
-#: r = (x0 − P(y)) / s for a predictor base: the normalised SR targets span about ±1 and a
-#: trained predictor's error is a few tenths, so r is about unit size.
-PREDICTOR_RESIDUAL_SCALE = 0.25
-
 
 @dataclass
 class TrainingData:
@@ -53,6 +47,7 @@ class TrainingData:
     physics_base: TIEBase | None = None  # of a residual QPI model
     residual_scale: float = 1.0
     validation_pairs: list[ImagePair] = field(default_factory=list)  # raw (unnormalised), for the calibration
+    residual_base: ResidualBase | None = None  # the base kind the run trains (its model's, without s)
 
     def draw_patches(self, batch_size: int, patch_size: int,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +102,14 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
     if small:
         raise InputError(f"Image {small[0]} is smaller than the patch size {config.patch_size}; "
                          "lower patch_size or use larger images.")
+    residual_base = training_base(config.formulation, spec.name, config.base_correction, spec.target_channels,
+                                  spec.input_channels, None if base is None else base.config)
     physics_base = None
-    if config.formulation == "residual" and spec.name == "qpi":
+    if residual_base.needs_tie:
         physics_base = _physics_base(config, spec, source, base, pairs is not None)
-    # a corrected base's P also sees the noise level (napari_cvdm.model.cvdm, "physics_predictor")
-    noise_map = config.base_correction or (base is not None and base.config.base == "physics_predictor")
 
     def normalised(pair):
-        return _normalized_pair(pair, spec, physics_base, noise_map)
+        return _normalized_pair(pair, spec, residual_base, physics_base)
 
     train_pairs = [normalised(p) for p in source.train_pairs]
     validation = None
@@ -126,8 +121,9 @@ def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | N
         validation = make_validation_set([normalised(p) for p in source.validation_pairs],
                                          as_is, config.patch_size, config.validation_patches)
     area = np.array([p.shape[0] * p.shape[1] for p in train_pairs], dtype=np.float64)
+    scale = base.config.residual_scale if base is not None else residual_base.fitted_scale(train_pairs)
     return TrainingData(spec, train_pairs, validation, source.description, source.pixel_size_um, area / area.sum(),
-                        physics_base, _residual_scale(config, spec, train_pairs, base), source.validation_pairs)
+                        physics_base, scale, source.validation_pairs, residual_base)
 
 
 def _task_spec(config: TrainConfig, base: ModelInfo | None = None) -> TaskSpec:
@@ -204,8 +200,6 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
                   pairs_given: bool) -> TIEBase:
     """The TIE base of a residual QPI model: the fine-tuned model's unless ``config.tie_method``
     names another solver, else fitted on the training pairs."""
-    from ..base_estimate import TIEBase
-
     if base is not None and base.base:
         kept = TIEBase.from_dict(base.base)
         if config.tie_method in (None, kept.kind):
@@ -231,36 +225,15 @@ def _physics_base(config: TrainConfig, spec: TaskSpec, source: _Source, base: Mo
     return physics_base
 
 
-def _normalized_pair(pair: ImagePair, spec: TaskSpec, physics_base: TIEBase | None,
-                     noise_map: bool = False) -> ImagePair:
-    """The pair normalised for training; with a physics base, its base phase is appended to the
-    input (normalised like the target), then with ``noise_map`` the stack's noise-level map ν,
-    and the target is shifted to the base's mean phase."""
-    if physics_base is None:
-        return normalize_pair(pair, spec)
-    from ..base_estimate import noise_level_map
-    from ..physics.noise import defocus_relative_noise_std
+def _normalized_pair(pair: ImagePair, spec: TaskSpec, residual_base: ResidualBase,
+                     physics_base: TIEBase | None) -> ImagePair:
+    """The pair normalised for training, its input as the base kind's model takes it
+    (:meth:`~napari_cvdm.residual.bases.ResidualBase.training_pair`: a TIE base appends its phase,
+    normalised like the target, and its noise-level map, and shifts the target to its mean phase)."""
+    def normalize(stack: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        normalised = normalize_pair(ImagePair(pair.name, stack, target), spec)
+        return normalised.input, normalised.target
 
-    noise_std = defocus_relative_noise_std(pair.input) if noise_map else None  # once, for the base and for ν
-    phase = physics_base.phase(pair.input, noise_std=noise_std)
-    target = pair.target - pair.target.mean() + phase.mean()
-    normalised = normalize_pair(ImagePair(pair.name, pair.input, target), spec)
-    channels = [normalised.input, spec.target_normalizer.normalize(phase[None])]
-    if noise_map:
-        channels.append(noise_level_map(noise_std, pair.input.shape))
-    return ImagePair(pair.name, np.concatenate(channels), normalised.target)
-
-
-def _residual_scale(config: TrainConfig, spec: TaskSpec, train_pairs: list[ImagePair],
-                    base: ModelInfo | None) -> float:
-    """s of r = (x0 − b)/s: kept when fine-tuning; twice the RMS of x0 − b for a physics base."""
-    if base is not None:
-        return base.config.residual_scale
-    if config.formulation != "residual":
-        return 1.0
-    if spec.name != "qpi":
-        return PREDICTOR_RESIDUAL_SCALE
-    channels = spec.target_channels
-    base = slice(spec.input_channels, spec.input_channels + channels)  # after the stack; ν may follow
-    squares = [float(np.mean((p.target - p.input[base]) ** 2)) for p in train_pairs]
-    return float(f"{2.0 * math.sqrt(np.mean(squares)):.3g}")
+    inputs, target = residual_base.training_pair(pair.input, pair.target, physics_base, normalize,
+                                                 spec.target_normalizer.normalize)
+    return ImagePair(pair.name, inputs, target)

@@ -20,8 +20,8 @@ model file, old or new, has the same loss with or without it.
 The fixed (``cddpm``) schedule has no schedule parameters and trains on
 ``L_noise`` alone; its schedule terms are still reported as diagnostics.
 
-Predict-and-refine (residual) formulation, ``ModelConfig.base != "none"``
---------------------------------------------------------------------------
+Predict-and-refine (residual) formulation, every ``ModelConfig.base`` but ``"none"``
+-------------------------------------------------------------------------------
 A base estimate ``b(y)`` on the output grid carries what a direct method
 already gets right; the diffusion models only the rest,
 ``r = (x0 − b) / s`` with a fixed ``residual_scale`` s chosen so that r is
@@ -40,7 +40,8 @@ any sampler unchanged (x̂0 is clipped at ±2/s, the largest |x0 − b| for data
 base in [−1, 1]) and returns ``x̂ = b + s r̂``: the mean of N samples is
 ``b + s·mean(r̂)``, the variance ``s²·var(r̂)``, the γ map the residual schedule's.
 
-Bases (``ModelConfig.base``):
+Bases (``ModelConfig.base``; what each adds to the network is :data:`BASE_LAYOUTS`, how each is
+built from data is its class in :mod:`napari_cvdm.residual.bases`):
 
 - ``"physics"``: b is computed outside the network from the physics (QPI:
   transport of intensity on the whole image plane) and arrives as the last
@@ -53,7 +54,7 @@ Bases (``ModelConfig.base``):
   ``L_base`` as above, so P learns the posterior mean of the physics base's own residual
   (on noisy QPI stacks a one-pass L2 network on the TIE base beats the diffusion's mean,
   docs/results.md stop 23). ν is a constant map of the stack's noise level, which sets the
-  TIE regulariser and so what the base lost (:func:`napari_cvdm.base_estimate.noise_level_map`);
+  TIE regulariser and so what the base lost (:func:`napari_cvdm.residual.tie_base.noise_level_map`);
   it arrives after b_TIE and only P sees it. The condition keeps the physics model's channels,
   ``c = [y, b]``, so a physics model fine-tunes into this one; P's zero-initialised output
   layer makes the new model start as the old one.
@@ -78,8 +79,31 @@ from torch import nn
 from .schedule import SCHEDULE_KINDS, Schedule
 from .unet import DENOISER_PRESETS, PADDINGS, SCHEDULE_PRESETS, UNet
 
-#: ``none`` = the paper's formulation; the others are the residual formulation's bases.
-BASES = ("none", "physics", "predictor", "physics_predictor")
+
+
+class BaseLayout(NamedTuple):
+    """What a base kind adds to the network: the torch half of :mod:`napari_cvdm.residual.bases`.
+
+    ``residual``: the model samples r = (x0 − b)/s rather than x0; ``outside``: a physics base
+    b_TIE (``x_channels``) arrives after y in the model's input; ``predictor``: a U-Net P
+    computes b (or, with ``outside``, s times b_TIE's correction); ``noise_map``: ν (one channel)
+    follows b_TIE in the input, P's alone.
+    """
+
+    residual: bool
+    outside: bool = False
+    predictor: bool = False
+    noise_map: bool = False
+
+
+#: The layout of each ``ModelConfig.base``; ``none`` = the paper's formulation.
+BASE_LAYOUTS = {
+    "none": BaseLayout(residual=False),
+    "physics": BaseLayout(residual=True, outside=True),
+    "predictor": BaseLayout(residual=True, predictor=True),
+    "physics_predictor": BaseLayout(residual=True, outside=True, predictor=True, noise_map=True),
+}
+BASES = tuple(BASE_LAYOUTS)
 
 ODE_WEIGHT = 2.0
 PRIOR_WEIGHT = 2.0
@@ -124,31 +148,26 @@ class ModelConfig:
             raise ValueError(f"residual_scale must be a number from 1e-3 to 1e3 (got {self.residual_scale!r})")
 
     @property
+    def layout(self) -> BaseLayout:
+        """What the base kind adds to the network (:data:`BASE_LAYOUTS`)."""
+        return BASE_LAYOUTS[self.base]
+
+    @property
     def formulation(self) -> str:
         """``"paper"`` (CVDM on x0) or ``"residual"`` (CVDM on r = (x0 − b)/s)."""
-        return "paper" if self.base == "none" else "residual"
-
-    @property
-    def uses_physics(self) -> bool:
-        """Whether the base starts from a physics solve that arrives with the input."""
-        return self.base in ("physics", "physics_predictor")
-
-    @property
-    def uses_predictor(self) -> bool:
-        """Whether a jointly trained U-Net P computes (part of) the base."""
-        return self.base in ("predictor", "physics_predictor")
+        return "residual" if self.layout.residual else "paper"
 
     @property
     def condition_channels(self) -> int:
         """Channels of the condition c the schedule and denoiser see: y, plus b when residual."""
-        return self.y_channels + (0 if self.base == "none" else self.x_channels)
+        return self.y_channels + (self.x_channels if self.layout.residual else 0)
 
     @property
     def input_channels(self) -> int:
         """Channels the model takes: y, plus the physics base when it comes from outside, plus
         the noise-level map ν that a corrected physics base's P sees."""
-        physics = self.x_channels if self.uses_physics else 0
-        return self.y_channels + physics + (1 if self.base == "physics_predictor" else 0)
+        layout = self.layout
+        return self.y_channels + (self.x_channels if layout.outside else 0) + (1 if layout.noise_map else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,33 +219,36 @@ class CVDM(nn.Module):
         #: weight of L_prior (the oracle benchmark's ablation sets it to 0)
         self.prior_weight = PRIOR_WEIGHT
         self.base_net = None
-        if config.uses_predictor:
+        if config.layout.predictor:
             self.base_net = UNet(config.input_channels, config.x_channels, DENOISER_PRESETS[config.preset],
                                  padding=config.padding)
 
     def condition(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(c, b)``: the condition ``(B, condition_channels, H, W)`` and the base ``(B, Cx, H, W)``
-        (None for the paper's formulation, where ``c = y``)."""
-        if self.config.base == "none":
+        (None for the paper's formulation, where ``c = y``).
+
+        The input ``y`` ``(B, input_channels, H, W)`` is ``[y, b_TIE, ν]`` as far as the layout has
+        them; b = b_TIE, P(y), or b_TIE + s·P(y). The condition carries b through a stop-gradient.
+        """
+        config = self.config
+        layout = config.layout
+        if not layout.residual:
             return y, None
-        if self.config.base == "physics":
-            return y, y[:, self.config.y_channels:]
-        if self.config.base == "physics_predictor":
-            measured = y[:, :self.config.y_channels]
-            tie = y[:, self.config.y_channels:self.config.condition_channels]  # ν, P's alone, follows
-            base = tie + self.config.residual_scale * self.base_net(y)
-            return torch.cat([measured, base.detach()], dim=1), base
-        base = self.base_net(y)
-        return torch.cat([y, base.detach()], dim=1), base
+        if layout.outside and self.base_net is None:
+            return y, y[:, config.y_channels:]
+        base = y[:, config.y_channels:config.condition_channels] if layout.outside else None  # ν may follow
+        if self.base_net is not None:
+            base = compose_residual(base, self.base_net(y), config.residual_scale)
+        return torch.cat([y[:, :config.y_channels], base.detach()], dim=1), base
 
     def to_output(self, residual: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
         """The sampled quantity back in normalised target units: ``b + s r`` (``r`` itself without a base)."""
-        return residual if base is None else base + self.config.residual_scale * residual
+        return compose_residual(base, residual, self.config.residual_scale)
 
     @property
     def clip(self) -> float:
         """Data range of x̂0 in the sampled space: ±1, or ±2/s for a residual."""
-        return 1.0 if self.config.base == "none" else 2.0 / self.config.residual_scale
+        return 2.0 / self.config.residual_scale if self.config.layout.residual else 1.0
 
     def predict_noise(self, x_t: torch.Tensor, c: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """ε̂ = ε_θ(concat[x_t, c], γ_t), shaped like ``x_t``; ``c`` from :meth:`condition`."""
@@ -280,6 +302,12 @@ class CVDM(nn.Module):
                 + REGULARISER_WEIGHT * regulariser_loss
             )
         return LossTerms(total, noise_loss, ode_loss, prior_loss, regulariser_loss, base_loss)
+
+
+def compose_residual(base, residual, scale: float):
+    """``b + s·r``, the residual formulation's output from its base b and residual r (tensors or
+    arrays of one shape, normalised target units); ``r`` itself when there is no base (None)."""
+    return residual if base is None else base + scale * residual
 
 
 def refinement_weight(refinement: np.ndarray, variance: np.ndarray, n_samples: int) -> float:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..base_estimate import FIT_IMAGES, TIEBase, has_tie_base
+from ..residual import FIT_IMAGES, TIEBase, tie_of
 from ..checkpoint import ModelInfo
 from ..errors import InputError
 from .conformal import Calibration, fit_calibration
@@ -112,7 +112,7 @@ def refit_base(info: ModelInfo, pairs: Sequence, input_pixel_size_um: float | No
     """``info`` with its TIE base's regulariser refitted on ``pairs`` (:meth:`TIEBase.refit`), and a
     sentence saying what changed. For a residual QPI model with a physics base (InputError otherwise);
     QPI targets are phases in rad. Do it before calibrating: the error bars hold for the base they saw."""
-    if not has_tie_base(info):
+    if tie_of(info) is None:
         raise InputError("Only a residual QPI model with a physics (TIE) base has a base regulariser to refit.")
     if not pairs:
         raise InputError("No pairs to refit the base on: give at least one input/target pair.")

@@ -1,6 +1,7 @@
 """The physics base b(y) of residual QPI models: a TIE phase of the whole plane, in target units.
 
-The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate. For
+The residual formulation (:mod:`napari_cvdm.model.cvdm`) refines a base estimate
+(:mod:`napari_cvdm.residual.bases` builds it per base kind). For
 QPI the base comes from the physics: a TIE solve (``kind``: ``us_tie``, the universal-solution
 TIE, which corrects the linear TIE's error on strong phase objects by propagating its own
 estimate back to ±dz; or the single ``fft_tie`` solve, which older models all use; new
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .physics.tie import (
+from ..physics.tie import (
     BOUNDARIES,
     NOISE_FLOOR,
     fft_tie,
@@ -191,11 +192,6 @@ def _fit_pairs(stacks, phases) -> tuple[list[np.ndarray], list[np.ndarray]]:
             [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]])
 
 
-def has_tie_base(info) -> bool:
-    """Whether a model (its ``ModelInfo``) is a residual model with a physics (TIE) base."""
-    return info.config.uses_physics and bool(info.base)
-
-
 def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | None) -> str | None:
     """A warning sentence when the input's optics differ from the model's training optics by > 10 %."""
     differ = [f"{name} {given:g} µm (model: {trained:g} µm)"
@@ -206,18 +202,3 @@ def optics_mismatch(base: TIEBase, wavelength_um: float | None, dz_um: float | N
         return None
     return ("The input's " + " and ".join(differ) + " differ from the model's training optics; the TIE base "
             "uses the input's, but the refinement was trained on the model's.")
-
-
-def formulation_words(info) -> str:
-    """What the model's reconstruction is built from, in a few words (model card, info)."""
-    base = info.config.base
-    if info.config.uses_physics:
-        tie = info.base or {}
-        solver = {"us_tie": "US-TIE", "fft_tie": "FFT-TIE"}.get(tie.get("kind", "fft_tie"), "TIE")
-        corrected = (" corrected by a jointly trained direct (L2) prediction that reads the stack's noise level"
-                     if base == "physics_predictor" else "")
-        return (f"residual — refines the {solver} phase ({tie.get('boundary', '?')} boundary) of the whole image"
-                f"{corrected}" if tie else f"residual — refines a physics base{corrected}")
-    if base == "predictor":
-        return "residual — refines a jointly trained direct (L2) prediction"
-    return "paper (CVDM on the image itself)"
