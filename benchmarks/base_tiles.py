@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 torch.set_num_threads(1)
 print('device: CPU, 1 thread, torch', torch.__version__)
-import napari_cvdm.reconstruct as engine
+import napari_cvdm.engine as engine
 from napari_cvdm import metrics
 from napari_cvdm.checkpoint import load_model
 from napari_cvdm.data.simulate import SR_UNSEEN_TEST, simulate_sr
@@ -28,7 +28,7 @@ for i in range(12):
     target = metrics.to_unit_range(s.target)
     out={}
     for tile in (512, 256):
-        engine.BASE_TILE = tile
+        engine.tiling.BASE_TILE = tile
         t=time.perf_counter(); b = engine.reconstruct_base(model, info, s.widefield, device='cpu', input_pixel_size_um=s.camera_pixel_um); dt=time.perf_counter()-t
         est = metrics.scale_to_reference(b, target)
         out[tile]=(metrics.ms_ssim(est,target,data_range=1.0), metrics.psnr(est,target,data_range=1.0), dt)

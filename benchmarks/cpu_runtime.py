@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_cvdm.checkpoint import load_model  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 
 MODELS = {"qpi": ROOT / "models" / "cvdm-qpi-small.safetensors", "sr": ROOT / "models" / "cvdm-sr-small.safetensors"}
 

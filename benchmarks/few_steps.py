@@ -29,7 +29,7 @@ import nfe  # noqa: E402
 
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.model.samplers import LOG_SNR_MAX  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 
 
 def timed_run(task: str, image, kwargs, seed: int, steps: int, log_snr_range, samples: int):

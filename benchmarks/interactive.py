@@ -33,7 +33,7 @@ from cpu_runtime import input_image  # noqa: E402
 
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.physics import upsample  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
 
 MODELS = {"qpi": ROOT / "models" / "cvdm-qpi-residual.safetensors",
           "sr": ROOT / "models" / "cvdm-sr-residual.safetensors"}

@@ -6,7 +6,7 @@ On the unseen test sets of ``benchmarks/unseen.py`` (QPI: phase objects from the
 photos of ``--source-images`` at ``--noise``; SR: ``SR_UNSEEN_TEST``, its kinds in turn),
 ``--size``² outputs, the shipped residual models, N = ``--samples`` per image, image i drawn
 with seed i by every configuration. Each configuration goes through
-:func:`napari_cvdm.reconstruct.reconstruct` as ``cvdm predict`` would. The reference is the
+:func:`napari_cvdm.engine.reconstruct` as ``cvdm predict`` would. The reference is the
 deterministic ``dpm_solver_2m`` at ``--reference-nfe`` steps: with the same seed its chains start
 from the same x₁ as every other configuration's, so the ODE rows differ from it by their
 discretisation error alone (the SDE rows also by their own noise, which the paired standard
@@ -39,7 +39,7 @@ from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import SR_UNSEEN_TEST, simulate_sr, split_source_files  # noqa: E402
 from napari_cvdm.model.samplers import LOG_SNR_MAX  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
 
 MODELS = {"qpi": ROOT / "models" / "cvdm-qpi-residual.safetensors",
           "sr": ROOT / "models" / "cvdm-sr-residual.safetensors"}

@@ -44,7 +44,7 @@ from napari_cvdm.data.simulate import STRUCTURE_KINDS, QPISimulationConfig, simu
 from napari_cvdm.model import DENOISER_PRESETS, SamplingOptions, UNet, sample_statistics  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
-from napari_cvdm.reconstruct import resolve_device  # noqa: E402
+from napari_cvdm.engine import resolve_device  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor, train  # noqa: E402
 
 TEST_SPLIT = 2

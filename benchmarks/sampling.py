@@ -234,7 +234,7 @@ def tiling_check(model, condition: torch.Tensor, args, sampler: str = "dpm_solve
     96-px tiles overlapping by 32, with the engine's weights and position-keyed noise. A
     second untiled run with other noise shows how much an N-sample variance itself scatters.
     """
-    from napari_cvdm.reconstruct import NoiseField, tile_weights
+    from napari_cvdm.engine import NoiseField, tile_weights
 
     y = condition[..., :64, :160]
     n, width, overlap, spans = args.samples, 160, 32, [(0, 96), (64, 160)]

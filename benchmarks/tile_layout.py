@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from nfe import MODELS, inputs  # noqa: E402
 
-from napari_cvdm import metrics, reconstruct as engine  # noqa: E402
+from napari_cvdm import engine, metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 
 
 def stop16_spans(length: int, tile: int | None, overlap: int, align: int) -> list[tuple[int, int]]:

@@ -27,7 +27,7 @@ from nfe import MODELS, inputs  # noqa: E402
 
 from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 
 TILES = (256, 128)
 
