@@ -55,6 +55,16 @@ def input_optics(info: ModelInfo, wavelength_um: float | None = None, dz_um: flo
     return optics, source
 
 
+def summary_fields(info: ModelInfo, input_pixel_size_um: float | None, wavelength_um: float | None = None,
+                   dz_um: float | None = None) -> dict:
+    """The summary's fields that do not depend on the data: units, optics and their source, the map's kind."""
+    optics, source = input_optics(info, wavelength_um, dz_um)
+    pixel = input_pixel_size_um or info.input_pixel_size_um
+    return {"units": "input noise std", "optics": optics, "optics_source": source, "input_pixel_size_um": pixel,
+            "map": "signed residual, camera grid" if info.task == "sr" else "RMS over the two planes",
+            **({"amplitude": QPI_AMPLITUDE} if info.task == "qpi" else {})}
+
+
 def consistency_output(info: ModelInfo, mean: np.ndarray, image: np.ndarray, input_pixel_size_um: float | None,
                        wavelength_um: float | None = None, dz_um: float | None = None) -> ConsistencyOutput:
     """The forward model of ``mean`` against the raw input ``image`` (module docstring), every plane.
@@ -63,11 +73,9 @@ def consistency_output(info: ModelInfo, mean: np.ndarray, image: np.ndarray, inp
     """
     from .physics.consistency import reconstruction_consistency
 
-    optics, source = input_optics(info, wavelength_um, dz_um)
+    optics, _ = input_optics(info, wavelength_um, dz_um)
     pixel = input_pixel_size_um or info.input_pixel_size_um
-    summary = {"units": "input noise std", "optics": optics, "optics_source": source, "input_pixel_size_um": pixel,
-               "map": "signed residual, camera grid" if info.task == "sr" else "RMS over the two planes",
-               **({"amplitude": QPI_AMPLITUDE} if info.task == "qpi" else {})}
+    summary = summary_fields(info, input_pixel_size_um, wavelength_um, dz_um)
     on_input_grid = info.task == "sr"
     if info.task not in ("sr", "qpi") or pixel is None:
         why = "no pixel size" if pixel is None else f"no forward model for a {info.task} model"

@@ -11,6 +11,11 @@ that the CLI (``cvdm predict``), the Reconstruct widget and the Python API go th
    (:mod:`napari_cvdm.consistency`);
 5. the record (the sidecar's JSON), then every output plane by plane to the ``sink``.
 
+A file sink (any sink but :class:`MemorySink`) gets each plane as soon as it is finished: the job
+then holds one plane's outputs at a time, whatever the number of planes, and the input may be a
+lazy array (dask, zarr) read one plane at a time. Such a sink may also say which planes an earlier,
+stopped run already wrote (``open(layout)`` returns their records): those are not computed again.
+
 Outputs (:data:`OUTPUTS`) are float32 ``(..., H, W)`` arrays; those of one run share the leading
 shape of the input's planes, the samples add an axis N before it.
 """
@@ -30,6 +35,7 @@ from .uncertainty.apply import UncertaintyOutputs, uncertainty_outputs
 from .checkpoint import ModelInfo
 from .consistency import ConsistencyOutput, consistency_output
 from .engine.settings import ReconstructionSettings
+from .plane_outputs import PlaneOutputs, output_layout
 from .preview import Preview, classical_preview, has_classical_preview, with_first_base
 from . import engine
 from .engine import Reconstruction, check_pixel_size, plane_count, validate_input
@@ -78,9 +84,10 @@ class Prediction:
     uncertainty: UncertaintyOutputs
     consistency: ConsistencyOutput
     record: dict = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The output arrays that exist, by name (:data:`OUTPUTS` order)."""
+        """The output arrays that exist, by name (:data:`OUTPUTS` order); none for a streamed job."""
         result, uncertainty = self.reconstruction, self.uncertainty
         n_samples = int(result.metadata.get("n_samples", 2))
         arrays = {"mean": result.mean, "variance": result.variance if n_samples > 1 else None,
@@ -97,7 +104,11 @@ class Prediction:
 
 class Sink(Protocol):
     """Where a job's outputs go, plane by plane: ``put(name, plane, planes, data)`` for the 2-D plane
-    ``plane`` of ``planes`` of output ``name`` (its leading axes in C order), then ``close(prediction)``."""
+    ``plane`` of ``planes`` of output ``name`` (its leading axes in C order), then ``close(prediction)``.
+
+    A streaming sink may also have ``open(layout) -> {plane: record}`` (called before computing, with
+    every output's :class:`~napari_cvdm.plane_outputs.OutputPlan`; returns the planes already written
+    by a stopped run) and ``plane_done(plane, record)`` (after every output of input plane ``plane``)."""
 
     def put(self, name: str, plane: int, planes: int, data: np.ndarray) -> None: ...
 
@@ -106,6 +117,8 @@ class Sink(Protocol):
 
 class MemorySink:
     """Keeps every output in memory (the widget and the Python API): ``arrays[name]``, shaped as the job gave it."""
+
+    holds_all = True  # the job computes every plane in memory, as a whole
 
     def __init__(self):
         self._planes: dict[str, list[np.ndarray]] = {}
@@ -154,6 +167,8 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
     settings.check()
     for note in check_input(info, image, acquisition):
         hooks.note(note)
+    if sink is not None and not getattr(sink, "holds_all", False):
+        return _predict_planes(model, info, image, acquisition, settings, hooks, sink, model_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # said through hooks.note above
         result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
@@ -168,6 +183,39 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
     prediction = Prediction(result, uncertainty, consistency)
     prediction.record = _record(prediction, info, image, acquisition, model_path)
     _deliver(prediction, sink)
+    return prediction
+
+
+def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, settings: ReconstructionSettings,
+                    hooks: Hooks, sink: Sink, model_path: str | Path | None) -> Prediction:
+    """The job plane by plane into a streaming ``sink``: one plane's outputs held at a time; the planes
+    the sink already holds (a resumed run) are skipped."""
+    layout = output_layout(info, image, settings, acquisition.pixel_size_um)
+    done = dict(sink.open(layout) or {}) if hasattr(sink, "open") else {}
+    planes = PlaneOutputs(info, settings, acquisition.pixel_size_um, acquisition.wavelength_um, acquisition.dz_um,
+                          records=done)
+
+    def on_plane(p: int, result: Reconstruction, raw: np.ndarray) -> None:
+        arrays = planes.plane(p, result, raw)
+        for name, plan in layout.items():
+            flat = arrays[name].reshape(-1, *arrays[name].shape[-2:])
+            for i, data in enumerate(flat):
+                sink.put(name, p * len(flat) + i, plan.planes, data)
+        if hasattr(sink, "plane_done"):
+            sink.plane_done(p, planes.records[p])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # said through hooks.note above
+        result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
+                                    input_pixel_size_um=acquisition.pixel_size_um,
+                                    wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um,
+                                    on_partial=hooks.on_partial, on_plane=on_plane, skip=frozenset(done))
+    result.metadata = planes.metadata(result.metadata)
+    uncertainty = planes.uncertainty(result.metadata)
+    hooks.note(" ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note))
+    prediction = Prediction(result, uncertainty, planes.consistency(image), layout=layout)
+    prediction.record = _record(prediction, info, image, acquisition, model_path)
+    sink.close(prediction)
     return prediction
 
 

@@ -44,42 +44,63 @@ def _task_words(info: ModelInfo) -> str:
     return {"sr": "super-resolution", "qpi": "QPI"}.get(info.task, info.task)
 
 
+def is_lazy(image) -> bool:
+    """True for an array-like read plane by plane (dask, zarr): it has a shape and dtype but is no ndarray."""
+    return not isinstance(image, np.ndarray) and hasattr(image, "shape") and hasattr(image, "dtype")
+
+
 def validate_input(info: ModelInfo, image: np.ndarray, axes: str | None = None) -> None:
     """Raise InputError with one clear sentence if ``image`` cannot go through this model.
 
     Cheap (shape, dtype, finiteness): safe to call on the GUI thread. ``axes`` (e.g.
-    ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model.
+    ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model. A lazy
+    array (dask, zarr) is checked plane by plane and never held whole.
     """
-    channels = int(info.config.y_channels)
+    if is_lazy(image):
+        _check_layout(info, tuple(image.shape), np.dtype(image.dtype), axes)
+        for p in range(plane_count(info, image)):
+            _check_values(plane_at(info, image, p))
+        return
     try:
         array = np.asarray(image)
     except Exception:  # noqa: BLE001 - anything not array-like
         raise InputError(f"The input is not an image (got {type(image).__name__}).") from None
-    if array.dtype.kind not in "uif":
-        raise InputError(f"The input holds {array.dtype} values; expected a grayscale intensity image.")
+    _check_layout(info, array.shape, array.dtype, axes)
+    _check_values(array)
+
+
+def _check_layout(info: ModelInfo, shape: tuple, dtype: np.dtype, axes: str | None) -> None:
+    """InputError when an array of ``shape`` and ``dtype`` does not fit the model's layout."""
+    channels, ndim = int(info.config.y_channels), len(shape)
+    if dtype.kind not in "uif":
+        raise InputError(f"The input holds {dtype} values; expected a grayscale intensity image.")
     if channels == 1:
         layout = "a 2-D image (H, W) or a stack (…, H, W)"
         if info.task == "sr":
             layout = "a raw widefield image (H, W) or a stack of them (…, H, W)"
-        if array.ndim < 2:
-            raise InputError(f"This {_task_words(info)} model needs {layout}; got shape {array.shape}.")
-        if axes and "C" in axes and array.shape[axes.index("C")] > 1:
+        if ndim < 2:
+            raise InputError(f"This {_task_words(info)} model needs {layout}; got shape {shape}.")
+        if axes and "C" in axes and shape[axes.index("C")] > 1:
             raise InputError(
-                f"The image has {array.shape[axes.index('C')]} channels (axes {axes}), but this "
+                f"The image has {shape[axes.index('C')]} channels (axes {axes}), but this "
                 f"{_task_words(info)} model takes single-channel images"
-                + ("; a defocus stack needs a QPI model." if array.shape[axes.index("C")] == 2 else ".")
+                + ("; a defocus stack needs a QPI model." if shape[axes.index("C")] == 2 else ".")
             )
     else:
         what = "a defocus stack [I(−dz), I(+dz)]" if info.task == "qpi" else f"{channels} channels"
-        if array.ndim < 3 or array.shape[-3] != channels:
+        if ndim < 3 or shape[-3] != channels:
             raise InputError(f"This {_task_words(info)} model needs {what} shaped (…, {channels}, H, W); "
-                             f"got shape {array.shape}.")
-        if axes and len(axes) == array.ndim and axes[-3] not in "CZ":
+                             f"got shape {shape}.")
+        if axes and len(axes) == ndim and axes[-3] not in "CZ":
             raise InputError(f"This {_task_words(info)} model needs the channel axis third from last "
                              f"(…, {channels}, H, W); the image's axes are {axes}.")
-    if min(array.shape[-2:]) < MIN_INPUT_SIZE:
-        raise InputError(f"The image is too small ({array.shape[-2]}×{array.shape[-1]} pixels); "
+    if min(shape[-2:]) < MIN_INPUT_SIZE:
+        raise InputError(f"The image is too small ({shape[-2]}×{shape[-1]} pixels); "
                          f"at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} is needed.")
+
+
+def _check_values(array: np.ndarray) -> None:
+    """InputError for NaN, infinite or overflowing values in ``array``."""
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
         if not finite.all():
@@ -132,6 +153,18 @@ def planes_of(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int
     return image.reshape(-1, channels, *image.shape[-2:]), lead
 
 
-def plane_count(info: ModelInfo, image: np.ndarray) -> int:
+def lead_shape(info: ModelInfo, image) -> tuple[int, ...]:
+    """The leading (plane) axes of ``image``'s shape for ``info``'s model."""
+    return tuple(image.shape[:-2] if int(info.config.y_channels) == 1 else image.shape[:-3])
+
+
+def plane_count(info: ModelInfo, image) -> int:
     """How many planes ``image`` holds for ``info``'s model (leading axes flattened)."""
-    return int(planes_of(info, np.asarray(image))[0].shape[0])
+    return int(np.prod(lead_shape(info, image), dtype=np.int64))
+
+
+def plane_at(info: ModelInfo, image, p: int) -> np.ndarray:
+    """Plane ``p`` (C order of the leading axes) as an ndarray ``(Cy, h, w)``; reads only that plane of a lazy array."""
+    lead, channels = lead_shape(info, image), int(info.config.y_channels)
+    index = tuple(int(i) for i in np.unravel_index(p, lead)) if lead else ()
+    return np.asarray(image[index]).reshape(channels, *image.shape[-2:])

@@ -26,7 +26,9 @@ from ..errors import Cancelled, InputError
 from ..model import CVDM, SAMPLERS
 from ..model.samplers import RuntimeOptions, SamplingOptions
 from ..residual import base_for
-from .checks import check_call, check_memory, check_pixel_size, planes_of, validate_input
+from .checks import (
+    check_call, check_memory, check_pixel_size, lead_shape, plane_at, plane_count, planes_of, validate_input,
+)
 from .plane import PlaneRun, ProgressCallback, StepCounter, StopCheck, prepare_plane, steps_per_plane
 from .settings import ReconstructionSettings, autocast_dtype, resolve_device
 from .tiling import NOISE_BLOCK, TileGrid, network_stride
@@ -61,6 +63,10 @@ class Reconstruction:
     metadata: dict = field(default_factory=dict)
 
 
+#: ``on_plane(p, result, raw)``: plane ``p``'s finished result (leading axes dropped) and its raw input ``(Cy, h, w)``.
+PlaneCallback = Callable[[int, "Reconstruction", np.ndarray], None]
+
+
 def reconstruct(
     model: CVDM,
     info: ModelInfo,
@@ -75,6 +81,8 @@ def reconstruct(
     dz_um: float | None = None,
     on_partial: PartialCallback | None = None,
     on_base: Callable[[int, np.ndarray], None] | None = None,
+    on_plane: PlaneCallback | None = None,
+    skip: frozenset[int] = frozenset(),
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
@@ -88,51 +96,70 @@ def reconstruct(
     each plane (:meth:`Plane.base_in_target_units`) as soon as it exists, before that plane's
     λ and samples. ``input_pixel_size_um``: None = the model's. ``upsampled``:
     an SR input already on the output grid. ``wavelength_um``/``dz_um``: QPI optics (None: the model's).
+
+    Streaming: with ``on_plane``, only one plane's outputs are held; each finished plane goes to
+    ``on_plane(p, result, raw)``, ``on_partial`` sees the current plane alone, the returned
+    Reconstruction carries the metadata and no arrays, and the planes in ``skip`` are not computed
+    (their λ and refinement weight are None in the metadata). ``image`` may then be lazy (dask, zarr).
     """
     settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
     factor = 1 if upsampled else int(info.upsampling_factor)
-    planes, lead = planes_of(info, np.asarray(image))
-    outputs = Outputs.allocate(info, lead, len(planes), planes.shape[-2] * factor, planes.shape[-1] * factor,
-                                int(settings.n_samples) if settings.keep_samples else 0)
+    count, lead = plane_count(info, image), lead_shape(info, image)
+    held = 1 if on_plane is not None else count
+    outputs = Outputs.allocate(info, lead if on_plane is None else (), held, image.shape[-2] * factor,
+                                image.shape[-1] * factor, int(settings.n_samples) if settings.keep_samples else 0)
     tiling = TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
                              network_stride(model))
     run = _sampling(info, settings, device, tiling)
     pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
     metadata = _metadata(settings, run, model, device, tiling, input_pixel_size_um)
 
-    def result(samples_done: int, plane: int, final: bool) -> Reconstruction:
+    def result(samples_done: int, plane: int, final: bool, with_samples: bool = False) -> Reconstruction:
         per_plane = {key: list(metadata[key]) for key in ("grid_reference_lambda", "refinement_weight")}
         return outputs.result(info, pixel_size, {**metadata, **per_plane, "samples_done": samples_done,
-                                                 "plane": plane, "planes": len(planes)}, final)
+                                                 "plane": plane, "planes": count}, final, with_samples)
 
-    counter = StepCounter(len(planes) * steps_per_plane(model, tiling, run), progress, should_stop)
+    todo = [p for p in range(count) if p not in skip]
+    counter = StepCounter(len(todo) * steps_per_plane(model, tiling, run), progress, should_stop)
     finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
-        for p, raw in enumerate(planes):
+        for p in range(count):
+            if p in skip:
+                metadata["grid_reference_lambda"].append(None)
+                metadata["refinement_weight"].append(None)
+                continue
+            raw = plane_at(info, image, p)
             plane_run = PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter,
                                        on_base)
-            for done in _rounds(plane_run, p, model, run, outputs, tiling, metadata, counter, should_stop):
+            slot = 0 if on_plane is not None else p
+            for done in _rounds(plane_run, p, slot, model, run, outputs, tiling, metadata, counter, should_stop):
                 finished = [finished[0] + 1, p, done]
-                if on_partial is not None and (p < len(planes) - 1 or done < run.n_samples):
+                if on_partial is not None and (p < todo[-1] or done < run.n_samples):  # todo holds p
                     on_partial(result(done, p, final=False))
+            if on_plane is not None:
+                on_plane(p, result(run.n_samples, p, final=False, with_samples=True), raw)
     except Cancelled as stopped:
-        partial = result(finished[2], finished[1], final=False) if finished[0] else None
+        partial = result(finished[2], finished[1], final=False) if finished[0] and on_plane is None else None
         raise Cancelled(str(stopped), partial=partial) from None
-    return result(run.n_samples, len(planes) - 1, final=True)
+    final = result(run.n_samples, count - 1, final=True)
+    if on_plane is not None:
+        final = replace(final, mean=None, variance=None, gamma_map=None, samples=None)
+    return final
 
 
-def _rounds(plane_run: PlaneRun, p: int, model: CVDM, run: Sampling, outputs: Outputs, tiling: TileGrid,
-            metadata: dict, counter: StepCounter, should_stop: StopCheck | None):
-    """Draw plane ``p``'s samples round by round into ``outputs``, recording its λ reference and refinement
-    weight in ``metadata``; yields the samples done after each round."""
+def _rounds(plane_run: PlaneRun, p: int, slot: int, model: CVDM, run: Sampling, outputs: Outputs,
+            tiling: TileGrid, metadata: dict, counter: StepCounter, should_stop: StopCheck | None):
+    """Draw plane ``p``'s samples round by round into ``outputs[slot]``, recording its λ reference and
+    refinement weight in ``metadata``; yields the samples done after each round."""
     metadata["grid_reference_lambda"].append(plane_run.lam_ref)
     metadata["refinement_weight"].append(None)
-    plane_run.blend_gamma_into(model, outputs, p, tiling)
+    plane_run.blend_gamma_into(model, outputs, slot, tiling)
     for first in range(0, run.n_samples, run.chunk):
         plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick, should_stop)
-        metadata["refinement_weight"][p] = plane_run.blend_into(outputs, p, tiling, run.settings.shrink_refinement)
+        metadata["refinement_weight"][p] = plane_run.blend_into(outputs, slot, tiling,
+                                                                run.settings.shrink_refinement)
         yield plane_run.count
 
 
@@ -235,14 +262,16 @@ class Outputs:
         spatial = array.shape[-2:] if self.x_channels == 1 else array.shape[-3:]
         return array.reshape(*self.lead, *extra, *spatial)
 
-    def result(self, info: ModelInfo, pixel_size: float | None, metadata: dict, final: bool) -> Reconstruction:
-        """The arrays as a :class:`Reconstruction` (copies unless ``final``; no samples unless ``final``)."""
+    def result(self, info: ModelInfo, pixel_size: float | None, metadata: dict, final: bool,
+               with_samples: bool = False) -> Reconstruction:
+        """The arrays as a :class:`Reconstruction` (copies unless ``final``; no samples unless ``final``
+        or ``with_samples``)."""
         own = (lambda a: a) if final else np.copy
+        samples = self.samples if final or with_samples else None
         return Reconstruction(
             mean=self._shaped(own(self.mean)), variance=self._shaped(own(self.variance)),
             gamma_map=self._shaped(own(self.gamma)),
-            samples=self._shaped(self.samples, (self.samples.shape[1],)) if final and self.samples is not None
-            else None,
+            samples=None if samples is None else self._shaped(own(samples), (samples.shape[1],)),
             upsampling_factor=int(info.upsampling_factor),
             pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
             unit=info.target_unit, metadata=metadata,

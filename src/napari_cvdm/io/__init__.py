@@ -1,4 +1,6 @@
-"""TIFF input/output with physical pixel sizes, and JSON sidecars.
+"""Image input/output: TIFF here (read, write, sidecars); OME-Zarr in :mod:`.omezarr`; sinks in :mod:`.sinks`.
+
+TIFF input/output with physical pixel sizes, and JSON sidecars.
 
 Reading returns the array, its axes (when the file names them: ImageJ
 hyperstacks and OME-TIFF) and the pixel size in µm from the file's resolution
@@ -21,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .checkpoint import write_atomically
-from .errors import InputError
+from ..checkpoint import write_atomically
+from ..errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -208,31 +210,4 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-class TiffSink:
-    """Writes a prediction's outputs as TIFFs (``paths[name]``) and its record as the JSON ``sidecar``.
-
-    ``axes``: the outputs' ImageJ axes (None: the default for their dimensions); the samples are
-    written with their N first, as frames (T) unless the input is a time series itself. Planes are
-    gathered per output and written once it is complete; ``written`` lists the files by output name.
-    """
-
-    def __init__(self, paths: dict[str, Path], sidecar: Path, axes: str | None = None):
-        self.paths, self.sidecar, self.axes = paths, Path(sidecar), axes
-        self._planes: dict[str, list[np.ndarray]] = {}
-        self.written: dict[str, Path] = {}
-
-    def put(self, name: str, plane: int, planes: int, data: np.ndarray) -> None:
-        if name in self.paths:
-            self._planes.setdefault(name, []).append(data)
-
-    def close(self, prediction) -> None:
-        """Write the gathered outputs (shaped as ``prediction.outputs()``) and the sidecar, atomically each."""
-        shapes = {name: array.shape for name, array in prediction.outputs().items()}
-        for name, planes in self._planes.items():
-            array, axes = np.stack(planes).reshape(shapes[name]), self.axes
-            if name == "samples":
-                array = np.moveaxis(array, -3, 0)
-                axes = "T" + axes if axes is not None and "T" not in axes else None
-            self.written[name] = write_image(self.paths[name], array, prediction.pixel_size_um(name), axes)
-        self.written["sidecar"] = write_sidecar(self.sidecar, {
-            **prediction.record, "outputs": {name: p.name for name, p in self.written.items() if name != "sidecar"}})
+from .sinks import TiffSink  # noqa: E402  (uses write_sidecar above)
