@@ -230,41 +230,6 @@ def _settings(args: argparse.Namespace):
     return ReconstructionSettings(**values)
 
 
-def _output_axes(input_axes: str | None, lead_ndim: int) -> str | None:
-    """Axes of a (..., H, W) output: the input's named leading axes without C, else None (default)."""
-    if input_axes is None:
-        return None
-    lead = [a for a in input_axes[:-2] if a != "C"]
-    return "".join(lead) + "YX" if len(lead) == lead_ndim else None
-
-
-
-
-def _planned_outputs(files: list[Path], out_dir: Path, names: list[str],
-                     overwrite: bool = False) -> dict[Path, dict[str, Path]]:
-    """Every file ``predict`` will write, per input: the outputs ``names`` (:func:`napari_cvdm.predict.
-    output_names`) and the sidecar. InputError before any computing if one would replace an input, two
-    inputs would write the same names, or one exists (without ``overwrite``)."""
-    by_stem: dict[str, Path] = {}
-    for path in files:
-        other = by_stem.setdefault(path.stem.lower(), path)
-        if other != path:
-            raise InputError(f"{other} and {path} would both write {path.stem}_*.tif; "
-                             "predict them into separate --out folders.")
-    inputs = {path.resolve() for path in files}
-    if out_dir.resolve() in {path.parent for path in inputs}:
-        raise InputError(f"--out {out_dir} is a folder of inputs; choose another output folder, "
-                         "so that results never mix with (or replace) the images they came from.")
-    planned = {path: {**{name: out_dir / f"{path.stem}_{name}.tif" for name in names},
-                      "sidecar": out_dir / f"{path.stem}_cvdm.json"} for path in files}
-    targets = [target for outputs in planned.values() for target in outputs.values()]
-    existing = [target for target in targets if target.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]} already exists{more}; use --overwrite to replace, or another --out.")
-    return planned
-
-
 def _rank_share(files: list[Path], device: str) -> tuple[list[Path], str]:
     """This ``torchrun`` rank's inputs (files RANK, RANK + WORLD_SIZE, …) and device (``cuda:LOCAL_RANK``
     for ``auto``/``cuda`` when CUDA is present); all files and ``device`` unchanged without torchrun.
@@ -286,20 +251,23 @@ def _rank_share(files: list[Path], device: str) -> tuple[list[Path], str]:
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info
+    from .cli_predict import list_inputs, planned_outputs
     from .engine.settings import resolve_device
-    from .io import check_writable_folder, list_images
+    from .io import check_writable_folder
+    from .io.progress import file_digest
     from .predict import output_names
 
     settings = _settings(args)
     settings.check()
-    files, settings.device = _rank_share(list_images(args.inputs), settings.device)
+    files, settings.device = _rank_share(list_inputs(args.inputs), settings.device)
     out_dir = check_writable_folder(args.out)
-    planned = _planned_outputs(files, out_dir, output_names(read_model_info(args.model), settings), args.overwrite)
+    planned = planned_outputs(files, out_dir, output_names(read_model_info(args.model), settings), args.format,
+                              args.overwrite, args.resume)
     model, info = load_model(args.model, resolve_device(settings.device))
-    failed = []
+    digest, failed = file_digest(args.model), []
     for index, path in enumerate(files, 1):
         try:
-            _predict_one(args, model, info, settings, path, planned[path], f"{index}/{len(files)}")
+            _predict_one(args, model, info, settings, path, planned[path], f"{index}/{len(files)}", digest)
         except CVDMError as error:
             message = str(error) if str(error).startswith(path.name) else f"{path.name}: {error}"
             if len(files) == 1:
@@ -312,34 +280,29 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_input(args, path: Path):
-    """``(image, acquisition)`` of one input file: its array and what is known about it (flags win over
-    the TIFF's pixel size)."""
-    from .io import read_image
-    from .predict import Acquisition
+def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str,
+                 model_digest: str) -> None:
+    """Reconstruct one input through :func:`napari_cvdm.predict.predict` into its planned outputs, plane by
+    plane; a write that fails (a full disk) keeps the finished planes for ``--resume``."""
+    from .cli_predict import fingerprint, make_sink, output_format, read_input
+    from .io.progress import Progress, progress_path
+    from .predict import Acquisition, Hooks, predict
 
-    image = read_image(path)
-    if image.array.ndim > 5:
-        raise InputError(f"the image has {image.array.ndim} dimensions {image.array.shape}; "
-                         "at most 5 (T, Z, C, Y, X) can be reconstructed and written.")
+    image = read_input(path, args.pixel_size)
     pixel_size = args.pixel_size if args.pixel_size is not None else image.pixel_size_um
-    return image.array, Acquisition(str(path), pixel_size, args.wavelength_um, args.dz_um, image.axes)
-
-
-def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str) -> None:
-    """Reconstruct one file through :func:`napari_cvdm.predict.predict` and write its planned outputs."""
-    import numpy as np
-
-    from .io import TiffSink
-    from .predict import Hooks, predict
-
-    image, acquisition = _read_input(args, path)
+    acquisition = Acquisition(str(path), pixel_size, args.wavelength_um, args.dz_um, image.axes)
+    fmt, names = output_format(path, args.format), [n for n in outputs if n != "sidecar"]
+    progress = Progress(progress_path(outputs["sidecar"]), fingerprint(model_digest, settings, image, acquisition,
+                                                                       fmt, names), resume=args.resume)
+    sink = make_sink(fmt, outputs, image, info, pixel_size, progress)
     line = _ProgressLine()
     hooks = Hooks(progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
                   on_note=lambda note: _say(f"cvdm predict: warning: {path.name}: {note}"))
-    axes = _output_axes(acquisition.axes, np.ndim(image) - 2 - (int(info.config.y_channels) > 1))
-    sink = TiffSink({name: p for name, p in outputs.items() if name != "sidecar"}, outputs["sidecar"], axes)
-    prediction = predict(model, info, image, acquisition, settings, hooks, sink, model_path=args.model)
+    try:
+        prediction = predict(model, info, image.array, acquisition, settings, hooks, sink, model_path=args.model)
+    except OSError as error:
+        raise InputError(f"writing to {outputs['sidecar'].parent} failed ({error.strerror or error}); the planes "
+                         "finished so far are kept: free some space and run again with --resume.") from None
     line.done()
     if "consistency" in outputs and "consistency" not in sink.written:
         _say(f"cvdm predict: note: {outputs['consistency'].name}: no consistency map "
@@ -540,10 +503,10 @@ def _add_train_command(commands) -> None:
 
 def _add_predict_command(commands) -> None:
     predict = commands.add_parser(
-        "predict", help="reconstruct TIFF images: mean, variance and γ map",
-        description="Reconstruct TIFF files (or every TIFF in given folders). Z/T stacks are processed "
-                    "plane by plane; QPI inputs are (…, 2, H, W) defocus stacks.")
-    predict.add_argument("inputs", nargs="+", help="TIFF files or folders")
+        "predict", help="reconstruct TIFF or OME-Zarr images: mean, variance and γ map",
+        description="Reconstruct TIFF files and OME-Zarr stores (or every one in given folders). Z/T stacks "
+                    "are processed and written plane by plane; QPI inputs are (…, 2, H, W) defocus stacks.")
+    predict.add_argument("inputs", nargs="+", help="TIFF files, OME-Zarr stores (*.zarr) or folders")
     predict.add_argument("--model", required=True, help="model file (.safetensors)")
     predict.add_argument("--out", default="out/predict", help="output folder (default: out/predict)")
     predict.add_argument("--pixel-size", type=POSITIVE, default=None,
@@ -553,6 +516,10 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--dz-um", type=POSITIVE, default=None,
                          help="QPI: defocus distance ±dz in µm for a model's TIE base (default: the model's)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    predict.add_argument("--format", choices=("tiff", "ome-zarr"), default=None,
+                         help="output format (default: the input's: OME-Zarr for a .zarr store, else TIFF)")
+    predict.add_argument("--resume", action="store_true",
+                         help="continue a stopped run: skip the planes it finished (same model, settings and input)")
     _add_reconstruction_flags(predict)
     predict.set_defaults(run=_predict)
 
@@ -656,7 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cvdm {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"cvdm {args.command}: stopped", file=sys.stderr)
+        hint = "; the finished planes are kept: run again with --resume" if args.command == "predict" else ""
+        print(f"cvdm {args.command}: stopped{hint}", file=sys.stderr)
         return EXIT_ABORTED
     except BrokenPipeError:  # output piped into a reader that quit early (`cvdm info m | head`)
         sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet

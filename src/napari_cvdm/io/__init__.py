@@ -50,13 +50,15 @@ class ImageData:
 
     ``array``: float32 ``(..., H, W)``; ``axes``: one letter per dimension
     (``T``, ``Z``, ``C``, ``Y``, ``X``) or None when the file does not name them;
-    ``pixel_size_um``: the X pixel size in µm or None when the file has none.
+    ``pixel_size_um``: the X pixel size in µm or None when the file has none; ``ngff``: an OME-Zarr's
+    axes and level-0 scale and translation (None for a TIFF). An OME-Zarr's ``array`` is lazy (dask).
     """
 
     array: np.ndarray
     axes: str | None
     pixel_size_um: float | None
     path: Path | None = None
+    ngff: dict | None = None
 
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:

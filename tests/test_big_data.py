@@ -1,0 +1,134 @@
+"""Big data through ``cvdm predict``: OME-Zarr in and out, plane-by-plane outputs equal to the whole job's,
+resume after a stop, and bad input (one line, nothing of the user's replaced)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_cvdm.checkpoint import ModelInfo, load_model, save_model
+from napari_cvdm.cli import main
+from napari_cvdm.engine import ReconstructionSettings
+from napari_cvdm.io import read_image, write_image
+from napari_cvdm.io.omezarr import read_ome_zarr
+from napari_cvdm.model import CVDM, ModelConfig
+from napari_cvdm.predict import Acquisition, MemorySink, predict
+
+FAST = ["--n-samples", "2", "--steps", "2", "--device", "cpu", "--tile-size", "0", "--seed", "3"]
+AXES = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+
+
+def _model_file(path, task: str):
+    torch.manual_seed(0)
+    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    model = CVDM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    if task == "qpi":
+        info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                         input_normalization={"mode": "mean"},
+                         target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]})
+    else:
+        info = ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2,
+                         input_normalization={"mode": "percentile"}, target_normalization={"mode": "percentile"})
+    return save_model(path, model, info)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}
+
+
+def _series(frames=3, height=24, width=20, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (1 + 0.1 * rng.standard_normal((frames, 2, height, width))).astype(np.float32)
+
+
+def write_store(path, array, axes=AXES, pixel=0.21, version="0.5"):
+    """An OME-Zarr image of ``array`` with ``pixel`` µm in y and x (two levels), NGFF ``version``."""
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(path, mode="w", zarr_format=3 if version == "0.5" else 2)
+    names = [a["name"] for a in axes]
+    for k in range(2):
+        level = array[..., :: 2**k, :: 2**k]
+        group.create_array(str(k), shape=level.shape, dtype=level.dtype, chunks=(1,) * (level.ndim - 2) + level.shape[-2:],
+                           **({"dimension_names": names} if version == "0.5" else {}))[...] = level
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0] * (array.ndim - 2) + [pixel * 2**k] * 2}]} for k in range(2)]
+    write_multiscales_metadata(group, datasets, fmt=FormatV05() if version == "0.5" else FormatV04(), axes=axes)
+    return path
+
+
+def _run_failing(capsys, argv, *words):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_an_ome_zarr_is_read_lazily_at_full_resolution_with_axes_and_pixel_size(tmp_path, version):
+    store = write_store(tmp_path / "a.ome.zarr", _series(), version=version)
+    image = read_ome_zarr(store)
+    assert not isinstance(image.array, np.ndarray) and image.array.shape == (3, 2, 24, 20)
+    assert image.axes == "TCYX" and image.pixel_size_um == pytest.approx(0.21)
+    np.testing.assert_array_equal(np.asarray(image.array), _series())
+
+
+def test_plane_by_plane_outputs_equal_the_whole_jobs_bitwise(tmp_path, models):
+    model, info = load_model(models["qpi"], "cpu")
+    image = _series()
+    settings = ReconstructionSettings(n_samples=2, steps=2, device="cpu", tile_size=None, seed=3, keep_samples=True)
+    whole = MemorySink()
+    predict(model, info, image, Acquisition(pixel_size_um=0.21), settings, sink=whole)
+    from napari_cvdm.io.sinks import TiffSink
+
+    paths = {name: tmp_path / f"{name}.tif" for name in whole.arrays}
+    predict(model, info, image, Acquisition(pixel_size_um=0.21), settings, sink=TiffSink(paths, tmp_path / "s.json"))
+    for name, array in whole.arrays.items():
+        written = tifffile.imread(paths[name])
+        expected = np.moveaxis(array, -3, 0) if name == "samples" else array
+        np.testing.assert_array_equal(written, expected, err_msg=name)
+
+
+def test_ome_zarr_in_and_out_equals_tiff_in_and_out(tmp_path, models, capsys):
+    series = _series()
+    write_store(tmp_path / "in" / "s.ome.zarr", series)
+    write_image(tmp_path / "tif" / "s.tif", series, pixel_size_um=0.21, axes="TCYX")
+    assert main(["predict", str(tmp_path / "in" / "s.ome.zarr"), "--model", str(models["qpi"]),
+                 "--out", str(tmp_path / "z"), *FAST]) == 0
+    assert main(["predict", str(tmp_path / "tif" / "s.tif"), "--model", str(models["qpi"]),
+                 "--out", str(tmp_path / "t"), *FAST]) == 0
+    for name in ("mean", "variance", "gamma", "consistency"):
+        stored = read_ome_zarr(tmp_path / "z" / f"s_{name}.ome.zarr")
+        assert stored.axes == "TYX" and stored.pixel_size_um == pytest.approx(0.21)
+        np.testing.assert_array_equal(np.asarray(stored.array), read_image(tmp_path / "t" / f"s_{name}.tif").array)
+    assert json.loads((tmp_path / "z" / "s_cvdm.json").read_text())["outputs"]["mean"] == "s_mean.ome.zarr"
+
+
+def test_an_sr_store_is_placed_on_the_finer_grid_with_a_pyramid(tmp_path, models, capsys):
+    frames = np.random.default_rng(1).uniform(0.5, 1.5, (2, 80, 72)).astype(np.float32)
+    axes = [AXES[0], AXES[2], AXES[3]]
+    write_store(tmp_path / "in" / "w.ome.zarr", frames, axes=axes, pixel=0.1)
+    assert main(["predict", str(tmp_path / "in" / "w.ome.zarr"), "--model", str(models["sr"]),
+                 "--out", str(tmp_path / "o"), *FAST]) == 0
+    group = zarr.open_group(tmp_path / "o" / "w_mean.ome.zarr", mode="r")
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    assert [group[d["path"]].shape for d in datasets] == [(2, 160, 144), (2, 80, 72)]
+    level0, level1 = (d["coordinateTransformations"] for d in datasets)
+    assert level0[0]["scale"][-2:] == pytest.approx([0.05, 0.05])
+    assert level0[1]["translation"][-2:] == pytest.approx([-0.025, -0.025])  # fine pixel 0 centre
+    assert level1[1]["translation"][-2:] == pytest.approx([0.0, 0.0])  # 2×2 fine = one camera pixel
+    consistency = read_ome_zarr(tmp_path / "o" / "w_consistency.ome.zarr")
+    assert consistency.array.shape == (2, 80, 72) and consistency.pixel_size_um == pytest.approx(0.1)
