@@ -70,8 +70,8 @@ def write_store(path, array, axes=AXES, pixel=0.21, version="0.5"):
 def _run_failing(capsys, argv, *words):
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
+    lines = [line for line in err.strip().splitlines() if "step" not in line]  # progress lines aside
+    assert len(lines) == 1 and lines[0].startswith(f"cvdm {argv[0]}: error: "), err
     for word in words:
         assert word in lines[0], lines[0]
     return lines[0]
@@ -132,3 +132,86 @@ def test_an_sr_store_is_placed_on_the_finer_grid_with_a_pyramid(tmp_path, models
     assert level1[1]["translation"][-2:] == pytest.approx([0.0, 0.0])  # 2×2 fine = one camera pixel
     consistency = read_ome_zarr(tmp_path / "o" / "w_consistency.ome.zarr")
     assert consistency.array.shape == (2, 80, 72) and consistency.pixel_size_um == pytest.approx(0.1)
+
+
+def _stop_after(monkeypatch, planes: int):
+    """Make a run stop (as if killed) once ``planes`` planes are recorded as finished."""
+    from napari_cvdm.io.progress import Progress
+
+    original = Progress.add
+
+    def add(self, plane, record):
+        original(self, plane, record)
+        if len(self.planes) >= planes:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "add", add)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "ome-zarr"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, models, capsys, monkeypatch, fmt):
+    write_store(tmp_path / "in" / "s.ome.zarr", _series(4))
+    argv = ["predict", str(tmp_path / "in" / "s.ome.zarr"), "--model", str(models["qpi"]), "--format", fmt, *FAST]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        assert main([*argv, "--out", str(tmp_path / "cut")]) == 130
+    assert not (tmp_path / "cut" / f"s_mean{'.tif' if fmt == 'tiff' else '.ome.zarr'}").exists()
+    capsys.readouterr()
+    _run_failing(capsys, [*argv, "--out", str(tmp_path / "cut")], "--resume")
+    _run_failing(capsys, [*argv, "--out", str(tmp_path / "cut"), "--resume", "--steps", "3"], "other settings")
+    assert main([*argv, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "step 4/4" in err and "/8" not in err  # only the two planes left were computed (2 steps each)
+    for name in ("mean", "variance", "gamma", "consistency"):
+        suffix = ".tif" if fmt == "tiff" else ".ome.zarr"
+        read = read_image if fmt == "tiff" else read_ome_zarr
+        a, b = (np.asarray(read(tmp_path / d / f"s_{name}{suffix}").array) for d in ("whole", "cut"))
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    _run_failing(capsys, [*argv, "--out", str(tmp_path / "cut"), "--resume"], "already exists", "--overwrite")
+
+
+def test_bad_stores_get_one_line_before_any_computing(tmp_path, models, capsys):
+    model = ["--model", str(models["qpi"]), *FAST]
+    store = write_store(tmp_path / "a.ome.zarr", _series())
+    next(p for p in (store / "0").rglob("c/*/*/*/*") if p.is_file()).write_bytes(b"garbage")
+    _run_failing(capsys, ["predict", str(store), "--out", str(tmp_path / "o"), *model], "a.ome.zarr", "damaged")
+    store = write_store(tmp_path / "b.ome.zarr", _series())
+    next(p for p in (store / "0").rglob("c/*/*/*/*") if p.is_file()).unlink()
+    _run_failing(capsys, ["predict", str(store), "--out", str(tmp_path / "o"), *model], "partly written")
+    (store / "zarr.json").write_text("{not json")
+    _run_failing(capsys, ["predict", str(store), "--out", str(tmp_path / "o"), *model], "b.ome.zarr")
+    flat = write_store(tmp_path / "c.ome.zarr", _series()[:, 0], axes=[AXES[0], AXES[2], AXES[3]])
+    _run_failing(capsys, ["predict", str(flat), "--out", str(tmp_path / "o"), *model], "defocus stack")
+    odd = [*AXES[:2], {"name": "w", "type": "space", "unit": "micrometer"}, AXES[3]]
+    odd_store = write_store(tmp_path / "d.ome.zarr", _series(), axes=odd)
+    _run_failing(capsys, ["predict", str(odd_store), "--out", str(tmp_path / "o"), *model], "axes")
+    plain = [AXES[0], AXES[1], {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    no_unit = write_store(tmp_path / "e.ome.zarr", _series(), axes=plain)
+    _run_failing(capsys, ["predict", str(no_unit), "--out", str(tmp_path / "o"), *model], "no physical scale",
+                 "--pixel-size")
+    good = write_store(tmp_path / "f.ome.zarr", _series())
+    _run_failing(capsys, ["predict", str(good), "--out", str(good / "results"), *model], "inside the input")
+    assert not (tmp_path / "o").exists() and not (good / "results").exists()
+
+
+def test_a_full_disk_keeps_the_finished_planes_for_resume(tmp_path, models, capsys, monkeypatch):
+    import errno
+
+    from napari_cvdm.io.omezarr import ZarrSink
+
+    store = write_store(tmp_path / "in" / "s.ome.zarr", _series())
+    argv = ["predict", str(store), "--model", str(models["qpi"]), "--out", str(tmp_path / "o"), *FAST]
+    original, calls = ZarrSink.put, []
+
+    def put(self, *args):
+        calls.append(args)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ZarrSink, "put", put)
+        _run_failing(capsys, argv, "No space left on device", "--resume")
+    assert main([*argv, "--resume"]) == 0
+    assert np.isfinite(np.asarray(read_ome_zarr(tmp_path / "o" / "s_mean.ome.zarr").array)).all()

@@ -167,4 +167,10 @@ def plane_at(info: ModelInfo, image, p: int) -> np.ndarray:
     """Plane ``p`` (C order of the leading axes) as an ndarray ``(Cy, h, w)``; reads only that plane of a lazy array."""
     lead, channels = lead_shape(info, image), int(info.config.y_channels)
     index = tuple(int(i) for i in np.unravel_index(p, lead)) if lead else ()
-    return np.asarray(image[index]).reshape(channels, *image.shape[-2:])
+    if not is_lazy(image):
+        return np.asarray(image[index]).reshape(channels, *image.shape[-2:])
+    try:
+        return np.asarray(image[index]).reshape(channels, *image.shape[-2:])
+    except Exception as exc:  # noqa: BLE001 - a damaged store raises anything from zarr, its codecs or dask
+        raise InputError(f"plane {p} of the input cannot be read ({type(exc).__name__}); the file is damaged "
+                         "or partly written.") from None

@@ -61,11 +61,23 @@ def _open(path: Path):
             if location is not None else None
         if node is None:
             raise InputError(f"{path.name} is not an OME-Zarr image (no multiscales metadata).")
-        return node.zarr.root_attrs["multiscales"][0], node.data[0]
+        multiscales = node.zarr.root_attrs["multiscales"][0]
+        _check_complete(path, multiscales["datasets"][0]["path"])
+        return multiscales, node.data[0]
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged store raises anything from zarr, json or dask
         raise InputError(f"Cannot read {path.name} as OME-Zarr ({type(exc).__name__}: {exc}).") from None
+
+
+def _check_complete(path: Path, level: str) -> None:
+    """InputError when chunks of the full-resolution array are missing (a store still or partly written)."""
+    import zarr
+
+    array = zarr.open_array(path / level, mode="r")
+    if array.nchunks_initialized < array.nchunks:
+        raise InputError(f"{path.name} is partly written: {array.nchunks - array.nchunks_initialized} of "
+                         f"{array.nchunks} chunks of its full resolution are missing.")
 
 
 def _transformations(dataset: dict, ndim: int) -> tuple[list[float], list[float]]:
