@@ -215,3 +215,34 @@ def test_a_full_disk_keeps_the_finished_planes_for_resume(tmp_path, models, caps
         _run_failing(capsys, argv, "No space left on device", "--resume")
     assert main([*argv, "--resume"]) == 0
     assert np.isfinite(np.asarray(read_ome_zarr(tmp_path / "o" / "s_mean.ome.zarr").array)).all()
+
+
+def test_two_local_workers_give_the_single_process_result_even_when_one_is_killed(tmp_path, models, capsys,
+                                                                                   monkeypatch):
+    write_store(tmp_path / "in" / "s.ome.zarr", _series(4))
+    argv = ["predict", str(tmp_path / "in" / "s.ome.zarr"), "--model", str(models["qpi"]), *FAST]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+
+    killed = []
+    import napari_cvdm.predict as job
+
+    deliver = job.deliver_plane
+
+    def deliver_and_kill_a_worker(sink, layout, p, arrays, record):  # after the first plane: kill -9 a worker
+        deliver(sink, layout, p, arrays, record)
+        if not killed:
+            import os
+            import signal
+
+            from dask.distributed import default_client
+
+            pids = default_client().run(os.getpid)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            killed.append(True)
+
+    monkeypatch.setattr(job, "deliver_plane", deliver_and_kill_a_worker)
+    assert main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert killed and "plane 4/4 on" in capsys.readouterr().err
+    for name in ("mean", "variance", "gamma", "consistency"):
+        a, b = (np.asarray(read_ome_zarr(tmp_path / d / f"s_{name}.ome.zarr").array) for d in ("one", "two"))
+        np.testing.assert_array_equal(a, b, err_msg=name)

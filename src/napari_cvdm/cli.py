@@ -263,8 +263,30 @@ def _predict(args: argparse.Namespace) -> int:
     out_dir = check_writable_folder(args.out)
     planned = planned_outputs(files, out_dir, output_names(read_model_info(args.model), settings), args.format,
                               args.overwrite, args.resume)
-    model, info = load_model(args.model, resolve_device(settings.device))
-    digest, failed = file_digest(args.model), []
+    client = None
+    if args.workers or args.scheduler:
+        from .distributed import connect
+
+        client, model, info = connect(args.workers, args.scheduler), None, read_model_info(args.model)
+    else:
+        model, info = load_model(args.model, resolve_device(settings.device))
+    try:
+        failed = _predict_files(args, (model, client), info, settings, files, planned, file_digest(args.model))
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    if failed:
+        raise InputError(f"{len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
+                         f"the other {len(files) - len(failed)} were written to {out_dir}.")
+    return 0
+
+
+def _predict_files(args, model, info, settings, files: list[Path], planned: dict, digest: str) -> list[str]:
+    """Predict every file; the names of those that failed (one file: its error is raised)."""
+    failed = []
     for index, path in enumerate(files, 1):
         try:
             _predict_one(args, model, info, settings, path, planned[path], f"{index}/{len(files)}", digest)
@@ -274,16 +296,14 @@ def _predict(args: argparse.Namespace) -> int:
                 raise type(error)(message) from None
             _say(f"cvdm predict: skipped {' '.join(message.split())}")
             failed.append(path.name)
-    if failed:
-        raise InputError(f"{len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
-                         f"the other {len(files) - len(failed)} were written to {out_dir}.")
-    return 0
+    return failed
 
 
 def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Path], counter: str,
                  model_digest: str) -> None:
-    """Reconstruct one input through :func:`napari_cvdm.predict.predict` into its planned outputs, plane by
-    plane; a write that fails (a full disk) keeps the finished planes for ``--resume``."""
+    """Reconstruct one input through :func:`napari_cvdm.predict.predict` (``model``: ``(model, None)``) or
+    across dask workers (``(None, client)``) into its planned outputs, plane by plane; a write that fails
+    (a full disk) keeps the finished planes for ``--resume``."""
     from .cli_predict import fingerprint, make_sink, output_format, read_input
     from .io.progress import Progress, progress_path
     from .predict import Acquisition, Hooks, predict
@@ -298,8 +318,17 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
     line = _ProgressLine()
     hooks = Hooks(progress=_SampleRate(line, f"{path.name} ({counter})", settings.n_samples).show,
                   on_note=lambda note: _say(f"cvdm predict: warning: {path.name}: {note}"))
+    model, client = model
     try:
-        prediction = predict(model, info, image.array, acquisition, settings, hooks, sink, model_path=args.model)
+        if client is not None:
+            from .distributed import predict_distributed
+
+            hooks.progress = lambda done, total: line.show(f"{path.name} ({counter}): plane {done}/{total} on "
+                                                           f"{len(client.scheduler_info()['workers'])} workers",
+                                                           force=done == total)
+            prediction = predict_distributed(client, args.model, info, image, acquisition, settings, hooks, sink)
+        else:
+            prediction = predict(model, info, image.array, acquisition, settings, hooks, sink, model_path=args.model)
     except OSError as error:
         raise InputError(f"writing to {outputs['sidecar'].parent} failed ({error.strerror or error}); the planes "
                          "finished so far are kept: free some space and run again with --resume.") from None
@@ -518,6 +547,12 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.add_argument("--format", choices=("tiff", "ome-zarr"), default=None,
                          help="output format (default: the input's: OME-Zarr for a .zarr store, else TIFF)")
+    workers = predict.add_mutually_exclusive_group()
+    workers.add_argument("--workers", type=_bounded(int, 1, 1024), default=None,
+                         help="spread the planes over N local dask worker processes (one GPU each where there are GPUs)")
+    workers.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="spread the planes over the workers of a running dask.distributed scheduler "
+                              "(e.g. tcp://host:8786, one started by dask-jobqueue)")
     predict.add_argument("--resume", action="store_true",
                          help="continue a stopped run: skip the planes it finished (same model, settings and input)")
     _add_reconstruction_flags(predict)

@@ -196,13 +196,7 @@ def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, set
                           records=done)
 
     def on_plane(p: int, result: Reconstruction, raw: np.ndarray) -> None:
-        arrays = planes.plane(p, result, raw)
-        for name, plan in layout.items():
-            flat = arrays[name].reshape(-1, *arrays[name].shape[-2:])
-            for i, data in enumerate(flat):
-                sink.put(name, p * len(flat) + i, plan.planes, data)
-        if hasattr(sink, "plane_done"):
-            sink.plane_done(p, planes.records[p])
+        deliver_plane(sink, layout, p, planes.plane(p, result, raw), planes.records[p])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # said through hooks.note above
@@ -210,6 +204,26 @@ def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, set
                                     input_pixel_size_um=acquisition.pixel_size_um,
                                     wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um,
                                     on_partial=hooks.on_partial, on_plane=on_plane, skip=frozenset(done))
+    return finish_planes(result, planes, layout, info, image, acquisition, hooks, sink, model_path)
+
+
+def deliver_plane(sink: Sink, layout: dict, p: int, arrays: dict[str, np.ndarray], record: dict) -> None:
+    """Put input plane ``p``'s outputs (``arrays``, as :meth:`PlaneOutputs.plane` gives them) in ``sink``;
+    an output missing for this plane (a consistency map that could not be computed) is written as NaN."""
+    for name, plan in layout.items():
+        per_plane = plan.planes // max(1, int(np.prod(plan.shape[:plan.n_lead], dtype=np.int64)))
+        array = arrays.get(name)
+        flat = np.full((per_plane, *plan.shape[-2:]), np.nan, np.float32) if array is None \
+            else array.reshape(-1, *array.shape[-2:])
+        for i, data in enumerate(flat):
+            sink.put(name, p * len(flat) + i, plan.planes, data)
+    if hasattr(sink, "plane_done"):
+        sink.plane_done(p, record)
+
+
+def finish_planes(result: Reconstruction, planes: PlaneOutputs, layout: dict, info: ModelInfo, image,
+                  acquisition: Acquisition, hooks: Hooks, sink: Sink, model_path: str | Path | None) -> Prediction:
+    """The streamed job's Prediction (summaries, no arrays) and record, and the sink closed."""
     result.metadata = planes.metadata(result.metadata)
     uncertainty = planes.uncertainty(result.metadata)
     hooks.note(" ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note))
