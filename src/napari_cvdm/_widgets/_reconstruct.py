@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPushButton,
     QSpinBox,
@@ -43,12 +44,13 @@ from ..model.samplers import DEFAULT_STEPS, LOG_SNR_MAX
 from ._errors import describe_failure
 from ._calibrate_layers import layer_pair
 from ._layers import MEAN_SUFFIX, OUTPUT_SUFFIXES, fill_layer_combo, output_geometry
-from ..predict import Acquisition, Hooks, MemorySink, Prediction, check_input, predict
+from ..predict import Acquisition, Hooks, MemorySink, Prediction, check_input, output_names, predict
 from ..preview import Preview, defocus_um
 from ._result_layers import ResultLayers, StagedUpdates
 from ._registry import MODEL_REGISTRY, ModelEntry, ModelRegistry, model_card
 from ._run_panel import RunPanel, spin_box
 from ._workers import ConnectionSet, Outcome
+from ._zarr_outputs import LiveZarrSink, StoreReport, add_store_layers, is_lazy_layer_data, planned_stores
 
 CURRENT_PLANE = "current plane"
 ALL_PLANES = "all planes"
@@ -62,8 +64,13 @@ def input_channels(info: ModelInfo) -> int:
 
 
 def is_candidate_image(layer) -> bool:
-    """A 2-D+ single-scale, non-RGB Image layer."""
-    return isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim >= 2
+    """A 2-D+ non-RGB Image layer (a multiscale one is reconstructed at its highest resolution)."""
+    return isinstance(layer, Image) and not layer.rgb and layer.ndim >= 2
+
+
+def layer_array(layer):
+    """A layer's full-resolution array, as it is (dask, zarr or numpy: never read whole here)."""
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 def fits_model(layer, channels: int) -> bool:
@@ -72,7 +79,22 @@ def fits_model(layer, channels: int) -> bool:
         return False
     if channels == 1:
         return True
-    return layer.ndim >= 3 and layer.data.shape[-3] == channels
+    return layer.ndim >= 3 and layer_array(layer).shape[-3] == channels
+
+
+def _read_layers(layers: list, plane: tuple[int, ...] | None):
+    """The input of one layer, or the −dz and +dz layers stacked (…, 2, H, W): the current ``plane`` read into
+    memory, or every plane: in memory for numpy layers, lazy (dask) for the others."""
+    arrays = [layer_array(layer) for layer in layers]
+    if plane is not None:
+        arrays = [np.asarray(array[plane]) for array in arrays]
+    if len(arrays) == 1:
+        return arrays[0] if not isinstance(arrays[0], np.ndarray) else np.asarray(arrays[0])
+    if all(isinstance(array, np.ndarray) for array in arrays):
+        return np.stack(arrays, axis=-3)
+    import dask.array as da
+
+    return da.stack([da.asarray(array) for array in arrays], axis=-3)
 
 
 def fits_model_info(layer, info: ModelInfo) -> bool:
@@ -112,6 +134,7 @@ class ReconstructionJob:
     input_translate: tuple[float, ...]
     plane: tuple[int, ...] | None       # leading index of the current plane, None for all planes
     acquisition: Acquisition            # the layer's name, pixel size (from a calibrated scale) and ±dz
+    stores: dict | None = None          # all planes of a lazy layer: the OME-Zarr stores (and sidecar) by output
 
     @property
     def input_pixel_size_um(self) -> float | None:
@@ -230,6 +253,16 @@ class ReconstructWidget(QWidget):
         form.addRow(self.minus_label, self.minus_combo)
         form.addRow(self.plus_label, self.plus_combo)
         form.addRow("Planes", self.planes_combo)
+        self.output_folder_edit = QLineEdit()
+        self.output_folder_edit.setPlaceholderText("for every plane of a multiscale or dask layer")
+        self.output_folder_edit.setToolTip("Every plane of a large (multiscale or dask) layer is written as "
+                                           "OME-Zarr into this folder, and shown as it fills in")
+        browse = QPushButton("…")
+        browse.clicked.connect(self._ask_output_folder)
+        row = QHBoxLayout()
+        row.addWidget(self.output_folder_edit)
+        row.addWidget(browse)
+        form.addRow("Output folder", row)
         return group
 
     def _build_options_group(self) -> QGroupBox:
@@ -451,17 +484,17 @@ class ReconstructWidget(QWidget):
             raise InputError("No input chosen: add or open a 2-D image layer and pick it under Input.")
         for layer in layers:
             if not is_candidate_image(layer):
-                raise InputError(f"Layer '{layer.name}' cannot be reconstructed: it must be a single-scale, "
-                                 "grayscale Image layer with at least two dimensions.")
+                raise InputError(f"Layer '{layer.name}' cannot be reconstructed: it must be a grayscale Image "
+                                 "layer with at least two dimensions.")
         if two_layer_mode:
             minus, plus = layers
             if minus is plus:
                 raise InputError("Choose two different layers as −dz and +dz.")
-            if minus.data.shape != plus.data.shape:
-                raise InputError(f"The −dz and +dz layers differ in shape ({minus.data.shape} and "
-                                 f"{plus.data.shape}); they must match.")
+            if layer_array(minus).shape != layer_array(plus).shape:
+                raise InputError(f"The −dz and +dz layers differ in shape ({layer_array(minus).shape} and "
+                                 f"{layer_array(plus).shape}); they must match.")
         elif not fits_model(layers[0], channels):
-            raise InputError(f"Layer '{layers[0].name}' has shape {layers[0].data.shape}, but this "
+            raise InputError(f"Layer '{layers[0].name}' has shape {layer_array(layers[0]).shape}, but this "
                              f"{task_name} model needs (…, {channels}, H, W).")
         if channels == 1 and "defocus_um" in layers[0].metadata:
             raise InputError(f"Layer '{layers[0].name}' is a defocus stack, but this model is for "
@@ -472,11 +505,7 @@ class ReconstructWidget(QWidget):
         all_planes = self.planes_combo.currentText() == ALL_PLANES or leading == 0
         plane = None if all_planes else self._current_plane(layer, leading)
 
-        def read(source):
-            data = source.data[plane] if plane is not None else source.data
-            return np.asarray(data)
-
-        image = np.stack([read(minus), read(plus)], axis=-3) if two_layer_mode else read(layer)
+        image = _read_layers([minus, plus] if two_layer_mode else [layer], plane)
         keep = list(range(leading)) if all_planes else []
         keep += [layer.ndim - 2, layer.ndim - 1]
         job = ReconstructionJob(
@@ -486,7 +515,14 @@ class ReconstructWidget(QWidget):
             acquisition=Acquisition(layer.name, layer_pixel_size_um(layer),
                                     dz_um=defocus_um(layer.metadata) if stacked else None),
         )
+        if is_lazy_layer_data(image):
+            job.stores = planned_stores(self.output_folder_edit.text(), layer.name, output_names(info, job.settings))
         return image, job
+
+    def _ask_output_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the OME-Zarr outputs of every plane")
+        if folder:
+            self.output_folder_edit.setText(folder)
 
     def _current_plane(self, layer, leading: int) -> tuple[int, ...]:
         position = layer.world_to_data(self.viewer.dims.point)
@@ -527,8 +563,13 @@ class ReconstructWidget(QWidget):
 
         def compute(progress, should_stop, report):
             model = models.get(path, settings.device)
-            sink = MemorySink()
-            hooks = Hooks(progress, should_stop, on_partial=report, on_preview=report, on_note=report)
+            if job.stores is not None:  # every plane of a lazy layer: to OME-Zarr, shown as it fills in
+                lead = np.ndim(image) - 2 - (input_channels(info) > 1)
+                sink = LiveZarrSink(job.stores, report, lead, job.input_pixel_size_um, (0.0, 0.0))
+                hooks = Hooks(progress, should_stop, on_note=report)
+            else:
+                sink = MemorySink()
+                hooks = Hooks(progress, should_stop, on_partial=report, on_preview=report, on_note=report)
             return predict(model, info, image, job.acquisition, settings, hooks, sink, model_path=path), sink
 
         return compute
@@ -636,21 +677,37 @@ class ReconstructWidget(QWidget):
             return
         if isinstance(report, str):
             notifications.show_warning(report)
+        elif isinstance(report, StoreReport):
+            self._show_store_report(report)
         elif isinstance(report, Preview):
             self._display.show_preview(report)
         else:
             self._display.show_samples(report, int(report.metadata.get("samples_done", 0)))
         self._show_progress(*self._last_progress)
 
+    def _show_store_report(self, report: StoreReport) -> None:
+        """"stores": add the lazy layers of the OME-Zarr outputs; "plane": refresh them."""
+        if report.kind == "stores":
+            stores = {name: p for name, p in report.value.items() if name != "sidecar"}
+            self._store_layers = add_store_layers(self.viewer, self._display, stores)
+        else:
+            for layer in getattr(self, "_store_layers", []):
+                layer.refresh()
+
     def _finish(self, outcome: Outcome) -> None:
         job, display, self._job, self._display = self._job, self._display, None, None
         if isinstance(outcome.error, Cancelled):
-            self._finish_cancelled(outcome.error, display)
+            self._finish_cancelled(outcome.error, display, job)
             return
         if outcome.error is not None:
             self.run_panel.failed(describe_failure(outcome.error, "Reconstruction", tile_size=job.settings.tile_size))
             return
         prediction, sink = outcome.value
+        if job.stores is not None:
+            for layer in getattr(self, "_store_layers", []):
+                layer.refresh()
+            self.run_panel.succeeded(f"Done: every plane is in {job.stores['sidecar'].parent}.")
+            return
         self.show_result(prediction, job, display, sink.arrays)
         self._staged.put(f"done: {id(job)}", lambda: self._announce(job, prediction, display))
 
@@ -660,8 +717,14 @@ class ReconstructWidget(QWidget):
             notifications.show_info(prediction.uncertainty.variance_note)
         self.run_panel.succeeded(f"Done: {', '.join(display.shown_names())}.")
 
-    def _finish_cancelled(self, error: Cancelled, display: ResultLayers) -> None:
-        """Keep what was computed: the partial mean (and variance) of the finished rounds, else the preview."""
+    def _finish_cancelled(self, error: Cancelled, display: ResultLayers, job: ReconstructionJob | None = None) -> None:
+        """Keep what was computed: the partial mean (and variance) of the finished rounds, else the preview;
+        the planes already written to OME-Zarr stay there."""
+        if job is not None and job.stores is not None:
+            message = f"Cancelled: the planes finished are kept in {job.stores['sidecar'].parent}."
+            self._staged.put(f"done: {id(display)}", lambda: (self.status_label.setText(message),
+                                                             notifications.show_info(message)))
+            return
         partial = getattr(error, "partial", None)
         if partial is not None:
             display.show_samples(partial, int(partial.metadata.get("samples_done", 0)))

@@ -128,8 +128,8 @@ class ZarrSink(FileSink):
 
     def __init__(self, paths: dict[str, Path], sidecar: Path, lead_axes: list[dict], lead_scale: list[float],
                  lead_translation: list[float], origin_um: tuple[float, float] = (0.0, 0.0),
-                 input_pixel_um: float | None = None, progress=None):
-        super().__init__(paths, sidecar, progress)
+                 input_pixel_um: float | None = None, progress=None, in_place: bool = False):
+        super().__init__(paths, sidecar, progress, in_place)
         self.lead_axes, self.lead_scale, self.lead_translation = lead_axes, lead_scale, lead_translation
         self.origin_um, self.input_pixel_um = origin_um, input_pixel_um
         self._levels: dict[str, list] = {}

@@ -25,14 +25,20 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def _target(sink, name: str) -> Path:
+    return sink.paths[name] if sink.in_place else partial_path(sink.paths[name])
+
+
 class FileSink:
     """What the file sinks share: partial names, the progress of a resumable run, the sidecar.
 
-    ``paths[name]``: each output's final path; a subclass creates (``_create``) and opens
+    ``paths[name]``: each output's final path (``in_place``: written there directly); a subclass creates (``_create``) and opens
     (``_attach``) an output's partial file, and writes planes (``put``)."""
 
-    def __init__(self, paths: dict[str, Path], sidecar: Path, progress: Progress | None = None):
+    def __init__(self, paths: dict[str, Path], sidecar: Path, progress: Progress | None = None,
+                 in_place: bool = False):
         self.paths, self.sidecar, self.progress = {n: Path(p) for n, p in paths.items()}, Path(sidecar), progress
+        self.in_place = in_place  # written under the final names (read while they grow), never renamed
         self.layout: dict = {}
         self.written: dict[str, Path] = {}
 
@@ -40,17 +46,16 @@ class FileSink:
         """Create (or, resuming, reopen) every output's partial file; the planes already finished."""
         self.layout = {name: plan for name, plan in layout.items() if name in self.paths}
         done = self.progress.start() if self.progress is not None else {}
-        missing = [partial_path(self.paths[name]) for name in self.layout
-                   if not partial_path(self.paths[name]).exists()]
+        missing = [_target(self, name) for name in self.layout if not _target(self, name).exists()]
         if done and missing:
             raise InputError(f"--resume: the stopped run's {missing[0].name} is missing; "
                              "use --overwrite to start again.")
         for name, plan in self.layout.items():
             self.paths[name].parent.mkdir(parents=True, exist_ok=True)
             if not done:
-                _remove(partial_path(self.paths[name]))
-                self._create(name, plan, partial_path(self.paths[name]))
-            self._attach(name, plan, partial_path(self.paths[name]))
+                _remove(_target(self, name))
+                self._create(name, plan, _target(self, name))
+            self._attach(name, plan, _target(self, name))
         return done
 
     def plane_done(self, plane: int, record: dict) -> None:
@@ -63,8 +68,9 @@ class FileSink:
 
         for name in self.layout:
             final = self.paths[name]
-            _remove(final)  # replaced only where the caller allowed it (--overwrite)
-            os.replace(partial_path(final), final)
+            if not self.in_place:
+                _remove(final)  # replaced only where the caller allowed it (--overwrite)
+                os.replace(partial_path(final), final)
             self.written[name] = final
         self.written["sidecar"] = write_sidecar(self.sidecar, {
             **prediction.record, "outputs": {name: p.name for name, p in self.written.items() if name != "sidecar"}})
@@ -148,7 +154,7 @@ class TiffSink(FileSink):
             index = int(np.ravel_multi_index([position[n_lead], *position[:n_lead], *position[n_lead + 1:]],
                                              samples_first(order, n_lead)))
         size = shape[-2] * shape[-1]
-        view = np.memmap(partial_path(self.paths[name]), dtype=dtype, mode="r+",
+        view = np.memmap(_target(self, name), dtype=dtype, mode="r+",
                          offset=offset + index * size * dtype.itemsize, shape=shape[-2:])
         view[...] = data
         view.flush()
