@@ -97,56 +97,65 @@ def reconstruct(
     λ and samples. ``input_pixel_size_um``: None = the model's. ``upsampled``:
     an SR input already on the output grid. ``wavelength_um``/``dz_um``: QPI optics (None: the model's).
 
-    Streaming: with ``on_plane``, only one plane's outputs are held; each finished plane goes to
-    ``on_plane(p, result, raw)``, ``on_partial`` sees the current plane alone, the returned
-    Reconstruction carries the metadata and no arrays, and the planes in ``skip`` are not computed
-    (their λ and refinement weight are None in the metadata). ``image`` may then be lazy (dask, zarr).
+    ``on_plane``: stream (:data:`PlaneCallback`: one plane held; no arrays returned); ``skip``: planes left out.
     """
     settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
     factor = 1 if upsampled else int(info.upsampling_factor)
-    count, lead = plane_count(info, image), lead_shape(info, image)
-    held = 1 if on_plane is not None else count
-    outputs = Outputs.allocate(info, lead if on_plane is None else (), held, image.shape[-2] * factor,
-                                image.shape[-1] * factor, int(settings.n_samples) if settings.keep_samples else 0)
-    tiling = TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
-                             network_stride(model))
-    run = _sampling(info, settings, device, tiling)
-    pixel_size = input_pixel_size_um if input_pixel_size_um is not None else info.input_pixel_size_um
-    metadata = _metadata(settings, run, model, device, tiling, input_pixel_size_um)
+    count, pixel_size = plane_count(info, image), input_pixel_size_um or info.input_pixel_size_um
+    outputs, tiling, run, metadata = _prepare(model, info, image, settings, device, factor, input_pixel_size_um,
+                                              streaming=on_plane is not None)
 
     def result(samples_done: int, plane: int, final: bool, with_samples: bool = False) -> Reconstruction:
         per_plane = {key: list(metadata[key]) for key in ("grid_reference_lambda", "refinement_weight")}
         return outputs.result(info, pixel_size, {**metadata, **per_plane, "samples_done": samples_done,
                                                  "plane": plane, "planes": count}, final, with_samples)
 
-    todo = [p for p in range(count) if p not in skip]
+    todo, finished = [p for p in range(count) if p not in skip], [0, 0, 0]  # rounds finished, plane, its samples
     counter = StepCounter(len(todo) * steps_per_plane(model, tiling, run), progress, should_stop)
-    finished = [0, 0, 0]  # rounds finished, plane, its samples
     try:
-        for p in range(count):
-            if p in skip:
-                metadata["grid_reference_lambda"].append(None)
-                metadata["refinement_weight"].append(None)
-                continue
-            raw = plane_at(info, image, p)
-            plane_run = PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter,
-                                       on_base)
-            slot = 0 if on_plane is not None else p
-            for done in _rounds(plane_run, p, slot, model, run, outputs, tiling, metadata, counter, should_stop):
-                finished = [finished[0] + 1, p, done]
-                if on_partial is not None and (p < todo[-1] or done < run.n_samples):  # todo holds p
-                    on_partial(result(done, p, final=False))
-            if on_plane is not None:
+        for p, done, raw in _sample_planes(model, info, image, skip, factor, optics, device, run, tiling, counter,
+                                           on_base, outputs, metadata, streaming=on_plane is not None):
+            finished = [finished[0] + 1, p, done]
+            if on_partial is not None and (p < todo[-1] or done < run.n_samples):
+                on_partial(result(done, p, final=False))
+            if on_plane is not None and done == run.n_samples:
                 on_plane(p, result(run.n_samples, p, final=False, with_samples=True), raw)
     except Cancelled as stopped:
         partial = result(finished[2], finished[1], final=False) if finished[0] and on_plane is None else None
         raise Cancelled(str(stopped), partial=partial) from None
-    final = result(run.n_samples, count - 1, final=True)
-    if on_plane is not None:
-        final = replace(final, mean=None, variance=None, gamma_map=None, samples=None)
-    return final
+    final = result(run.n_samples, count - 1, final=on_plane is None)  # streamed: arrays went out plane by plane
+    return final if on_plane is None else replace(final, mean=None, variance=None, gamma_map=None, samples=None)
+
+
+def _prepare(model: CVDM, info: ModelInfo, image, settings: ReconstructionSettings, device: torch.device,
+             factor: int, input_pixel_size_um: float | None, streaming: bool):
+    """``(outputs, tiling, sampling, metadata)`` of a call: every plane's outputs, or one plane's when ``streaming``."""
+    count, lead = plane_count(info, image), lead_shape(info, image)
+    outputs = Outputs.allocate(info, () if streaming else lead, 1 if streaming else count, image.shape[-2] * factor,
+                               image.shape[-1] * factor, int(settings.n_samples) if settings.keep_samples else 0)
+    tiling = TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
+                            network_stride(model))
+    run = _sampling(info, settings, device, tiling)
+    return outputs, tiling, run, _metadata(settings, run, model, device, tiling, input_pixel_size_um)
+
+
+def _sample_planes(model: CVDM, info: ModelInfo, image, skip, factor: int, optics: dict, device: torch.device,
+                   run: Sampling, tiling: TileGrid, counter: StepCounter, on_base, outputs: Outputs, metadata: dict,
+                   streaming: bool):
+    """Every plane not in ``skip``, round by round into ``outputs`` (slot 0 when ``streaming``); yields
+    ``(plane, samples done, its raw input)`` after each round. Skipped planes get None λ and weight."""
+    for p in range(plane_count(info, image)):
+        if p in skip:
+            metadata["grid_reference_lambda"].append(None)
+            metadata["refinement_weight"].append(None)
+            continue
+        raw = plane_at(info, image, p)
+        plane_run = PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter, on_base)
+        for done in _rounds(plane_run, p, 0 if streaming else p, model, run, outputs, tiling, metadata,
+                            counter, counter.should_stop):
+            yield p, done, raw
 
 
 def _rounds(plane_run: PlaneRun, p: int, slot: int, model: CVDM, run: Sampling, outputs: Outputs,
