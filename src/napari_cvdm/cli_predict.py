@@ -60,7 +60,7 @@ def planned_outputs(files: list[Path], out_dir: Path, names: list[str], fmt: str
     """Every output ``predict`` will write, per input: ``names`` and the sidecar. InputError before any
     computing if one would replace an input or lie inside one, two inputs would write the same names,
     an output exists (without ``overwrite``), or a stopped run's state is there (without ``resume``)."""
-    _check_places(files, out_dir)
+    _check_places(files, out_dir, fmt)
     planned = {path: {**{name: out_dir / f"{stem(path)}_{name}{_SUFFIX[output_format(path, fmt)]}"
                          for name in names}, "sidecar": out_dir / f"{stem(path)}_cvdm.json"} for path in files}
     if overwrite:
@@ -77,14 +77,14 @@ def planned_outputs(files: list[Path], out_dir: Path, names: list[str], fmt: str
     return planned
 
 
-def _check_places(files: list[Path], out_dir: Path) -> None:
+def _check_places(files: list[Path], out_dir: Path, fmt: str | None) -> None:
     """InputError when two inputs share a name, or --out is a folder of inputs or lies inside an input."""
     by_stem: dict[str, Path] = {}
     for path in files:
         other = by_stem.setdefault(stem(path).lower(), path)
         if other != path:
-            raise InputError(f"{other} and {path} would both write {stem(path)}_*; "
-                             "predict them into separate --out folders.")
+            names = f"{stem(path)}_*{_SUFFIX[output_format(path, fmt)]}"
+            raise InputError(f"{other} and {path} would both write {names}; predict them into separate --out folders.")
     out = out_dir.resolve()
     inputs = {path.resolve() for path in files}
     if out in {path.parent for path in inputs}:
