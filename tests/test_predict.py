@@ -47,15 +47,17 @@ def test_a_memory_sink_gets_every_plane_and_reassembles_the_outputs(qpi_model):
     assert sink.arrays["mean"].shape == (3, 24, 24)
 
 
-def test_a_tiff_sink_writes_the_planned_files_and_the_record(qpi_model, tmp_path):
+def test_a_tiff_sink_writes_the_planned_files_plane_by_plane_and_the_record(qpi_model, tmp_path):
     model, info = qpi_model
     settings = ReconstructionSettings(**FAST)
     paths = {name: tmp_path / f"cell_{name}.tif" for name in output_names(info, settings)}
     sink = TiffSink(paths, tmp_path / "cell_cvdm.json", axes="ZYX")
     prediction = predict(model, info, _stack(2), Acquisition("cell.tif", 0.21), settings, sink=sink,
                          model_path="qpi.safetensors")
+    assert prediction.outputs() == {}  # streamed: the planes went to the files, none is held
+    whole = predict(model, info, _stack(2), Acquisition("cell.tif", 0.21), settings)
     for name, path in paths.items():
-        np.testing.assert_array_equal(tifffile.imread(path), prediction.outputs()[name])
+        np.testing.assert_array_equal(tifffile.imread(path), whole.outputs()[name])
     assert sink.written["sidecar"].exists() and prediction.record["input"] == "cell.tif"
     assert prediction.record["consistency"]["optics_source"] == "the model's"
 
