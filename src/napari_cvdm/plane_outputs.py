@@ -21,6 +21,18 @@ from .engine.settings import ReconstructionSettings
 from .uncertainty.apply import UncertaintyOutputs, model_calibration, uncertainty_outputs
 
 FRACTION = f"fraction_above_{CONSISTENCY_THRESHOLD:g}"
+#: Every output a job can give, in the order front ends show and write them.
+OUTPUTS = ("mean", "variance", "std_calibrated", "error95", "gamma", "consistency", "samples")
+
+
+def output_names(info: ModelInfo, settings: ReconstructionSettings) -> list[str]:
+    """The outputs a job of ``info``'s model with ``settings`` gives (:data:`OUTPUTS` order); the
+    consistency map may still be missing where the input's pixel size is unknown."""
+    spread = settings.n_samples > 1
+    given = {"mean": True, "variance": spread, "std_calibrated": spread and bool(info.calibration),
+             "error95": spread and bool(info.calibration), "gamma": True,
+             "consistency": info.task in ("sr", "qpi"), "samples": settings.keep_samples}
+    return [name for name in OUTPUTS if given[name]]
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,6 @@ def output_layout(info: ModelInfo, image, settings: ReconstructionSettings,
                   pixel_size_um: float | None) -> dict[str, OutputPlan]:
     """Every output a streamed job of ``image`` gives, by name, before computing (``pixel_size_um``: the
     input's, None = the model's)."""
-    from .predict import output_names
-
     factor, x_channels = int(info.upsampling_factor), int(info.config.x_channels)
     lead, (h, w) = lead_shape(info, image), tuple(image.shape[-2:])
     spatial = (h * factor, w * factor) if x_channels == 1 else (x_channels, h * factor, w * factor)

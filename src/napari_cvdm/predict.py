@@ -35,13 +35,11 @@ from .uncertainty.apply import UncertaintyOutputs, uncertainty_outputs
 from .checkpoint import ModelInfo
 from .consistency import ConsistencyOutput, consistency_output
 from .engine.settings import ReconstructionSettings
-from .plane_outputs import PlaneOutputs, output_layout
+from .plane_outputs import OUTPUTS, PlaneOutputs, output_layout, output_names  # noqa: F401 - the job's names
 from .preview import Preview, classical_preview, has_classical_preview, with_first_base
 from . import engine
 from .engine import Reconstruction, check_pixel_size, plane_count, validate_input
 
-#: Every output a job can give, in the order front ends show and write them.
-OUTPUTS = ("mean", "variance", "std_calibrated", "error95", "gamma", "consistency", "samples")
 NO_VARIANCE = "not given: one sample (N = 1) has no spread; use 2 or more samples for a variance"
 
 
@@ -130,16 +128,6 @@ class MemorySink:
     def close(self, prediction: Prediction) -> None:
         for name, array in prediction.outputs().items():
             self.arrays[name] = np.stack(self._planes.pop(name)).reshape(array.shape)
-
-
-def output_names(info: ModelInfo, settings: ReconstructionSettings) -> list[str]:
-    """The outputs a job of ``info``'s model with ``settings`` gives (:data:`OUTPUTS` order); the
-    consistency map may still be missing where the input's pixel size is unknown."""
-    spread = settings.n_samples > 1
-    given = {"mean": True, "variance": spread, "std_calibrated": spread and bool(info.calibration),
-             "error95": spread and bool(info.calibration), "gamma": True,
-             "consistency": info.task in ("sr", "qpi"), "samples": settings.keep_samples}
-    return [name for name in OUTPUTS if given[name]]
 
 
 def check_input(info: ModelInfo, image: np.ndarray, acquisition: Acquisition) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,10 +21,8 @@ from ..errors import Cancelled
 from ..model import CVDM, refinement_weight
 from ..model.samplers import RunningMoments, sample
 from ..residual import ResidualBase, WholePlane, base_for
+from .outputs import Outputs, Sampling
 from .tiling import NoiseField, TileGrid, base_tiling, on_blended_tiles, schedule_tiling
-
-if TYPE_CHECKING:
-    from .run import Outputs, Sampling
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]

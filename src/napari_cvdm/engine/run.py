@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from ..model import CVDM, SAMPLERS
 from ..model.samplers import RuntimeOptions, SamplingOptions
 from ..residual import base_for
 from .checks import (
-    check_call, check_memory, check_pixel_size, lead_shape, plane_at, plane_count, planes_of, validate_input,
+    check_call, check_pixel_size, lead_shape, plane_at, plane_count, planes_of, validate_input,
 )
+from .outputs import Outputs, Reconstruction, Sampling
 from .plane import PlaneRun, ProgressCallback, StepCounter, StopCheck, prepare_plane, steps_per_plane
 from .settings import ReconstructionSettings, autocast_dtype, resolve_device
 from .tiling import NOISE_BLOCK, TileGrid, network_stride
@@ -37,30 +38,6 @@ from .tiling import NOISE_BLOCK, TileGrid, network_stride
 PartialCallback = Callable[["Reconstruction"], None]
 #: Output pixels per network call when ``max_batch`` is None (4 samples of a 320² tile).
 PIXELS_PER_CALL = 4 * 320 * 320
-
-
-@dataclass
-class Reconstruction:
-    """Result on the output grid, float32.
-
-    ``mean`` ``(..., H_out, W_out)`` in the target unit (``rad`` for QPI): the mean of the N
-    samples, for a residual model with its refinement shrunk toward the base
-    (``metadata["refinement_weight"]``, one w per plane); ``variance``
-    the unbiased variance of the N samples in unit², ``gamma_map`` γ(t = 0.5, y)
-    (unitless, low = noise injected early = harder pixel); ``samples``
-    ``(..., N, H_out, W_out)`` when kept. A model with several target channels adds a
-    channel axis before ``H_out``. ``pixel_size_um`` is the output pixel size.
-    ``metadata``: the resolved settings (sampler, steps, η, device, precision, tiles).
-    """
-
-    mean: np.ndarray
-    variance: np.ndarray
-    gamma_map: np.ndarray
-    samples: np.ndarray | None
-    upsampling_factor: int
-    pixel_size_um: float | None
-    unit: str = "a.u."
-    metadata: dict = field(default_factory=dict)
 
 
 #: ``on_plane(p, result, raw)``: plane ``p``'s finished result (leading axes dropped) and its raw input ``(Cy, h, w)``.
@@ -220,22 +197,6 @@ def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_
     return optics
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Everything resolved once per call that every tile's sampling needs."""
-
-    options: SamplingOptions
-    runtime: RuntimeOptions
-    n_samples: int
-    chunk: int
-    settings: ReconstructionSettings
-
-    @property
-    def rounds(self) -> int:
-        """Rounds of ``chunk`` samples per plane."""
-        return -(-self.n_samples // self.chunk)
-
-
 def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device,
               tiling: TileGrid) -> Sampling:
     n_samples = int(settings.n_samples)
@@ -244,47 +205,6 @@ def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.d
     chunk = max(1, min(n_samples, int(per_call)))
     runtime = RuntimeOptions(autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
     return Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings)
-
-
-@dataclass
-class Outputs:
-    """The output arrays ``(P, Cx, H, W)`` (samples ``(P, N, Cx, H, W)``), filled plane by plane."""
-
-    mean: np.ndarray
-    variance: np.ndarray
-    gamma: np.ndarray
-    samples: np.ndarray | None
-    lead: tuple[int, ...]
-    x_channels: int
-
-    @classmethod
-    def allocate(cls, info: ModelInfo, lead: tuple[int, ...], planes: int, height: int, width: int,
-                 kept_samples: int) -> Outputs:
-        x_channels = int(info.config.x_channels)
-        check_memory(planes * x_channels * height * width * (3 + kept_samples))
-        shape = (planes, x_channels, height, width)
-        samples = np.zeros((planes, kept_samples, *shape[1:]), np.float32) if kept_samples else None
-        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.float32),
-                   samples, lead, x_channels)
-
-    def _shaped(self, array: np.ndarray, extra: tuple[int, ...] = ()) -> np.ndarray:
-        spatial = array.shape[-2:] if self.x_channels == 1 else array.shape[-3:]
-        return array.reshape(*self.lead, *extra, *spatial)
-
-    def result(self, info: ModelInfo, pixel_size: float | None, metadata: dict, final: bool,
-               with_samples: bool = False) -> Reconstruction:
-        """The arrays as a :class:`Reconstruction` (copies unless ``final``; no samples unless ``final``
-        or ``with_samples``)."""
-        own = (lambda a: a) if final else np.copy
-        samples = self.samples if final or with_samples else None
-        return Reconstruction(
-            mean=self._shaped(own(self.mean)), variance=self._shaped(own(self.variance)),
-            gamma_map=self._shaped(own(self.gamma)),
-            samples=None if samples is None else self._shaped(own(samples), (samples.shape[1],)),
-            upsampling_factor=int(info.upsampling_factor),
-            pixel_size_um=None if pixel_size is None else pixel_size / int(info.upsampling_factor),
-            unit=info.target_unit, metadata=metadata,
-        )
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",
