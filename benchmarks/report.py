@@ -408,6 +408,24 @@ def headline_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
     return lines
 
 
+def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
+    """The model card's table: this model on every set beside the best tuned classical method there."""
+    lines = [f"`python benchmarks/report.py --only {task}`; cells: mean over images [95 % interval]; n: images.\n",
+             "| test set | n | MS-SSIM | MAE | PSNR (dB) | coverage ±1.96 std | coverage calibrated 95 % | "
+             "best tuned classical: MS-SSIM | s / image |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in sets:
+        rows = store.method_rows(s.key, name, s.count)
+        if not rows:
+            lines.append(f"| {s.key} | 0 | not run yet |" + " |" * 6)
+            continue
+        reference = best_classical(task, [s], store)
+        ref = f"{reference} {cell(pooled(reference, [s], store, paired_with=name), 3)}" if reference else ""
+        values = [cell([r.get(key) for r in rows], digits) if any(r.get(key) is not None for r in rows) else "–"
+                  for key, _, digits in COLUMNS]
+        lines.append(f"| {s.key} | {len(rows)} | " + " | ".join(values[:5]) + f" | {ref} | {values[5]} |")
+    return "\n".join(lines) + "\n"
+
+
 def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     out = [f"## {task.upper()}: unseen test sets\n",
            f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples, each model's default "
@@ -486,8 +504,10 @@ def store_header(task: str, args) -> dict:
             "sizes": [args.size, args.large_size, args.sr_size]}
 
 
-def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Path = ROOT / "docs" / "results.md"):
-    """The README's model table and docs/results.md's tables from the rows made so far (both halves)."""
+def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Path = ROOT / "docs" / "results.md",
+               cards: Path = ROOT / "models"):
+    """The README's model table, docs/results.md's tables and each model card's table from the rows
+    made so far (both halves)."""
     rows = []
     for task in ("qpi", "sr"):
         args.task = task
@@ -500,6 +520,11 @@ def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Pa
             sets = test_sets(args)
             text = report_text(task, sets, store, args)
         replace_block(results, task, text)
+        for name in MODELS[task]:
+            card = cards / f"{name}.md"
+            if card.is_file() and "<!-- report:card -->" in card.read_text():
+                replace_block(card, "card", card_table(task, name, sets, store) if store else
+                              f"Not run yet: `python benchmarks/report.py --only {task}`.")
         rows += headline_rows(task, sets, store) if store else [
             f"| [`{name}`](models/{name}.md) | {task} | | not run yet |" for name in MODELS[task]]
     replace_block(readme, "models", "\n".join([HEADLINE_HEADER, "|---|---|---|---|", *rows]))

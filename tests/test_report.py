@@ -75,7 +75,11 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     args = report.main.__globals__["argparse"].Namespace(
         out=out, seed=0, samples=2, size=48, large_size=512, sr_size=256, images=2, large_images=0,
         sr_images=24, noise=[0.05], regression=None)
-    report.write_docs(args, "test CPU", readme=readme, results=results)
+    cards = tmp_path / "models"
+    cards.mkdir()
+    (cards / "cvdm-qpi-residual.md").write_text("# card\n<!-- report:card -->\n<!-- /report:card -->\n")
+    report.write_docs(args, "test CPU", readme=readme, results=results, cards=cards)
+    assert "| noise 0.05, 48² | 2 |" in (cards / "cvdm-qpi-residual.md").read_text()
     table = readme.read_text()
     assert "old" not in table and table.startswith("intro\n") and table.endswith("end\n")
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
