@@ -101,7 +101,7 @@ def cell(values, digits: int) -> str:
     if n == 0:
         return "–"
     if n == 1:
-        return f"{mean:.{digits}f} (n = 1)"
+        return f"{mean:.{digits}f}"  # one image: no interval
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -251,9 +251,9 @@ def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bo
 class Store:
     """Rows appended as JSON lines ``{"set", "index", "method", "row"}``; a torn last line is ignored."""
 
-    def __init__(self, path: Path, header: dict, device: str = ""):
+    def __init__(self, path: Path, header: dict, device: str = "", create: bool = True):
         self.path = path
-        self.header = {**header, "device": device}
+        self.header, self.device, self.devices = header, device, set()
         self.rows: dict[tuple[str, int, str], dict] = {}
         if path.is_file():
             lines = path.read_text().splitlines()
@@ -267,7 +267,8 @@ class Store:
                 except json.JSONDecodeError:
                     continue
                 self.rows[(entry["set"], entry["index"], entry["method"])] = entry["row"]
-        else:
+                self.devices.add(entry.get("device", "unknown"))
+        elif create:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"header": header}) + "\n")
 
@@ -278,8 +279,9 @@ class Store:
         with self.path.open("a") as handle:
             for method, row in rows.items():
                 self.rows[(key, index, method)] = row
-                handle.write(json.dumps({"set": key, "index": index, "method": method, "row": row},
-                                        default=float) + "\n")
+                handle.write(json.dumps({"set": key, "index": index, "method": method, "row": row,
+                                         "device": self.device}, default=float) + "\n")
+        self.devices.add(self.device)
 
     def method_rows(self, key: str, method: str, count: int) -> list[dict]:
         return [self.rows[(key, i, method)] for i in range(count) if (key, i, method) in self.rows]
@@ -429,7 +431,7 @@ def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
 def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     out = [f"## {task.upper()}: unseen test sets\n",
            f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples, each model's default "
-           f"sampler; device: {store.header['device']}. Cells: mean over images [95 % interval]; n: images.\n"]
+           f"sampler; device: {', '.join(sorted(store.devices)) or 'none yet'}. Cells: mean over images [95 % interval]; n: images.\n"]
     if task == "qpi":
         out.append("Regression baseline: " + (f"{args.regression}" if args.regression else NOT_RUN_QPI) + "\n")
     else:
@@ -511,22 +513,14 @@ def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Pa
     rows = []
     for task in ("qpi", "sr"):
         args.task = task
-        path = args.out / f"{task}.jsonl"
-        if not path.is_file():
-            text = f"## {task.upper()}: unseen test sets\n\nNot run yet: `python benchmarks/report.py --only {task}`.\n"
-            sets, store = [], None
-        else:
-            store = Store(path, store_header(task, args), device)
-            sets = test_sets(args)
-            text = report_text(task, sets, store, args)
-        replace_block(results, task, text)
+        store = Store(args.out / f"{task}.jsonl", store_header(task, args), device, create=False)
+        sets = test_sets(args)
+        replace_block(results, task, report_text(task, sets, store, args))
         for name in MODELS[task]:
             card = cards / f"{name}.md"
             if card.is_file() and "<!-- report:card -->" in card.read_text():
-                replace_block(card, "card", card_table(task, name, sets, store) if store else
-                              f"Not run yet: `python benchmarks/report.py --only {task}`.")
-        rows += headline_rows(task, sets, store) if store else [
-            f"| [`{name}`](models/{name}.md) | {task} | | not run yet |" for name in MODELS[task]]
+                replace_block(card, "card", card_table(task, name, sets, store))
+        rows += headline_rows(task, sets, store)
     replace_block(readme, "models", "\n".join([HEADLINE_HEADER, "|---|---|---|---|", *rows]))
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_interval_is_student_t(report):
     mean, low, high, n = report.interval([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3)
     assert high - mean == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
-    assert report.cell([0.5], 2) == "0.50 (n = 1)"
+    assert report.cell([0.5], 2) == "0.50"
     assert report.cell([], 2) == "–"
 
 
@@ -83,5 +83,5 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     table = readme.read_text()
     assert "old" not in table and table.startswith("intro\n") and table.endswith("end\n")
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
-    assert "| not run yet |" in table  # the SR half has no rows in this folder
+    assert "[`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | not run yet |" in table
     assert "### QPI noise 0.05, 48²" in results.read_text()
