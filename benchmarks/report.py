@@ -389,7 +389,7 @@ def pooled(method: str, sets: list[TestSet], store: Store, paired_with: str | No
     return values
 
 
-def headline_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
+def headline_rows(task: str, sets: list[TestSet], store: Store, prefix: str = "") -> list[str]:
     """One row per model: MS-SSIM over the test images of the smallest size of every set, beside
     the best tuned classical method on the same images."""
     cells_sets = [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
@@ -406,7 +406,7 @@ def headline_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
             score = f"{cell(values, 3)} (n = {len(values)}, {where})"
             if reference:
                 score += f"; {reference} {cell(pooled(reference, cells_sets, store, paired_with=name), 3)}"
-        lines.append(f"| [`{name}`](models/{name}.md) | {described[0]} | {described[1]} | {score} |")
+        lines.append(f"| [`{name}`]({prefix}models/{name}.md) | {described[0]} | {described[1]} | {score} |")
     return lines
 
 
@@ -443,7 +443,7 @@ def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     size = min((s.size for s in sets), default=HEADLINE_SIZE)
     out.append(f"### {task.upper()} headline: MS-SSIM over all {size}² test images\n")
     out.append(HEADLINE_HEADER + "\n|---|---|---|---|")
-    out.append("\n".join(headline_rows(task, sets, store)) + "\n")
+    out.append("\n".join(headline_rows(task, sets, store, prefix="../")) + "\n")
     return "\n".join(out)
 
 
