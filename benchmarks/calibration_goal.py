@@ -57,7 +57,7 @@ from napari_cvdm.data.simulate import (  # noqa: E402
     SR_UNSEEN_TEST, QPISimulationConfig, qpi_source_image, render_structure, simulate_qpi, simulate_sr,
     split_source_files,
 )
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 from napari_cvdm.uncertainty.apply import calibrated_std  # noqa: E402
 from napari_cvdm.uncertainty.calibrate import _aligned  # noqa: E402
 from napari_cvdm.uncertainty.conformal import fit_calibration  # noqa: E402

@@ -116,7 +116,7 @@ def _model(task: str, preset: str, device: str):
 
 def predict_case(case: dict) -> dict:
     """Run one reconstruction in this process and measure it."""
-    from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cvdm.engine import ReconstructionSettings, reconstruct
 
     torch.set_num_threads(case.get("threads", 1))
     model, info = _model(case["task"], case["preset"], case["device"])

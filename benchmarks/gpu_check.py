@@ -11,7 +11,7 @@ training step. Prints the device and every figure:
    counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add), and
    the fraction of the card's dense vendor peak (``throughput.KNOWN_PEAKS``; "unknown
    card" otherwise). fp32 convolutions may use TF32 (PyTorch's cuDNN default);
-2. wall time of ``napari_cvdm.reconstruct.reconstruct`` on a ``--size``² QPI stack with
+2. wall time of ``napari_cvdm.engine.reconstruct`` on a ``--size``² QPI stack with
    N = ``--samples`` at the model's default sampler and steps, precision ``auto`` (bf16
    on CUDA), after a one-tile warm-up; peak GPU memory.
 
@@ -36,7 +36,7 @@ from throughput import KNOWN_PEAKS, count_flops, sync, time_nfe  # noqa: E402
 
 from napari_cvdm.checkpoint import ModelInfo  # noqa: E402
 from napari_cvdm.model import CVDM, ModelConfig  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, tile_spans, network_stride  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, tile_spans, network_stride  # noqa: E402
 
 #: --quick: sizes that run in seconds on a CPU (the code path, not the figures, is checked).
 QUICK = dict(preset="tiny", tile=32, batch=2, size=64, samples=2, steps=2, repeats=2)

@@ -26,7 +26,7 @@ import torch  # noqa: F401 - torch before Qt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_cvdm import reconstruct as engine  # noqa: E402
+from napari_cvdm import engine  # noqa: E402
 
 MODEL = ROOT / "models" / "cvdm-sr-residual.safetensors"
 

@@ -36,7 +36,7 @@ def _peak_mib() -> float:
 def engine_run(task: str, size: int) -> dict:
     from napari_cvdm.checkpoint import ModelInfo, load_model
     from napari_cvdm.model import CVDM, ModelConfig
-    from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cvdm.engine import ReconstructionSettings, reconstruct
 
     shipped, shipped_info = load_model(ROOT / "models" / f"cvdm-{task}-residual.safetensors", "cpu")
     config = ModelConfig(**{**shipped_info.config.to_dict(), "preset": "tiny"})

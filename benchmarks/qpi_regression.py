@@ -46,7 +46,8 @@ from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
 from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
-from napari_cvdm.reconstruct import _prepare_plane, reconstruct_base  # noqa: E402
+from napari_cvdm.engine import reconstruct_base  # noqa: E402
+from napari_cvdm.engine.plane import prepare_plane  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cvdm-qpi-residual.safetensors"
@@ -120,7 +121,7 @@ def regression_phase(net: UNet, model, info, stack: np.ndarray, noise_map: bool)
     """The regression's phase (rad) of one stack ``(2, H, W)``: ``b + s·r̂`` in target units (b: TIE)."""
     # the bare TIE base's plane, also of a model that corrects it
     tie_model = SimpleNamespace(config=dataclasses.replace(model.config, base="physics"))
-    plane = _prepare_plane(tie_model, info, stack, 1, torch.device("cpu"), {})
+    plane = prepare_plane(tie_model, info, stack, 1, torch.device("cpu"), {})
     condition = plane.condition
     if noise_map:
         level = noise_level_map(defocus_relative_noise_std(stack), stack.shape)

@@ -13,7 +13,7 @@ trained on, optics and photon counts outside the training ranges), ``--sr-images
 256² → 512² each. The image streams are those of ``benchmarks/unseen.py``.
 
 Methods: all four shipped models (``models/``), each through
-:func:`napari_cvdm.reconstruct.reconstruct` with its default sampler and N = ``--samples``,
+:func:`napari_cvdm.engine.reconstruct` with its default sampler and N = ``--samples``,
 as ``cvdm predict`` runs it; FFT-TIE and US-TIE with the regulariser (and FFT-TIE's
 boundary) tuned per noise level on the *validation* photos; Richardson–Lucy (10 iterations,
 each image's true optics) and bicubic upsampling; the regression baseline at the residual
@@ -61,7 +61,7 @@ from napari_cvdm.data.simulate import (  # noqa: E402
 from napari_cvdm.physics import upsample  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
 from napari_cvdm.uncertainty.apply import error_bound, model_calibration  # noqa: E402
 
 MODELS = {  # name → file in models/, in the order they run (defaults first)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_cvdm.checkpoint import ModelInfo, load_model  # noqa: E402
 from napari_cvdm.model import CVDM, ModelConfig  # noqa: E402
 from napari_cvdm.model.samplers import RuntimeOptions, _noise_predictor  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, network_stride, reconstruct, tile_spans  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, network_stride, reconstruct, tile_spans  # noqa: E402
 
 #: Dense (no sparsity) vendor peaks in TFLOP/s: (fp32 without tensor cores, bf16 tensor cores).
 KNOWN_PEAKS = {"H100 80GB HBM3": (67.0, 989.0), "H100 PCIe": (51.0, 756.0), "H200": (67.0, 989.0),

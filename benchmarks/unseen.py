@@ -16,7 +16,7 @@
   bicubic upsampling, and the residual model's own direct predictor (trained jointly,
   inside the same budget: the regression baseline at equal budget).
 
-Every model runs through :func:`napari_cvdm.reconstruct.reconstruct` exactly as a user's
+Every model runs through :func:`napari_cvdm.engine.reconstruct` exactly as a user's
 ``cvdm predict`` would (N samples, the model's default sampler, 256-px tiles).
 Scores: MS-SSIM, MAE and PSNR on the [0, 1] scale (QPI: offset removed, ÷ the true phase's range;
 SR: CARE-style affine fit to the target), error power per octave band (contribution to
@@ -63,7 +63,7 @@ from napari_cvdm.data.simulate import (  # noqa: E402
 from napari_cvdm.physics import upsample  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import BOUNDARIES, fft_tie, us_tie  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
 
 RL_ITERATIONS = 10
 CLASSICAL = {"qpi": ("FFT-TIE", "US-TIE"), "sr": ("Richardson–Lucy", "bicubic")}

@@ -18,7 +18,7 @@ from napari_cvdm import train as train_module
 from napari_cvdm.cli import EXIT_STOPPED, main
 from napari_cvdm.errors import InputError
 from napari_cvdm.io import write_image
-from napari_cvdm.reconstruct import ReconstructionSettings, check_call
+from napari_cvdm.engine import ReconstructionSettings, check_call
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_cli import FAST, _model_file  # noqa: E402 - the tiny model files of the CLI tests
@@ -389,7 +389,7 @@ API_CASES = {
 @pytest.mark.parametrize("case", API_CASES, ids=list(API_CASES))
 def test_reconstruct_refuses_bad_arguments_with_an_input_error(models, case):
     from napari_cvdm.checkpoint import load_model
-    from napari_cvdm.reconstruct import reconstruct
+    from napari_cvdm.engine import reconstruct
 
     kwargs, word = API_CASES[case]
     model, info = load_model(models["sr"])

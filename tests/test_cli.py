@@ -265,7 +265,7 @@ def test_predict_passes_the_input_optics_to_a_tie_base_and_warns_when_they_diffe
 
 def test_predict_defaults_are_the_engines():
     from napari_cvdm.cli import build_parser
-    from napari_cvdm.reconstruct import ReconstructionSettings
+    from napari_cvdm.engine import ReconstructionSettings
 
     args = build_parser().parse_args(["predict", "a.tif", "--model", "m.safetensors"])
     defaults = ReconstructionSettings()

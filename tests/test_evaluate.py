@@ -84,7 +84,7 @@ def test_a_calibrated_model_gets_calibrated_and_ceiling_rows(tmp_path):
     from napari_cvdm.checkpoint import ModelInfo, save_model
     from napari_cvdm.data import ImagePair
     from napari_cvdm.model import CVDM, ModelConfig
-    from napari_cvdm.reconstruct import ReconstructionSettings
+    from napari_cvdm.engine import ReconstructionSettings
 
     torch.manual_seed(0)
     config = ModelConfig(x_channels=1, y_channels=2, preset="tiny")

@@ -15,7 +15,7 @@ import torch
 
 from napari_cvdm.checkpoint import load_model
 from napari_cvdm.errors import InputError
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, reconstruct_base
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base
 from napari_cvdm.train import Batch, TrainConfig, Trainer, TrainingDiverged, train
 
 

@@ -27,8 +27,7 @@ from typing_extensions import TypedDict
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
-from .engine.settings import MAX_SAMPLER_STEPS, MAX_SAMPLES
-from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_SAMPLER_STEPS, MAX_SAMPLES
 
 #: 2 added the residual formulation (ModelConfig.base, ...) and ModelInfo.base/calibration; 1 still loads.
 FORMAT_VERSION = 2

@@ -100,7 +100,7 @@ class _ProgressLine:
 
 
 class _SampleRate:
-    """``progress(done, total)`` of :func:`~napari_cvdm.reconstruct.reconstruct` as steps, samples done
+    """``progress(done, total)`` of :func:`~napari_cvdm.engine.reconstruct` as steps, samples done
     (the fraction of the work times N, per plane) and time per sample on a :class:`_ProgressLine`."""
 
     def __init__(self, line: _ProgressLine, label: str, n_samples: int):
@@ -381,7 +381,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .uncertainty.calibrate import calibrate_model, refit_base, with_calibration
     from .checkpoint import load_model, read_model_info, save_model
     from .data import load_pair_folders
-    from .reconstruct import resolve_device
+    from .engine import resolve_device
     from .data.training import folder_pixel_size
 
     settings = _settings(args)

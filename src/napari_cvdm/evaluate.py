@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import InputError
 from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM, SR_EMISSION_UM, SR_NA
-from .reconstruct import ReconstructionSettings
+from .engine import ReconstructionSettings
 
 FIDELITY = ("psnr", "ssim", "ms_ssim", "mae")
 UNCERTAINTY = ("coverage_80", "coverage_90", "coverage_95", "uce", "ence", "ause", "spearman_std_error")
@@ -260,7 +260,7 @@ class _ModelOutput:
 def _model_method(path: Path, device, settings: ReconstructionSettings) -> Callable:
     from .uncertainty.apply import model_calibration
     from .checkpoint import load_model
-    from .reconstruct import reconstruct
+    from .engine import reconstruct
 
     model, info = load_model(path, device)
     try:
@@ -298,7 +298,7 @@ def _rows(name: str, image: str, output, target: np.ndarray, task: str, target_p
 def evaluate(options: EvaluationOptions, progress: Callable[[str], None] | None = None) -> EvaluationTable:
     """Evaluate ``options.models`` (and the baselines) on the options' dataset."""
     from .checkpoint import read_model_info
-    from .reconstruct import resolve_device
+    from .engine import resolve_device
 
     options.settings.check()
     infos = [read_model_info(path) for path in options.models]

@@ -6,7 +6,7 @@ that the CLI (``cvdm predict``), the Reconstruct widget and the Python API go th
 1. checks before computing (:func:`check_input`): the image against the model, and sentences
    for a pixel size or optics that differ from the model's training data;
 2. a classical preview and each plane's base b(y), when ``hooks.on_preview`` asks for them;
-3. the reconstruction (:func:`napari_cvdm.reconstruct.reconstruct`): mean, variance, γ map;
+3. the reconstruction (:func:`napari_cvdm.engine.reconstruct`): mean, variance, γ map;
 4. the calibrated std and ± error (:mod:`napari_cvdm.uncertainty.apply`) and the data-consistency map
    (:mod:`napari_cvdm.consistency`);
 5. the record (the sidecar's JSON), then every output plane by plane to the ``sink``.
@@ -31,8 +31,8 @@ from .checkpoint import ModelInfo
 from .consistency import ConsistencyOutput, consistency_output
 from .engine.settings import ReconstructionSettings
 from .preview import Preview, classical_preview, has_classical_preview, with_first_base
-from . import reconstruct as engine
-from .reconstruct import Reconstruction, check_pixel_size, plane_count, validate_input
+from . import engine
+from .engine import Reconstruction, check_pixel_size, plane_count, validate_input
 
 #: Every output a job can give, in the order front ends show and write them.
 OUTPUTS = ("mean", "variance", "std_calibrated", "error95", "gamma", "consistency", "samples")
@@ -144,7 +144,7 @@ def check_input(info: ModelInfo, image: np.ndarray, acquisition: Acquisition) ->
 def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition | None = None,
             settings: ReconstructionSettings | None = None, hooks: Hooks | None = None,
             sink: Sink | None = None, model_path: str | Path | None = None) -> Prediction:
-    """Reconstruct ``image`` (layout as for :func:`napari_cvdm.reconstruct.reconstruct`) with every output.
+    """Reconstruct ``image`` (layout as for :func:`napari_cvdm.engine.reconstruct`) with every output.
 
     ``model_path`` goes into the record. Without a ``sink`` the outputs stay in the returned
     :class:`Prediction`. Raises InputError before computing when the input or settings are unusable.

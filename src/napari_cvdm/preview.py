@@ -52,7 +52,7 @@ def with_first_base(preview: Preview | None, base: np.ndarray, planes: int) -> P
 
 def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | None = None,
                       dz_um: float | None = None, wavelength_um: float | None = None) -> Preview:
-    """The classical estimate of ``image`` (layout as for :func:`napari_cvdm.reconstruct.reconstruct`).
+    """The classical estimate of ``image`` (layout as for :func:`napari_cvdm.engine.reconstruct`).
 
     QPI optics: given, else the model's, else the training simulator's (:func:`input_optics`);
     the pixel size: given, else the model's.

@@ -258,7 +258,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
                  resume: bool = False):
-        from .reconstruct import resolve_device
+        from .engine import resolve_device
 
         config.check()
         base_net, base = load_base_model(config) or (None, None)
@@ -690,7 +690,7 @@ class Trainer:
         the model is already exported and ``cvdm calibrate`` can do it later.
         """
         from .uncertainty.calibrate import TRAINING_MAX_SAMPLES, calibrate_model, crops, with_calibration
-        from .reconstruct import ReconstructionSettings
+        from .engine import ReconstructionSettings
 
         if not self.data.validation_pairs:
             log.info("no validation images: the model is not calibrated (run cvdm calibrate on held-out pairs)")

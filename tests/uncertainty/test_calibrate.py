@@ -11,7 +11,7 @@ from napari_cvdm.checkpoint import ModelInfo, load_model, read_model_info, save_
 from napari_cvdm.cli import main
 from napari_cvdm.data import ImagePair
 from napari_cvdm.model import CVDM, ModelConfig
-from napari_cvdm.reconstruct import ReconstructionSettings
+from napari_cvdm.engine import ReconstructionSettings
 from napari_cvdm.uncertainty.apply import calibration_line, uncertainty_outputs
 from napari_cvdm.uncertainty.calibrate import calibrate_model, crops, with_calibration
 from napari_cvdm.uncertainty.conformal import NO_VARIANCE_MESSAGE, Calibration
@@ -91,7 +91,7 @@ def test_the_calibration_records_its_sampler_and_makes_it_the_model_default(mode
     assert calibrated.sampler["n_samples"] == 2  # the sample count stays the model's
     assert info.sampler["steps"] == 2  # the original info is unchanged
     # the written file reads back with the new defaults, and a reconstruction uses them
-    from napari_cvdm.reconstruct import reconstruct
+    from napari_cvdm.engine import reconstruct
 
     path = save_model(model_path.parent / "defaults.safetensors", model, calibrated)
     model, loaded = load_model(path)
@@ -169,7 +169,7 @@ def test_a_foreign_input_gets_an_out_of_distribution_sentence(calibrated_path):
     info = read_model_info(calibrated_path)
     pair = _qpi_pairs()[0]
     model, _ = load_model(calibrated_path)
-    from napari_cvdm.reconstruct import reconstruct
+    from napari_cvdm.engine import reconstruct
 
     result = reconstruct(model, info, pair.input, SETTINGS)
     assert uncertainty_outputs(info, result.variance, pair.input, 2, 0.21).warning is None

@@ -11,7 +11,7 @@ from napari_cvdm.uncertainty.calibrate import calibrate_model, with_calibration
 from napari_cvdm.checkpoint import load_model, save_model
 from napari_cvdm.data import ImagePair
 from napari_cvdm.physics import upsample
-from napari_cvdm.reconstruct import ReconstructionSettings
+from napari_cvdm.engine import ReconstructionSettings
 
 pytestmark = pytest.mark.gui
 PIXEL = 0.0626  # the tiny SR model's input pixel size (µm)

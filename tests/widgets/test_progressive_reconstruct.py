@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_cvdm import reconstruct as engine
+from napari_cvdm import engine
 from napari_cvdm._widgets import ReconstructWidget
 from napari_cvdm.preview import BASE_KIND, TIE_KIND, UPSAMPLED_KIND
 from napari_cvdm.errors import Cancelled

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import napari_cvdm.reconstruct as engine
+import napari_cvdm.engine as engine
 from napari_cvdm._widgets import ReconstructWidget
 from napari_cvdm._widgets._reconstruct import TWO_LAYERS_MODE
 

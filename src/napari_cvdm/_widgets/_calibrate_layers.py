@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reconstruct as engine
+from .. import engine
 from ..checkpoint import ModelInfo
 from ..data import ImagePair
 from ..errors import InputError

@@ -1,6 +1,6 @@
 """Reconstruct dock widget: pick a model and an input layer, get mean, variance, (calibrated) ± error and γ-map layers.
 
-The widget only gathers choices, starts :func:`napari_cvdm.reconstruct.reconstruct`
+The widget only gathers choices, starts :func:`napari_cvdm.engine.reconstruct`
 in a worker thread and shows what comes back; all model logic lives in the engine.
 """
 
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import reconstruct as engine
+from .. import engine
 from ..residual import base_for, tie_of
 from ..uncertainty.apply import calibration_line
 from ..uncertainty.calibrate import calibrate_model, refit_base, with_calibration

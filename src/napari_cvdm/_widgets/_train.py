@@ -34,7 +34,7 @@ from .. import train as trainer
 from ..config import FORMULATIONS
 from ..errors import InputError
 from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
-from ..reconstruct import available_devices
+from ..engine import available_devices
 from ..residual import base_for
 from ._errors import describe_failure
 from ._layers import OUTPUT_SUFFIXES, fill_layer_combo

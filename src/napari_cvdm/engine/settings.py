@@ -14,13 +14,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..model.samplers import GRIDS, LOG_SNR_CEILING, SAMPLERS
+from ..model.samplers import GRIDS, LOG_SNR_CEILING, MAX_SAMPLER_STEPS, MAX_SAMPLES, SAMPLERS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_KINDS = ("auto", "cpu", "mps", "cuda")
 #: Bounds that keep a setting from exhausting memory or time on its own.
-MAX_SAMPLES = 10_000
-MAX_SAMPLER_STEPS = 100_000
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 1_000_000
 #: Smallest tile side (output pixels).

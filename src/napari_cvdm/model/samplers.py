@@ -80,6 +80,10 @@ MAX_GAMMA = 1 - 2**-23
 LOG_SNR_MAX = 13.3
 #: Largest end of the ``log_snr`` grid a user or model file may ask for (noise std ≈ 4.5e-5).
 LOG_SNR_CEILING = 20.0
+#: Bounds of the samples per image and the steps per sample: far beyond real use, small enough
+#: never to exhaust memory or time on their own.
+MAX_SAMPLES = 10_000
+MAX_SAMPLER_STEPS = 100_000
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]

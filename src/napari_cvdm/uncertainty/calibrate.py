@@ -1,7 +1,7 @@
 """Calibrate a model on held-out pairs: the job that fits and stores a :class:`~.conformal.Calibration`.
 
 :func:`calibrate_model` reconstructs each pair's input with
-:func:`napari_cvdm.reconstruct.reconstruct` and fits
+:func:`napari_cvdm.engine.reconstruct` and fits
 :func:`~napari_cvdm.uncertainty.conformal.fit_calibration` on (mean, std, target) in the output's units
 (QPI: radians, the free phase offset removed; SR: the target mapped onto the mean, see :func:`_aligned`);
 the result goes into the model file as ``ModelInfo.calibration`` (:func:`with_calibration`).
@@ -72,7 +72,7 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
     the reconstruction (raises :class:`~napari_cvdm.errors.Cancelled`). The caller bounds the
     count and size of the pairs: the cost is that of predicting them.
     """
-    from ..reconstruct import ReconstructionSettings, reconstruct
+    from ..engine import ReconstructionSettings, reconstruct
 
     settings = settings or ReconstructionSettings()
     if not pairs:

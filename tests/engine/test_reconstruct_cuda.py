@@ -8,11 +8,11 @@ import torch
 
 from napari_cvdm.checkpoint import load_model
 from napari_cvdm.errors import InputError
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct, resolve_device
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, resolve_device
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-QPI_MODEL = Path(__file__).resolve().parents[1] / "models" / "cvdm-qpi-small.safetensors"
+QPI_MODEL = Path(__file__).resolve().parents[2] / "models" / "cvdm-qpi-small.safetensors"
 
 
 def _stack(size: int = 64) -> np.ndarray:

@@ -11,7 +11,7 @@ from torch import nn
 from napari_cvdm.checkpoint import ModelInfo
 from napari_cvdm.errors import Cancelled, InputError
 from napari_cvdm.model import CVDM, ModelConfig, SamplingOptions, sample
-from napari_cvdm.reconstruct import (
+from napari_cvdm.engine import (
     NOISE_BLOCK,
     NoiseField,
     ReconstructionSettings,
@@ -192,7 +192,7 @@ def test_tiled_equals_untiled_for_a_local_network(task, sampler, eta, grid):
 
 def test_misaligned_tiles_would_differ():
     """Control for the test above: the same tiles started one pixel off the stride grid do not agree."""
-    import napari_cvdm.reconstruct as engine
+    import napari_cvdm.engine.run as engine  # where reconstruct() looks up the stride
 
     model, info = _local("qpi")
     image = _qpi_stack(300, 260)
@@ -257,7 +257,7 @@ def test_variance_has_no_dip_in_tile_overlaps(monkeypatch, tiles_share_draws):
     overlaps. Control: the variance of the cross-faded (kept) samples does dip when the
     tiles' draws are independent.
     """
-    import napari_cvdm.reconstruct as engine
+    import napari_cvdm.engine as engine
 
     if not tiles_share_draws:
         window = engine.NoiseField.window
@@ -451,7 +451,7 @@ def _phase_bump_stack(size: int = 48) -> np.ndarray:
 
 
 def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
-    from napari_cvdm.reconstruct import reconstruct_base
+    from napari_cvdm.engine import reconstruct_base
 
     model, info = _residual_qpi()
     # ε̂ = x_t / σ_t makes every x̂0 = 0: the residual samples are all zero
@@ -466,7 +466,7 @@ def test_a_residual_model_that_refines_nothing_returns_its_tie_base():
 
 
 def test_each_planes_base_is_reported_before_its_samples():
-    from napari_cvdm.reconstruct import reconstruct_base
+    from napari_cvdm.engine import reconstruct_base
 
     model, info = _residual_qpi()
     stacks = np.stack([_phase_bump_stack(), _phase_bump_stack()[:, ::-1].copy()])  # two planes (2, 2, H, W)
@@ -519,7 +519,7 @@ def test_a_residual_model_gives_the_same_schedule_map_whatever_the_tiles():
 
 
 def test_the_input_optics_reach_the_tie_base_with_a_warning_when_they_differ():
-    from napari_cvdm.reconstruct import reconstruct_base
+    from napari_cvdm.engine import reconstruct_base
 
     model, info = _residual_qpi()
     stack = _phase_bump_stack()
@@ -537,10 +537,10 @@ def test_values_too_large_for_float32_are_refused_before_computing():
 
 
 def test_a_result_larger_than_the_machine_is_refused_before_computing(monkeypatch):
-    import napari_cvdm.reconstruct as engine
+    import napari_cvdm.engine as engine
 
     model, info = _tiny("sr")
-    monkeypatch.setattr(engine, "available_memory_bytes", lambda: 100_000)  # the outputs need 327 kB
+    monkeypatch.setattr(engine.checks, "available_memory_bytes", lambda: 100_000)  # the outputs need 327 kB
     with pytest.raises(InputError, match="GiB"):
         reconstruct(model, info, np.ones((64, 64), np.float32), ReconstructionSettings(device="cpu", n_samples=2,
                                                                                         keep_samples=True))
@@ -597,21 +597,21 @@ def test_a_large_plane_gets_its_predictor_base_in_blended_tiles_with_progress(mo
     with the shipped SR model the tiles' blend stays close to the whole plane's base."""
     from pathlib import Path
 
-    import napari_cvdm.reconstruct as engine
+    import napari_cvdm.engine as engine
     from napari_cvdm.checkpoint import load_model
-    from napari_cvdm.reconstruct import reconstruct_base
+    from napari_cvdm.engine import reconstruct_base
 
-    shipped, shipped_info = load_model(Path(__file__).parents[1] / "models" / "cvdm-sr-residual.safetensors", "cpu")
+    shipped, shipped_info = load_model(Path(__file__).parents[2] / "models" / "cvdm-sr-residual.safetensors", "cpu")
     image = _widefield(64, 64)  # a 128² output
     whole = reconstruct_base(shipped, shipped_info, image, device="cpu")
-    monkeypatch.setattr(engine, "BASE_TILE", 64)
-    monkeypatch.setattr(engine, "BASE_TILE_OVERLAP", 32)
+    monkeypatch.setattr(engine.tiling, "BASE_TILE", 64)
+    monkeypatch.setattr(engine.tiling, "BASE_TILE_OVERLAP", 32)
     tiled = reconstruct_base(shipped, shipped_info, image, device="cpu")
     assert tiled.shape == whole.shape == (128, 128)
     assert not np.array_equal(tiled, whole)  # GroupNorm sees each tile's own statistics
     assert np.abs(tiled - whole).mean() < 0.05 * np.abs(whole - whole.mean()).mean()
     model, info = _tiny_predictor()
-    base_tiles = engine.base_tiling(model, 96, 80)
+    base_tiles = engine.tiling.base_tiling(model, 96, 80)
     assert len(base_tiles.rows) * len(base_tiles.cols) > 1
     seen = []
     reconstruct(model, info, _widefield(48, 40), ReconstructionSettings(n_samples=1, steps=2, tile_size=None,
@@ -625,14 +625,14 @@ def test_a_large_plane_gets_its_smooth_schedule_map_in_blended_tiles(monkeypatch
     attention memory); the map stays close to the whole plane's."""
     from pathlib import Path
 
-    import napari_cvdm.reconstruct as engine
+    import napari_cvdm.engine as engine
     from napari_cvdm.checkpoint import load_model
 
-    model, info = load_model(Path(__file__).parents[1] / "models" / "cvdm-qpi-residual.safetensors", "cpu")
+    model, info = load_model(Path(__file__).parents[2] / "models" / "cvdm-qpi-residual.safetensors", "cpu")
     settings = ReconstructionSettings(n_samples=1, steps=1, tile_size=None, device="cpu")
     whole = reconstruct(model, info, _qpi_stack(192, 192), settings)
-    monkeypatch.setattr(engine, "SCHEDULE_TILE", 96)
-    monkeypatch.setattr(engine, "SCHEDULE_TILE_OVERLAP", 32)
+    monkeypatch.setattr(engine.tiling, "SCHEDULE_TILE", 96)
+    monkeypatch.setattr(engine.tiling, "SCHEDULE_TILE_OVERLAP", 32)
     tiled = reconstruct(model, info, _qpi_stack(192, 192), settings)
     assert not np.array_equal(tiled.gamma_map, whole.gamma_map)
     assert np.abs(tiled.gamma_map - whole.gamma_map).mean() < 0.2 * whole.gamma_map.std()  # 0.11 measured
@@ -640,7 +640,7 @@ def test_a_large_plane_gets_its_smooth_schedule_map_in_blended_tiles(monkeypatch
 
 def test_a_residual_models_mean_shrinks_its_refinement_toward_the_base_unless_asked_not_to():
     from napari_cvdm.model import refinement_weight
-    from napari_cvdm.reconstruct import reconstruct_base
+    from napari_cvdm.engine import reconstruct_base
 
     model, info = _residual_qpi()
     stack = _phase_bump_stack()

@@ -1,0 +1,137 @@
+"""Checks before any computing: the input against the model, memory, pixel size, and the plane layout.
+
+Cheap (shape, dtype, finiteness): safe to call on a GUI thread. Each raises
+:class:`~napari_cvdm.errors.InputError` with one sentence, or returns a warning sentence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..checkpoint import ModelInfo
+from ..errors import InputError
+from .settings import ReconstructionSettings
+
+#: Smallest image side (input pixels) a model is run on.
+MIN_INPUT_SIZE = 8
+
+
+#: Largest |value| of an input image: the variance of float32 samples of larger values overflows.
+MAX_INPUT_MAGNITUDE = 1e15
+
+
+#: Fraction of the machine's memory a reconstruction's outputs may take.
+MEMORY_FRACTION = 0.7
+
+
+#: Relative mismatch of input and training pixel size above which a warning is given.
+PIXEL_SIZE_TOLERANCE = 0.1
+
+
+def check_call(settings, input_pixel_size_um) -> None:
+    """InputError for arguments of :func:`reconstruct` of the wrong kind (before any computing)."""
+    if settings is not None and not isinstance(settings, ReconstructionSettings):
+        raise InputError(f"settings must be a ReconstructionSettings (got {type(settings).__name__}); "
+                         "e.g. ReconstructionSettings(**your_dict).")
+    if input_pixel_size_um is None:
+        return
+    if isinstance(input_pixel_size_um, bool) or not isinstance(input_pixel_size_um, int | float | np.floating) \
+            or not np.isfinite(input_pixel_size_um) or input_pixel_size_um <= 0:
+        raise InputError(f"input_pixel_size_um must be a positive number of µm (got {input_pixel_size_um!r}).")
+
+
+def _task_words(info: ModelInfo) -> str:
+    return {"sr": "super-resolution", "qpi": "QPI"}.get(info.task, info.task)
+
+
+def validate_input(info: ModelInfo, image: np.ndarray, axes: str | None = None) -> None:
+    """Raise InputError with one clear sentence if ``image`` cannot go through this model.
+
+    Cheap (shape, dtype, finiteness): safe to call on the GUI thread. ``axes`` (e.g.
+    ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model.
+    """
+    channels = int(info.config.y_channels)
+    try:
+        array = np.asarray(image)
+    except Exception:  # noqa: BLE001 - anything not array-like
+        raise InputError(f"The input is not an image (got {type(image).__name__}).") from None
+    if array.dtype.kind not in "uif":
+        raise InputError(f"The input holds {array.dtype} values; expected a grayscale intensity image.")
+    if channels == 1:
+        layout = "a 2-D image (H, W) or a stack (…, H, W)"
+        if info.task == "sr":
+            layout = "a raw widefield image (H, W) or a stack of them (…, H, W)"
+        if array.ndim < 2:
+            raise InputError(f"This {_task_words(info)} model needs {layout}; got shape {array.shape}.")
+        if axes and "C" in axes and array.shape[axes.index("C")] > 1:
+            raise InputError(
+                f"The image has {array.shape[axes.index('C')]} channels (axes {axes}), but this "
+                f"{_task_words(info)} model takes single-channel images"
+                + ("; a defocus stack needs a QPI model." if array.shape[axes.index("C")] == 2 else ".")
+            )
+    else:
+        what = "a defocus stack [I(−dz), I(+dz)]" if info.task == "qpi" else f"{channels} channels"
+        if array.ndim < 3 or array.shape[-3] != channels:
+            raise InputError(f"This {_task_words(info)} model needs {what} shaped (…, {channels}, H, W); "
+                             f"got shape {array.shape}.")
+        if axes and len(axes) == array.ndim and axes[-3] not in "CZ":
+            raise InputError(f"This {_task_words(info)} model needs the channel axis third from last "
+                             f"(…, {channels}, H, W); the image's axes are {axes}.")
+    if min(array.shape[-2:]) < MIN_INPUT_SIZE:
+        raise InputError(f"The image is too small ({array.shape[-2]}×{array.shape[-1]} pixels); "
+                         f"at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} is needed.")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = "NaN" if np.isnan(array).any() else "infinite"
+            raise InputError(f"The image contains {bad} values ({int(array.size - finite.sum())} pixels); "
+                             "replace them before reconstructing.")
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > MAX_INPUT_MAGNITUDE:  # squares of such values overflow float32 in the variance
+        raise InputError(f"The image holds values up to {largest:.3g}; intensities beyond "
+                         f"{MAX_INPUT_MAGNITUDE:.0e} cannot be reconstructed in float32: rescale it first.")
+
+
+def available_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(output_values: int) -> None:
+    """InputError before any computing when the float32 outputs alone would not fit in memory."""
+    needed, available = 4 * int(output_values), available_memory_bytes()
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise InputError(f"The result would need {needed / 2**30:.1f} GiB for its output images alone, but this "
+                         f"machine has {available / 2**30:.1f} GiB; crop the image, reconstruct fewer planes, "
+                         "or do not keep the samples.")
+
+
+def check_pixel_size(info: ModelInfo, input_pixel_size_um: float | None) -> str | None:
+    """A warning sentence if the input's pixel size differs from the model's training data, else None."""
+    trained = info.input_pixel_size_um
+    if trained is None or input_pixel_size_um is None:
+        return None
+    if abs(input_pixel_size_um / trained - 1.0) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return (f"The input pixel size ({input_pixel_size_um:.4g} µm) differs from the model's training data "
+            f"({trained:.4g} µm); structures will not have the sizes the model learned.")
+
+
+def planes_of(info: ModelInfo, image: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(P, Cy, h, w)`` view of the input and its leading shape."""
+    channels = int(info.config.y_channels)
+    if channels == 1:
+        lead = image.shape[:-2]
+        return image.reshape(-1, 1, *image.shape[-2:]), lead
+    lead = image.shape[:-3]
+    return image.reshape(-1, channels, *image.shape[-2:]), lead
+
+
+def plane_count(info: ModelInfo, image: np.ndarray) -> int:
+    """How many planes ``image`` holds for ``info``'s model (leading axes flattened)."""
+    return int(planes_of(info, np.asarray(image))[0].shape[0])
