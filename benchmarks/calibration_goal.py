@@ -1,4 +1,4 @@
-"""Issue 16's goal: calibrated error bars on unseen images, and the out-of-its-depth warning's rates.
+"""Calibrated error bars on unseen images, and the out-of-its-depth warning's rates.
 
 For each task, with the shipped residual model, N samples, its default sampler:
 

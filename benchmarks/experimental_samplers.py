@@ -1,8 +1,7 @@
 """Samplers kept for benchmarks only: importing this module registers them with the package.
 
-``benchmarks/sampling.py --plan "dpm_solver_3m/log_snr=10,20"`` runs them next to the
-samplers users get; docs/benchmarks.md says why they are not offered (3M measured no
-better than 2M at the default NFE).
+They are not offered to users: the third-order solver measured no better than 2M at the
+default number of steps (docs/method.md, Sampling).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """How long the GUI thread works without returning to its event loop while the Reconstruct widget shows
-a 1024² result (goal of issue 17: under 0.25 s).
+a 1024² result (the goal: under 0.25 s).
 
     xvfb-run -a .venv/bin/python benchmarks/gui_stall.py --repeats 5
 

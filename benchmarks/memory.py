@@ -1,4 +1,4 @@
-"""Peak memory of ``reconstruct()`` on a large input (issue 17: a 4096² input under 4 GB).
+"""Peak memory of ``reconstruct()`` on a large input (the goal: a 4096² input under 4 GB).
 
     PYTHONPATH=src nice .venv/bin/python benchmarks/memory.py --size 4096      # ~10 min on 1 loaded core
 

@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED, help="the residual model whose budget and base it gets")
     parser.add_argument("--source-images", type=Path, default=Path("../shared/data/natural-images"))
     parser.add_argument("--steps", type=int, default=12400,
-                        help="the shipped model's 800 + 3000 + 2000 + 3000 + 3600 (stop 23: 8800, without the last)")
+                        help="the shipped model's 800 + 3000 + 2000 + 3000 + 3600 steps")
     parser.add_argument("--simulated-images", type=int, default=864, help="the shipped runs' 96 + 4 × 192 pairs")
     parser.add_argument("--noise-map", action="store_true", help="give the network the noise-level map ν too")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """The QPI base's whole-plane stage on a large stack: noise estimate and Tikhonov Laplacian solve.
 
-Issue 17 bounds the silence between progress reports (5 s); the TIE base of a 4096² plane is
+The engine bounds the silence between progress reports (5 s); the TIE base of a 4096² plane is
 one step. Times, in turn in one process, the code used (half-spectrum ``rfft2`` solve,
 separable Laplacian-difference mask) against the textbook forms (full complex FFT, nine
 shifted terms) and checks that both give the same numbers.

@@ -54,12 +54,18 @@ def grab(viewer, app, path: Path) -> None:
 
 
 def shipped_model(task: str) -> Path | None:
+    """The shipped default (residual) model of ``task``, else any shipped model of it, else None."""
     from napari_cvdm._widgets import MODEL_REGISTRY
 
-    for entry in MODEL_REGISTRY.entries():
-        if entry.origin == "shipped" and entry.info is not None and entry.info.task == task:
-            return entry.path
-    return None
+    shipped = [entry.path for entry in MODEL_REGISTRY.entries()
+               if entry.origin == "shipped" and entry.info is not None and entry.info.task == task]
+    return next((path for path in shipped if "residual" in Path(path).name), shipped[0] if shipped else None)
+
+
+def show_only(viewer, keep: tuple[str, ...]) -> None:
+    """Make visible the layers whose names end with one of ``keep`` (the grid shows visible layers only)."""
+    for layer in viewer.layers:
+        layer.visible = layer.name.endswith(keep)
 
 
 def train_quick_qpi_model(path: Path, steps: int) -> Path:
@@ -139,8 +145,10 @@ def main() -> None:
     reconstruct.device_combo.setCurrentText("cpu")
     reconstruct.start()
     wait(reconstruct, app)
+    show_only(viewer, ("crop", "CVDM mean", "CVDM variance", "CVDM ± error (95 %)", "CVDM γ map",
+                       "CVDM data consistency"))
     viewer.canvas.grid.enabled = True
-    viewer.canvas.grid.shape = (2, 2)
+    viewer.canvas.grid.shape = (2, 3)
     viewer.reset_view()
     grab(viewer, app, args.out / "reconstruct_sr.png")
 
@@ -166,6 +174,8 @@ def main() -> None:
     reconstruct.tile_spin.setValue(128)
     reconstruct.start()
     wait(reconstruct, app)
+    show_only(viewer, ("cell phase (rad)", "cell defocus stack", "CVDM mean", "CVDM variance", "CVDM ± error (95 %)",
+                       "CVDM γ map"))
     viewer.canvas.grid.enabled = True
     viewer.canvas.grid.shape = (2, 3)
     viewer.reset_view()

@@ -94,7 +94,7 @@ def model_card(entry: ModelEntry) -> str:
 
 
 class ModelRegistry:
-    """Model files known to this session, keyed by resolved path.
+    """Model files known since napari started, keyed by resolved path.
 
     ``changed`` is emitted (no arguments) whenever the list changes.
     """

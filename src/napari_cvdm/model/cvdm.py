@@ -53,7 +53,7 @@ built from data is its class in :mod:`napari_cvdm.residual.bases`):
 - ``"physics_predictor"``: both: b = b_TIE + s·P([y, b_TIE, ν]), P trained jointly with
   ``L_base`` as above, so P learns the posterior mean of the physics base's own residual
   (on noisy QPI stacks a one-pass L2 network on the TIE base beats the diffusion's mean,
-  docs/results.md stop 23). ν is a constant map of the stack's noise level, which sets the
+  docs/results.md). ν is a constant map of the stack's noise level, which sets the
   TIE regulariser and so what the base lost (:func:`napari_cvdm.residual.tie_base.noise_level_map`);
   it arrives after b_TIE and only P sees it. The condition keeps the physics model's channels,
   ``c = [y, b]``, so a physics model fine-tunes into this one; P's zero-initialised output

@@ -9,7 +9,7 @@ function of x_t and the data prediction
   samplers that need the noise use ``ε̃ = (x_t − α_t x̂0) / σ_t``, the noise that goes
   with the *clipped* x̂0 (ε̂ itself where nothing was clipped). So the DDIM family and
   DPM-Solver++ share their first-order steps wherever clipping acts: DDIM is first-order
-  2M, the ancestral step first-order 2M SDE (docs/benchmarks.md, on clipping).
+  2M, the ancestral step first-order 2M SDE (docs/method.md, Sampling).
 
 Each sampler is one small class with its update formula in its docstring
 (:class:`Ancestral`, :class:`DDIM`, :class:`DPMSolver2M`, :class:`DPMSolver2MSDE`),
@@ -29,7 +29,7 @@ Time grids (:data:`GRIDS`), shared by all pixels of an input:
   resolved (large ℓ) a step changes little, so few-step sampling spends its steps between.
 - ``uniform``: uniform in t. Its last interval ``[0, 1/K]`` is covered by one
   x̂0 prediction, a posterior *mean* at a noticeable noise level for K ≤ 50, so
-  every solver is first order and the samples are shrunk (docs/benchmarks.md).
+  every solver is first order and the samples are shrunk (docs/method.md, Sampling).
 
 Settings: :class:`SamplingOptions` is what is drawn (sampler, steps, η, clip, grid;
 the package's sampling defaults live there and only there), :class:`RuntimeOptions`
@@ -61,7 +61,7 @@ GRIDS = ("log_snr", "uniform")
 #: Time grid of calls and models that name none.
 DEFAULT_GRID = "log_snr"
 #: Sampler of calls and models that name none: right on the exact denoiser at 10–20 steps
-#: and close to the paper's 200-step ancestral spread on trained networks (docs/benchmarks.md).
+#: and close to the paper's 200-step ancestral spread on trained networks (docs/method.md, Sampling).
 DEFAULT_SAMPLER = "dpm_solver_2m_sde"
 #: Network evaluations (NFE) of calls and models that name none.
 DEFAULT_STEPS = 20

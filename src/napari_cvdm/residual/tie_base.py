@@ -176,7 +176,7 @@ def noise_level_map(noise_std: float, shape: tuple[int, ...]) -> np.ndarray:
 
     The TIE regulariser follows σ̂, so how much of the low frequencies the base lost does too;
     without ν a P trained mostly on noisy stacks restores, on a clean stack, scales its base
-    never lost (docs/results.md, stop 24).
+    never lost.
     """
     level = math.log10(math.sqrt(noise_std**2 + NOISE_FLOOR**2)) + 2.0
     return np.full((1, *shape[-2:]), level, np.float32)

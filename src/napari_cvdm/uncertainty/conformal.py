@@ -321,7 +321,7 @@ def fit_calibration(
     fits one quantile per equal-count bin of the std (a bin with fewer than
     ``min_pixels_per_bin`` pixels keeps the global scale); ``variance_bins`` bins the variance
     scale of the calibrated std the same way, on its own (one pooled quantile covers best, one
-    variance scale per std bin matches the error's variance best; docs/results.md). ``inputs`` (the model inputs of
+    variance scale per std bin matches the error's variance best; docs/uncertainty.md). ``inputs`` (the model inputs of
     the same images), ``pixel_size_um`` and ``task`` add a :class:`DistributionSummary`.
     """
     levels = sorted(float(x) for x in levels)

@@ -1,0 +1,527 @@
+"""Every figure the README and the model cards quote, regenerated on the unseen test sets.
+
+One command::
+
+    python benchmarks/report.py                 # both halves
+    python benchmarks/report.py --only qpi      # QPI only (or --only sr)
+    python benchmarks/report.py --write-docs    # also put the tables into README.md and docs/results.md
+
+Test sets (docs/data.md): QPI phase objects from the *test* photos of ``--source-images``
+(split by file) at noise 0, 0.02, 0.05 and 0.1, ``--images`` of 256² and ``--large-images``
+of 512² per noise level; SR: the six structures of ``SR_UNSEEN_TEST`` (two families never
+trained on, optics and photon counts outside the training ranges), ``--sr-images`` of
+256² → 512² each. The image streams are those of ``benchmarks/unseen.py``.
+
+Methods: all four shipped models (``models/``), each through
+:func:`napari_cvdm.engine.reconstruct` with its default sampler and N = ``--samples``,
+as ``cvdm predict`` runs it; FFT-TIE and US-TIE with the regulariser (and FFT-TIE's
+boundary) tuned per noise level on the *validation* photos; Richardson–Lucy (10 iterations,
+each image's true optics) and bicubic upsampling; the regression baseline at the residual
+model's budget: for SR the residual model's jointly trained direct predictor, for QPI a network
+trained by ``benchmarks/qpi_regression.py train`` and given with ``--regression FOLDER``
+(without it the row says "not run").
+
+Each cell is the mean over images with its 95 % interval (Student t over images). Also
+reported: the coverage of the raw ``mean ± 1.96 std`` and of the calibrated ± error at 95 %,
+and the end-to-end seconds per image (the ``reconstruct`` call) on the named device.
+
+Resumable: every image's rows are appended to ``--out``/``<task>.jsonl`` as they are made; a
+run started again skips what is there (same ``--seed`` and ``--samples``; another setting
+starts a new file). The default residual models run first over every set, the paper-formulation
+models after them, so a stopped run has the defaults' figures on all sets. The tables printed
+(and written to ``--out``/report.md) say how many images each cell rests on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import unseen  # noqa: E402
+from napari_cvdm import metrics  # noqa: E402
+from napari_cvdm.checkpoint import load_model  # noqa: E402
+from napari_cvdm.data.simulate import (  # noqa: E402
+    SR_UNSEEN_TEST, QPISimulationConfig, simulate_sr, split_source_files,
+)
+from napari_cvdm.physics import upsample  # noqa: E402
+from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
+from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.uncertainty.apply import error_bound, model_calibration  # noqa: E402
+
+MODELS = {  # name → file in models/, in the order they run (defaults first)
+    "qpi": {"cvdm-qpi-residual": "cvdm-qpi-residual.safetensors", "cvdm-qpi-small": "cvdm-qpi-small.safetensors"},
+    "sr": {"cvdm-sr-residual": "cvdm-sr-residual.safetensors", "cvdm-sr-small": "cvdm-sr-small.safetensors"},
+}
+CLASSICAL = {"qpi": ("US-TIE", "FFT-TIE"), "sr": ("Richardson–Lucy", "bicubic")}
+REGRESSION = "regression (same budget)"
+NOT_RUN_QPI = ("not run: pass --regression FOLDER (made by `python benchmarks/qpi_regression.py train "
+               "--out FOLDER`)")
+COLUMNS = (("ms_ssim", "MS-SSIM", 3), ("mae", "MAE", 3), ("psnr", "PSNR (dB)", 1),
+           ("coverage95", "coverage ±1.96 std", 2), ("coverage95_calibrated", "coverage calibrated 95 %", 2),
+           ("seconds", "s / image", 1))
+HEADLINE_SIZE = 256
+HEADLINE_HEADER = ("| model | task | pixel size in → out | MS-SSIM on unseen images, mean [95 % interval]; "
+                   "best tuned classical method on the same images |")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def interval(values) -> tuple[float, float, float, int]:
+    """Mean, 95 % interval (Student t over images) and n of the finite ``values``."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(values.mean())
+    if n == 1:
+        return mean, math.nan, math.nan, 1
+    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def cell(values, digits: int) -> str:
+    mean, low, high, n = interval(values)
+    if n == 0:
+        return "–"
+    if n == 1:
+        return f"{mean:.{digits}f}"  # one image: no interval
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------- sets and methods
+
+
+@dataclass
+class TestSet:
+    key: str
+    task: str
+    count: int
+    size: int
+    noise: float | None = None
+    kind: str | None = None
+    cache: list = field(default_factory=list)
+
+
+def test_sets(args) -> list[TestSet]:
+    if args.task == "qpi":
+        sets = [TestSet(f"noise {n:g}, {args.size}²", "qpi", args.images, args.size, noise=n) for n in args.noise]
+        sets += [TestSet(f"noise {n:g}, {args.large_size}²", "qpi", args.large_images, args.large_size, noise=n)
+                 for n in args.noise if args.large_images]
+        return [s for s in sets if s.count]
+    return [TestSet(kind, "sr", args.sr_images, args.sr_size, kind=kind) for kind in SR_UNSEEN_TEST.kinds
+            if args.sr_images]
+
+
+class ImageStream:
+    """The test images of one set, in the order of benchmarks/unseen.py's stream (QPI) or one
+    stream per structure (SR); made once and kept, so a resumed run sees the same images."""
+
+    def __init__(self, test_set: TestSet, args, files):
+        self.set, self.files = test_set, files
+        if test_set.task == "qpi":
+            entropy = [args.seed, 2, int(test_set.noise * 1e4), test_set.size]
+        else:
+            entropy = [args.seed, 3, SR_UNSEEN_TEST.kinds.index(test_set.kind)]
+        self.rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        self.images: list = []
+
+    def __getitem__(self, index: int):
+        while len(self.images) <= index:
+            if self.set.task == "qpi":
+                self.images.append(unseen._qpi_pair(self.rng, self.files, self.set.size, self.set.noise))
+            else:
+                self.images.append(simulate_sr(self.rng, self.set.size, kind=self.set.kind, config=SR_UNSEEN_TEST))
+        return self.images[index]
+
+
+def _calibrated_coverage(info, std_native, error_unit, slope) -> float | None:
+    calibration = model_calibration(info)
+    if calibration is None:
+        return None
+    bound = error_bound(std_native, calibration, 0.95) * abs(slope)
+    return float(np.mean(error_unit <= bound))
+
+
+def model_rows(name, model, info, image, target, pixel, to_unit, args, regression_row: bool, **optics) -> dict:
+    """Rows of one model on one image: the model (with timing and coverage), and for a residual
+    model whose base is a trained predictor (SR) its base alone as the regression baseline."""
+    settings = ReconstructionSettings(n_samples=args.samples, device=args.device, seed=args.seed)
+    start = time.perf_counter()
+    out = reconstruct(model, info, image, settings, **optics)
+    seconds = time.perf_counter() - start
+    mean, slope = to_unit(out.mean)
+    std_native = np.sqrt(np.maximum(out.variance, 0.0))
+    row = unseen._scores(mean, target, pixel, std=std_native * abs(slope))
+    row["seconds"] = seconds
+    row["coverage95_calibrated"] = _calibrated_coverage(info, std_native, np.abs(mean - target), slope)
+    rows = {name: row}
+    if regression_row:
+        base = reconstruct_base(model, info, image, device=args.device, **optics)
+        if base is not None:
+            rows[REGRESSION] = unseen._scores(to_unit(base)[0], target, pixel)
+    return rows
+
+
+def qpi_regression(folder: Path | None, args):
+    """The trained QPI regression network of ``folder`` (qpi_regression.py's layout), or None."""
+    if folder is None:
+        return None
+    import qpi_regression
+    from safetensors.torch import load_file
+
+    record = json.loads((folder / "regression.json").read_text())
+    model, info = load_model(record.get("model", str(qpi_regression.SHIPPED)))
+    net = qpi_regression._network(model, bool(record.get("noise_map", False)))
+    net.load_state_dict(load_file(str(folder / "regression.safetensors")))
+    net.eval()
+    return SimpleNamespace(net=net, model=model, info=info, noise_map=bool(record.get("noise_map", False)),
+                           record=record)
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def classical_rows(test_set: TestSet, item, args, tuned, regression) -> dict:
+    if test_set.task == "qpi":
+        stack, phase = item
+        config = QPISimulationConfig()
+        optics = (config.dz_um, config.wavelength_um, config.pixel_um)
+        target = metrics.to_unit_range(phase)
+        estimates = {"US-TIE": us_tie(stack, *optics, tuned["us_tie"]),
+                     "FFT-TIE": fft_tie(stack, *optics, *tuned["fft_tie"])}
+        if regression is not None:
+            import qpi_regression
+            estimates[REGRESSION] = qpi_regression.regression_phase(regression.net, regression.model,
+                                                                    regression.info, stack, regression.noise_map)
+        return {name: unseen._scores(unseen._phase_to_unit(est, phase)[0], target, config.pixel_um)
+                for name, est in estimates.items()}
+    sample = item
+    target = metrics.to_unit_range(sample.target)
+    pixel = 1000 * sample.target_pixel_um
+    estimates = {
+        "Richardson–Lucy": richardson_lucy_widefield(sample.widefield, sample.camera_pixel_um, sample.na,
+                                                     sample.wavelength_um, iterations=unseen.RL_ITERATIONS,
+                                                     offset=sample.offset_adu),
+        "bicubic": upsample(sample.widefield.astype(np.float32)[None], 2)[0],
+    }
+    return {name: unseen._scores(metrics.scale_to_reference(est, target), target, pixel)
+            for name, est in estimates.items()}
+
+
+def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bool) -> dict:
+    if test_set.task == "qpi":
+        stack, phase = item
+        target = metrics.to_unit_range(phase)
+
+        def to_unit(estimate, phase=phase):
+            return unseen._phase_to_unit(estimate, phase)
+
+        return model_rows(name, model, info, stack, target, QPISimulationConfig().pixel_um, to_unit, args, False)
+    sample = item
+    target = metrics.to_unit_range(sample.target)
+
+    def to_unit(estimate, target=target):
+        slope = np.polyfit(np.ravel(estimate), target.ravel(), 1)[0]
+        return metrics.scale_to_reference(estimate, target), slope
+
+    return model_rows(name, model, info, sample.widefield, target, 1000 * sample.target_pixel_um, to_unit, args,
+                      first, input_pixel_size_um=sample.camera_pixel_um)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Store:
+    """Rows appended as JSON lines ``{"set", "index", "method", "row"}``; a torn last line is ignored."""
+
+    def __init__(self, path: Path, header: dict, device: str = "", create: bool = True):
+        self.path = path
+        self.header, self.device, self.devices = header, device, set()
+        self.rows: dict[tuple[str, int, str], dict] = {}
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            first = json.loads(lines[0]) if lines else {}
+            if first.get("header") != header:
+                sys.exit(f"report: {path} was made with other settings ({first.get('header')}); "
+                         "remove it or pass another --out")
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.rows[(entry["set"], entry["index"], entry["method"])] = entry["row"]
+                self.devices.add(entry.get("device", "unknown"))
+        elif create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"header": header}) + "\n")
+
+    def has(self, key: str, index: int, method: str) -> bool:
+        return (key, index, method) in self.rows
+
+    def add(self, key: str, index: int, rows: dict) -> None:
+        with self.path.open("a") as handle:
+            for method, row in rows.items():
+                self.rows[(key, index, method)] = row
+                handle.write(json.dumps({"set": key, "index": index, "method": method, "row": row,
+                                         "device": self.device}, default=float) + "\n")
+        self.devices.add(self.device)
+
+    def method_rows(self, key: str, method: str, count: int) -> list[dict]:
+        return [self.rows[(key, i, method)] for i in range(count) if (key, i, method) in self.rows]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({model}), {torch.get_num_threads()} threads"
+
+
+def run_task(args, store: Store) -> list[TestSet]:
+    sets = test_sets(args)
+    files = None
+    tuned = {}
+    if args.task == "qpi":
+        if not args.source_images.is_dir():
+            sys.exit(f"report: QPI needs the photo folder {args.source_images} (BSD100, Urban100 and Sun-Hays80 "
+                     "as grayscale images, see docs/data.md); pass --source-images DIR, or run --only sr")
+        split = split_source_files(args.source_images)
+        files = split["test"]
+        config = QPISimulationConfig()
+        optics = (config.dz_um, config.wavelength_um, config.pixel_um)
+        tune_args = SimpleNamespace(size=args.size, tune_images=args.tune_images, seed=args.seed,
+                                    tuning=args.out / "qpi-tie-tuning.json")
+        for noise in args.noise:
+            tuned[noise] = unseen.tune_tie(tune_args, split["validation"], noise, optics)
+            print(f"TIE tuned on {args.tune_images} validation photos at noise {noise:g}: FFT-TIE a = "
+                  f"{tuned[noise]['fft_tie'][0]:.2g} µm⁻⁴ ({tuned[noise]['fft_tie'][1]}), US-TIE a = "
+                  f"{tuned[noise]['us_tie']:.2g} µm⁻⁴", flush=True)
+    regression = qpi_regression(args.regression, args) if args.task == "qpi" else None
+    streams = {s.key: ImageStream(s, args, files) for s in sets}
+    models = MODELS[args.task]
+    for position, (name, filename) in enumerate(models.items()):
+        if name in args.skip_model:
+            continue
+        model, info = load_model(args.models / filename)
+        first = position == 0
+        # the headline size first, so that a stopped run has the most images where the README looks
+        groups = [[s for s in sets if s.size == size] for size in sorted({s.size for s in sets})]
+        for group in groups:
+            for index, s in ((i, s) for i in range(max(s.count for s in group)) for s in group):
+                if index >= s.count or store.has(s.key, index, name):
+                    continue
+                start = time.perf_counter()
+                item = streams[s.key][index]
+                rows = {}
+                if first:
+                    rows.update(classical_rows(s, item, args, tuned.get(s.noise), regression))
+                rows.update(model_image_rows(s, item, name, model, info, args, first))
+                store.add(s.key, index, rows)
+                print(f"{args.task} {s.key} image {index + 1}/{s.count} {name}: MS-SSIM "
+                      f"{rows[name]['ms_ssim']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return sets
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def methods_of(task: str, regression_given: bool) -> list[str]:
+    return list(MODELS[task]) + list(CLASSICAL[task]) + [REGRESSION]
+
+
+def set_table(task: str, test_set: TestSet, store: Store, regression_given: bool) -> list[str]:
+    lines = ["| method | n | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for method in methods_of(task, regression_given):
+        rows = store.method_rows(test_set.key, method, test_set.count)
+        if not rows:
+            if method == REGRESSION and task == "qpi" and not regression_given:
+                lines.append(f"| {method} | 0 | {NOT_RUN_QPI} |" + " |" * (len(COLUMNS) - 1))
+            else:
+                lines.append(f"| {method} | 0 | not run yet |" + " |" * (len(COLUMNS) - 1))
+            continue
+        cells = [cell([r.get(key) for r in rows], digits) if any(r.get(key) is not None for r in rows) else ""
+                 for key, _, digits in COLUMNS]
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def best_classical(task: str, sets: list[TestSet], store: Store) -> str | None:
+    best, best_mean = None, -math.inf
+    for method in CLASSICAL[task]:
+        values = [r["ms_ssim"] for s in sets for r in store.method_rows(s.key, method, s.count)]
+        if values and np.mean(values) > best_mean:
+            best, best_mean = method, float(np.mean(values))
+    return best
+
+
+def pooled(method: str, sets: list[TestSet], store: Store, paired_with: str | None = None) -> list[float]:
+    """MS-SSIM of ``method`` over the sets' images (with ``paired_with``: only images both have)."""
+    values = []
+    for s in sets:
+        for i in range(s.count):
+            if store.has(s.key, i, method) and (paired_with is None or store.has(s.key, i, paired_with)):
+                values.append(store.rows[(s.key, i, method)]["ms_ssim"])
+    return values
+
+
+def headline_rows(task: str, sets: list[TestSet], store: Store, prefix: str = "") -> list[str]:
+    """One row per model: MS-SSIM over the test images of the smallest size of every set, beside
+    the best tuned classical method on the same images."""
+    cells_sets = [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
+    reference = best_classical(task, cells_sets, store)
+    described = {"qpi": ("defocus stack ±1 µm → phase (rad)", "0.21 µm → 0.21 µm"),
+                 "sr": ("widefield → SIM-like (×2)", "62.6 nm → 31.3 nm")}[task]
+    where = {"qpi": "QPI, noise 0–0.1", "sr": "SR, six structures"}[task]
+    lines = []
+    for name in MODELS[task]:
+        values = pooled(name, cells_sets, store)
+        if not values:
+            score = "not run yet"
+        else:
+            score = f"{cell(values, 3)} (n = {len(values)}, {where})"
+            if reference:
+                score += f"; {reference} {cell(pooled(reference, cells_sets, store, paired_with=name), 3)}"
+        lines.append(f"| [`{name}`]({prefix}models/{name}.md) | {described[0]} | {described[1]} | {score} |")
+    return lines
+
+
+def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
+    """The model card's table: this model on every set beside the best tuned classical method there."""
+    lines = [f"`python benchmarks/report.py --only {task}`; cells: mean over images [95 % interval]; n: images.\n",
+             "| test set | n | MS-SSIM | MAE | PSNR (dB) | coverage ±1.96 std | coverage calibrated 95 % | "
+             "best tuned classical: MS-SSIM | s / image |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in sets:
+        rows = store.method_rows(s.key, name, s.count)
+        if not rows:
+            lines.append(f"| {s.key} | 0 | not run yet |" + " |" * 6)
+            continue
+        reference = best_classical(task, [s], store)
+        ref = f"{reference} {cell(pooled(reference, [s], store, paired_with=name), 3)}" if reference else ""
+        values = [cell([r.get(key) for r in rows], digits) if any(r.get(key) is not None for r in rows) else "–"
+                  for key, _, digits in COLUMNS]
+        lines.append(f"| {s.key} | {len(rows)} | " + " | ".join(values[:5]) + f" | {ref} | {values[5]} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
+    out = [f"## {task.upper()}: unseen test sets\n",
+           f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples, each model's default "
+           f"sampler; device: {', '.join(sorted(store.devices)) or 'none yet'}. Cells: mean over images [95 % interval]; n: images.\n"]
+    if task == "qpi":
+        out.append("Regression baseline: " + (f"{args.regression}" if args.regression else NOT_RUN_QPI) + "\n")
+    else:
+        out.append(f"Regression baseline: `{REGRESSION}` is the residual model's direct predictor, trained "
+                   "jointly with it (the same data and steps).\n")
+    for s in sets:
+        out.append(f"### {task.upper()} {s.key} ({s.count} images planned)\n")
+        out.append("\n".join(set_table(task, s, store, args.regression is not None)) + "\n")
+    size = min((s.size for s in sets), default=HEADLINE_SIZE)
+    out.append(f"### {task.upper()} headline: MS-SSIM over all {size}² test images\n")
+    out.append(HEADLINE_HEADER + "\n|---|---|---|---|")
+    out.append("\n".join(headline_rows(task, sets, store, prefix="../")) + "\n")
+    return "\n".join(out)
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- report:name -->`` and ``<!-- /report:name -->`` in ``path``."""
+    begin, end = f"<!-- report:{name} -->", f"<!-- /report:{name} -->"
+    content = path.read_text()
+    if begin not in content or end not in content:
+        sys.exit(f"report: {path} has no {begin} … {end} block")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("qpi", "sr"), help="run one half (default: both)")
+    parser.add_argument("--out", type=Path, default=ROOT / "eval" / "report", help="rows and report.md")
+    parser.add_argument("--models", type=Path, default=ROOT / "models", help="folder of the shipped models")
+    parser.add_argument("--source-images", type=Path, default=ROOT.parent / "shared" / "data" / "natural-images",
+                        help="QPI: the folder of photos split by file (docs/data.md)")
+    parser.add_argument("--regression", type=Path, metavar="FOLDER",
+                        help="QPI regression baseline (benchmarks/qpi_regression.py train --out FOLDER)")
+    parser.add_argument("--images", type=int, default=24, help="QPI 256² images per noise level")
+    parser.add_argument("--large-images", type=int, default=8, help="QPI 512² images per noise level")
+    parser.add_argument("--sr-images", type=int, default=24, help="SR images per structure")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--size", type=int, default=HEADLINE_SIZE, help=argparse.SUPPRESS)
+    parser.add_argument("--large-size", type=int, default=512, help=argparse.SUPPRESS)
+    parser.add_argument("--sr-size", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--tune-images", type=int, default=4, help="validation photos the TIE regularisers are tuned on")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--skip-model", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tables-only", action="store_true", help="print the tables of the rows made so far")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="put the tables into README.md and docs/results.md (between report: markers)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = device_name(args.device)
+    for task in ((args.only,) if args.only else ("qpi", "sr")):
+        args.task = task
+        store = Store(args.out / f"{task}.jsonl", store_header(task, args), device)
+        print(f"# {task.upper()} on {device}, torch {torch.__version__}; rows in {store.path}", flush=True)
+        start = time.perf_counter()
+        sets = test_sets(args) if args.tables_only else run_task(args, store)
+        if not args.tables_only:
+            print(f"{task}: this run took {time.perf_counter() - start:.0f} s", flush=True)
+        text = report_text(task, sets, store, args)
+        (args.out / f"report-{task}.md").write_text(text)
+        print("\n" + text, flush=True)
+    if args.write_docs:
+        write_docs(args, device)
+
+
+def store_header(task: str, args) -> dict:
+    return {"task": task, "seed": args.seed, "samples": args.samples,
+            "sizes": [args.size, args.large_size, args.sr_size]}
+
+
+def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Path = ROOT / "docs" / "results.md",
+               cards: Path = ROOT / "models"):
+    """The README's model table, docs/results.md's tables and each model card's table from the rows
+    made so far (both halves)."""
+    rows = []
+    for task in ("qpi", "sr"):
+        args.task = task
+        store = Store(args.out / f"{task}.jsonl", store_header(task, args), device, create=False)
+        sets = test_sets(args)
+        replace_block(results, task, report_text(task, sets, store, args))
+        for name in MODELS[task]:
+            card = cards / f"{name}.md"
+            if card.is_file() and "<!-- report:card -->" in card.read_text():
+                replace_block(card, "card", card_table(task, name, sets, store))
+        rows += headline_rows(task, sets, store)
+    replace_block(readme, "models", "\n".join([HEADLINE_HEADER, "|---|---|---|---|", *rows]))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""benchmarks/report.py on a tiny configuration: it scores, resumes without redoing work, and
+writes the README's model table and docs/results.md's tables from its rows."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["report"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of ten photos (scikit-image's bundled ones), enough for a split by file."""
+    from skimage import data, io, transform
+
+    folder = tmp_path_factory.mktemp("photos")
+    names = ("camera", "coins", "moon", "text", "page", "horse", "clock", "brick", "grass", "gravel")
+    for name in names:
+        image = np.asarray(getattr(data, name)(), dtype=float)
+        image = transform.resize(image, (128, 128), anti_aliasing=True)
+        io.imsave(folder / f"{name}.png", (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8))
+    return folder
+
+
+def test_interval_is_student_t(report):
+    mean, low, high, n = report.interval([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3)
+    assert high - mean == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
+    assert report.cell([0.5], 2) == "0.50"
+    assert report.cell([], 2) == "–"
+
+
+def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--only", "qpi", "--out", str(out), "--source-images", str(photos), "--images", "2",
+            "--large-images", "0", "--noise", "0.05", "--size", "48", "--samples", "2", "--tune-images", "1",
+            "--skip-model", "cvdm-qpi-small", "--threads", "1"]
+    report.main(argv)
+    lines = (out / "qpi.jsonl").read_text().splitlines()
+    methods = {json.loads(line)["method"] for line in lines[1:]}
+    assert methods == {"cvdm-qpi-residual", "US-TIE", "FFT-TIE"}
+    row = next(json.loads(line)["row"] for line in lines[1:] if json.loads(line)["method"] == "cvdm-qpi-residual")
+    assert 0 <= row["coverage95"] <= 1 and 0 <= row["coverage95_calibrated"] <= 1 and row["seconds"] > 0
+    text = (out / "report-qpi.md").read_text()
+    assert "| cvdm-qpi-residual | 2 |" in text and "not run: pass --regression FOLDER" in text
+    assert "| cvdm-qpi-small | 0 | not run yet |" in text
+
+    # a second run finds every image done: nothing is appended
+    capsys.readouterr()
+    report.main(argv)
+    assert (out / "qpi.jsonl").read_text().splitlines() == lines
+    assert "image 1/2" not in capsys.readouterr().out
+
+    # another setting in the same folder is refused rather than mixed in
+    with pytest.raises(SystemExit, match="other settings"):
+        report.main([*argv[:-2], "--samples", "3"])
+
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text("intro\n<!-- report:models -->\nold\n<!-- /report:models -->\nend\n")
+    results.write_text("<!-- report:qpi -->\n<!-- /report:qpi -->\n<!-- report:sr -->\n<!-- /report:sr -->\n")
+    args = report.main.__globals__["argparse"].Namespace(
+        out=out, seed=0, samples=2, size=48, large_size=512, sr_size=256, images=2, large_images=0,
+        sr_images=24, noise=[0.05], regression=None)
+    cards = tmp_path / "models"
+    cards.mkdir()
+    (cards / "cvdm-qpi-residual.md").write_text("# card\n<!-- report:card -->\n<!-- /report:card -->\n")
+    report.write_docs(args, "test CPU", readme=readme, results=results, cards=cards)
+    assert "| noise 0.05, 48² | 2 |" in (cards / "cvdm-qpi-residual.md").read_text()
+    table = readme.read_text()
+    assert "old" not in table and table.startswith("intro\n") and table.endswith("end\n")
+    assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
+    assert "[`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | not run yet |" in table
+    assert "### QPI noise 0.05, 48²" in results.read_text()
