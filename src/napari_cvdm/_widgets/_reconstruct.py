@@ -211,7 +211,7 @@ class ReconstructWidget(QWidget):
         layout = QVBoxLayout(group)
         row = QHBoxLayout()
         self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Models in the models/ folder, opened files and models trained in this session")
+        self.model_combo.setToolTip("Models in the models/ folder, opened files and models trained since napari started")
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.open_button = QPushButton("Open…")
         self.open_button.setToolTip("Load a model file (.safetensors)")
