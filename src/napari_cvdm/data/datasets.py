@@ -51,6 +51,8 @@ __all__ = [
     "random_patch",
     "read_planes",
     "split_by_image",
+    "split_by_region",
+    "RegionSplit",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -346,6 +348,68 @@ def split_by_image(
     train = [p for i, p in enumerate(pairs) if i not in held_out]
     val = [p for i, p in enumerate(pairs) if i in held_out]
     return train, val
+
+
+@dataclass(frozen=True)
+class RegionSplit:
+    """Where a validation band was held out of one image (pixels of the target grid).
+
+    ``axis``: 0 = a band of rows at the bottom, 1 = a band of columns at the right;
+    ``train_stop``: the training part is ``[0, train_stop)`` along ``axis``; ``band_start``:
+    the band is ``[band_start, extent)``; between them lie ``gap`` unused pixels.
+    """
+
+    name: str
+    axis: int
+    train_stop: int
+    band_start: int
+    extent: int
+
+    @property
+    def gap(self) -> int:
+        return self.band_start - self.train_stop
+
+    @property
+    def band(self) -> int:
+        return self.extent - self.band_start
+
+    def words(self) -> str:
+        side = "rows" if self.axis == 0 else "columns"
+        return f"{side} {self.band_start}–{self.extent - 1} of {self.name} (training {side} 0–{self.train_stop - 1})"
+
+
+def split_by_region(pairs: Sequence[ImagePair], val_fraction: float, patch_size: int,
+                    gap: int) -> tuple[list[ImagePair], list[ImagePair], list[RegionSplit]]:
+    """Hold out a band of every image for validation, ``gap`` pixels away from its training part.
+
+    The band runs along the image's longer side (the bottom rows of a tall or square image, else
+    the right columns) and is ``max(patch_size, ceil(val_fraction · extent))`` pixels wide; the
+    training part keeps the rest minus the gap. Raises :class:`DataError` naming an image too small
+    for a patch, the gap and the band.
+    """
+    train, val, regions = [], [], []
+    for pair in pairs:
+        height, width = pair.shape
+        axis = 0 if height >= width else 1
+        extent = (height, width)[axis]
+        band = max(patch_size, int(np.ceil(val_fraction * extent)))
+        train_stop = extent - band - gap
+        if train_stop < patch_size:
+            raise DataError(
+                f"{pair.name}: image {pair.shape} is too small to hold out a validation band: it needs "
+                f"{patch_size + gap + band} px along its longer side (a {patch_size} px training patch, "
+                f"a {gap} px gap wider than the network's receptive field, a {band} px band); "
+                "use a larger image, a smaller patch size, separate validation images, or validation fraction 0")
+        region = RegionSplit(pair.name, axis, train_stop, extent - band, extent)
+        train.append(_crop_pair(pair, axis, 0, train_stop, f"{pair.name} (training part)"))
+        val.append(_crop_pair(pair, axis, region.band_start, extent, f"{pair.name} (validation band)"))
+        regions.append(region)
+    return train, val, regions
+
+
+def _crop_pair(pair: ImagePair, axis: int, start: int, stop: int, name: str) -> ImagePair:
+    window = (slice(None), slice(start, stop)) if axis == 0 else (slice(None), slice(None), slice(start, stop))
+    return ImagePair(name, np.ascontiguousarray(pair.input[window]), np.ascontiguousarray(pair.target[window]))
 
 
 # ----------------------------------------------------------------------------- patches and batches
