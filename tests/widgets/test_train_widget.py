@@ -30,6 +30,7 @@ def add_sr_pairs(viewer, n=3, size=64):
 
 def configure(widget, output, steps, validate_every):
     widget.task_combo.setCurrentIndex(widget.task_combo.findData("sr"))
+    widget.base_combo.setCurrentIndex(0)  # a new model, not the preselected shipped one
     widget.preset_combo.setCurrentText("tiny")
     widget.patch_spin.setValue(32)
     widget.batch_spin.setValue(2)
@@ -105,9 +106,11 @@ def test_train_errors_are_notifications(viewer, tmp_path, notifications, wait_id
     assert "same layer" in notifications.error[-1]
 
     widget.target_layer_combo.setCurrentText(target.name)
-    assert widget.start()  # one image cannot be split into training and validation images
+    errors = len(notifications.error)
+    assert widget.start()  # one image of 32² px has no room for a training patch, a gap and a band
     wait_idle(widget)
-    assert "cannot be split" in notifications.error[-1]
+    assert len(notifications.error) == errors + 1 and "too small to hold out a validation band" in notifications.error[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file written
 
     widget.source_combo.setCurrentText(FOLDERS_SOURCE)
     assert not widget.start()

@@ -49,6 +49,7 @@ __all__ = [
     "prepare_input",
     "random_dihedral",
     "random_patch",
+    "raw_pixel_size",
     "read_planes",
     "split_by_image",
     "split_by_region",
@@ -227,6 +228,12 @@ def _checked_pair(inp, tgt, spec: TaskSpec, name, input_name, target_name) -> Im
     if input_hw != target_hw:
         if factor > 1 and tuple(n * factor for n in input_hw) == tuple(target_hw):
             inp = upsample(inp, factor)
+        elif factor > 1 and tuple(n * factor for n in target_hw) == tuple(input_hw):
+            raise DataError(
+                f"{input_name}: shape {tuple(input_hw)} is {factor}× its target {target_name} {tuple(target_hw)}; "
+                f"input and target look swapped: the input is the {spec.input_description}, "
+                f"the target the {spec.target_description}"
+            )
         else:
             expected = f"{tuple(target_hw)}" + (f" or {tuple(n // factor for n in target_hw)}" if factor > 1 else "")
             raise DataError(
@@ -234,6 +241,27 @@ def _checked_pair(inp, tgt, spec: TaskSpec, name, input_name, target_name) -> Im
                 f"{tuple(target_hw)}; expected {expected}"
             )
     return ImagePair(name, inp, tgt)
+
+
+def raw_pixel_size(input_um: float | None, target_um: float | None, input_on_target_grid: bool, factor: int,
+                   input_name: str = "input", target_name: str = "target") -> float | None:
+    """The raw input's pixel size (µm) from an input's and a target's pixel sizes (either may be None).
+
+    An input already on the target grid has pixels ``factor`` times smaller than the camera's.
+    Raises :class:`DataError` when both are known and disagree by more than the tolerance of
+    :func:`napari_cvdm.reconstruct.check_pixel_size`.
+    """
+    from ..reconstruct import PIXEL_SIZE_TOLERANCE
+
+    from_input = None if input_um is None else input_um * (factor if input_on_target_grid else 1)
+    from_target = None if target_um is None else target_um * factor
+    if from_input is not None and from_target is not None \
+            and abs(from_input / from_target - 1.0) > PIXEL_SIZE_TOLERANCE:
+        raise DataError(
+            f"{input_name} has {input_um:.4g} µm pixels but {target_name} {target_um:.4g} µm: for this pair the "
+            f"input's should be {from_target / (factor if input_on_target_grid else 1):.4g} µm "
+            f"(target × {factor}{' on the raw grid' if not input_on_target_grid else ''}); check both calibrations")
+    return from_input if from_input is not None else from_target
 
 
 # ----------------------------------------------------------------------------- sources

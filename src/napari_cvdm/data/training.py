@@ -26,7 +26,7 @@ from ..model.cvdm import BASE_LAYOUTS
 from ..model.unet import DENOISER_PRESETS, UNetSize
 from .datasets import (
     ImagePair, TaskSpec, get_task, load_pair_folders, make_validation_set, normalize_pair,
-    pairs_from_arrays, random_dihedral, random_patch, split_by_image, split_by_region,
+    pairs_from_arrays, random_dihedral, raw_pixel_size, random_patch, split_by_image, split_by_region,
 )
 from .normalize import Normalizer
 from .simulate import QPISimulationConfig, SimulatedPairs, SRSimulationConfig
@@ -130,17 +130,15 @@ def hold_out(pairs: list[ImagePair], config: TrainConfig, reach: int) -> tuple[l
 
 
 def folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float | None:
-    """Raw-input pixel size (µm) from the first pair: the target's pixel × factor, else the input's."""
+    """Raw-input pixel size (µm) from the first pair (:func:`~.datasets.raw_pixel_size`): the
+    target's pixel × factor, else the input's; DataError when the two disagree."""
     from ..io import list_images, read_image
 
-    target = read_image(list_images([target_dir])[0])
-    if target.pixel_size_um is not None:
-        return target.pixel_size_um * factor
-    source = read_image(list_images([input_dir])[0])
-    if source.pixel_size_um is None:
-        return None
+    target_path, source_path = list_images([target_dir])[0], list_images([input_dir])[0]
+    target, source = read_image(target_path), read_image(source_path)
     on_target_grid = source.array.shape[-2:] == target.array.shape[-2:]
-    return source.pixel_size_um * (factor if on_target_grid else 1)
+    return raw_pixel_size(source.pixel_size_um, target.pixel_size_um, on_target_grid, factor,
+                          str(source_path), str(target_path))
 
 
 def load_training_data(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
