@@ -759,9 +759,10 @@ class Trainer:
         settings = ReconstructionSettings(n_samples=min(self.config.n_samples, TRAINING_MAX_SAMPLES),
                                           tile_size=None, device=str(self.device), seed=self.config.seed)
         pixels = sum(p.target.shape[-1] * p.target.shape[-2] for p in chosen)
-        held = {"region": "the held-out band(s)", "image": "the held-out image(s)",
-                "given": "the separate validation pairs"}.get(self.data.split.get("kind"), "the validation pairs")
-        source = f"{len(chosen)} crop(s), {pixels} pixels in all, of {held} of the training run's data"
+        held = {"region": "the held-out band(s) of the training images", "image": "the held-out training images",
+                "given": "the separate validation pairs", "simulated": "the simulator's validation images"}
+        source = (f"{len(chosen)} validation crop(s) ({pixels} pixels) of "
+                  f"{held.get(self.data.split.get('kind'), 'the validation images')}")
         try:
             calibration = calibrate_model(self.ema, info, chosen, settings, source=source,
                                           input_pixel_size_um=info.input_pixel_size_um)

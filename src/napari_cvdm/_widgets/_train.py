@@ -496,8 +496,8 @@ class TrainWidget(QWidget):
         if source is None or target is None:
             return None
         factor = 2 if self.task_name == "sr" else 1
-        on_target_grid = source.data.shape[-2:] == target.data.shape[-2:]
-        return raw_pixel_size(layer_pixel_size_um(source), layer_pixel_size_um(target), on_target_grid, factor,
+        return raw_pixel_size(layer_pixel_size_um(source), layer_pixel_size_um(target), source.data.shape[-2:],
+                              target.data.shape[-2:], factor,
                               f"Layer '{source.name}'", f"layer '{target.name}'")
 
     def run_dir(self) -> Path | None:

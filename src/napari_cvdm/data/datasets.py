@@ -49,6 +49,7 @@ __all__ = [
     "prepare_input",
     "random_dihedral",
     "random_patch",
+    "check_not_swapped",
     "raw_pixel_size",
     "read_planes",
     "split_by_image",
@@ -228,13 +229,8 @@ def _checked_pair(inp, tgt, spec: TaskSpec, name, input_name, target_name) -> Im
     if input_hw != target_hw:
         if factor > 1 and tuple(n * factor for n in input_hw) == tuple(target_hw):
             inp = upsample(inp, factor)
-        elif factor > 1 and tuple(n * factor for n in target_hw) == tuple(input_hw):
-            raise DataError(
-                f"{input_name}: shape {tuple(input_hw)} is {factor}× its target {target_name} {tuple(target_hw)}; "
-                f"input and target look swapped: the input is the {spec.input_description}, "
-                f"the target the {spec.target_description}"
-            )
         else:
+            check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
             expected = f"{tuple(target_hw)}" + (f" or {tuple(n // factor for n in target_hw)}" if factor > 1 else "")
             raise DataError(
                 f"{input_name}: shape {tuple(input_hw)} does not match its target {target_name} "
@@ -243,16 +239,29 @@ def _checked_pair(inp, tgt, spec: TaskSpec, name, input_name, target_name) -> Im
     return ImagePair(name, inp, tgt)
 
 
-def raw_pixel_size(input_um: float | None, target_um: float | None, input_on_target_grid: bool, factor: int,
+def check_not_swapped(input_hw, target_hw, factor: int, input_name: str = "input",
+                      target_name: str = "target") -> None:
+    """Raise :class:`DataError` when the input ``(h, w)`` is ``factor`` times the target's: the finer
+    image was given as the input (an SR pair the wrong way round)."""
+    if factor > 1 and tuple(n * factor for n in target_hw) == tuple(input_hw):
+        raise DataError(f"{input_name}: shape {tuple(input_hw)} is {factor}× its target {target_name} "
+                        f"{tuple(target_hw)}; input and target look swapped: the input is the coarser "
+                        "(widefield) image, the target the finer one")
+
+
+def raw_pixel_size(input_um: float | None, target_um: float | None, input_hw, target_hw, factor: int,
                    input_name: str = "input", target_name: str = "target") -> float | None:
-    """The raw input's pixel size (µm) from an input's and a target's pixel sizes (either may be None).
+    """The raw input's pixel size (µm) from an input's and a target's pixel sizes (either may be None)
+    and their shapes ``(h, w)``.
 
     An input already on the target grid has pixels ``factor`` times smaller than the camera's.
-    Raises :class:`DataError` when both are known and disagree by more than the tolerance of
-    :func:`napari_cvdm.reconstruct.check_pixel_size`.
+    Raises :class:`DataError` for a swapped pair (:func:`check_not_swapped`), and when both sizes
+    are known and disagree by more than the tolerance of :func:`napari_cvdm.reconstruct.check_pixel_size`.
     """
     from ..reconstruct import PIXEL_SIZE_TOLERANCE
 
+    check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
+    input_on_target_grid = tuple(input_hw) == tuple(target_hw)
     from_input = None if input_um is None else input_um * (factor if input_on_target_grid else 1)
     from_target = None if target_um is None else target_um * factor
     if from_input is not None and from_target is not None \

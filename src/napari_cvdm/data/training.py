@@ -136,8 +136,8 @@ def folder_pixel_size(input_dir: Path, target_dir: Path, factor: int) -> float |
 
     target_path, source_path = list_images([target_dir])[0], list_images([input_dir])[0]
     target, source = read_image(target_path), read_image(source_path)
-    on_target_grid = source.array.shape[-2:] == target.array.shape[-2:]
-    return raw_pixel_size(source.pixel_size_um, target.pixel_size_um, on_target_grid, factor,
+    return raw_pixel_size(source.pixel_size_um, target.pixel_size_um, source.array.shape[-2:],
+                          target.array.shape[-2:], factor,
                           str(source_path), str(target_path))
 
 
