@@ -33,7 +33,7 @@ Usage::
 
     python benchmarks/adapt.py --pairs 1 --minutes 15 --scratch-pairs 1 --save runs/adapt/k1-15.json
     python benchmarks/adapt.py --task qpi --pairs 1 2 4 --minutes 5 15
-    python benchmarks/adapt.py --show runs/adapt/*.json     # the tables of saved runs
+    python benchmarks/adapt.py --show runs/adapt/*.json     # saved runs of the same test images, merged
 """
 
 from __future__ import annotations
@@ -202,6 +202,23 @@ def table(rows: dict[str, list], runs: dict[str, dict], classical: str) -> str:
     return "\n".join(lines)
 
 
+def merged(results: list[dict]) -> list[dict]:
+    """Saved runs scored on the same test images (same task, structure, count, size, N, seed) as one."""
+    same = ("task", "kind", "images", "size", "samples", "seed")
+    out: dict[tuple, dict] = {}
+    for result in results:
+        key = tuple(result["args"].get(name, "sr" if name == "task" else None) for name in same)
+        if key not in out:
+            out[key] = {**result, "rows": dict(result["rows"]), "runs": dict(result["runs"])}
+            continue
+        for name, rows in result["rows"].items():
+            if name in out[key]["rows"]:  # a method scored twice must have scored the same
+                assert np.allclose([r["ms_ssim"] for r in rows], [r["ms_ssim"] for r in out[key]["rows"][name]])
+            out[key]["rows"].setdefault(name, rows)
+        out[key]["runs"].update(result["runs"])
+    return list(out.values())
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     shipped = args.shipped or SHIPPED_MODELS[args.task]
@@ -209,7 +226,7 @@ def run(args) -> dict:
     pool = simulated_pairs(args.task, args.kind, max(args.pairs + args.scratch_pairs), args.train_size, args.seed,
                            _TRAIN_STREAM)
     folder = Path(tempfile.mkdtemp(prefix="adapt-"))
-    models, runs = {SHIPPED: shipped}, {}
+    models, runs = ({} if args.no_shipped else {SHIPPED: shipped}), {}
     for minutes in args.minutes:
         for k, start in [(k, shipped) for k in args.pairs] + [(k, None) for k in args.scratch_pairs]:
             name = f"{'fine-tuned' if start else 'scratch'}, K = {k}, {minutes:g} min"
@@ -241,10 +258,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-shipped", action="store_true", help="do not score the shipped model (a saved run has)")
     parser.add_argument("--save", type=Path)
     parser.add_argument("--show", type=Path, nargs="+", help="print the tables of saved runs")
     args = parser.parse_args()
-    results = [json.loads(p.read_text()) for p in args.show] if args.show else [run(args)]
+    results = merged([json.loads(p.read_text()) for p in args.show]) if args.show else [run(args)]
     for result in results:
         shown = result["args"]
         task = shown.get("task", "sr")
