@@ -194,7 +194,7 @@ def table(rows: dict[str, list], runs: dict[str, dict], classical: str) -> str:
         lines.append(f"| {name} | {runs.get(name, {}).get('steps', '–')} | " + " | ".join(cells) + " |")
     lines += ["", "| paired MS-SSIM difference | mean [95 %] | better on |", "|---|---|---|"]
     for name in (n for n in rows if n not in (SHIPPED, classical)):
-        for reference in (SHIPPED, classical):
+        for reference in (r for r in (SHIPPED, classical) if r in rows):
             diff = [a["ms_ssim"] - b["ms_ssim"] for a, b in zip(rows[name], rows[reference])]
             wins = sum(d > 0 for d in diff)
             lines.append(f"| {name} − {reference} | " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(*interval(diff))
