@@ -58,7 +58,7 @@ from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.config import FINE_TUNE_STEPS, TrainConfig  # noqa: E402
 from napari_cvdm.data.simulate import QPISimulationConfig, SR_UNSEEN_TEST, simulate_qpi, simulate_sr  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
-from napari_cvdm.reconstruct import ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, reconstruct  # noqa: E402
 from napari_cvdm.residual import TIEBase  # noqa: E402
 from napari_cvdm.train import Trainer  # noqa: E402
 from napari_cvdm.uncertainty.apply import error_bound, model_calibration  # noqa: E402

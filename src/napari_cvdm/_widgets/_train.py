@@ -327,7 +327,8 @@ class TrainWidget(QWidget):
     def shipped_fit(self) -> tuple[Path | None, str]:
         """The task's shipped model when the chosen layers fit it (pixel size within its range), and why
         (or why not) as a sentence."""
-        from ..reconstruct import PIXEL_SIZE_TOLERANCE, check_pixel_size
+        from ..engine import check_pixel_size
+        from ..engine.checks import PIXEL_SIZE_TOLERANCE
 
         shipped = [e for e in self.registry.entries()
                    if e.origin == "shipped" and e.info is not None and e.info.task == self.task_name]

@@ -256,9 +256,9 @@ def raw_pixel_size(input_um: float | None, target_um: float | None, input_hw, ta
 
     An input already on the target grid has pixels ``factor`` times smaller than the camera's.
     Raises :class:`DataError` for a swapped pair (:func:`check_not_swapped`), and when both sizes
-    are known and disagree by more than the tolerance of :func:`napari_cvdm.reconstruct.check_pixel_size`.
+    are known and disagree by more than the tolerance of :func:`napari_cvdm.engine.check_pixel_size`.
     """
-    from ..reconstruct import PIXEL_SIZE_TOLERANCE
+    from ..engine.checks import PIXEL_SIZE_TOLERANCE
 
     check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
     input_on_target_grid = tuple(input_hw) == tuple(target_hw)
