@@ -242,6 +242,11 @@ def run(args) -> dict:
                        f"{args.threads} thread(s)"}
 
 
+def _plain(value):
+    """JSON for numpy numbers (as floats) and paths (as text)."""
+    return str(value) if isinstance(value, Path) else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sr", choices=tuple(SHIPPED_MODELS))
@@ -272,7 +277,7 @@ def main() -> None:
         print(table(result["rows"], result["runs"], CLASSICAL[task]))
     if args.save and not args.show:
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(results[0], indent=1, default=float))
+        args.save.write_text(json.dumps(results[0], indent=1, default=_plain))
 
 
 if __name__ == "__main__":
