@@ -32,11 +32,11 @@ TRAIN_TASKS = ("sr", "qpi", "generic")
 #: are enough, else a band of each image), ``image``, ``region`` (a band of each image).
 VALIDATION_SPLITS = ("auto", "image", "region")
 #: A new model's sampling defaults: the measured best of docs/benchmarks.md (DPM-Solver++ 2M SDE,
-#: 8 steps on a log-SNR grid ending at 8: the 20-step quality in 0.4× the time), as the shipped
+#: 8 steps on a log-SNR grid ending at 8: the 20-step quality in less time), as the shipped
 #: residual models record them. A fine-tuned model keeps its parent's instead.
 MEASURED_SAMPLER = {"name": "dpm_solver_2m_sde", "steps": 8, "eta": 1.0, "grid": "log_snr",
                     "log_snr_range": (None, 8.0)}
-#: Steps of a fine-tuning run the Train widget proposes (about 12 minutes of the ``small`` preset
+#: Steps of a fine-tuning run the Train widget proposes (11.5 minutes of the ``small`` preset
 #: on a 2-core CPU).
 FINE_TUNE_STEPS = 1000
 FORMULATIONS = ("paper", "residual")
