@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from napari_cvdm.checkpoint import load_model
+from napari_cvdm.config import MEASURED_SAMPLER
 from napari_cvdm.errors import InputError
 from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base
 from napari_cvdm.train import Batch, TrainConfig, Trainer, TrainingDiverged, train
@@ -69,8 +70,8 @@ def test_exported_sr_model_carries_what_reconstruction_needs(tmp_path):
     assert info.output_pixel_size_um == pytest.approx(0.0313)
     assert info.input_normalization["mode"] == "percentile"
     assert info.config.formulation == "residual" and info.config.base == "predictor"
-    assert info.sampler == {"name": "dpm_solver_2m_sde", "steps": 7, "n_samples": 3,
-                            "clip": 2.0 / info.config.residual_scale}
+    # the measured default sampler, with the steps asked for
+    assert info.sampler == {**MEASURED_SAMPLER, "steps": 7, "n_samples": 3, "clip": 2.0 / info.config.residual_scale}
     training = info.training
     assert training["steps"] == 3 and "simulated sr" in training["data"] and training["device"] == "cpu"
     assert training["wall_time_s"] > 0 and set(training["validation"]) >= {"psnr", "ssim", "mae", "loss"}
@@ -365,3 +366,38 @@ def test_fine_tuning_refuses_a_model_of_another_task_or_a_damaged_file(tmp_path)
         _config(tmp_path, "base", init_model=str(base_path)).check()
     with pytest.raises(InputError, match="init_model: must be a valid string"):
         _config(tmp_path, "n", init_model=False).check()
+
+
+def test_one_pair_trains_with_the_defaults_and_ends_with_a_calibrated_model(tmp_path):
+    """One pair of layers, every setting at its default but the network size and the run's length:
+    a band of the image is validated on and calibrated on, and the card says so."""
+    from napari_cvdm.data import simulate_sr
+    from napari_cvdm.data.training import receptive_field
+
+    sample = simulate_sr(np.random.default_rng(0), 288, kind="microtubule")  # room for a patch, a gap and a band
+    config = TrainConfig(preset="tiny", steps=2, device="cpu", output=str(tmp_path / "one.safetensors"))
+    previews = []
+    result = train(config, pairs=([sample.widefield], [sample.target]), preview=True,
+                   progress=lambda state: previews.append(state.preview))
+    _, info = load_model(result.model_path)
+    split = info.training["validation_split"]
+    assert split["kind"] == "region" and split["gap_px"] > receptive_field("tiny", "predictor")
+    assert result.validation is not None and info.calibration
+    assert "held-out band" in info.calibration["source"] and "pixels" in info.calibration["source"]
+    assert {key: info.sampler[key] for key in MEASURED_SAMPLER} == MEASURED_SAMPLER
+    band = split["bands"][0]
+    assert previews[0] is None and previews[-1].step == 2  # validated (and previewed) at the end only
+    assert previews[-1].image.shape == (1, 288 - band["band_start"], 256)
+    assert previews[-1].offset == (band["band_start"], 0)
+
+
+def test_a_fine_tuned_model_keeps_its_parents_sampler(tmp_path):
+    parent = train(_config(tmp_path, "parent", steps=1, sampler="dpm_solver_2m", sample_steps=3,
+                           sample_log_snr_max=6.0)).model_path
+    child = train(_config(tmp_path, "child", steps=1, init_model=str(parent))).model_path
+    _, parent_info = load_model(parent)
+    _, child_info = load_model(child)
+    assert child_info.sampler == parent_info.sampler
+    assert parent_info.sampler["name"] == "dpm_solver_2m" and parent_info.sampler["log_snr_range"] == (None, 6.0)
+    asked = train(_config(tmp_path, "asked", steps=1, init_model=str(parent), sample_steps=5)).model_path
+    assert load_model(asked)[1].sampler == {**parent_info.sampler, "steps": 5}

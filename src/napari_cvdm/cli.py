@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,11 +130,21 @@ def _config_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _number_type(hint) -> type:
+    """``int`` or ``float`` when a setting's type hint (optional, annotated) is that number, else ``str``."""
+    for arg in typing.get_args(hint) or (hint,):
+        base = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+        if base in (int, float):
+            return base
+    return str
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--patch-size`` for ``patch_size``), default: not given."""
     from .config import TrainConfig
 
     defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig, include_extras=True)
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
         if isinstance(default, bool):  # a flag that switches the default: --overwrite, --no-calibrate
@@ -142,9 +153,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=f"(default: {'on' if default else 'off'})")
             continue
         # ranges and choices are checked by TrainConfig, which names the setting
-        kind, metavar = {int: (int, "N"), float: (float, "X")}.get(type(default), (str, "TEXT"))
-        if f.name == "input_pixel_size_um":
-            kind, metavar = float, "X"
+        kind = _number_type(hints[f.name])
+        metavar = {int: "N", float: "X"}.get(kind, "TEXT")
         parser.add_argument(_config_flag(f.name), dest=f"config_{f.name}", type=kind, default=None,
                             metavar=metavar, help=f"(default: {default!r})")
 

@@ -23,11 +23,22 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from .errors import InputError
 from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM
 from .model import SAMPLERS
-from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .model.samplers import LOG_SNR_CEILING
 from .model.schedule import SCHEDULE_KINDS
 from .model.unet import DENOISER_PRESETS
 
 TRAIN_TASKS = ("sr", "qpi", "generic")
+#: How validation data are held out of the training pairs: ``auto`` (whole images when there
+#: are enough, else a band of each image), ``image``, ``region`` (a band of each image).
+VALIDATION_SPLITS = ("auto", "image", "region")
+#: A new model's sampling defaults: the measured best of docs/benchmarks.md (DPM-Solver++ 2M SDE,
+#: 8 steps on a log-SNR grid ending at 8: the 20-step quality in less time), as the shipped
+#: residual models record them. A fine-tuned model keeps its parent's instead.
+MEASURED_SAMPLER = {"name": "dpm_solver_2m_sde", "steps": 8, "eta": 1.0, "grid": "log_snr",
+                    "log_snr_range": (None, 8.0)}
+#: Steps of a fine-tuning run the Train widget proposes (11.5 minutes of the ``small`` preset
+#: on a 2-core CPU).
+FINE_TUNE_STEPS = 1000
 FORMULATIONS = ("paper", "residual")
 #: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
 DEVICE_PATTERN = r"^\s*(auto|cpu|mps|cuda(:\d+)?)\s*$"
@@ -50,10 +61,16 @@ class TrainConfig:
     Data: ``input_dir``/``target_dir`` (paired TIFF folders matched by file name), or
     in-memory pairs given to :func:`napari_cvdm.train.train`, or else ``simulated_images``
     simulated pairs of ``simulated_size`` pixels of ``task`` (``sr`` or ``qpi``) made up front.
+    ``validation_split``: one of :data:`VALIDATION_SPLITS`; ``region`` holds out a band of each
+    image (``validation_fraction`` of its longer side, at least a patch), separated from the training
+    part by more than the network's receptive field (:func:`napari_cvdm.data.training.receptive_field`).
+    ``validation_input_dir``/``validation_target_dir``: separate validation pairs instead (then
+    nothing is split off the training data).
     ``batch_size`` is per process. ``validate_every``/``checkpoint_every`` count steps
     (0 = only at the end). ``precision``: ``auto`` (bf16 autocast on CUDA), ``fp32``
-    or ``bf16``. ``sampler``/``sample_steps``/``n_samples`` become the model's
-    reconstruction defaults; validation samples ``validation_samples`` per patch with
+    or ``bf16``. ``sampler``/``sample_steps``/``sample_log_snr_max`` (end of the log-SNR grid) and
+    ``n_samples`` become the model's reconstruction defaults; None: the fine-tuned model's, else
+    :data:`MEASURED_SAMPLER`. Validation samples ``validation_samples`` per patch with
     ``validation_sample_steps`` steps of the same sampler. ``input_pixel_size_um``
     overrides the pixel size read from the data (raw input grid, µm).
     ``generic`` models take ``input_channels`` and predict ``target_channels``.
@@ -92,6 +109,9 @@ class TrainConfig:
     grad_clip: Positive = 1.0
     ema_decay: Fraction = 0.999
     validation_fraction: Fraction = 0.1
+    validation_split: Literal["auto", "image", "region"] = "auto"
+    validation_input_dir: str | None = None
+    validation_target_dir: str | None = None
     validate_every: Every = 500
     validation_patches: Count = 16
     validation_samples: Count = 2
@@ -108,8 +128,9 @@ class TrainConfig:
     input_pixel_size_um: Positive | None = None
     input_channels: Annotated[int, Field(ge=1, le=1024)] = 1
     target_channels: Annotated[int, Field(ge=1, le=1024)] = 1
-    sampler: str = DEFAULT_SAMPLER
-    sample_steps: Count = DEFAULT_STEPS
+    sampler: str | None = None
+    sample_steps: Count | None = None
+    sample_log_snr_max: Annotated[float, Field(gt=0, le=LOG_SNR_CEILING, allow_inf_nan=False)] | None = None
     n_samples: Count = 8
     max_bad_steps: Count = 20
     description: str = ""
@@ -152,7 +173,7 @@ class TrainConfig:
         """Raise InputError naming the first unusable setting (type, range, choice, files)."""
         _validated({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         for name, choices in (("preset", DENOISER_PRESETS), ("schedule", SCHEDULE_KINDS), ("sampler", SAMPLERS)):
-            if getattr(self, name) not in choices:
+            if getattr(self, name) not in choices and not (name == "sampler" and self.sampler is None):
                 raise InputError(f"Unknown {name} '{getattr(self, name)}'; choose one of: {', '.join(choices)}.")
         for name, given, role in (("tie_method", self.tie_method is not None, "is the TIE solver of"),
                                   ("base_correction", self.base_correction, "corrects")):
@@ -161,6 +182,8 @@ class TrainConfig:
                                  f"this run is a {self.formulation} {self.task} model.")
         if (self.input_dir is None) != (self.target_dir is None):
             raise InputError("Give both input_dir and target_dir (paired folders), or neither (simulated data).")
+        if (self.validation_input_dir is None) != (self.validation_target_dir is None):
+            raise InputError("Give both validation_input_dir and validation_target_dir, or neither.")
         if not str(self.output).endswith(".safetensors"):
             raise InputError(f"The output model file must end in .safetensors (got {self.output}).")
         if self.source_images is not None and not Path(self.source_images).expanduser().is_dir():
@@ -178,7 +201,8 @@ class TrainConfig:
 
 
 _ADAPTER = TypeAdapter(TrainConfig)
-_PATH_FIELDS = ("output", "input_dir", "target_dir", "init_model", "source_images")
+_PATH_FIELDS = ("output", "input_dir", "target_dir", "init_model", "source_images", "validation_input_dir",
+                "validation_target_dir")
 
 
 def _validated(values: dict) -> TrainConfig:

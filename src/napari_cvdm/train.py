@@ -50,7 +50,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import ModelInfo, load_model, save_model, write_atomically
-from .config import TrainConfig
+from .config import MEASURED_SAMPLER, TrainConfig
 from .data.training import TrainingData, load_training_data
 from .errors import CVDMError, InputError
 from .model import CVDM, ModelConfig, RuntimeOptions, SamplingOptions, low_discrepancy_times, sample_statistics
@@ -58,6 +58,8 @@ from .residual import base_for
 
 log = logging.getLogger(__name__)
 
+#: A preview reconstructs at most this many pixels of the held-out data per side (target grid).
+PREVIEW_SIDE = 256
 LOSS_TERMS = ("loss", "noise", "ode", "prior", "regulariser", "base")
 #: λ of residual models is predicted at 1/4 of the resolution (smooth, tile-independent).
 RESIDUAL_SCHEDULE_DOWNSAMPLE = 4
@@ -99,6 +101,21 @@ class TrainProgress:
     elapsed_s: float
     eta_s: float | None
     skipped: bool = False
+    preview: Preview | None = None
+
+
+@dataclass
+class Preview:
+    """The EMA model's reconstruction (mean of one sample) of part of the validation data at ``step``.
+
+    ``image`` ``(C, h, w)`` in the target's units; ``offset`` ``(row, column)``: where it lies in
+    ``source`` (target pixels), e.g. the held-out band of the training image.
+    """
+
+    image: np.ndarray
+    step: int
+    source: str
+    offset: tuple[int, int]
 
 
 @dataclass
@@ -152,6 +169,23 @@ def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
         raise InputError(f"base_correction corrects a TIE base; {path.name} has none "
                          f"({info.config.formulation} formulation).")
     return model, info
+
+
+def model_sampler(config: TrainConfig, parent: ModelInfo | None, clip: float) -> dict:
+    """The sampling defaults the trained model records: the settings given in ``config``, else the
+    fine-tuned model's (``parent``), else :data:`~napari_cvdm.config.MEASURED_SAMPLER`."""
+    sampler = dict(parent.sampler) if parent is not None else dict(MEASURED_SAMPLER)
+    if config.sampler is not None and config.sampler != sampler.get("name"):
+        sampler = {key: value for key, value in sampler.items() if key != "eta"}  # η belongs to its sampler
+        sampler["name"] = config.sampler
+    if config.sample_steps is not None:
+        sampler["steps"] = config.sample_steps
+    if config.sample_log_snr_max is not None:
+        sampler.update(grid="log_snr", log_snr_range=(None, float(config.sample_log_snr_max)))
+    sampler.update(n_samples=config.n_samples, clip=clip)
+    if sampler.get("log_snr_range") is not None:
+        sampler["log_snr_range"] = tuple(sampler["log_snr_range"])
+    return sampler
 
 
 def _seed(*parts: int) -> int:
@@ -257,7 +291,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
-                 resume: bool = False):
+                 resume: bool = False, validation: tuple[Sequence, Sequence] | None = None):
         from .engine import resolve_device
 
         config.check()
@@ -294,15 +328,15 @@ class Trainer:
         try:
             if self.dist.is_main:
                 self._claim_run_dir(resume)
-            self._build(pairs, base, base_net, resume)
+            self._build(pairs, base, base_net, resume, validation)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, pairs, base: ModelInfo | None, base_net: CVDM | None, resume: bool) -> None:
+    def _build(self, pairs, base: ModelInfo | None, base_net: CVDM | None, resume: bool, validation) -> None:
         """Data, model, optimiser and (resumed) state; the run folder is written only once all is well."""
         config = self.config
-        self.data = load_training_data(config, pairs, base)
+        self.data = load_training_data(config, pairs, base, validation)
         spec = self.data.spec
         torch.manual_seed(config.seed)
         if base_net is not None and self.data.residual_base.kind != base_net.config.base:
@@ -310,6 +344,7 @@ class Trainer:
         self.model_config = base_net.config if base_net is not None else _model_config(config, self.data)
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.sampler = model_sampler(config, base, self.ema.clip)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _learning_rate_factor(config))
@@ -427,7 +462,7 @@ class Trainer:
                           * len(y))
             stats = sample_statistics(
                 self.ema, y, config.validation_samples,
-                SamplingOptions(config.sampler, config.validation_sample_steps, clip=self.ema.clip),
+                SamplingOptions.resolve(self.sampler, steps=config.validation_sample_steps),
                 RuntimeOptions(self.autocast_dtype), generator=torch.Generator(self.device).manual_seed(config.seed),
             )
             for prediction, target in zip(stats.mean.cpu().numpy(), x0.cpu().numpy()):
@@ -604,6 +639,7 @@ class Trainer:
             "precision": "bf16" if self.autocast_dtype is not None else "fp32",
             "wall_time_s": round(self.elapsed_before_s + self._run_elapsed(), 1),
             "validation": self.validation, "best_validation": self.best_validation,
+            "validation_split": self.data.split,
             "stopped_early": stopped, "napari_cvdm_version": __version__,
         }
         if self.base_model is not None:
@@ -616,8 +652,7 @@ class Trainer:
             target_normalization=spec.target_normalizer.to_dict(),
             input_pixel_size_um=self.data.input_pixel_size_um, upsampling_factor=spec.input_upsample,
             target_unit="rad" if spec.name == "qpi" else "a.u.",
-            sampler={"name": config.sampler, "steps": config.sample_steps, "n_samples": config.n_samples,
-                     "clip": self.ema.clip},
+            sampler=dict(self.sampler),
             training=training, description=config.description,
             base={} if self.data.physics_base is None else self.data.physics_base.to_dict(),
         )
@@ -641,8 +676,11 @@ class Trainer:
         return stop
 
     def fit(self, progress: Callable[[TrainProgress], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train until ``config.steps`` or until ``should_stop()``; then save, export and return."""
+            should_stop: Callable[[], bool] | None = None, preview: bool = False) -> TrainResult:
+        """Train until ``config.steps`` or until ``should_stop()``; then save, export and return.
+
+        ``preview``: at every validation, ``progress`` also gets the current reconstruction of
+        the held-out data (:meth:`preview`)."""
         config = self.config
         self._started = time.monotonic()
         first_step = self.step
@@ -654,12 +692,13 @@ class Trainer:
                     stopped = True
                     break
                 values, skipped = self.train_step(self.draw(self.step))
-                validation = None
+                validation, shown = None, None
                 elapsed = self.elapsed_before_s + self._run_elapsed()
                 if self.dist.is_main:
                     due = config.validate_every and self.step % config.validate_every == 0
                     if due or self.step == config.steps:
                         validation = self._validate_and_keep_best()
+                        shown = self.preview() if preview and validation is not None else None
                     # log before checkpointing: a resumed run drops rows past its checkpoint, never misses one
                     self._log(values, skipped, validation, elapsed)
                     if (config.checkpoint_every and self.step % config.checkpoint_every == 0) \
@@ -669,7 +708,7 @@ class Trainer:
                 if progress is not None:
                     rate = (self.step - first_step) / max(self._run_elapsed(), 1e-9)
                     eta = (config.steps - self.step) / rate if rate > 0 else None
-                    progress(TrainProgress(self.step, config.steps, values, validation, elapsed, eta, skipped))
+                    progress(TrainProgress(self.step, config.steps, values, validation, elapsed, eta, skipped, shown))
             # nothing trained yet (stopped while the data were prepared): nothing replaces the output
             exported = self.step > 0
             path = Path(config.output)
@@ -682,6 +721,27 @@ class Trainer:
         finally:
             self.close()
         return TrainResult(path, self.step, stopped, self.validation, self.run_dir, self.best_validation, exported)
+
+    @torch.no_grad()
+    def preview(self) -> Preview | None:
+        """The EMA model's reconstruction (N = 1, the model's sampler) of the first validation image,
+        at most :data:`PREVIEW_SIDE` pixels a side; None without validation images."""
+        from .engine import ReconstructionSettings, reconstruct
+
+        if not self.data.validation_pairs:
+            return None
+        pair = self.data.validation_pairs[0]
+        window = (slice(None), slice(0, PREVIEW_SIDE), slice(0, PREVIEW_SIDE))
+        settings = ReconstructionSettings(n_samples=1, tile_size=None, device=str(self.device), seed=self.config.seed)
+        info = self.model_info()
+        result = reconstruct(self.ema, info, pair.input[window], settings,
+                             input_pixel_size_um=info.input_pixel_size_um, upsampled=True)
+        image = np.asarray(result.mean, np.float32).reshape(pair.target[window].shape)
+        source, offset = pair.name, (0, 0)
+        for band in self.data.split.get("bands", [])[:1]:  # the band's place in its image
+            source = band["name"]
+            offset = (band["band_start"], 0) if band["axis"] == 0 else (0, band["band_start"])
+        return Preview(image, self.step, source, offset)
 
     def calibrate(self, path: Path) -> None:
         """Calibrate the exported model on up to 4 validation crops of ≤ 128² (N ≤ 8) and re-save it.
@@ -698,7 +758,11 @@ class Trainer:
         chosen, info = crops(self.data.validation_pairs), self.model_info()
         settings = ReconstructionSettings(n_samples=min(self.config.n_samples, TRAINING_MAX_SAMPLES),
                                           tile_size=None, device=str(self.device), seed=self.config.seed)
-        source = f"{len(chosen)} validation crop(s) of the training run's data"
+        pixels = sum(p.target.shape[-1] * p.target.shape[-2] for p in chosen)
+        held = {"region": "the held-out band(s) of the training images", "image": "the held-out training images",
+                "given": "the separate validation pairs", "simulated": "the simulator's validation images"}
+        source = (f"{len(chosen)} validation crop(s) ({pixels} pixels) of "
+                  f"{held.get(self.data.split.get('kind'), 'the validation images')}")
         try:
             calibration = calibrate_model(self.ema, info, chosen, settings, source=source,
                                           input_pixel_size_um=info.input_pixel_size_um)
@@ -756,7 +820,8 @@ def _process_alive(pid: int) -> bool:
 
 def train(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
           progress: Callable[[TrainProgress], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, resume: bool = False,
+          validation: tuple[Sequence, Sequence] | None = None, preview: bool = False) -> TrainResult:
     """Train a model as ``config`` says and export it to ``config.output``.
 
     ``pairs``: optional in-memory ``(inputs, targets)`` lists of numpy arrays (e.g.
@@ -765,9 +830,11 @@ def train(config: TrainConfig, pairs: tuple[Sequence, Sequence] | None = None,
     every step: training then stops, writes ``last.pt``, exports the model and returns
     ``stopped=True``. ``resume``: continue the run in ``config.run_dir`` if it holds a
     checkpoint (else start afresh); without it an existing checkpoint is an InputError.
+    ``validation``: separate in-memory validation pairs ``(inputs, targets)``; ``preview``: each
+    validation's progress report carries a :class:`Preview` of the held-out data.
     """
-    trainer = Trainer(config, pairs=pairs, resume=resume)
+    trainer = Trainer(config, pairs=pairs, resume=resume, validation=validation)
     try:
-        return trainer.fit(progress, should_stop)
+        return trainer.fit(progress, should_stop, preview)
     finally:
         trainer.close()

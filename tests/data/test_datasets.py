@@ -10,6 +10,7 @@ from napari_cvdm.data.datasets import (
     make_validation_set,
     pairs_from_arrays,
     prepare_input,
+    raw_pixel_size,
     random_dihedral,
     random_patch,
     split_by_image,
@@ -198,3 +199,20 @@ def test_validation_set_is_fixed_tiles_of_held_out_images():
     torch.testing.assert_close(again_in, x_in)
     capped, _ = make_validation_set(pairs, "sr", patch_size=16, max_patches=4)
     assert capped.shape[0] == 4
+
+
+def test_a_pair_given_the_wrong_way_round_is_named_as_swapped():
+    sim = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    widefield = sim[::2, ::2].copy()
+    with pytest.raises(DataError, match="look swapped: the input is the coarser"):
+        pairs_from_arrays([sim], [widefield], "sr")
+
+
+def test_input_and_target_pixel_sizes_must_agree():
+    assert raw_pixel_size(0.1, 0.05, (8, 8), (16, 16), 2) == pytest.approx(0.1)
+    assert raw_pixel_size(0.05, None, (16, 16), (16, 16), 2) == pytest.approx(0.1)  # already on the target grid
+    assert raw_pixel_size(None, None, (8, 8), (16, 16), 2) is None
+    with pytest.raises(DataError, match="0.1 µm pixels but .* 0.1 µm: for this pair the input's should be 0.2"):
+        raw_pixel_size(0.1, 0.1, (8, 8), (16, 16), 2)
+    with pytest.raises(DataError, match="look swapped"):
+        raw_pixel_size(0.05, 0.1, (16, 16), (8, 8), 2)

@@ -1,12 +1,16 @@
 """A training run's data: sources, validation split, patch size, normalisation, patches, pixel size."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from napari_cvdm.config import TrainConfig
 from napari_cvdm.data import DataError, ImagePair, get_task
-from napari_cvdm.data.training import TrainingData, folder_pixel_size, load_training_data
+from napari_cvdm.data.training import (
+    TrainingData, folder_pixel_size, load_training_data, receptive_field, unet_reach,
+)
 from napari_cvdm.errors import InputError
 from napari_cvdm.io import write_image
 
@@ -106,3 +110,60 @@ def test_folder_pixel_size_is_the_targets_times_the_factor_else_the_inputs(tmp_p
     assert folder_pixel_size(inputs, targets, 2) == pytest.approx(0.1)
     write_image(inputs / "a.tif", ramp((32, 32)))
     assert folder_pixel_size(inputs, targets, 2) is None
+
+
+def test_a_single_pair_holds_out_a_band_farther_than_the_receptive_field():
+    # 'auto': one image cannot give a whole validation image, so a band of it is held out
+    image = ramp((300, 40))
+    config = TrainConfig(task="sr", preset="tiny", patch_size=32, formulation="paper")
+    data = load_training_data(config, pairs=([image], [2 * image]))
+    reach = receptive_field("tiny", "none")
+    (band,) = data.split["bands"]
+    assert data.split["kind"] == "region" and data.split["gap_px"] == reach + 1
+    assert band["axis"] == 0 and band["band_start"] - band["train_stop"] == reach + 1
+    assert band["extent"] - band["band_start"] == 32  # at least a patch (10 % of 300 is less)
+    assert data.train_pairs[0].shape == (band["train_stop"], 40)
+    np.testing.assert_array_equal(data.validation_pairs[0].target[0], 2 * image[band["band_start"]:])
+    assert data.validation is not None and "band" in data.split["words"] and f"{reach} px" in data.split["words"]
+
+
+def test_the_split_can_be_chosen_and_separate_validation_pairs_given():
+    images = [ramp((300, 40), i) for i in range(3)]
+    pairs = (images, [2 * image for image in images])
+    config = TrainConfig(task="sr", preset="tiny", patch_size=32, formulation="paper", validation_fraction=0.34)
+    assert load_training_data(config, pairs=pairs).split["kind"] == "image"
+    region = load_training_data(dataclasses.replace(config, validation_split="region"), pairs=pairs)
+    assert region.split["kind"] == "region" and len(region.validation_pairs) == 3
+    given = load_training_data(config, pairs=pairs, validation=([images[0]], [2 * images[0]]))
+    assert given.split["kind"] == "given" and len(given.train_pairs) == 3 and len(given.validation_pairs) == 1
+    with pytest.raises(DataError, match="too small to hold out a validation band: it needs"):
+        load_training_data(config, pairs=([ramp((120, 120))], [ramp((120, 120))]))
+
+
+def test_the_receptive_field_is_where_a_pixel_stops_changing_an_output():
+    """unet_reach bounds the reach of the convolutions (GroupNorm and attention, which reach the whole
+    tile, replaced by identities) and equals it for the image input."""
+    from torch import nn
+
+    from napari_cvdm.model.unet import DENOISER_PRESETS, UNet
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, DENOISER_PRESETS["tiny"], gamma_channels=1)
+    net.mid_attention = nn.Identity()
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.GroupNorm):
+                setattr(module, name, nn.Identity())
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    size, reach = 193, unet_reach(DENOISER_PRESETS["tiny"])
+    for centre in (96, 97, 98, 99):
+        x = torch.randn(1, 2, size, size, requires_grad=True)
+        gamma = torch.rand(1, 1, size, size, requires_grad=True)
+        net(x, gamma)[0, 0, centre, centre].backward()
+        rows_x = x.grad.abs().sum(dim=(0, 1, 3)).nonzero()[:, 0] - centre
+        rows_gamma = gamma.grad.abs().sum(dim=(0, 1, 3)).nonzero()[:, 0] - centre
+        assert rows_x.abs().max() <= reach and rows_gamma.abs().max() <= reach
+    assert rows_x.abs().max() >= reach - 5  # the bound is close
+    assert receptive_field("tiny", "predictor") == 2 * reach and receptive_field("tiny", "physics") == reach

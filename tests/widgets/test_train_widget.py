@@ -8,6 +8,7 @@ import pytest
 from napari_cvdm._widgets import MODEL_REGISTRY
 from napari_cvdm._widgets._registry import model_card
 from napari_cvdm._widgets._train import FOLDERS_SOURCE, TrainWidget, format_duration, split_planes
+from napari_cvdm.config import FINE_TUNE_STEPS, TrainConfig
 from napari_cvdm.data import simulate_sr
 
 pytestmark = pytest.mark.gui
@@ -30,6 +31,7 @@ def add_sr_pairs(viewer, n=3, size=64):
 
 def configure(widget, output, steps, validate_every):
     widget.task_combo.setCurrentIndex(widget.task_combo.findData("sr"))
+    widget.base_combo.setCurrentIndex(0)  # a new model, not the preselected shipped one
     widget.preset_combo.setCurrentText("tiny")
     widget.patch_spin.setValue(32)
     widget.batch_spin.setValue(2)
@@ -105,9 +107,11 @@ def test_train_errors_are_notifications(viewer, tmp_path, notifications, wait_id
     assert "same layer" in notifications.error[-1]
 
     widget.target_layer_combo.setCurrentText(target.name)
-    assert widget.start()  # one image cannot be split into training and validation images
+    errors = len(notifications.error)
+    assert widget.start()  # one image of 32² px has no room for a training patch, a gap and a band
     wait_idle(widget)
-    assert "cannot be split" in notifications.error[-1]
+    assert len(notifications.error) == errors + 1 and "too small to hold out a validation band" in notifications.error[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file written
 
     widget.source_combo.setCurrentText(FOLDERS_SOURCE)
     assert not widget.start()
@@ -258,3 +262,76 @@ def test_an_existing_model_is_replaced_only_when_the_user_agrees(viewer, tmp_pat
     assert widget.start()
     wait_idle(widget)
     assert notifications.error == [] and existing.read_bytes() != b"the user's model"
+
+
+def test_start_from_preselects_the_shipped_model_that_fits_the_layers(viewer, tmp_path):
+    widefield, target = add_sr_pairs(viewer, n=1, size=64)  # 0.0626 µm camera pixels, as the shipped SR model's
+    widget = TrainWidget(viewer)
+    entry = MODEL_REGISTRY.get(widget.base_model)
+    assert entry.origin == "shipped" and entry.info.config.formulation == "residual"
+    assert f"Fine-tuning {entry.path.name}" in widget.start_hint.text()
+    assert "within its range" in widget.start_hint.text()
+    assert widget.steps_spin.value() == FINE_TUNE_STEPS and not widget.preset_combo.isEnabled()
+
+    widget.base_combo.setCurrentIndex(0)  # a new model is one choice away, and the choice is kept
+    assert widget.base_model is None and widget.steps_spin.value() == TrainConfig().steps
+    viewer.add_image(np.zeros((8, 8)), name="another layer")
+    assert widget.base_model is None
+
+    widefield.scale, target.scale = (1, 0.2, 0.2), (1, 0.1, 0.1)  # pixels the shipped model never saw
+    other = TrainWidget(viewer)
+    assert other.base_model is None and "outside" in other.start_hint.text()
+
+
+def test_bad_layers_give_one_notification_and_write_nothing(viewer, tmp_path, notifications, wait_idle):
+    widefield, target = add_sr_pairs(viewer, n=1, size=64)
+    widget = TrainWidget(viewer)
+    configure(widget, tmp_path / "m.safetensors", steps=2, validate_every=1)
+    target.scale = (1, 0.05, 0.05)  # the target's pixels are not half the widefield's 0.0626 µm
+    assert not widget.start()
+    assert len(notifications.error) == 1 and "check both calibrations" in notifications.error[0]
+    target.scale = (1, widefield.scale[-1] / 2, widefield.scale[-1] / 2)
+    widget.input_layer_combo.setCurrentText(target.name)  # SIM given as the input, widefield as the target
+    widget.target_layer_combo.setCurrentText(widefield.name)
+    assert not widget.start()
+    assert len(notifications.error) == 2 and "look swapped" in notifications.error[1]
+    viewer.layers[widefield.name].data[0, 0, 0] = np.nan
+    widget.input_layer_combo.setCurrentText(widefield.name)
+    widget.target_layer_combo.setCurrentText(target.name)
+    widget.start()
+    wait_idle(widget)
+    assert len(notifications.error) == 3 and "NaN" in notifications.error[2]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preview_layer_is_updated_in_place_over_the_held_out_band(viewer, tmp_path, notifications, wait_idle):
+    widefield, target = add_sr_pairs(viewer, n=1, size=288)
+    widget = TrainWidget(viewer)
+    configure(widget, tmp_path / "one.safetensors", steps=2, validate_every=1)
+    widget.validation_spin.setValue(0.1)
+    assert widget.split_combo.currentData() == "auto" and widget.preview_check.isChecked()
+    assert widget.start()
+    wait_idle(widget)
+    assert notifications.error == []
+    previews = [layer for layer in viewer.layers if layer.name.startswith("CVDM training preview")]
+    assert len(previews) == 1 and previews[0].name.endswith("(step 2)") and previews[0].data.shape == (32, 256)
+    fine = target.scale[-1]
+    assert previews[0].translate[-2] == pytest.approx(target.translate[-2] + 256 * fine)
+    assert "Validation: a band" in notifications.info[-1] and "calibrated on it" in notifications.info[-1]
+    assert MODEL_REGISTRY.get(tmp_path / "one.safetensors").info.calibration
+
+
+def test_separate_validation_layers(viewer, tmp_path, notifications, wait_idle):
+    widefield, target = add_sr_pairs(viewer, n=2, size=64)
+    widget = TrainWidget(viewer)
+    configure(widget, tmp_path / "given.safetensors", steps=1, validate_every=1)
+    widget.preview_check.setChecked(False)
+    widget.split_combo.setCurrentIndex(widget.split_combo.findData("layers"))
+    widget.val_input_combo.setCurrentText(widefield.name)
+    widget.val_target_combo.setCurrentText(target.name)
+    assert widget.start()
+    wait_idle(widget)
+    assert notifications.error == []
+    split = MODEL_REGISTRY.get(tmp_path / "given.safetensors").info.training["validation_split"]
+    assert split["kind"] == "given" and split["images"] == 2
+    assert not [layer for layer in viewer.layers if layer.name.startswith("CVDM training preview")]

@@ -4,6 +4,11 @@ The widget gathers a :class:`napari_cvdm.train.TrainConfig` and the image pairs
 and runs :func:`napari_cvdm.train.train` in a worker thread; all model logic
 lives there. The saved model is added to the shared model registry, so it
 appears in the Reconstruct widget's picker at once.
+
+"Start from" preselects the task's shipped model when the layers fit it (pixel size within
+its range), with a fine-tuning step count, and says why; "new model" stays one choice away.
+At each validation an optional preview layer shows the model's reconstruction of the
+held-out data, updated in place.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import train as trainer
-from ..config import FORMULATIONS
+from ..config import FINE_TUNE_STEPS, FORMULATIONS, VALIDATION_SPLITS
+from ..data.datasets import raw_pixel_size
 from ..errors import InputError
 from ..model import DENOISER_PRESETS, SCHEDULE_KINDS
 from ..engine import available_devices
@@ -47,6 +53,12 @@ from ._workers import ConnectionSet, Outcome
 LAYERS_SOURCE = "image layers"
 FOLDERS_SOURCE = "TIFF folders"
 TASK_LABELS = {"sr": "sr — widefield → super-resolution", "qpi": "qpi — defocus stack → phase"}
+#: "Validate on" choices: TrainConfig's validation splits, and separate layers.
+SEPARATE_LAYERS = "layers"
+SPLIT_LABELS = {"auto": "whole images, else a band of each image", "image": "whole images",
+                "region": "a band of each image", SEPARATE_LAYERS: "separate validation layers"}
+assert set(SPLIT_LABELS) == {*VALIDATION_SPLITS, SEPARATE_LAYERS}
+PREVIEW_NAME = "CVDM training preview"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -75,6 +87,10 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else MODEL_REGISTRY
         self.last_result = None
+        self.preview_layer = None
+        self._preview_geometry: tuple | None = None  # (scale, translate) of the target layer's plane
+        self._base_chosen = False  # the user picked 'Start from' (no more suggestions)
+        self._suggesting = False
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._build_data_group())
@@ -88,11 +104,15 @@ class TrainWidget(QWidget):
         layout.addWidget(self.loss_plot, 1)
 
         self.task_combo.currentIndexChanged.connect(self._on_task_changed)
+        self.base_combo.currentIndexChanged.connect(self._note_base_choice)
+        for combo in (self.input_layer_combo, self.target_layer_combo):
+            combo.currentIndexChanged.connect(self._suggest_start)
         self.connections = ConnectionSet(self)
         self.connections.connect(self.registry.changed, self._refresh_bases)
         for event in ("inserted", "removed", "reordered"):
             self.connections.connect(getattr(self.viewer.layers.events, event), self._refresh_layers)
         self._on_source_changed()
+        self._on_split_changed()
         self._on_task_changed()
 
     # ------------------------------------------------------------------ layout
@@ -145,6 +165,8 @@ class TrainWidget(QWidget):
         self.base_combo.setToolTip("Fine-tune a trained model of this task (its size and schedule are kept), "
                                    "or start from random weights")
         self.base_combo.currentIndexChanged.connect(self._on_base_changed)
+        self.start_hint = QLabel()
+        self.start_hint.setWordWrap(True)
         self.output_edit = QLineEdit()
         self.output_edit.setToolTip("Where the model file (.safetensors) is saved; its checkpoints and log go "
                                     "to the folder beside it (name.run), from which Resume continues")
@@ -159,6 +181,7 @@ class TrainWidget(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         form.addRow("Task", self.task_combo)
         form.addRow("Start from", self.base_combo)
+        form.addRow(self.start_hint)
         form.addRow("Size preset", self.preset_combo)
         form.addRow("Schedule", self.schedule_combo)
         form.addRow("Formulation", self.formulation_combo)
@@ -184,7 +207,21 @@ class TrainWidget(QWidget):
         self.validation_spin.setRange(0.0, 0.5)
         self.validation_spin.setSingleStep(0.05)
         self.validation_spin.setValue(defaults.get("validation_fraction", 0.1))
-        self.validation_spin.setToolTip("Fraction of the images held out for validation (whole images)")
+        self.validation_spin.setToolTip("Fraction held out for validation: of the images, or of each image's "
+                                        "longer side for a band (at least a patch)")
+        self.split_combo = QComboBox()
+        for key, label in SPLIT_LABELS.items():
+            self.split_combo.addItem(label, key)
+        self.split_combo.setCurrentIndex(self.split_combo.findData(defaults["validation_split"]))
+        self.split_combo.setToolTip("A band is separated from the training part by more than the network's "
+                                    "receptive field; the run is calibrated on the validation data")
+        self.split_combo.currentIndexChanged.connect(self._on_split_changed)
+        self.val_input_combo, self.val_target_combo = QComboBox(), QComboBox()
+        self.val_input_label, self.val_target_label = QLabel("Validation input"), QLabel("Validation target")
+        self.preview_check = QCheckBox("show the held-out reconstruction at each validation")
+        self.preview_check.setChecked(True)
+        self.preview_check.setToolTip("A layer updated in place with the current model's reconstruction "
+                                      "(one sample) of the validation data")
         self.validate_every_spin = spin_box(1, 1_000_000, defaults.get("validate_every", 100),
                                          "Validate (and draw a validation point) every this many steps")
         self.device_combo = QComboBox()
@@ -193,7 +230,11 @@ class TrainWidget(QWidget):
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Validate on", self.split_combo)
+        form.addRow(self.val_input_label, self.val_input_combo)
+        form.addRow(self.val_target_label, self.val_target_combo)
         form.addRow("Validation fraction", self.validation_spin)
+        form.addRow("Preview", self.preview_check)
         form.addRow("Validate every", self.validate_every_spin)
         form.addRow("Device", self.device_combo)
         return group
@@ -227,6 +268,12 @@ class TrainWidget(QWidget):
             widget.setVisible(not from_layers)
         self._refresh_layers()
 
+    def _on_split_changed(self, *_) -> None:
+        separate = self.split_combo.currentData() == SEPARATE_LAYERS
+        for widget in (self.val_input_label, self.val_input_combo, self.val_target_label, self.val_target_combo):
+            widget.setVisible(separate)
+        self.validation_spin.setEnabled(not separate)
+
     def _on_task_changed(self, *_) -> None:
         task = self.task_name
         if task == "sr":
@@ -239,6 +286,8 @@ class TrainWidget(QWidget):
         self._refresh_bases()  # also suggests the 'Save to' name
         self._update_base_correction()
         self._update_buttons()
+        self._base_chosen = False
+        self._suggest_start()
 
     @property
     def task_name(self) -> str:
@@ -271,6 +320,52 @@ class TrainWidget(QWidget):
         self.base_combo.blockSignals(False)
         self._on_base_changed()
 
+    def _note_base_choice(self, *_) -> None:
+        if not self._suggesting:
+            self._base_chosen = True
+
+    def shipped_fit(self) -> tuple[Path | None, str]:
+        """The task's shipped model when the chosen layers fit it (pixel size within its range), and why
+        (or why not) as a sentence."""
+        from ..engine import check_pixel_size
+        from ..engine.checks import PIXEL_SIZE_TOLERANCE
+
+        shipped = [e for e in self.registry.entries()
+                   if e.origin == "shipped" and e.info is not None and e.info.task == self.task_name]
+        if not shipped:
+            return None, "No shipped model of this task: a new model is trained."
+        entry = min(shipped, key=lambda e: e.info.config.formulation != "residual")  # the residual one first
+        name, trained = entry.path.name, entry.info.input_pixel_size_um
+        try:
+            pixel = self._layer_input_pixel_size()
+        except InputError:
+            pixel = None
+        if pixel is None or trained is None:
+            return None, (f"New model: the layers carry no pixel size, so whether they fit {name} is unknown; "
+                          f"choose it if their pixels are about {trained or '?'} µm.")
+        if check_pixel_size(entry.info, pixel) is not None:
+            return None, (f"New model: the layers' pixels ({pixel:.4g} µm) are outside {name}'s range "
+                          f"({trained:.4g} µm ± {PIXEL_SIZE_TOLERANCE:.0%}).")
+        return entry.path, (f"Fine-tuning {name}: the layers' pixels ({pixel:.4g} µm) are within its range "
+                            f"({trained:.4g} µm ± {PIXEL_SIZE_TOLERANCE:.0%}), and {FINE_TUNE_STEPS} steps adapt "
+                            "it to your structure; choose 'new model' to train from random weights.")
+
+    def _suggest_start(self, *_) -> None:
+        """Until the user picks 'Start from': preselect the shipped model that fits the layers (else a
+        new model) and say why."""
+        if self.source_combo.currentText() != LAYERS_SOURCE or not hasattr(self, "steps_spin"):
+            self.start_hint.setText("")
+            return
+        path, reason = self.shipped_fit()
+        self.start_hint.setText(reason if not self._base_chosen else "")
+        if self._base_chosen:
+            return
+        self._suggesting = True
+        try:
+            self.base_combo.setCurrentIndex(max(self.base_index(path), 0) if path is not None else 0)
+        finally:
+            self._suggesting = False
+
     def _on_base_changed(self, *_) -> None:
         """A fine-tuned model keeps its base's size and schedule, so those choices are fixed to it.
 
@@ -294,6 +389,12 @@ class TrainWidget(QWidget):
         self.schedule_combo.setEnabled(not fixed)
         self.formulation_combo.setEnabled(not fixed)
         self._update_base_correction()
+        if hasattr(self, "steps_spin"):  # a fine-tune takes fewer steps; a step count the user typed stays
+            new_model_steps = _config_defaults()["steps"]
+            if fixed and self.steps_spin.value() == new_model_steps:
+                self.steps_spin.setValue(FINE_TUNE_STEPS)
+            elif not fixed and self.steps_spin.value() == FINE_TUNE_STEPS:
+                self.steps_spin.setValue(new_model_steps)
 
     def _update_base_correction(self, *_) -> None:
         """The base correction is offered for residual QPI models; a fine-tuned model that has one keeps it."""
@@ -308,9 +409,12 @@ class TrainWidget(QWidget):
 
     def _refresh_layers(self, *_) -> None:
         images = [layer for layer in self.viewer.layers
-                  if is_candidate_image(layer) and not layer.name.endswith(OUTPUT_SUFFIXES)]
-        for combo, prefer in ((self.input_layer_combo, 0), (self.target_layer_combo, 1)):
+                  if is_candidate_image(layer) and not layer.name.endswith(OUTPUT_SUFFIXES)
+                  and not layer.name.startswith(PREVIEW_NAME)]
+        for combo, prefer in ((self.input_layer_combo, 0), (self.target_layer_combo, 1),
+                              (self.val_input_combo, 0), (self.val_target_combo, 1)):
             fill_layer_combo(combo, images, prefer)
+        self._suggest_start()
 
     def _ask_output_path(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the trained model as", self.output_edit.text(),
@@ -334,9 +438,18 @@ class TrainWidget(QWidget):
         """Input and target planes from the chosen layers (None when training from folders)."""
         if self.source_combo.currentText() != LAYERS_SOURCE:
             return None
-        source, target = self.input_layer_combo.currentData(), self.target_layer_combo.currentData()
+        return self._layer_pairs(self.input_layer_combo.currentData(), self.target_layer_combo.currentData())
+
+    def gather_validation(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Input and target planes of the separate validation layers (None unless chosen)."""
+        if self.split_combo.currentData() != SEPARATE_LAYERS:
+            return None
+        return self._layer_pairs(self.val_input_combo.currentData(), self.val_target_combo.currentData(),
+                                 "validation ")
+
+    def _layer_pairs(self, source, target, role: str = "") -> tuple[list[np.ndarray], list[np.ndarray]]:
         if source is None or target is None or source not in self.viewer.layers or target not in self.viewer.layers:
-            raise InputError("Choose an input layer and a target layer (open images first).")
+            raise InputError(f"Choose a {role}input layer and a {role}target layer (open images first).")
         if source is target:
             raise InputError("The input and target layers are the same layer; choose the target image.")
         input_plane_ndim = 3 if self.task_name == "qpi" else 2
@@ -358,6 +471,8 @@ class TrainWidget(QWidget):
             patch_size=self.patch_spin.value(),
             batch_size=self.batch_spin.value(), steps=self.steps_spin.value(),
             learning_rate=self.lr_spin.value(), validation_fraction=self.validation_spin.value(),
+            validation_split=self.split_combo.currentData() if self.split_combo.currentData() in VALIDATION_SPLITS
+            else "auto",
             validate_every=self.validate_every_spin.value(), device=self.device_combo.currentText(),
             output=str(self.output_path()),
             init_model=None if self.base_model is None else str(self.base_model),
@@ -377,15 +492,14 @@ class TrainWidget(QWidget):
         return config
 
     def _layer_input_pixel_size(self) -> float | None:
-        """Raw-input pixel size (µm) from the calibrated layers, if any."""
+        """Raw-input pixel size (µm) from the calibrated layers, if any; InputError when the two disagree."""
         source, target = self.input_layer_combo.currentData(), self.target_layer_combo.currentData()
+        if source is None or target is None:
+            return None
         factor = 2 if self.task_name == "sr" else 1
-        source_pixel, target_pixel = layer_pixel_size_um(source), layer_pixel_size_um(target)
-        if source_pixel is not None:
-            # An SR input already on the target grid has pixels `factor` times smaller than the camera's.
-            on_target_grid = source.data.shape[-2:] == target.data.shape[-2:]
-            return source_pixel * (factor if on_target_grid else 1)
-        return None if target_pixel is None else target_pixel * factor
+        return raw_pixel_size(layer_pixel_size_um(source), layer_pixel_size_um(target), source.data.shape[-2:],
+                              target.data.shape[-2:], factor,
+                              f"Layer '{source.name}'", f"layer '{target.name}'")
 
     def run_dir(self) -> Path | None:
         """Folder of the run's checkpoints and log for the current 'Save to' path."""
@@ -401,6 +515,7 @@ class TrainWidget(QWidget):
             return False
         try:
             pairs = self.gather_pairs()
+            validation = self.gather_validation()
             config = self.config(pairs_from_layers=pairs is not None)
         except (InputError, ValueError) as exc:
             notifications.show_error(str(exc))
@@ -418,13 +533,16 @@ class TrainWidget(QWidget):
         if resume:
             self._load_history(config.run_dir / trainer.LOG_FILE)
         self.loss_plot.total_steps = config.steps
+        preview = self.preview_check.isChecked()
+        self._preview_geometry = self._target_geometry() if pairs is not None else None
 
         def run(progress, should_stop, report):
             def on_progress(state):
                 report(state)
                 progress(state.step, state.total_steps)
 
-            return trainer.train(config, pairs=pairs, progress=on_progress, should_stop=should_stop, resume=resume)
+            return trainer.train(config, pairs=pairs, progress=on_progress, should_stop=should_stop, resume=resume,
+                                 validation=validation, preview=preview)
 
         self.run_panel.launch(run, f"CVDM: training {Path(config.output).name}",
                               "Resuming…" if resume else "Preparing data…",
@@ -490,6 +608,30 @@ class TrainWidget(QWidget):
             text += f" · validation {float(validation_loss):.4g}"
         text += f" · {format_duration(state.elapsed_s)} elapsed · ETA {format_duration(state.eta_s)}"
         self.run_panel.show_progress(state.step, state.total_steps, text)
+        if getattr(state, "preview", None) is not None:
+            self.show_preview(state.preview)
+
+    def _target_geometry(self) -> tuple[tuple, tuple]:
+        """Scale and translate of the target layer's image plane (where a preview is drawn)."""
+        target = self.target_layer_combo.currentData()
+        return tuple(target.scale[-2:]), tuple(target.translate[-2:])
+
+    def show_preview(self, preview) -> None:
+        """Show a :class:`napari_cvdm.train.Preview` in one layer, updated in place, over the held-out
+        data of the target layer when training from layers."""
+        image = preview.image[0] if preview.image.shape[0] == 1 else preview.image
+        scale, translate = self._preview_geometry or ((1.0, 1.0), (0.0, 0.0))
+        origin = tuple(t + o * s for t, o, s in zip(translate, preview.offset, scale))
+        name = f"{PREVIEW_NAME} (step {preview.step})"
+        layer = self.preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            self.preview_layer = self.viewer.add_image(image, name=name, scale=scale, translate=origin,
+                                                       colormap="gray", metadata={"source": preview.source})
+            return
+        layer.data = image
+        layer.translate = origin
+        layer.name = name
+        layer.metadata = {"source": preview.source, "step": preview.step}
 
     def _finish(self, outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -502,11 +644,12 @@ class TrainWidget(QWidget):
             self.run_panel.succeeded(message)
             notifications.show_info(message)
             return
-        self.registry.add(path, "trained")
+        entry = self.registry.add(path, "trained")
         if result.stopped:
             message = f"Training stopped at step {result.steps_done}; the model is saved to {path} (Resume continues)."
         else:
             message = f"Training finished after {result.steps_done} steps; the model is saved to {path}."
+        message += _split_words(entry)
         self.run_panel.succeeded(message)
         notifications.show_info(message)
 
@@ -530,6 +673,15 @@ def _config_defaults() -> dict:
         elif item.default_factory is not dataclasses.MISSING:
             defaults[item.name] = item.default_factory()
     return defaults
+
+
+def _split_words(entry) -> str:
+    """`` Validation: <how it was held out>; calibrated.`` from a trained model's card ('' if unknown)."""
+    info = entry.info if entry is not None else None
+    split = (info.training or {}).get("validation_split", {}) if info is not None else {}
+    if not split.get("words"):
+        return ""
+    return f" Validation: {split['words']}" + ("; calibrated on it." if info.calibration else ".")
 
 
 def _run_init_model(run_dir: Path) -> str | None:

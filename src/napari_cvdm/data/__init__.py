@@ -24,6 +24,7 @@ from .datasets import (
     random_patch,
     read_planes,
     split_by_image,
+    split_by_region,
 )
 from .normalize import Normalizer
 from .simulate import (
@@ -84,6 +85,7 @@ __all__ = [
     "simulate_qpi",
     "simulate_sr",
     "split_by_image",
+    "split_by_region",
     "split_source_files",
     "upsample",
     "write_simulated_folders",

@@ -49,8 +49,12 @@ __all__ = [
     "prepare_input",
     "random_dihedral",
     "random_patch",
+    "check_not_swapped",
+    "raw_pixel_size",
     "read_planes",
     "split_by_image",
+    "split_by_region",
+    "RegionSplit",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -226,12 +230,47 @@ def _checked_pair(inp, tgt, spec: TaskSpec, name, input_name, target_name) -> Im
         if factor > 1 and tuple(n * factor for n in input_hw) == tuple(target_hw):
             inp = upsample(inp, factor)
         else:
+            check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
             expected = f"{tuple(target_hw)}" + (f" or {tuple(n // factor for n in target_hw)}" if factor > 1 else "")
             raise DataError(
                 f"{input_name}: shape {tuple(input_hw)} does not match its target {target_name} "
                 f"{tuple(target_hw)}; expected {expected}"
             )
     return ImagePair(name, inp, tgt)
+
+
+def check_not_swapped(input_hw, target_hw, factor: int, input_name: str = "input",
+                      target_name: str = "target") -> None:
+    """Raise :class:`DataError` when the input ``(h, w)`` is ``factor`` times the target's: the finer
+    image was given as the input (an SR pair the wrong way round)."""
+    if factor > 1 and tuple(n * factor for n in target_hw) == tuple(input_hw):
+        raise DataError(f"{input_name}: shape {tuple(input_hw)} is {factor}× its target {target_name} "
+                        f"{tuple(target_hw)}; input and target look swapped: the input is the coarser "
+                        "(widefield) image, the target the finer one")
+
+
+def raw_pixel_size(input_um: float | None, target_um: float | None, input_hw, target_hw, factor: int,
+                   input_name: str = "input", target_name: str = "target") -> float | None:
+    """The raw input's pixel size (µm) from an input's and a target's pixel sizes (either may be None)
+    and their shapes ``(h, w)``.
+
+    An input already on the target grid has pixels ``factor`` times smaller than the camera's.
+    Raises :class:`DataError` for a swapped pair (:func:`check_not_swapped`), and when both sizes
+    are known and disagree by more than the tolerance of :func:`napari_cvdm.engine.check_pixel_size`.
+    """
+    from ..engine.checks import PIXEL_SIZE_TOLERANCE
+
+    check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
+    input_on_target_grid = tuple(input_hw) == tuple(target_hw)
+    from_input = None if input_um is None else input_um * (factor if input_on_target_grid else 1)
+    from_target = None if target_um is None else target_um * factor
+    if from_input is not None and from_target is not None \
+            and abs(from_input / from_target - 1.0) > PIXEL_SIZE_TOLERANCE:
+        raise DataError(
+            f"{input_name} has {input_um:.4g} µm pixels but {target_name} {target_um:.4g} µm: for this pair the "
+            f"input's should be {from_target / (factor if input_on_target_grid else 1):.4g} µm "
+            f"(target × {factor}{' on the raw grid' if not input_on_target_grid else ''}); check both calibrations")
+    return from_input if from_input is not None else from_target
 
 
 # ----------------------------------------------------------------------------- sources
@@ -346,6 +385,68 @@ def split_by_image(
     train = [p for i, p in enumerate(pairs) if i not in held_out]
     val = [p for i, p in enumerate(pairs) if i in held_out]
     return train, val
+
+
+@dataclass(frozen=True)
+class RegionSplit:
+    """Where a validation band was held out of one image (pixels of the target grid).
+
+    ``axis``: 0 = a band of rows at the bottom, 1 = a band of columns at the right;
+    ``train_stop``: the training part is ``[0, train_stop)`` along ``axis``; ``band_start``:
+    the band is ``[band_start, extent)``; between them lie ``gap`` unused pixels.
+    """
+
+    name: str
+    axis: int
+    train_stop: int
+    band_start: int
+    extent: int
+
+    @property
+    def gap(self) -> int:
+        return self.band_start - self.train_stop
+
+    @property
+    def band(self) -> int:
+        return self.extent - self.band_start
+
+    def words(self) -> str:
+        side = "rows" if self.axis == 0 else "columns"
+        return f"{side} {self.band_start}–{self.extent - 1} of {self.name} (training {side} 0–{self.train_stop - 1})"
+
+
+def split_by_region(pairs: Sequence[ImagePair], val_fraction: float, patch_size: int,
+                    gap: int) -> tuple[list[ImagePair], list[ImagePair], list[RegionSplit]]:
+    """Hold out a band of every image for validation, ``gap`` pixels away from its training part.
+
+    The band runs along the image's longer side (the bottom rows of a tall or square image, else
+    the right columns) and is ``max(patch_size, ceil(val_fraction · extent))`` pixels wide; the
+    training part keeps the rest minus the gap. Raises :class:`DataError` naming an image too small
+    for a patch, the gap and the band.
+    """
+    train, val, regions = [], [], []
+    for pair in pairs:
+        height, width = pair.shape
+        axis = 0 if height >= width else 1
+        extent = (height, width)[axis]
+        band = max(patch_size, int(np.ceil(val_fraction * extent)))
+        train_stop = extent - band - gap
+        if train_stop < patch_size:
+            raise DataError(
+                f"{pair.name}: image {pair.shape} is too small to hold out a validation band: it needs "
+                f"{patch_size + gap + band} px along its longer side (a {patch_size} px training patch, "
+                f"a {gap} px gap wider than the network's receptive field, a {band} px band); "
+                "use a larger image, a smaller patch size, separate validation images, or validation fraction 0")
+        region = RegionSplit(pair.name, axis, train_stop, extent - band, extent)
+        train.append(_crop_pair(pair, axis, 0, train_stop, f"{pair.name} (training part)"))
+        val.append(_crop_pair(pair, axis, region.band_start, extent, f"{pair.name} (validation band)"))
+        regions.append(region)
+    return train, val, regions
+
+
+def _crop_pair(pair: ImagePair, axis: int, start: int, stop: int, name: str) -> ImagePair:
+    window = (slice(None), slice(start, stop)) if axis == 0 else (slice(None), slice(None), slice(start, stop))
+    return ImagePair(name, np.ascontiguousarray(pair.input[window]), np.ascontiguousarray(pair.target[window]))
 
 
 # ----------------------------------------------------------------------------- patches and batches
