@@ -133,9 +133,9 @@ def _config_flag(name: str) -> str:
 def _number_type(hint) -> type:
     """``int`` or ``float`` when a setting's type hint (optional, annotated) is that number, else ``str``."""
     for arg in typing.get_args(hint) or (hint,):
-        base = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
-        if base in (int, float):
-            return base
+        plain = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+        if plain in (int, float):
+            return plain
     return str
 
 
