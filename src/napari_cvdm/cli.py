@@ -261,15 +261,15 @@ def _rank_share(files: list[Path], device: str) -> tuple[list[Path], str]:
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, read_model_info
-    from .cli_predict import list_inputs, planned_outputs
+    from .cli_predict import planned_outputs
     from .engine.settings import resolve_device
-    from .io import check_writable_folder
+    from .io import check_writable_folder, list_images
     from .io.progress import file_digest
     from .predict import output_names
 
     settings = _settings(args)
     settings.check()
-    files, settings.device = _rank_share(list_inputs(args.inputs), settings.device)
+    files, settings.device = _rank_share(list_images(args.inputs, zarr=True), settings.device)
     out_dir = check_writable_folder(args.out)
     planned = planned_outputs(files, out_dir, output_names(read_model_info(args.model), settings), args.format,
                               args.overwrite, args.resume)

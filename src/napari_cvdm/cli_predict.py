@@ -7,38 +7,15 @@ would clash or replace something, an output inside an input, a stopped run's par
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import InputError
-from .io import TIFF_SUFFIXES
 from .io.omezarr import is_zarr
 from .io.progress import progress_path
 from .io.sinks import partial_path
 
 FORMATS = ("tiff", "ome-zarr")
 _SUFFIX = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
-
-
-def list_inputs(paths: list[str | os.PathLike]) -> list[Path]:
-    """TIFF files and OME-Zarr stores (``*.zarr`` folders) named directly or found (sorted, non-recursive)
-    in the given folders."""
-    found: list[Path] = []
-    for item in map(Path, paths):
-        if is_zarr(item):
-            if not item.is_dir():
-                raise InputError(f"Input not found: {item}")
-            found.append(item)
-        elif item.is_dir():
-            found.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in TIFF_SUFFIXES
-                                or (is_zarr(p) and p.is_dir())))
-        elif item.is_file():
-            found.append(item)
-        else:
-            raise InputError(f"Input not found: {item}")
-    if not found:
-        raise InputError(f"No TIFF files (*.tif, *.tiff) or OME-Zarr stores (*.zarr) in {', '.join(map(str, paths))}.")
-    return found
 
 
 def stem(path: Path) -> str:

@@ -27,6 +27,8 @@ from ..checkpoint import write_atomically
 from ..errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: Folder suffixes of Zarr stores.
+ZARR_SUFFIXES = (".zarr",)
 
 #: Micrometres per resolution unit (TIFF ResolutionUnit tag: 2 inch, 3 centimetre).
 _RESOLUTION_UNIT_UM = {2: 25_400.0, 3: 10_000.0}
@@ -61,18 +63,30 @@ class ImageData:
     ngff: dict | None = None
 
 
-def list_images(paths: list[str | os.PathLike]) -> list[Path]:
-    """TIFF files named directly or found (sorted, non-recursive) in the given folders."""
+def list_images(paths: list[str | os.PathLike], zarr: bool = False) -> list[Path]:
+    """TIFF files (with ``zarr`` also OME-Zarr stores, ``*.zarr`` folders) named directly or found
+    (sorted, non-recursive) in the given folders."""
+    def wanted(path: Path) -> bool:
+        return path.suffix.lower() in TIFF_SUFFIXES or (zarr and is_store(path))
+
+    def is_store(path: Path) -> bool:
+        return path.suffix.lower() in ZARR_SUFFIXES and path.is_dir()
+
     found: list[Path] = []
     for item in map(Path, paths):
-        if item.is_dir():
-            found.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in TIFF_SUFFIXES))
+        if zarr and item.suffix.lower() in ZARR_SUFFIXES:
+            if not item.is_dir():
+                raise InputError(f"Input not found: {item}")
+            found.append(item)
+        elif item.is_dir():
+            found.extend(sorted(p for p in item.iterdir() if wanted(p)))
         elif item.is_file():
             found.append(item)
         else:
             raise InputError(f"Input not found: {item}")
     if not found:
-        raise InputError(f"No TIFF files (*.tif, *.tiff) in {', '.join(map(str, paths))}.")
+        kinds = "TIFF files (*.tif, *.tiff)" + (" or OME-Zarr stores (*.zarr)" if zarr else "")
+        raise InputError(f"No {kinds} in {', '.join(map(str, paths))}.")
     return found
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from . import ImageData
+from . import ZARR_SUFFIXES, ImageData
 from .sinks import FileSink, samples_first
 
-ZARR_SUFFIXES = (".zarr",)
 #: µm per unit of an NGFF space axis.
 UNIT_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
            "angstrom": 1e-4}
