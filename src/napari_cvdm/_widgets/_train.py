@@ -328,7 +328,7 @@ class TrainWidget(QWidget):
         """The task's shipped model when the chosen layers fit it (pixel size within its range), and why
         (or why not) as a sentence."""
         from ..engine import check_pixel_size
-        from ..engine.checks import PIXEL_SIZE_TOLERANCE
+        from ..data.datasets import PIXEL_SIZE_TOLERANCE
 
         shipped = [e for e in self.registry.entries()
                    if e.origin == "shipped" and e.info is not None and e.info.task == self.task_name]

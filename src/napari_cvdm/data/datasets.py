@@ -59,6 +59,9 @@ __all__ = [
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
+#: Relative mismatch of input and training pixel size above which a warning is given.
+PIXEL_SIZE_TOLERANCE = 0.1
+
 
 class DataError(InputError):
     """Unusable training or input data; the message names the file or array and says what is wrong.
@@ -256,10 +259,8 @@ def raw_pixel_size(input_um: float | None, target_um: float | None, input_hw, ta
 
     An input already on the target grid has pixels ``factor`` times smaller than the camera's.
     Raises :class:`DataError` for a swapped pair (:func:`check_not_swapped`), and when both sizes
-    are known and disagree by more than the tolerance of :func:`napari_cvdm.engine.check_pixel_size`.
+    are known and disagree by more than :data:`PIXEL_SIZE_TOLERANCE`.
     """
-    from ..engine.checks import PIXEL_SIZE_TOLERANCE
-
     check_not_swapped(input_hw, target_hw, factor, input_name, target_name)
     input_on_target_grid = tuple(input_hw) == tuple(target_hw)
     from_input = None if input_um is None else input_um * (factor if input_on_target_grid else 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checkpoint import ModelInfo
+from ..data.datasets import PIXEL_SIZE_TOLERANCE
 from ..errors import InputError
 from .settings import ReconstructionSettings
 
@@ -24,8 +25,6 @@ MAX_INPUT_MAGNITUDE = 1e15
 MEMORY_FRACTION = 0.7
 
 
-#: Relative mismatch of input and training pixel size above which a warning is given.
-PIXEL_SIZE_TOLERANCE = 0.1
 
 
 def check_call(settings, input_pixel_size_um) -> None:
