@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,9 @@ def report():
     module = importlib.util.module_from_spec(spec)
     sys.modules["report"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    return module
+    threads = torch.get_num_threads()
+    yield module
+    torch.set_num_threads(threads)  # report.main sets the process's threads; later tests expect the default
 
 
 @pytest.fixture(scope="module")
