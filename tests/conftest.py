@@ -25,3 +25,31 @@ def residual_qpi_writer():
         return save_model(path, CVDM(config), info)
 
     return write
+
+
+def _model_file(path, task: str):
+    """A tiny untrained CVDM of ``task`` with slightly perturbed weights (so its samples vary), saved at ``path``."""
+    from napari_cvdm.checkpoint import ModelInfo, save_model
+    from napari_cvdm.model import CVDM, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
+    model = CVDM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    if task == "qpi":
+        info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
+                         input_normalization={"mode": "mean"},
+                         target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]})
+    else:
+        info = ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2,
+                         input_normalization={"mode": "percentile"}, target_normalization={"mode": "percentile"})
+    return save_model(path, model, info)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """``{"qpi": path, "sr": path}``: tiny model files shared by the CLI tests."""
+    folder = tmp_path_factory.mktemp("models")
+    return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}

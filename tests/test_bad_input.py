@@ -21,16 +21,10 @@ from napari_cvdm.io import write_image
 from napari_cvdm.engine import ReconstructionSettings, check_call
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_cli import FAST, _model_file  # noqa: E402 - the tiny model files of the CLI tests
+from test_cli import FAST  # noqa: E402 - the CLI tests' fast sampling flags
 
 TINY_TRAIN = ["--task", "sr", "--preset", "tiny", "--steps", "2", "--patch-size", "16", "--batch-size", "2",
               "--simulated-images", "2", "--simulated-size", "32", "--validation-fraction", "0", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}
 
 
 def _snapshot(folder) -> dict:

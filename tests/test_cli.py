@@ -5,37 +5,14 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 
-from napari_cvdm.checkpoint import ModelInfo, read_model_info, save_model
+from napari_cvdm.checkpoint import read_model_info
 from napari_cvdm.cli import _train_config, build_parser, main
 from napari_cvdm.io import read_image, write_image
-from napari_cvdm.model import CVDM, ModelConfig
 
 FAST = ["--n-samples", "2", "--steps", "2", "--device", "cpu", "--tile-size", "0"]
 
 
-def _model_file(path, task: str):
-    torch.manual_seed(0)
-    config = ModelConfig(x_channels=1, y_channels=2 if task == "qpi" else 1, preset="tiny")
-    model = CVDM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    if task == "qpi":
-        info = ModelInfo(task="qpi", config=config, input_pixel_size_um=0.21, target_unit="rad",
-                         input_normalization={"mode": "mean"},
-                         target_normalization={"mode": "fixed", "low": [0.0], "high": [3.5]})
-    else:
-        info = ModelInfo(task="sr", config=config, input_pixel_size_um=0.0626, upsampling_factor=2,
-                         input_normalization={"mode": "percentile"}, target_normalization={"mode": "percentile"})
-    return save_model(path, model, info)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}
 
 
 def _stack(height=24, width=20, seed=0):
