@@ -221,6 +221,8 @@ def merged(results: list[dict]) -> list[dict]:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
+    print(f"device: cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"{args.threads} thread(s)", flush=True)
     shipped = args.shipped or SHIPPED_MODELS[args.task]
     tests = simulated_pairs(args.task, args.kind, args.images, args.size, args.seed, _TEST_STREAM)
     pool = simulated_pairs(args.task, args.kind, max(args.pairs + args.scratch_pairs), args.train_size, args.seed,

@@ -16,6 +16,7 @@ stacks and 48² widefield images for SR, run on the CPU with N = 3, 4 steps and 
 from __future__ import annotations
 
 import argparse
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def _cli(*args: str) -> None:
 
 def predict(out: Path) -> None:
     """Simulate the inputs (once per folder) and predict them with every shipped model."""
+    print(f"device: cpu ({platform.processor() or platform.machine()}), the CLI's --device cpu")
     for task, size in TASKS.items():
         data = out / f"data-{task}"
         if not data.exists():
