@@ -320,7 +320,7 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
 
     image = read_input(path, args.pixel_size)
     pixel_size = args.pixel_size if args.pixel_size is not None else image.pixel_size_um
-    acquisition = Acquisition(str(path), pixel_size, args.wavelength_um, args.dz_um, image.axes)
+    acquisition = Acquisition(str(path), pixel_size, args.wavelength_um, args.dz_um, image.axes, args.na)
     fmt, names = output_format(path, args.format), [n for n in outputs if n != "sidecar"]
     progress = Progress(progress_path(outputs["sidecar"]), fingerprint(model_digest, settings, image, acquisition,
                                                                        fmt, names), resume=args.resume)
@@ -551,7 +551,10 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--pixel-size", type=POSITIVE, default=None,
                          help="input pixel size in µm (default: the TIFF's, else the model's)")
     predict.add_argument("--wavelength-um", type=POSITIVE, default=None,
-                         help="QPI: illumination wavelength in µm for a model's TIE base (default: the model's)")
+                         help="QPI: illumination wavelength in µm for a model's TIE base; SR: emission wavelength in "
+                              "µm (default: the model's, else the training simulator's)")
+    predict.add_argument("--na", type=_bounded(float, 0, 2, above=True), default=None,
+                         help="SR: numerical aperture of the objective (default: the training simulator's)")
     predict.add_argument("--dz-um", type=POSITIVE, default=None,
                          help="QPI: defocus distance ±dz in µm for a model's TIE base (default: the model's)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -112,7 +112,8 @@ def fingerprint(model_digest: str, settings, image, acquisition, fmt: str, names
     from .io.progress import input_fingerprint
 
     return {"model": model_digest, "settings": asdict(settings), "input": input_fingerprint(image.path, image.array),
-            "acquisition": [acquisition.pixel_size_um, acquisition.wavelength_um, acquisition.dz_um, acquisition.axes],
+            "acquisition": [acquisition.pixel_size_um, acquisition.wavelength_um, acquisition.dz_um, acquisition.axes,
+                            acquisition.na],
             "format": fmt, "outputs": names}
 
 

@@ -13,8 +13,8 @@ missing structure), whether or not the error bars are calibrated.
 - SR: the mean blurred by the widefield OTF and binned to the camera grid, against the raw
   widefield image. Map: the signed residual on the camera (input) grid.
 
-Optics (:func:`input_optics`): the input's where known, else the model's TIE base (the optics
-it was trained with), else the training simulator's (:mod:`napari_cvdm.physics.optics`).
+Optics: :func:`~napari_cvdm.acquisition.input_optics` (the input's where known, else the model's,
+else the training simulator's).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .acquisition import Acquisition, input_optics
 from .checkpoint import ModelInfo
-from .physics.optics import QPI_DZ_UM, QPI_WAVELENGTH_UM, SR_EMISSION_UM, SR_NA, SR_TARGET_CUTOFF_SCALE
 
 #: A map value beyond this many noise stds counts as unexplained (0.3 % of pixels for Gaussian noise).
 CONSISTENCY_THRESHOLD = 3.0
@@ -41,41 +41,26 @@ class ConsistencyOutput:
     on_input_grid: bool = False
 
 
-def input_optics(info: ModelInfo, wavelength_um: float | None = None, dz_um: float | None = None) -> tuple[dict, str]:
-    """``(optics, where they come from)`` for ``info``'s task: QPI ``wavelength_um``/``dz_um`` (µm),
-    SR ``na``/``wavelength_um``/``target_cutoff_scale``. Given values win, then the model's TIE base,
-    then the training simulator's defaults."""
-    if info.task == "sr":
-        optics = {"na": SR_NA, "wavelength_um": SR_EMISSION_UM, "target_cutoff_scale": SR_TARGET_CUTOFF_SCALE}
-        return optics, "defaults (the middle of the SR training simulator's NA and λ ranges)"
-    trained = info.base.get("wavelength_um"), info.base.get("dz_um")
-    optics = {"wavelength_um": wavelength_um or trained[0] or QPI_WAVELENGTH_UM,
-              "dz_um": dz_um or trained[1] or QPI_DZ_UM}
-    source = "given" if (wavelength_um or dz_um) else ("the model's" if info.base else "the simulator's defaults")
-    return optics, source
-
-
-def summary_fields(info: ModelInfo, input_pixel_size_um: float | None, wavelength_um: float | None = None,
-                   dz_um: float | None = None) -> dict:
+def summary_fields(info: ModelInfo, acquisition: Acquisition) -> dict:
     """The summary's fields that do not depend on the data: units, optics and their source, the map's kind."""
-    optics, source = input_optics(info, wavelength_um, dz_um)
-    pixel = input_pixel_size_um or info.input_pixel_size_um
+    optics, source = input_optics(info, acquisition)
+    pixel = acquisition.pixel_size_um or info.input_pixel_size_um
     return {"units": "input noise std", "optics": optics, "optics_source": source, "input_pixel_size_um": pixel,
             "map": "signed residual, camera grid" if info.task == "sr" else "RMS over the two planes",
             **({"amplitude": QPI_AMPLITUDE} if info.task == "qpi" else {})}
 
 
-def consistency_output(info: ModelInfo, mean: np.ndarray, image: np.ndarray, input_pixel_size_um: float | None,
-                       wavelength_um: float | None = None, dz_um: float | None = None) -> ConsistencyOutput:
+def consistency_output(info: ModelInfo, mean: np.ndarray, image: np.ndarray,
+                       acquisition: Acquisition) -> ConsistencyOutput:
     """The forward model of ``mean`` against the raw input ``image`` (module docstring), every plane.
 
     Never raises for data it cannot handle: the summary then says why there is no map.
     """
     from .physics.consistency import reconstruction_consistency
 
-    optics, _ = input_optics(info, wavelength_um, dz_um)
-    pixel = input_pixel_size_um or info.input_pixel_size_um
-    summary = summary_fields(info, input_pixel_size_um, wavelength_um, dz_um)
+    optics, _ = input_optics(info, acquisition)
+    pixel = acquisition.pixel_size_um or info.input_pixel_size_um
+    summary = summary_fields(info, acquisition)
     on_input_grid = info.task == "sr"
     if info.task not in ("sr", "qpi") or pixel is None:
         why = "no pixel size" if pixel is None else f"no forward model for a {info.task} model"

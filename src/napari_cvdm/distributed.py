@@ -56,6 +56,7 @@ def plane_task(model_path: str, input_path: str, p: int, settings: dict, acquisi
     """On a worker: reconstruct plane ``p`` of the input; ``(arrays, record, metadata)`` of that plane."""
     import torch
 
+    from .acquisition import Acquisition
     from .checkpoint import load_model
     from .cli_predict import read_input
     from .engine import reconstruct
@@ -70,16 +71,17 @@ def plane_task(model_path: str, input_path: str, p: int, settings: dict, acquisi
         _MODELS[key] = load_model(model_path, settings.device)
     model, info = _MODELS[key]
     image = read_input(Path(input_path), acquisition["pixel_size_um"]).array
-    planes = PlaneOutputs(info, settings, acquisition["pixel_size_um"], acquisition["wavelength_um"],
-                          acquisition["dz_um"])
+    acquisition = Acquisition(**acquisition)
+    planes = PlaneOutputs(info, settings, acquisition)
     out = {}
 
     def on_plane(index, result, raw):
         out["arrays"], out["metadata"] = planes.plane(index, result, raw), result.metadata
 
     skip = frozenset(range(plane_count(info, image))) - {p}
-    reconstruct(model, info, image, settings, input_pixel_size_um=acquisition["pixel_size_um"],
-                wavelength_um=acquisition["wavelength_um"], dz_um=acquisition["dz_um"], on_plane=on_plane, skip=skip)
+    reconstruct(model, info, image, settings, input_pixel_size_um=acquisition.pixel_size_um,
+                wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um, na=acquisition.na,
+                on_plane=on_plane, skip=skip)
     return out["arrays"], planes.records[p], out["metadata"]
 
 
@@ -99,12 +101,9 @@ def predict_distributed(client, model_path: str | Path, info, image, acquisition
         hooks.note(note)
     layout = output_layout(info, image.array, settings, acquisition.pixel_size_um)
     done = dict(sink.open(layout) or {})
-    planes = PlaneOutputs(info, settings, acquisition.pixel_size_um, acquisition.wavelength_um, acquisition.dz_um,
-                          records=done)
+    planes = PlaneOutputs(info, settings, acquisition, records=done)
     count = plane_count(info, image.array)
-    optics = {"pixel_size_um": acquisition.pixel_size_um, "wavelength_um": acquisition.wavelength_um,
-              "dz_um": acquisition.dz_um}
-    futures = {client.submit(plane_task, str(model_path), str(image.path), p, asdict(settings), optics,
+    futures = {client.submit(plane_task, str(model_path), str(image.path), p, asdict(settings), asdict(acquisition),
                              torch.get_num_threads(), pure=False): p for p in range(count) if p not in done}
     metadata = None
     try:
@@ -118,7 +117,7 @@ def predict_distributed(client, model_path: str | Path, info, image, acquisition
         client.cancel(list(futures))
         raise
     result = _reconstruction(info, acquisition, metadata or _metadata_alone(model_path, info, image, settings,
-                                                                            optics))
+                                                                            acquisition))
     return finish_planes(result, planes, layout, info, image.array, acquisition, hooks, sink, model_path)
 
 
@@ -157,7 +156,7 @@ def _reconstruction(info, acquisition, metadata: dict):
                           info.target_unit, dict(metadata))
 
 
-def _metadata_alone(model_path, info, image, settings, optics: dict) -> dict:
+def _metadata_alone(model_path, info, image, settings, acquisition) -> dict:
     """The resolved settings of a run whose planes were all finished before (nothing left to compute)."""
     from .checkpoint import load_model
     from .engine import reconstruct
@@ -165,6 +164,6 @@ def _metadata_alone(model_path, info, image, settings, optics: dict) -> dict:
 
     model, _ = load_model(model_path, "cpu")
     skip = frozenset(range(plane_count(info, image.array)))
-    return reconstruct(model, info, image.array, settings, input_pixel_size_um=optics["pixel_size_um"],
-                       wavelength_um=optics["wavelength_um"], dz_um=optics["dz_um"], on_plane=lambda *a: None,
-                       skip=skip).metadata
+    return reconstruct(model, info, image.array, settings, input_pixel_size_um=acquisition.pixel_size_um,
+                       wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um, na=acquisition.na,
+                       on_plane=lambda *a: None, skip=skip).metadata

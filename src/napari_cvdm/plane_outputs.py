@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .acquisition import Acquisition
 from .checkpoint import ModelInfo
 from .consistency import CONSISTENCY_THRESHOLD, ConsistencyOutput, consistency_output, summary_fields
 from .engine.checks import lead_shape, plane_count
@@ -89,9 +90,7 @@ class PlaneOutputs:
 
     info: ModelInfo
     settings: ReconstructionSettings
-    pixel_size_um: float | None
-    wavelength_um: float | None = None
-    dz_um: float | None = None
+    acquisition: Acquisition
     records: dict[int, dict] = field(default_factory=dict)
 
     def plane(self, p: int, result, raw: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,9 +98,8 @@ class PlaneOutputs:
         ``result`` of that plane and its raw input ``raw`` ``(Cy, h, w)``; records the plane's numbers."""
         image = raw[0] if int(self.info.config.y_channels) == 1 else raw
         uncertainty = uncertainty_outputs(self.info, result.variance, image, self.settings.n_samples,
-                                          self.pixel_size_um, sampling=result.metadata)
-        consistency = consistency_output(self.info, result.mean, image, self.pixel_size_um,
-                                         self.wavelength_um, self.dz_um)
+                                          self.acquisition.pixel_size_um, sampling=result.metadata)
+        consistency = consistency_output(self.info, result.mean, image, self.acquisition)
         values = consistency.map
         self.records[p] = {
             "grid_reference_lambda": result.metadata["grid_reference_lambda"][p],
@@ -126,14 +124,14 @@ class PlaneOutputs:
     def uncertainty(self, metadata: dict) -> UncertaintyOutputs:
         """The run's uncertainty fields without arrays; its warning: the first plane's that had one."""
         fields = uncertainty_outputs(self.info, np.ones((8, 8), np.float32), None, self.settings.n_samples,
-                                     self.pixel_size_um, sampling=metadata)
+                                     self.acquisition.pixel_size_um, sampling=metadata)
         warnings = [self.records[p]["out_of_distribution"] for p in sorted(self.records)]
         warning = next((w for w in warnings if w), None) if fields.calibrated else fields.warning
         return replace(fields, calibrated_std=None, error=None, warning=warning)
 
     def consistency(self, image) -> ConsistencyOutput:
         """The run's consistency summary (RMS and fraction above threshold over every plane), no map."""
-        summary = summary_fields(self.info, self.pixel_size_um, self.wavelength_um, self.dz_um)
+        summary = summary_fields(self.info, self.acquisition)
         pixel = summary["input_pixel_size_um"]
         if self.info.task not in ("sr", "qpi") or pixel is None:
             summary["not_computed"] = "no pixel size" if pixel is None else f"no forward model for a {self.info.task} model"

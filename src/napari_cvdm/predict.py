@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .acquisition import Acquisition
 from .uncertainty.apply import UncertaintyOutputs, uncertainty_outputs
 from .checkpoint import ModelInfo
 from .consistency import ConsistencyOutput, consistency_output
@@ -41,19 +42,6 @@ from . import engine
 from .engine import Reconstruction, check_pixel_size, plane_count, validate_input
 
 NO_VARIANCE = "not given: one sample (N = 1) has no spread; use 2 or more samples for a variance"
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """What is known about an input: its name (file or layer), ``pixel_size_um`` (raw input grid, µm),
-    the QPI optics ``wavelength_um`` and ``dz_um`` (µm) and its ``axes`` (e.g. ``"TCYX"``); None: unknown,
-    the model's values are used."""
-
-    name: str = "image"
-    pixel_size_um: float | None = None
-    wavelength_um: float | None = None
-    dz_um: float | None = None
-    axes: str | None = None
 
 
 @dataclass
@@ -161,13 +149,12 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
         warnings.simplefilter("ignore", UserWarning)  # said through hooks.note above
         result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
                              input_pixel_size_um=acquisition.pixel_size_um, wavelength_um=acquisition.wavelength_um,
-                             dz_um=acquisition.dz_um, on_partial=hooks.on_partial,
+                             dz_um=acquisition.dz_um, na=acquisition.na, on_partial=hooks.on_partial,
                              on_base=_preview_bases(info, image, acquisition, hooks))
     uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples, acquisition.pixel_size_um,
                                       sampling=result.metadata)
     hooks.note(" ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note))
-    consistency = consistency_output(info, result.mean, image, acquisition.pixel_size_um,
-                                     acquisition.wavelength_um, acquisition.dz_um)
+    consistency = consistency_output(info, result.mean, image, acquisition)
     prediction = Prediction(result, uncertainty, consistency)
     prediction.record = _record(prediction, info, image, acquisition, model_path)
     _deliver(prediction, sink)
@@ -180,8 +167,7 @@ def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, set
     the sink already holds (a resumed run) are skipped."""
     layout = output_layout(info, image, settings, acquisition.pixel_size_um)
     done = dict(sink.open(layout) or {}) if hasattr(sink, "open") else {}
-    planes = PlaneOutputs(info, settings, acquisition.pixel_size_um, acquisition.wavelength_um, acquisition.dz_um,
-                          records=done)
+    planes = PlaneOutputs(info, settings, acquisition, records=done)
 
     def on_plane(p: int, result: Reconstruction, raw: np.ndarray) -> None:
         deliver_plane(sink, layout, p, planes.plane(p, result, raw), planes.records[p])
@@ -191,7 +177,7 @@ def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, set
         result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
                                     input_pixel_size_um=acquisition.pixel_size_um,
                                     wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um,
-                                    on_partial=hooks.on_partial, on_plane=on_plane, skip=frozenset(done))
+                                    na=acquisition.na, on_partial=hooks.on_partial, on_plane=on_plane, skip=frozenset(done))
     return finish_planes(result, planes, layout, info, image, acquisition, hooks, sink, model_path)
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .checkpoint import ModelInfo
-from .consistency import input_optics
+from .acquisition import Acquisition, input_optics
 from .physics import upsample
 from .physics.tie import fft_tie
 
@@ -61,7 +61,7 @@ def classical_preview(info: ModelInfo, image: np.ndarray, *, pixel_um: float | N
     if info.task == "sr":
         return Preview(upsample(image, int(info.upsampling_factor)), UPSAMPLED_KIND)
     pixel = pixel_um or info.input_pixel_size_um or 1.0
-    optics, _ = input_optics(info, wavelength_um, dz_um)
+    optics, _ = input_optics(info, Acquisition(wavelength_um=wavelength_um, dz_um=dz_um))
     planes = image.reshape(-1, 2, *image.shape[-2:])
     phases = [fft_tie(plane, optics["dz_um"], optics["wavelength_um"], pixel, boundary="mirror") for plane in planes]
     phase = np.stack(phases).reshape(*image.shape[:-3], *image.shape[-2:]) + _phase_offset(info)

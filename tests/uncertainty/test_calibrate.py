@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 
+from napari_cvdm.acquisition import Acquisition
 from napari_cvdm.checkpoint import ModelInfo, load_model, read_model_info, save_model
 from napari_cvdm.cli import main
 from napari_cvdm.data import ImagePair
@@ -320,10 +321,10 @@ def test_predict_writes_a_data_consistency_map_with_its_metadata(model_path, tmp
     # The true phase explains its own stack (≈ 1 noise std); a shifted one does not.
     sample = simulate_qpi(np.random.default_rng(0), 64, noise_std=0.05)
     info = read_model_info(model_path)
-    right = consistency_output(info, sample.phase, sample.stack, 0.21)
-    wrong = consistency_output(info, np.roll(sample.phase, 2, axis=1), sample.stack, 0.21)
+    right = consistency_output(info, sample.phase, sample.stack, Acquisition(pixel_size_um=0.21))
+    wrong = consistency_output(info, np.roll(sample.phase, 2, axis=1), sample.stack, Acquisition(pixel_size_um=0.21))
     assert right.summary["rms"] == pytest.approx(1.0, abs=0.15) and wrong.summary["rms"] > 3
-    assert "not_computed" in consistency_output(info, sample.phase[:8], sample.stack, 0.21).summary
+    assert "not_computed" in consistency_output(info, sample.phase[:8], sample.stack, Acquisition(pixel_size_um=0.21)).summary
 
 
 def test_cvdm_calibrate_refits_a_qpi_base_first_only_when_asked_and_only_for_one(model_path, pair_folders,

@@ -149,6 +149,17 @@ def setting_spin_box(name: str, value: int | None = None) -> QSpinBox:
     return spin_box(int(bound.low), int(min(bound.high, 2**31 - 1)), value, bound.help[:1].upper() + bound.help[1:])
 
 
+def optics_spin_box(high: float, tooltip: str) -> QDoubleSpinBox:
+    """A spin box for an optical value in (0, ``high``]; 0 shows "model's" (not given)."""
+    spin = QDoubleSpinBox()
+    spin.setDecimals(3)
+    spin.setRange(0.0, high)
+    spin.setSingleStep(0.01)
+    spin.setSpecialValueText("model's")
+    spin.setToolTip(tooltip)
+    return spin
+
+
 def layer_pixel_size_um(layer) -> float | None:
     """The layer's pixel size if its scale looks calibrated (square pixels, not 1), else None."""
     y, x = (float(v) for v in layer.scale[-2:])
@@ -253,6 +264,13 @@ class ReconstructWidget(QWidget):
         form.addRow(self.minus_label, self.minus_combo)
         form.addRow(self.plus_label, self.plus_combo)
         form.addRow("Planes", self.planes_combo)
+        self.wavelength_spin = optics_spin_box(5.0, "Wavelength in µm: the illumination's (QPI) or the emission's "
+                                                    "(SR); 'model's' uses the layer's metadata, else the model's")
+        self.na_spin = optics_spin_box(2.0, "Numerical aperture of the objective (SR); 'model's' uses the layer's "
+                                            "metadata, else the training simulator's")
+        self.na_label = QLabel("NA")
+        form.addRow("Wavelength (µm)", self.wavelength_spin)
+        form.addRow(self.na_label, self.na_spin)
         self.output_folder_edit = QLineEdit()
         self.output_folder_edit.setPlaceholderText("for every plane of a multiscale or dask layer")
         self.output_folder_edit.setToolTip("Every plane of a large (multiscale or dask) layer is written as "
@@ -288,12 +306,18 @@ class ReconstructWidget(QWidget):
         self.device_combo.setToolTip(BOUNDS["device"].help)
         self.seed_spin = setting_spin_box("seed")
         self.keep_samples_check = QCheckBox("add the N samples as a layer")
+        bound = BOUNDS["consistency_strength"]
+        self.consistency_spin = QDoubleSpinBox()
+        self.consistency_spin.setDecimals(2)
+        self.consistency_spin.setRange(bound.low, bound.high)
+        self.consistency_spin.setToolTip(bound.help)
         self.plain_mean_check = QCheckBox("plain mean of the samples")
         self.plain_mean_check.setToolTip(BOUNDS["shrink_refinement"].help)
         form.addRow("Samples N", self.samples_spin)
         form.addRow("Sampler", self.sampler_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Grid end (log-SNR)", self.log_snr_max_spin)
+        form.addRow("Data consistency ζ", self.consistency_spin)
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Device", self.device_combo)
         form.addRow("Seed", self.seed_spin)
@@ -408,6 +432,7 @@ class ReconstructWidget(QWidget):
             self.log_snr_max_spin.setValue(float((sampler.get("log_snr_range") or (None, LOG_SNR_MAX))[1]))
             if sampler.get("n_samples"):
                 self.samples_spin.setValue(int(sampler["n_samples"]))
+            self.consistency_spin.setValue(float(sampler.get("consistency_strength", 0.0)))
         self._refresh_layers()
 
     def _channels(self) -> int:
@@ -434,6 +459,8 @@ class ReconstructWidget(QWidget):
             widget.setVisible(not two_layer_mode)
         for widget in (self.minus_label, self.minus_combo, self.plus_label, self.plus_combo):
             widget.setVisible(two_layer_mode)
+        for widget in (self.na_label, self.na_spin):
+            widget.setVisible(channels == 1)
         self.input_label.setText("Image" if channels == 1 else "Defocus stack")
         images = [layer for layer in self.viewer.layers if is_candidate_image(layer) and not is_output_layer(layer)]
         fill_layer_combo(self.input_combo, [layer for layer in images if fits_model(layer, channels)])
@@ -467,6 +494,7 @@ class ReconstructWidget(QWidget):
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             keep_samples=self.keep_samples_check.isChecked(),
             shrink_refinement=not self.plain_mean_check.isChecked(),
+            consistency_strength=self.consistency_spin.value(),
             max_batch=samples_per_round(self.samples_spin.value(), self.device_combo.currentText()),
         )
 
@@ -513,7 +541,9 @@ class ReconstructWidget(QWidget):
             input_scale=tuple(float(layer.scale[i]) for i in keep),
             input_translate=tuple(float(layer.translate[i]) for i in keep), plane=plane,
             acquisition=Acquisition(layer.name, layer_pixel_size_um(layer),
-                                    dz_um=defocus_um(layer.metadata) if stacked else None),
+                                    self.wavelength_spin.value() or layer.metadata.get("wavelength_um"),
+                                    dz_um=defocus_um(layer.metadata) if stacked else None,
+                                    na=self.na_spin.value() or layer.metadata.get("na")),
         )
         if is_lazy_layer_data(image):
             job.stores = planned_stores(self.output_folder_edit.text(), layer.name, output_names(info, job.settings))

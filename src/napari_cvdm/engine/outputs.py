@@ -38,13 +38,16 @@ class Reconstruction:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Everything resolved once per call that every tile's sampling needs."""
+    """Everything resolved once per call that every tile's sampling needs; ``consistency_strength``
+    ζ of the data-consistency step (0: off) and the ``optics`` it uses (µm; ``input_pixel_um``)."""
 
     options: SamplingOptions
     runtime: RuntimeOptions
     n_samples: int
     chunk: int
     settings: ReconstructionSettings
+    consistency_strength: float = 0.0
+    optics: dict = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:

@@ -21,6 +21,7 @@ from ..errors import Cancelled
 from ..model import CVDM, refinement_weight
 from ..model.samplers import RunningMoments, sample
 from ..residual import ResidualBase, WholePlane, base_for
+from .data_step import PlaneData
 from .outputs import Outputs, Sampling
 from .tiling import NoiseField, TileGrid, base_tiling, on_blended_tiles, schedule_tiling
 
@@ -192,6 +193,7 @@ class PlaneRun:
     lam_ref: float | None
     noise_field: NoiseField
     base: ResidualBase
+    data: PlaneData | None = None
     count: int = 0
 
     @classmethod
@@ -209,7 +211,8 @@ class PlaneRun:
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
-                                                     int(info.config.x_channels)), base_for(model.config))
+                                                     int(info.config.x_channels)), base_for(model.config),
+                   _plane_data(info, plane, raw, factor, run, device))
 
     @torch.no_grad()
     def draw_round(self, model: CVDM, first: int, k: int, run: Sampling, tick: Callable[[], None],
@@ -226,11 +229,23 @@ class PlaneRun:
                 model, y.expand(k, *y.shape[1:]), run.options, run.runtime,
                 schedule_map=tile.schedule_map.expand(k, *tile.schedule_map.shape[1:]), lam_ref=self.lam_ref,
                 noise=noise, progress=lambda i, n: tick(), should_stop=should_stop,
+                data_step=self._data_step(tile, run),
             ).cpu()
             tile.moments.add(draws)
             if run.settings.keep_samples:
                 tile.kept.append(draws)
         self.count += k
+
+    def _data_step(self, tile: Tile, run: Sampling):
+        """The data-consistency step on ``tile`` (None when off)."""
+        if self.data is None:
+            return None
+        (r0, r1), (c0, c1) = tile.rows, tile.cols
+        base = None
+        if self.plane.base is not None:
+            base = torch.from_numpy(self.plane.base[:1, r0:r1, c0:c1]).to(self.plane.condition.device)
+        return self.data.tile_step(tile.rows, tile.cols, run.consistency_strength, float(self.plane.scale.flat[0]),
+                                   float(self.plane.offset.flat[0]), self.base.scale, base)
 
     @torch.no_grad()
     def blend_gamma_into(self, model: CVDM, outputs: Outputs, index: int, tiling: TileGrid) -> None:
@@ -274,3 +289,19 @@ class PlaneRun:
         weight = refinement_weight(refinement, targets[1], self.count) if shrink else 1.0
         targets[0][...] = base + np.float32(weight) * refinement
         return weight
+
+
+def _plane_data(info: ModelInfo, plane: Plane, raw: np.ndarray, factor: int, run: Sampling,
+                device: torch.device) -> PlaneData | None:
+    """The plane's data for the data-consistency step (None when the step is off). SR's intensity fit
+    uses the base, or the upsampled input for a model without one."""
+    if run.consistency_strength == 0:
+        return None
+    from ..physics import upsample
+
+    if plane.base is not None:
+        reference = plane.base_in_target_units()
+    else:
+        reference = upsample(raw.astype(np.float32), factor)[0] if factor > 1 else raw[0]
+    return PlaneData.build(info.task, raw, np.asarray(reference, np.float64).reshape(reference.shape[-2:]),
+                           run.optics, run.optics["input_pixel_um"], factor, device)

@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
+from ..acquisition import Acquisition, input_optics
 from ..checkpoint import ModelInfo
 from ..errors import Cancelled, InputError
 from ..model import CVDM, SAMPLERS
@@ -56,6 +57,7 @@ def reconstruct(
     upsampled: bool = False,
     wavelength_um: float | None = None,
     dz_um: float | None = None,
+    na: float | None = None,
     on_partial: PartialCallback | None = None,
     on_base: Callable[[int, np.ndarray], None] | None = None,
     on_plane: PlaneCallback | None = None,
@@ -72,7 +74,8 @@ def reconstruct(
     rounds finished (None if none). ``on_base(plane, base)``: a residual model's base b(y) of
     each plane (:meth:`Plane.base_in_target_units`) as soon as it exists, before that plane's
     λ and samples. ``input_pixel_size_um``: None = the model's. ``upsampled``:
-    an SR input already on the output grid. ``wavelength_um``/``dz_um``: QPI optics (None: the model's).
+    an SR input already on the output grid. ``wavelength_um`` (QPI: illumination, SR: emission), ``dz_um``
+    (QPI) and ``na`` (SR): the input's optics (None: the model's; :func:`~napari_cvdm.acquisition.input_optics`).
 
     ``on_plane``: stream (:data:`PlaneCallback`: one plane held; no arrays returned); ``skip``: planes left out.
     """
@@ -81,7 +84,8 @@ def reconstruct(
     model = model.to(device).eval()
     factor = 1 if upsampled else int(info.upsampling_factor)
     count, pixel_size = plane_count(info, image), input_pixel_size_um or info.input_pixel_size_um
-    outputs, tiling, run, metadata = _prepare(model, info, image, settings, device, factor, input_pixel_size_um,
+    acquisition = Acquisition(pixel_size_um=input_pixel_size_um, wavelength_um=wavelength_um, dz_um=dz_um, na=na)
+    outputs, tiling, run, metadata = _prepare(model, info, image, settings, device, factor, acquisition,
                                               streaming=on_plane is not None)
 
     def result(samples_done: int, plane: int, final: bool, with_samples: bool = False) -> Reconstruction:
@@ -107,15 +111,15 @@ def reconstruct(
 
 
 def _prepare(model: CVDM, info: ModelInfo, image, settings: ReconstructionSettings, device: torch.device,
-             factor: int, input_pixel_size_um: float | None, streaming: bool):
+             factor: int, acquisition: Acquisition, streaming: bool):
     """``(outputs, tiling, sampling, metadata)`` of a call: every plane's outputs, or one plane's when ``streaming``."""
     count, lead = plane_count(info, image), lead_shape(info, image)
     outputs = Outputs.allocate(info, () if streaming else lead, 1 if streaming else count, image.shape[-2] * factor,
                                image.shape[-1] * factor, int(settings.n_samples) if settings.keep_samples else 0)
     tiling = TileGrid.build(*outputs.mean.shape[-2:], settings.tile_size, int(settings.tile_overlap),
                             network_stride(model))
-    run = _sampling(info, settings, device, tiling)
-    return outputs, tiling, run, _metadata(settings, run, model, device, tiling, input_pixel_size_um)
+    run = _sampling(info, settings, device, tiling, acquisition, factor)
+    return outputs, tiling, run, _metadata(settings, run, model, device, tiling, acquisition.pixel_size_um)
 
 
 def _sample_planes(model: CVDM, info: ModelInfo, image, skip, factor: int, optics: dict, device: torch.device,
@@ -171,6 +175,7 @@ def _metadata(settings: ReconstructionSettings, run: Sampling, model: CVDM, devi
         "precision": "bf16" if run.runtime.autocast_dtype is not None else "fp32",
         "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
         "input_pixel_size_um": input_pixel_size_um, "noise_block": NOISE_BLOCK,
+        "consistency_strength": run.consistency_strength, **({"consistency_optics": run.optics} if run.optics else {}),
     }
 
 
@@ -197,14 +202,34 @@ def _base_optics(info: ModelInfo, model: CVDM, pixel_size_um, wavelength_um, dz_
     return optics
 
 
-def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device,
-              tiling: TileGrid) -> Sampling:
+def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.device, tiling: TileGrid,
+              acquisition: Acquisition, factor: int) -> Sampling:
     n_samples = int(settings.n_samples)
     largest_tile = max(r1 - r0 for r0, r1 in tiling.rows) * max(c1 - c0 for c0, c1 in tiling.cols)
     per_call = settings.max_batch if settings.max_batch is not None else PIXELS_PER_CALL // largest_tile
     chunk = max(1, min(n_samples, int(per_call)))
     runtime = RuntimeOptions(autocast_dtype(settings.precision, device), settings.channels_last, settings.compile)
-    return Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings)
+    strength, optics = _consistency(info, settings, acquisition, factor)
+    return Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings, strength, optics)
+
+
+def _consistency(info: ModelInfo, settings: ReconstructionSettings, acquisition: Acquisition,
+                 factor: int) -> tuple[float, dict]:
+    """ζ of the data-consistency step (the setting, else the model's, else 0) and, when on, its optics."""
+    strength = settings.consistency_strength
+    if strength is None:
+        strength = float((info.sampler or {}).get("consistency_strength", 0.0))
+    if strength == 0:
+        return 0.0, {}
+    if info.task not in ("sr", "qpi"):
+        raise InputError(f"The data-consistency step has no forward model for a {info.task} model; set it to 0.")
+    pixel = acquisition.pixel_size_um or info.input_pixel_size_um
+    if pixel is None:
+        raise InputError("The data-consistency step needs the input's pixel size; give it, or set the step to 0.")
+    if info.task == "sr" and factor != int(info.upsampling_factor):
+        raise InputError("The data-consistency step needs the camera-grid input, not one already upsampled.")
+    optics, _ = input_optics(info, acquisition)
+    return float(strength), {**optics, "input_pixel_um": float(pixel)}
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",

@@ -84,6 +84,9 @@ class ReconstructionSettings:
                                          low=0.0, high=LOG_SNR_CEILING, above=True, none="the model's")
     channels_last: bool = _setting(False, "run the network on NHWC tensors (GPUs)")
     compile: bool = _setting(False, "torch.compile the network (first call slow; pays off on large images)")
+    consistency_strength: float | None = _setting(
+        None, "strength ζ of the sampler's data-consistency step: each x̂0 is moved toward the images that "
+              "explain the input, weighted by its noise (0: off)", low=0.0, high=1e6, none="the model's; 0 if none")
     shrink_refinement: bool = _setting(True, "residual models: the mean shrinks the refinement toward the base "
                                              "by its sampling noise; switched off, the plain mean of the N samples",
                                        flag="--plain-mean")

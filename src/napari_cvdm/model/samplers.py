@@ -89,6 +89,8 @@ ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 #: ``noise(stage)`` → standard normal ``(B, Cx, H, W)``; stage 0 is x₁, stage k the noise of step k.
 NoiseSource = Callable[[int], torch.Tensor]
+#: ``data_step(x̂0, γ_t)`` → x̂0 ``(B, Cx, H, W)``: a data-consistency step (:mod:`napari_cvdm.engine.data_step`).
+DataStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SampleStatistics(NamedTuple):
@@ -537,6 +539,7 @@ def sample(
     noise: NoiseSource | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    data_step: DataStep | None = None,
 ) -> torch.Tensor:
     """Draw one sample of x0 per row of ``y`` ``(B, Cy, H, W)``; returns float32 ``(B, Cx, H, W)``.
 
@@ -545,7 +548,8 @@ def sample(
     ``schedule_map``). ``noise`` supplies x₁ and the step noise (default: ``torch.randn``
     from ``generator``, x₁ first, then one draw per stochastic step). ``progress(i, steps)``
     follows every network evaluation; ``should_stop`` is polled before each and raises
-    :class:`~napari_cvdm.errors.Cancelled`.
+    :class:`~napari_cvdm.errors.Cancelled`. ``data_step(x̂0, γ_t)`` replaces every (clipped) x̂0
+    before the update (a data-consistency step; None: x̂0 as predicted).
     """
     if schedule_map is None:
         schedule_map = model.schedule.schedule_map(y)
@@ -563,6 +567,8 @@ def sample(
             raise Cancelled("Sampling was stopped.")
         gamma_t = gamma_s
         x0_hat = predict_data(x, predict_noise(x, y, gamma_t), gamma_t, options.clip)
+        if data_step is not None:
+            x0_hat = data_step(x0_hat, gamma_t)
         if i == steps - 1:
             x = x0_hat  # t_0 = 0: the sample is the data prediction
         else:
