@@ -79,7 +79,8 @@ def plane_task(model_path: str, input_path: str, p: int, settings: dict, acquisi
 
     skip = frozenset(range(plane_count(info, image))) - {p}
     reconstruct(model, info, image, settings, input_pixel_size_um=acquisition["pixel_size_um"],
-                wavelength_um=acquisition["wavelength_um"], dz_um=acquisition["dz_um"], on_plane=on_plane, skip=skip)
+                wavelength_um=acquisition["wavelength_um"], dz_um=acquisition["dz_um"], on_plane=on_plane, skip=skip,
+                values_checked=True)  # by predict_distributed; a lazy input's plane p is checked as read
     return out["arrays"], planes.records[p], out["metadata"]
 
 
@@ -167,4 +168,4 @@ def _metadata_alone(model_path, info, image, settings, optics: dict) -> dict:
     skip = frozenset(range(plane_count(info, image.array)))
     return reconstruct(model, info, image.array, settings, input_pixel_size_um=optics["pixel_size_um"],
                        wavelength_um=optics["wavelength_um"], dz_um=optics["dz_um"], on_plane=lambda *a: None,
-                       skip=skip).metadata
+                       skip=skip, values_checked=True).metadata
