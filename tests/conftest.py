@@ -53,3 +53,33 @@ def models(tmp_path_factory):
     """``{"qpi": path, "sr": path}``: tiny model files shared by the CLI tests."""
     folder = tmp_path_factory.mktemp("models")
     return {task: _model_file(folder / f"{task}.safetensors", task) for task in ("qpi", "sr")}
+
+
+class PlaneReads:
+    """A stack ``(P, ...)`` as a dask array of one chunk per plane (``array``) that records each plane it
+    computes: ``reads`` holds ``(plane, thread name)`` in order (under dask's synchronous scheduler a
+    plane is computed in the thread that asked for it)."""
+
+    def __init__(self, stack):
+        import dask.array as da
+
+        self.reads: list[tuple[int, str]] = []
+        chunks = (1, *stack.shape[1:])
+        self.array = da.from_array(stack, chunks=chunks).map_blocks(self._read, dtype=stack.dtype,
+                                                                      meta=stack[:0])
+
+    def _read(self, block, block_info=None):
+        import threading
+
+        self.reads.append((int(block_info[0]["chunk-location"][0]), threading.current_thread().name))
+        return block
+
+    def count(self, plane: int) -> int:
+        """How many times ``plane`` was computed."""
+        return sum(p == plane for p, _ in self.reads)
+
+
+@pytest.fixture
+def plane_reads():
+    """``plane_reads(stack)``: a :class:`PlaneReads` lazy copy of ``stack`` that records its plane reads."""
+    return PlaneReads

@@ -172,6 +172,14 @@ def test_bad_stores_get_one_line_before_any_computing(tmp_path, models, capsys):
     assert not (tmp_path / "o").exists() and not (good / "results").exists()
 
 
+def test_a_nan_in_the_last_plane_of_a_store_is_one_line_when_that_plane_is_read(tmp_path, models, capsys):
+    series = _series(3)
+    series[2, 0, 4, 5] = np.nan
+    store = write_store(tmp_path / "s.ome.zarr", series)
+    _run_failing(capsys, ["predict", str(store), "--model", str(models["qpi"]), "--out", str(tmp_path / "o"), *FAST],
+                 "s.ome.zarr", "NaN values in plane 2", "replace them")
+
+
 def test_a_full_disk_keeps_the_finished_planes_for_resume(tmp_path, models, capsys, monkeypatch):
     import errno
 

@@ -81,7 +81,8 @@ def plane_task(model_path: str, input_path: str, p: int, settings: dict, acquisi
     skip = frozenset(range(plane_count(info, image))) - {p}
     reconstruct(model, info, image, settings, input_pixel_size_um=acquisition.pixel_size_um,
                 wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um, na=acquisition.na,
-                on_plane=on_plane, skip=skip)
+                on_plane=on_plane, skip=skip,
+                values_checked=True)  # by predict_distributed; a lazy input's plane p is checked as read
     return out["arrays"], planes.records[p], out["metadata"]
 
 
@@ -166,4 +167,4 @@ def _metadata_alone(model_path, info, image, settings, acquisition) -> dict:
     skip = frozenset(range(plane_count(info, image.array)))
     return reconstruct(model, info, image.array, settings, input_pixel_size_um=acquisition.pixel_size_um,
                        wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um, na=acquisition.na,
-                       on_plane=lambda *a: None, skip=skip).metadata
+                       on_plane=lambda *a: None, skip=skip, values_checked=True).metadata

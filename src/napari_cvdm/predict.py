@@ -4,7 +4,9 @@
 that the CLI (``cvdm predict``), the Reconstruct widget and the Python API go through:
 
 1. checks before computing (:func:`check_input`): the image against the model, and sentences
-   for a pixel size or optics that differ from the model's training data;
+   for a pixel size or optics that differ from the model's training data. Each input value is
+   checked once: an in-memory image's here, a lazy image's (dask, zarr) by the engine as it reads
+   each plane, so that a NaN in a late plane stops the job there with one sentence;
 2. a classical preview and each plane's base b(y), when ``hooks.on_preview`` asks for them;
 3. the reconstruction (:func:`napari_cvdm.engine.reconstruct`): mean, variance, γ map;
 4. the calibrated std and ± error (:mod:`napari_cvdm.uncertainty.apply`) and the data-consistency map
@@ -39,7 +41,8 @@ from .engine.settings import ReconstructionSettings
 from .plane_outputs import OUTPUTS, PlaneOutputs, output_layout, output_names  # noqa: F401 - the job's names
 from .preview import Preview, classical_preview, has_classical_preview, with_first_base
 from . import engine
-from .engine import Reconstruction, check_pixel_size, plane_count, validate_input
+from .engine import Reconstruction, check_layout, check_pixel_size, plane_count
+from .engine.checks import check_values_before_computing
 
 NO_VARIANCE = "not given: one sample (N = 1) has no spread; use 2 or more samples for a variance"
 
@@ -118,10 +121,17 @@ class MemorySink:
             self.arrays[name] = np.stack(self._planes.pop(name)).reshape(array.shape)
 
 
-def check_input(info: ModelInfo, image: np.ndarray, acquisition: Acquisition) -> list[str]:
+def check_input(info: ModelInfo, image, acquisition: Acquisition, values: bool = True) -> list[str]:
     """InputError (one sentence) if ``image`` cannot go through the model; else the warnings: a pixel
-    size or QPI optics unlike the model's training data. Cheap: safe on a GUI thread."""
-    validate_input(info, image, acquisition.axes)
+    size or QPI optics unlike the model's training data.
+
+    ``values``: check an in-memory image's values too (NaN, infinity, overflow; one pass over the
+    array). A lazy image's (dask, zarr) are never read here, so this is safe on a GUI thread for it;
+    the job checks them plane by plane as it reads them.
+    """
+    check_layout(info, image, acquisition.axes)
+    if values:
+        check_values_before_computing(info, image)
     notes = [check_pixel_size(info, acquisition.pixel_size_um)]
     if info.base:
         from .residual import TIEBase, optics_mismatch
@@ -136,7 +146,8 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
     """Reconstruct ``image`` (layout as for :func:`napari_cvdm.engine.reconstruct`) with every output.
 
     ``model_path`` goes into the record. Without a ``sink`` the outputs stay in the returned
-    :class:`Prediction`. Raises InputError before computing when the input or settings are unusable.
+    :class:`Prediction`. Raises InputError before computing when the input or settings are unusable;
+    for bad values in a lazy input, when the plane holding them is read.
     """
     acquisition, hooks = acquisition or Acquisition(), hooks or Hooks()
     settings = settings or ReconstructionSettings()
@@ -150,7 +161,7 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
         result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
                              input_pixel_size_um=acquisition.pixel_size_um, wavelength_um=acquisition.wavelength_um,
                              dz_um=acquisition.dz_um, na=acquisition.na, on_partial=hooks.on_partial,
-                             on_base=_preview_bases(info, image, acquisition, hooks))
+                             on_base=_preview_bases(info, image, acquisition, hooks), values_checked=True)
     uncertainty = uncertainty_outputs(info, result.variance, image, settings.n_samples, acquisition.pixel_size_um,
                                       sampling=result.metadata)
     hooks.note(" ".join(note for note in (uncertainty.warning, uncertainty.sampler_note) if note))
@@ -177,7 +188,8 @@ def _predict_planes(model, info: ModelInfo, image, acquisition: Acquisition, set
         result = engine.reconstruct(model, info, image, settings, hooks.progress, hooks.should_stop,
                                     input_pixel_size_um=acquisition.pixel_size_um,
                                     wavelength_um=acquisition.wavelength_um, dz_um=acquisition.dz_um,
-                                    na=acquisition.na, on_partial=hooks.on_partial, on_plane=on_plane, skip=frozenset(done))
+                                    na=acquisition.na, on_partial=hooks.on_partial, on_plane=on_plane,
+                                    skip=frozenset(done), values_checked=True)
     return finish_planes(result, planes, layout, info, image, acquisition, hooks, sink, model_path)
 
 

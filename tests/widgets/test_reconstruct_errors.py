@@ -92,6 +92,21 @@ def test_wrong_shape_is_reported_by_the_engine_check(viewer, widget, sr_model_pa
     assert not widget.running
 
 
+@pytest.mark.parametrize("scanned_first", [True, False], ids=["small: before the job", "large: by the job"])
+def test_a_nan_in_an_in_memory_layer_is_one_notification(viewer, widget, sr_model_path, notifications, wait_idle,
+                                                         monkeypatch, scanned_first):
+    if not scanned_first:  # a layer larger than the GUI thread scans
+        monkeypatch.setattr("napari_cvdm._widgets._reconstruct.QUICK_SCAN_BYTES", 0)
+    data = image()
+    data[3, 4] = np.nan
+    viewer.add_image(data, name="wf")
+    widget.select_model(sr_model_path)
+    assert widget.start() is not scanned_first
+    wait_idle(widget)
+    assert notifications.error == ["The image contains NaN values (1 pixels); replace them before reconstructing."]
+    assert "wf CVDM mean" not in viewer.layers
+
+
 def test_corrupt_model_file(viewer, widget, tmp_path, notifications):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")

@@ -56,6 +56,8 @@ CURRENT_PLANE = "current plane"
 ALL_PLANES = "all planes"
 STACK_MODE = "one stack layer (…, 2, H, W)"
 TWO_LAYERS_MODE = "two layers (−dz, +dz)"
+#: Largest in-memory input whose values are checked on the GUI thread before its job starts (tens of ms).
+QUICK_SCAN_BYTES = 64 * 2**20
 
 
 def input_channels(info: ModelInfo) -> int:
@@ -80,6 +82,12 @@ def fits_model(layer, channels: int) -> bool:
     if channels == 1:
         return True
     return layer.ndim >= 3 and layer_array(layer).shape[-3] == channels
+
+
+def quick_to_scan(image) -> bool:
+    """Whether the input's values are checked before its job starts, on the GUI thread: an in-memory
+    array of at most :data:`QUICK_SCAN_BYTES`. The job checks the others' (lazy ones plane by plane)."""
+    return isinstance(image, np.ndarray) and image.nbytes <= QUICK_SCAN_BYTES
 
 
 def _read_layers(layers: list, plane: tuple[int, ...] | None):
@@ -571,7 +579,8 @@ class ReconstructWidget(QWidget):
             return False
         try:
             image, job = self.gather_input(entry.info)
-            check_input(entry.info, image, job.acquisition)  # its warnings come from the job itself
+            # no value of a lazy layer is read here; the warnings come from the job itself
+            check_input(entry.info, image, job.acquisition, values=quick_to_scan(image))
         except InputError as exc:
             notifications.show_error(str(exc))
             return False

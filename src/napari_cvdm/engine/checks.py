@@ -1,7 +1,9 @@
 """Checks before any computing: the input against the model, memory, pixel size, and the plane layout.
 
-Cheap (shape, dtype, finiteness): safe to call on a GUI thread. Each raises
-:class:`~napari_cvdm.errors.InputError` with one sentence, or returns a warning sentence.
+Each raises :class:`~napari_cvdm.errors.InputError` with one sentence, or returns a warning sentence.
+The layout (:func:`check_layout`: shape, dtype, channels) reads no values and is safe on a GUI
+thread; the values (:func:`check_values`: NaN, infinity, overflow) are read, plane by plane: an
+in-memory image's before computing, a lazy image's (dask, zarr) as the job reads each plane.
 """
 
 from __future__ import annotations
@@ -51,21 +53,48 @@ def is_lazy(image) -> bool:
 def validate_input(info: ModelInfo, image: np.ndarray, axes: str | None = None) -> None:
     """Raise InputError with one clear sentence if ``image`` cannot go through this model.
 
-    Cheap (shape, dtype, finiteness): safe to call on the GUI thread. ``axes`` (e.g.
-    ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model. A lazy
-    array (dask, zarr) is checked plane by plane and never held whole.
+    Its layout (:func:`check_layout`), then the values of every plane (:func:`check_values`).
+    ``axes`` (e.g. ``"CYX"`` from a TIFF) lets a named channel axis be checked against the model.
+    A lazy array (dask, zarr) is read plane by plane, never held whole, but it is read: on a GUI
+    thread use :func:`check_layout`.
     """
-    if is_lazy(image):
-        _check_layout(info, tuple(image.shape), np.dtype(image.dtype), axes)
-        for p in range(plane_count(info, image)):
-            _check_values(plane_at(info, image, p))
-        return
+    image = _as_image(image)
+    check_layout(info, image, axes)
+    check_values(info, image)
+
+
+def check_layout(info: ModelInfo, image, axes: str | None = None) -> None:
+    """InputError unless ``image``'s dtype, dimensions, channels and size fit the model.
+
+    Reads no values: cheap and safe on a GUI thread, for a lazy array (dask, zarr) too.
+    """
+    image = _as_image(image)
+    _check_layout(info, tuple(image.shape), np.dtype(image.dtype), axes)
+
+
+def check_values(info: ModelInfo, image) -> None:
+    """InputError for NaN, infinite or overflowing values in any plane of ``image``, read one plane at a time."""
+    image = _as_image(image)
+    count = plane_count(info, image)
+    for p in range(count):
+        check_plane_values(plane_at(info, image, p), p, count)
+
+
+def check_values_before_computing(info: ModelInfo, image) -> None:
+    """:func:`check_values` of an in-memory image (cheap); nothing for a lazy one, whose planes are
+    checked one by one as the job reads them (:func:`check_plane_values`), so each is read once."""
+    if not is_lazy(image):
+        check_values(info, image)
+
+
+def _as_image(image):
+    """``image`` itself when it is an ndarray or a lazy array, else as an ndarray; InputError if it is none."""
+    if isinstance(image, np.ndarray) or is_lazy(image):
+        return image
     try:
-        array = np.asarray(image)
+        return np.asarray(image)
     except Exception:  # noqa: BLE001 - anything not array-like
         raise InputError(f"The input is not an image (got {type(image).__name__}).") from None
-    _check_layout(info, array.shape, array.dtype, axes)
-    _check_values(array)
 
 
 def _check_layout(info: ModelInfo, shape: tuple, dtype: np.dtype, axes: str | None) -> None:
@@ -98,17 +127,19 @@ def _check_layout(info: ModelInfo, shape: tuple, dtype: np.dtype, axes: str | No
                          f"at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} is needed.")
 
 
-def _check_values(array: np.ndarray) -> None:
-    """InputError for NaN, infinite or overflowing values in ``array``."""
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
+def check_plane_values(plane: np.ndarray, p: int = 0, planes: int = 1) -> None:
+    """InputError for NaN, infinite or overflowing values in plane ``p`` of ``planes`` (an ndarray);
+    the sentence names the plane when there are several."""
+    where = f" in plane {p}" if planes > 1 else ""
+    if plane.dtype.kind == "f":
+        finite = np.isfinite(plane)
         if not finite.all():
-            bad = "NaN" if np.isnan(array).any() else "infinite"
-            raise InputError(f"The image contains {bad} values ({int(array.size - finite.sum())} pixels); "
+            bad = "NaN" if np.isnan(plane).any() else "infinite"
+            raise InputError(f"The image contains {bad} values{where} ({int(plane.size - finite.sum())} pixels); "
                              "replace them before reconstructing.")
-    largest = float(np.abs(array).max()) if array.size else 0.0
+    largest = float(np.abs(plane).max()) if plane.size else 0.0
     if largest > MAX_INPUT_MAGNITUDE:  # squares of such values overflow float32 in the variance
-        raise InputError(f"The image holds values up to {largest:.3g}; intensities beyond "
+        raise InputError(f"The image holds values up to {largest:.3g}{where}; intensities beyond "
                          f"{MAX_INPUT_MAGNITUDE:.0e} cannot be reconstructed in float32: rescale it first.")
 
 

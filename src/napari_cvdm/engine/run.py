@@ -28,7 +28,8 @@ from ..model import CVDM, SAMPLERS
 from ..model.samplers import RuntimeOptions, SamplingOptions
 from ..residual import base_for
 from .checks import (
-    check_call, check_pixel_size, lead_shape, plane_at, plane_count, planes_of, validate_input,
+    check_call, check_layout, check_pixel_size, check_plane_values, check_values_before_computing, is_lazy,
+    lead_shape, plane_at, plane_count, planes_of, validate_input,
 )
 from .outputs import Outputs, Reconstruction, Sampling
 from .plane import PlaneRun, ProgressCallback, StepCounter, StopCheck, prepare_plane, steps_per_plane
@@ -62,6 +63,7 @@ def reconstruct(
     on_base: Callable[[int, np.ndarray], None] | None = None,
     on_plane: PlaneCallback | None = None,
     skip: frozenset[int] = frozenset(),
+    values_checked: bool = False,
 ) -> Reconstruction:
     """Reconstruct ``image`` (layout in the module docstring) with ``model``.
 
@@ -78,8 +80,12 @@ def reconstruct(
     (QPI) and ``na`` (SR): the input's optics (None: the model's; :func:`~napari_cvdm.acquisition.input_optics`).
 
     ``on_plane``: stream (:data:`PlaneCallback`: one plane held; no arrays returned); ``skip``: planes left out.
+    The input's values (NaN, infinity, overflow) are checked once: an in-memory image's before computing,
+    unless ``values_checked`` (the caller did, e.g. :func:`napari_cvdm.predict.check_input`); a lazy
+    image's (dask, zarr) plane by plane as each is read, whatever ``values_checked`` says.
     """
-    settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um)
+    settings, optics = _checked(model, info, image, settings, input_pixel_size_um, wavelength_um, dz_um,
+                                values_checked)
     device = resolve_device(settings.device)
     model = model.to(device).eval()
     factor = 1 if upsampled else int(info.upsampling_factor)
@@ -126,13 +132,17 @@ def _sample_planes(model: CVDM, info: ModelInfo, image, skip, factor: int, optic
                    run: Sampling, tiling: TileGrid, counter: StepCounter, on_base, outputs: Outputs, metadata: dict,
                    streaming: bool):
     """Every plane not in ``skip``, round by round into ``outputs`` (slot 0 when ``streaming``); yields
-    ``(plane, samples done, its raw input)`` after each round. Skipped planes get None λ and weight."""
-    for p in range(plane_count(info, image)):
+    ``(plane, samples done, its raw input)`` after each round. Skipped planes get None λ and weight; a lazy
+    image's planes have their values checked as they are read (an in-memory one's were, before)."""
+    count = plane_count(info, image)
+    for p in range(count):
         if p in skip:
             metadata["grid_reference_lambda"].append(None)
             metadata["refinement_weight"].append(None)
             continue
         raw = plane_at(info, image, p)
+        if is_lazy(image):
+            check_plane_values(raw, p, count)
         plane_run = PlaneRun.start(model, info, raw, p, factor, optics, device, run, tiling, counter, on_base)
         for done in _rounds(plane_run, p, 0 if streaming else p, model, run, outputs, tiling, metadata,
                             counter, counter.should_stop):
@@ -154,12 +164,16 @@ def _rounds(plane_run: PlaneRun, p: int, slot: int, model: CVDM, run: Sampling, 
 
 
 def _checked(model: CVDM, info: ModelInfo, image: np.ndarray, settings: ReconstructionSettings | None,
-             input_pixel_size_um, wavelength_um, dz_um) -> tuple[ReconstructionSettings, dict]:
-    """Every check before computing (InputError), warnings for mismatched optics; the settings and optics."""
+             input_pixel_size_um, wavelength_um, dz_um,
+             values_checked: bool) -> tuple[ReconstructionSettings, dict]:
+    """Every check before computing (InputError), warnings for mismatched optics; the settings and optics.
+    An in-memory image's values are checked here unless ``values_checked``; a lazy image's never are."""
     check_call(settings, input_pixel_size_um)
     settings = settings or ReconstructionSettings()
     settings.check()
-    validate_input(info, image)
+    check_layout(info, image)
+    if not values_checked:
+        check_values_before_computing(info, image)
     mismatch = check_pixel_size(info, input_pixel_size_um)
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=3)

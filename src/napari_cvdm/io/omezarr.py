@@ -90,12 +90,14 @@ def _transformations(dataset: dict, ndim: int) -> tuple[list[float], list[float]
 
 
 def check_readable(image: ImageData) -> None:
-    """InputError when a chunk of the store is missing or damaged (reads the first and last plane)."""
-    array = image.array
+    """InputError when a chunk of the first or last plane (all its channels) is damaged: those two are read.
+    A damaged chunk elsewhere is found when the job reads its plane."""
+    array, lead = image.array, image.axes[:-2]
+    planes = [n for n, axis in zip(array.shape[:-2], lead) if axis != "C"]
     try:
-        for index in {0, int(np.prod(array.shape[:-2])) - 1}:
-            where = np.unravel_index(index, array.shape[:-2]) if array.ndim > 2 else ()
-            np.asarray(array[tuple(int(i) for i in where)])
+        for index in {0, int(np.prod(planes)) - 1}:
+            position = iter(np.unravel_index(index, planes))
+            np.asarray(array[tuple(slice(None) if axis == "C" else int(next(position)) for axis in lead)])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{Path(image.path).name} is damaged or partly written ({type(exc).__name__}: "
                          f"{exc}).") from None
