@@ -28,13 +28,14 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cvdm.checkpoint import read_model_info  # noqa: E402
+from napari_cvdm.checkpoint import load_model, read_model_info, save_model  # noqa: E402
 from napari_cvdm.data.simulate import phase_object_stack, simulate_qpi, split_source_files  # noqa: E402
 from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
 from napari_cvdm.physics.optics import frequency_grid  # noqa: E402
@@ -53,6 +54,17 @@ def fit_prior(args, pixel_um):
     files = split_source_files(args.prior_photos)["train"] if args.prior_photos else None
     phases = [simulate_qpi(rng, args.size, source_files=files).phase for _ in range(args.prior_images)]
     return fit_phase_prior(phases, pixel_um, window=False), fit_phase_prior(phases, pixel_um, window=True)
+
+
+def write_prior(args, base: TIEBase) -> None:
+    """Store ``base.with_prior`` of the training phases in the model file (metadata only)."""
+    rng = np.random.default_rng(np.random.SeedSequence([args.seed, 0]))
+    files = split_source_files(args.prior_photos)["train"] if args.prior_photos else None
+    phases = [simulate_qpi(rng, args.size, source_files=files).phase for _ in range(args.prior_images)]
+    model, info = load_model(args.model, "cpu")
+    info = replace(info, base=base.with_prior(phases).to_dict())
+    save_model(args.model, model, info)
+    print(f"prior written to {args.model}: {json.dumps(info.base['prior'])}")
 
 
 def long_share(spectrum: np.ndarray, pixel_um: float, long_px: float) -> float:
@@ -153,11 +165,17 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--long-px", type=float, default=32.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-prior", action="store_true",
+                        help="store the prior of --prior-images training phases (as training fits it: "
+                             "TIEBase.with_prior) in --model's metadata, weights untouched, and stop")
     args = parser.parse_args()
     print(f"device: cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
           f"numpy {np.__version__}")
     base = TIEBase.from_dict(read_model_info(args.model).base)
     print(f"model {args.model.name}: base {json.dumps(base.to_dict())}")
+    if args.write_prior:
+        write_prior(args, base)
+        return
     start = time.perf_counter()
     prior, windowed = fit_prior(args, base.pixel_um)
     print(f"prior fitted on {args.prior_images} training phases of {args.size}² "

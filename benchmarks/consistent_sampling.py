@@ -20,7 +20,7 @@ Usage::
     python benchmarks/consistent_sampling.py --task sr --split validation --images 8 --size 128 \\
         --strengths 0 0.3 1 3 10 --save eval/consistency/sr-validation.json
     python benchmarks/consistent_sampling.py --task qpi --split validation --images 8 --noise 0.05 \\
-        --strengths 0 0.1 0.3 1 --save eval/consistency/qpi-validation.json
+        --strengths 0 0.1 1 --qpi-step fresnel --save eval/consistency/qpi-validation.json
 
 Prints the device and, per cell, each setting's mean [95 % interval] and the paired MS-SSIM
 difference against ζ = 0.
@@ -42,13 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import qpi_data_steps  # noqa: E402
 from report import cell, interval  # noqa: E402
 from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.acquisition import Acquisition  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.consistency import consistency_output  # noqa: E402
 from napari_cvdm.data.simulate import SR_TRAIN, SR_UNSEEN_TEST, simulate_qpi, simulate_sr, split_source_files  # noqa: E402
-from napari_cvdm.engine import ReconstructionSettings, reconstruct, resolve_device  # noqa: E402
+from napari_cvdm.engine import ReconstructionSettings, data_step, reconstruct, resolve_device  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 
 MODELS = {"sr": ROOT / "models/cvdm-sr-residual.safetensors", "qpi": ROOT / "models/cvdm-qpi-residual.safetensors"}
@@ -162,7 +163,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--source-images", type=Path, default=ROOT.parent / "shared/data/natural-images")
     parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--qpi-step", choices=tuple(qpi_data_steps.STEPS), default=None,
+                        help="QPI: the data-consistency step to measure (none ships)")
     args = parser.parse_args()
+    if args.qpi_step:
+        data_step.QPI_STEP = qpi_data_steps.STEPS[args.qpi_step]
     model, info = load_model(args.model or MODELS[args.task], str(resolve_device(args.device)))
     print(f"device: {next(model.parameters()).device} ({platform.machine()}, {torch.get_num_threads()} threads); "
           f"{args.task} {args.split}; N = {args.samples}; {args.size}²")

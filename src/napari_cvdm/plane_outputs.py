@@ -18,6 +18,7 @@ from .acquisition import Acquisition
 from .checkpoint import ModelInfo
 from .consistency import CONSISTENCY_THRESHOLD, ConsistencyOutput, consistency_output, summary_fields
 from .engine.checks import lead_shape, plane_count
+from .engine.outputs import PER_PLANE
 from .engine.settings import ReconstructionSettings
 from .uncertainty.apply import UncertaintyOutputs, model_calibration, uncertainty_outputs
 
@@ -102,8 +103,7 @@ class PlaneOutputs:
         consistency = consistency_output(self.info, result.mean, image, self.acquisition)
         values = consistency.map
         self.records[p] = {
-            "grid_reference_lambda": result.metadata["grid_reference_lambda"][p],
-            "refinement_weight": result.metadata["refinement_weight"][p],
+            **{key: result.metadata[key][p] for key in PER_PLANE},
             "out_of_distribution": uncertainty.warning,
             "consistency_sum_squares": None if values is None else consistency.summary["rms"] ** 2 * values.size,
             "consistency_above": None if values is None else int(np.sum(np.abs(values) > CONSISTENCY_THRESHOLD)),
@@ -117,7 +117,7 @@ class PlaneOutputs:
 
     def metadata(self, metadata: dict) -> dict:
         """The engine's final metadata with every plane's λ reference and refinement weight filled in."""
-        keys = ("grid_reference_lambda", "refinement_weight")
+        keys = PER_PLANE
         filled = {key: [self.records.get(p, {}).get(key) for p in range(len(metadata[key]))] for key in keys}
         return {**metadata, **filled}
 

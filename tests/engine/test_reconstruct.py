@@ -665,3 +665,46 @@ def test_the_papers_formulation_has_no_refinement_to_shrink():
     out = reconstruct(model, info, _qpi_stack(16, 16), settings)
     assert out.metadata["refinement_weight"] == [None]
     np.testing.assert_allclose(out.mean, out.samples.mean(0), atol=1e-5)
+
+
+def test_tiled_and_untiled_agree_with_the_data_consistency_step():
+    """Each tile takes the step on its own region (a per-tile operator, mirror edges), and the tiles are
+    blended: with a local network, where tiles alone change nothing, the tiled result stays within a
+    tenth of what the step moves."""
+    model, info = _local("sr")
+    image = _widefield(150, 130)
+    common = dict(n_samples=2, steps=3, seed=5, device="cpu", consistency_strength=3.0)
+    whole = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **common))
+    tiled = reconstruct(model, info, image, ReconstructionSettings(tile_size=128, tile_overlap=64, **common))
+    plain = reconstruct(model, info, image, ReconstructionSettings(tile_size=None, **{**common,
+                                                                                     "consistency_strength": 0.0}))
+    moved = np.sqrt(np.mean((whole.mean - plain.mean) ** 2))
+    apart = np.sqrt(np.mean((tiled.mean - whole.mean) ** 2))
+    assert tiled.metadata["tiles"] == [4, 4]
+    assert moved > 0.1 * np.ptp(whole.mean)  # the step does something
+    assert apart < 0.01 * moved
+
+
+def test_a_qpi_model_has_no_data_consistency_step():
+    model, info = _tiny("qpi")
+    with pytest.raises(InputError, match="for SR models"):
+        reconstruct(model, info, _qpi_stack(32, 32), ReconstructionSettings(n_samples=1, steps=1,
+                                                                            consistency_strength=1.0))
+
+
+def test_a_qpi_base_with_a_prior_adds_its_error_variance_to_the_variance(tmp_path, residual_qpi_writer):
+    from napari_cvdm.checkpoint import load_model
+    from napari_cvdm.physics.phase_prior import PhasePrior
+    from napari_cvdm.residual import TIEBase
+
+    base = TIEBase(1e3, 0.521, 1.0, 0.21, 1.75, "mirror", 2.0, prior=PhasePrior(3e-3, 2.9, 0.05).to_dict())
+    model, info = load_model(residual_qpi_writer(tmp_path / "m.safetensors", base), "cpu")
+    image = _qpi_stack(48, 48)
+    common = dict(n_samples=2, steps=2, seed=1, device="cpu")
+    with_base = reconstruct(model, info, image, ReconstructionSettings(**common))
+    samples_only = reconstruct(model, info, image, ReconstructionSettings(**common, base_variance=False))
+    added = with_base.metadata["base_variance"][0]
+    assert samples_only.metadata["base_variance"] == [None] and added > 0
+    assert added == pytest.approx(base.error_variance(image.astype(np.float64)), rel=1e-6)
+    np.testing.assert_allclose(with_base.variance, samples_only.variance + np.float32(added), rtol=1e-6)
+    np.testing.assert_array_equal(with_base.mean, samples_only.mean)

@@ -94,3 +94,33 @@ def test_the_noise_level_map_is_constant_and_reads_log10_of_the_stack_noise_plus
     noisy = noise_level_map(defocus_relative_noise_std(noisy_stack), noisy_stack.shape)
     # σ̂ is within 15 % of the true std (physics/noise.defocus_relative_noise_std), so ν within 0.07 of 1
     assert float(noisy[0, 0, 0]) == pytest.approx(1.0, abs=0.07)
+
+
+def test_a_fitted_base_keeps_the_phases_prior_and_its_error_variance_grows_with_the_noise():
+    stacks, phases = strong_phase_pairs(4)
+    base, _ = TIEBase.fit(stacks, phases, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, kind="fft_tie")
+    assert base.prior is not None and TIEBase.from_dict(base.to_dict()) == base
+    assert TIEBase(12.0, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75).error_variance(stacks[0]) is None
+    rng = np.random.default_rng(0)
+    variances = [base.error_variance(stacks[0] + rng.normal(0, noise, stacks[0].shape)) for noise in (0.02, 0.1)]
+    assert 0 < variances[0] < variances[1]
+    # a refit of a base without a prior gains one; a broken prior is refused by name
+    assert TIEBase(12.0, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75).refit(stacks, phases)[0].prior is not None
+    with pytest.raises(ValueError, match="exponent"):
+        TIEBase(12.0, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 1.75, prior={"amplitude": 1.0, "corner": 0.1})
+
+
+def test_the_error_variance_predicts_a_linear_tie_s_error_on_phases_drawn_from_the_prior():
+    from napari_cvdm.physics.phase_prior import PhasePrior, draw_phase
+
+    prior = PhasePrior(1e-4, 3.0, 0.05)  # weak phases (about 0.2 rad): the linear TIE holds
+    base = TIEBase(1e3, WAVELENGTH_UM, DZ_UM, PIXEL_UM, 0.0, "periodic", 2.0, prior=prior.to_dict())
+    rng = np.random.default_rng(1)
+    predicted, measured = [], []
+    for _ in range(24):
+        phase = draw_phase(prior, (N, N), PIXEL_UM, rng)
+        stack = phase_object_stack(phase, DZ_UM, WAVELENGTH_UM, PIXEL_UM) + rng.normal(0, 0.05, (2, N, N))
+        error = base.phase(stack) - phase
+        measured.append(np.var(error))
+        predicted.append(base.error_variance(stack, noise_std=0.05))
+    assert 0.7 < np.mean(measured) / np.mean(predicted) < 1.4

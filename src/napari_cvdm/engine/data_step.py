@@ -25,15 +25,15 @@ import numpy as np
 import torch
 
 from ..physics.consistency import sr_forward
-from ..physics.data_step import QPIFresnelStep, SRStep
+from ..physics.data_step import SRStep
 from ..physics.noise import defocus_relative_noise_std, widefield_noise_variance
 from ..physics.tie import NOISE_FLOOR
 
 #: ``step(x̂0, γ_t) → x̂0'``, both ``(B, Cx, h, w)`` on the device (what :func:`~napari_cvdm.model.samplers.sample` takes).
 DataStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: The QPI step: the exact Fresnel model (the linearised TIE, :class:`QPITIEStep`, fits strong phase
-#: objects worse: docs/uncertainty.md, "Consistent sampling"; benchmarks may set it to compare).
-QPI_STEP: type = QPIFresnelStep
+#: A QPI step class (``(stack, I₀, σ, dz, λ, pixel)``, called like :class:`SRStep`); None: QPI has none
+#: (physics/data_step.py says why). benchmarks/consistent_sampling.py sets one to measure it.
+QPI_STEP: type | None = None
 
 
 @dataclass

@@ -36,6 +36,11 @@ class Reconstruction:
     metadata: dict = field(default_factory=dict)
 
 
+#: Metadata keys holding one value per plane (None for a plane not computed): the log-SNR grid's
+#: reference λ, the refinement weight w and the base's closed-form error variance (target unit²).
+PER_PLANE = ("grid_reference_lambda", "refinement_weight", "base_variance")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Everything resolved once per call that every tile's sampling needs; ``consistency_strength``

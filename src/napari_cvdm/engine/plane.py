@@ -194,6 +194,7 @@ class PlaneRun:
     noise_field: NoiseField
     base: ResidualBase
     data: PlaneData | None = None
+    base_variance: float | None = None
     count: int = 0
 
     @classmethod
@@ -210,9 +211,11 @@ class PlaneRun:
                  for rows, cols, wy, wx, lam in tile_schedule_maps(model, plane.condition, device, tiling, tick)]
         # one time grid for the plane: every tile walks the grid the untiled image would
         lam_ref = tiling.median_lambda(tiles) if run.options.grid == "log_snr" else None
+        base = base_for(model.config)
+        variance = base.error_variance(info, raw, optics) if run.settings.base_variance else None
         return cls(plane, tiles, lam_ref, NoiseField(run.settings.seed, index, run.n_samples,
-                                                     int(info.config.x_channels)), base_for(model.config),
-                   _plane_data(info, plane, raw, factor, run, device))
+                                                     int(info.config.x_channels)), base,
+                   _plane_data(info, plane, raw, factor, run, device), variance)
 
     @torch.no_grad()
     def draw_round(self, model: CVDM, first: int, k: int, run: Sampling, tick: Callable[[], None],
@@ -261,7 +264,7 @@ class PlaneRun:
     def blend_into(self, outputs: Outputs, index: int, tiling: TileGrid, shrink: bool) -> float | None:
         """Write this plane's blended mean, variance (and kept samples) in target units into ``outputs``.
 
-        A residual model's mean is then shrunk toward its base (``shrink``); returns the weight w
+        The variance gains the base's closed-form error variance where there is one. A residual model's mean is then shrunk toward its base (``shrink``); returns the weight w
         of its refinement (None for the paper's formulation)."""
         scale, offset, s = self.plane.scale, self.plane.offset, self.base.scale
         targets = [outputs.mean[index], outputs.variance[index]]
@@ -282,12 +285,14 @@ class PlaneRun:
                 targets[2][region] += weight * (scale * self.base.compose(base, draws) + offset)
         for array in targets:
             tiling.normalise(array)
-        if self.plane.base is None:
-            return None
-        base = (scale * self.plane.base + offset).astype(np.float32)
-        refinement = targets[0] - base
-        weight = refinement_weight(refinement, targets[1], self.count) if shrink else 1.0
-        targets[0][...] = base + np.float32(weight) * refinement
+        weight = None
+        if self.plane.base is not None:
+            base = (scale * self.plane.base + offset).astype(np.float32)
+            refinement = targets[0] - base
+            weight = refinement_weight(refinement, targets[1], self.count) if shrink else 1.0
+            targets[0][...] = base + np.float32(weight) * refinement
+        if self.base_variance is not None:  # after w: w weighs the samples' own spread
+            targets[1] += np.float32(self.base_variance)
         return weight
 
 

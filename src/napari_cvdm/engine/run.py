@@ -31,7 +31,8 @@ from .checks import (
     check_call, check_layout, check_pixel_size, check_plane_values, check_values_before_computing, is_lazy,
     lead_shape, plane_at, plane_count, planes_of, validate_input,
 )
-from .outputs import Outputs, Reconstruction, Sampling
+from . import data_step
+from .outputs import PER_PLANE, Outputs, Reconstruction, Sampling
 from .plane import PlaneRun, ProgressCallback, StepCounter, StopCheck, prepare_plane, steps_per_plane
 from .settings import ReconstructionSettings, autocast_dtype, resolve_device
 from .tiling import NOISE_BLOCK, TileGrid, network_stride
@@ -95,7 +96,7 @@ def reconstruct(
                                               streaming=on_plane is not None)
 
     def result(samples_done: int, plane: int, final: bool, with_samples: bool = False) -> Reconstruction:
-        per_plane = {key: list(metadata[key]) for key in ("grid_reference_lambda", "refinement_weight")}
+        per_plane = {key: list(metadata[key]) for key in PER_PLANE}
         return outputs.result(info, pixel_size, {**metadata, **per_plane, "samples_done": samples_done,
                                                  "plane": plane, "planes": count}, final, with_samples)
 
@@ -137,8 +138,8 @@ def _sample_planes(model: CVDM, info: ModelInfo, image, skip, factor: int, optic
     count = plane_count(info, image)
     for p in range(count):
         if p in skip:
-            metadata["grid_reference_lambda"].append(None)
-            metadata["refinement_weight"].append(None)
+            for key in PER_PLANE:
+                metadata[key].append(None)
             continue
         raw = plane_at(info, image, p)
         if is_lazy(image):
@@ -155,6 +156,7 @@ def _rounds(plane_run: PlaneRun, p: int, slot: int, model: CVDM, run: Sampling, 
     refinement weight in ``metadata``; yields the samples done after each round."""
     metadata["grid_reference_lambda"].append(plane_run.lam_ref)
     metadata["refinement_weight"].append(None)
+    metadata["base_variance"].append(plane_run.base_variance)
     plane_run.blend_gamma_into(model, outputs, slot, tiling)
     for first in range(0, run.n_samples, run.chunk):
         plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick, should_stop)
@@ -184,7 +186,7 @@ def _metadata(settings: ReconstructionSettings, run: Sampling, model: CVDM, devi
               tiling: TileGrid, input_pixel_size_um: float | None) -> dict:
     """The resolved settings a Reconstruction records (``grid_reference_lambda`` filled per plane)."""
     return {
-        **asdict(settings), **asdict(run.options), "grid_reference_lambda": [], "refinement_weight": [],
+        **asdict(settings), **asdict(run.options), **{key: [] for key in PER_PLANE},
         "formulation": model.config.formulation, "device": str(device),
         "precision": "bf16" if run.runtime.autocast_dtype is not None else "fp32",
         "tiles": [len(tiling.rows), len(tiling.cols)], "network_stride": network_stride(model),
@@ -235,8 +237,9 @@ def _consistency(info: ModelInfo, settings: ReconstructionSettings, acquisition:
         strength = float((info.sampler or {}).get("consistency_strength", 0.0))
     if strength == 0:
         return 0.0, {}
-    if info.task not in ("sr", "qpi"):
-        raise InputError(f"The data-consistency step has no forward model for a {info.task} model; set it to 0.")
+    if info.task != "sr" and not (info.task == "qpi" and data_step.QPI_STEP is not None):
+        raise InputError(f"The data-consistency step is for SR models (a {info.task} model has none that helps: "
+                         "docs/uncertainty.md); set it to 0.")
     pixel = acquisition.pixel_size_um or info.input_pixel_size_um
     if pixel is None:
         raise InputError("The data-consistency step needs the input's pixel size; give it, or set the step to 0.")

@@ -87,6 +87,8 @@ class ReconstructionSettings:
     consistency_strength: float | None = _setting(
         None, "strength ζ of the sampler's data-consistency step: each x̂0 is moved toward the images that "
               "explain the input, weighted by its noise (0: off)", low=0.0, high=1e6, none="the model's; 0 if none")
+    base_variance: bool = _setting(True, "QPI models with a phase prior: add the TIE base's closed-form error "
+                                         "variance (the large scales every sample shares) to the variance")
     shrink_refinement: bool = _setting(True, "residual models: the mean shrinks the refinement toward the base "
                                              "by its sampling noise; switched off, the plain mean of the N samples",
                                        flag="--plain-mean")

@@ -253,3 +253,4 @@ def wiener_tie(stack: np.ndarray, dz_um: float, wavelength_um: float, pixel_um: 
         transfer = prior_spectrum * symbol / (symbol**2 * prior_spectrum + noise)
     transfer[0, 0] = 0.0
     return np.real(np.fft.ifft2(np.fft.fft2(rhs) * transfer))
+

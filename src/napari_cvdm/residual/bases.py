@@ -138,6 +138,11 @@ class ResidualBase:
         """Progress steps the base takes per plane, when P runs on ``predictor_tiles`` tiles."""
         return 0
 
+    def error_variance(self, info: ModelInfo, stack: np.ndarray, optics: dict) -> float | None:
+        """The base's closed-form error variance (target unit², per pixel) on a raw plane, where the kind
+        has one (a TIE base with a phase prior); None otherwise."""
+        return None
+
     def words(self, info: ModelInfo) -> str:
         """What the reconstruction is built from, in a few words (model card, info)."""
         return "paper (CVDM on the image itself)"
@@ -216,6 +221,11 @@ class TIEPhaseBase(ResidualBase):
         if plane.tick is not None:
             plane.tick()
         return self._with_base(plane.y, self._from_tie(plane, channels))
+
+    def error_variance(self, info: ModelInfo, stack: np.ndarray, optics: dict) -> float | None:
+        """The TIE phase's error variance (:meth:`TIEBase.error_variance`, rad²). A corrected base's P
+        is trained on the TIE's systematic error; the noise-driven large scales it cannot see are this."""
+        return TIEBase.from_dict(info.base).error_variance(np.asarray(stack, np.float64), **optics)
 
     def fitted_scale(self, pairs: list) -> float:
         """Twice the RMS of x0 − b_TIE over the pairs (3 significant digits)."""

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from ..physics.phase_prior import PhasePrior, fit_phase_prior, pixel_variance, tie_filter_error_spectrum
 from ..physics.tie import (
     BOUNDARIES,
     NOISE_FLOOR,
@@ -55,8 +56,9 @@ US_TIE_STRENGTH_FACTORS = tuple(np.logspace(-2, 2, 9))
 @dataclass(frozen=True)
 class TIEBase:
     """TIE base: the solver ``kind`` (one of :data:`KINDS`; files before US-TIE bases name none:
-    ``fft_tie``), regulariser ``strength`` (µm⁻⁴ per unit noise variance), the training optics (µm)
-    and the mean phase (rad)."""
+    ``fft_tie``), regulariser ``strength`` (µm⁻⁴ per unit noise variance), the training optics (µm),
+    the mean phase (rad) and the ``prior`` power spectrum of the training phases
+    (:class:`~napari_cvdm.physics.phase_prior.PhasePrior` as a dict; None: unknown)."""
 
     strength: float
     wavelength_um: float
@@ -66,6 +68,7 @@ class TIEBase:
     boundary: str = "mirror"
     exponent: float = 2.0
     kind: str = "fft_tie"
+    prior: dict | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -78,6 +81,8 @@ class TIEBase:
                 raise ValueError(f"base {name} must be a positive number (got {value!r})")
         if not (isinstance(self.offset_rad, int | float) and math.isfinite(self.offset_rad)):
             raise ValueError(f"base offset_rad must be a finite number (got {self.offset_rad!r})")
+        if self.prior is not None:
+            PhasePrior.from_dict(self.prior)  # ValueError naming the bad field
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +107,24 @@ class TIEBase:
                                    pixel_um or self.pixel_um, regularization, self.boundary, heartbeat)
         return (phase + self.offset_rad).astype(np.float32)
 
+    def error_variance(self, stack: np.ndarray, wavelength_um: float | None = None, dz_um: float | None = None,
+                       pixel_um: float | None = None, noise_std: float | None = None) -> float | None:
+        """Expected squared error (rad², per pixel, offset removed) of this base's phase of ``stack``
+        ``(2, H, W)``: the Tikhonov TIE's closed-form error under the ``prior`` and the stack's noise
+        (:func:`~napari_cvdm.physics.phase_prior.tie_filter_error_spectrum`); None without a prior.
+
+        Linear in the phase: on strong phase objects the real error is larger (docs/uncertainty.md)."""
+        if self.prior is None:
+            return None
+        from ..physics.noise import defocus_relative_noise_std
+
+        noise = defocus_relative_noise_std(stack) if noise_std is None else noise_std
+        regularization = noise_adaptive_regularization(stack, self.strength, self.exponent, noise)
+        pixel, dz, wavelength = pixel_um or self.pixel_um, dz_um or self.dz_um, wavelength_um or self.wavelength_um
+        spectrum = tie_filter_error_spectrum(stack.shape[-2:], pixel, dz, wavelength, noise,
+                                             PhasePrior.from_dict(self.prior), regularization)
+        return pixel_variance(spectrum, pixel)
+
     def with_optics(self, wavelength_um: float, dz_um: float, pixel_um: float) -> TIEBase:
         return replace(self, wavelength_um=float(wavelength_um), dz_um=float(dz_um), pixel_um=float(pixel_um))
 
@@ -115,9 +138,17 @@ class TIEBase:
         the lower mean log MAE (US-TIE gains where strong, sharp phase breaks the linear TIE and
         loses on smooth objects, so the data decide, as they do the boundary).
 
-        Returns the base and its MAE (rad)."""
+        The base also keeps the power spectrum of the phases (:meth:`with_prior`). Returns the base and
+        its MAE (rad)."""
         base, errors = cls._fit_with_errors(stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad, kind)
-        return base, float(np.mean(errors))
+        return base.with_prior(phases), float(np.mean(errors))
+
+    def with_prior(self, phases: list[np.ndarray]) -> TIEBase:
+        """This base with the ``prior`` fitted on up to :data:`FIT_IMAGES` phases ``(H, W)`` (rad; Hann
+        window, as a real image's edges need) at its pixel size."""
+        phases = [np.asarray(p, np.float64).reshape(p.shape[-2:]) for p in phases[:FIT_IMAGES]]
+        prior = fit_phase_prior(phases, self.pixel_um, window=True)
+        return replace(self, prior=prior.to_dict())
 
     @classmethod
     def _fit_with_errors(cls, stacks, phases, wavelength_um, dz_um, pixel_um, offset_rad,
@@ -148,9 +179,10 @@ class TIEBase:
         fitted, after = TIEBase._fit_with_errors(stacks, phases, at_pixel.wavelength_um, at_pixel.dz_um,
                                                  at_pixel.pixel_um, self.offset_rad, self.kind)
         before = at_pixel.errors(*_fit_pairs(stacks, phases))
+        kept = self if self.prior is not None else self.with_prior(phases)
         if _mean_log(after) >= _mean_log(before):
-            return self, float(np.mean(before)), float(np.mean(before))
-        refitted = replace(self, strength=float(fitted.strength), exponent=float(fitted.exponent),
+            return kept, float(np.mean(before)), float(np.mean(before))
+        refitted = replace(kept, strength=float(fitted.strength), exponent=float(fitted.exponent),
                            boundary=fitted.boundary)
         return refitted, float(np.mean(before)), float(np.mean(after))
 
