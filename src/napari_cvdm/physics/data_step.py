@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .optics import incoherent_otf
+from .optics import incoherent_otf, pixel_integration_mtf
 
 #: Conjugate-gradient iterations of the SR step (fixed, so a run is reproducible).
 SR_CG_ITERATIONS = 8
@@ -45,7 +45,8 @@ class SRStep:
     ``A x = bin_f(h ⊛ x)``: h the widefield OTF divided by the SR target's own OTF (``target_cutoff_scale``
     times the widefield cut-off; the SR image is the object seen through it) inside the widefield band,
     then the camera's ``f × f`` pixel average. Solved by :data:`SR_CG_ITERATIONS` conjugate-gradient
-    iterations on ``(ζ AᵀwA + 1/τ²) x = ζ Aᵀw d + x̂/τ²``, started at x̂.
+    iterations on ``(ζ AᵀwA + 1/τ²) x = ζ Aᵀw d + x̂/τ²``, started at x̂ and preconditioned by that
+    operator's Fourier symbol without aliasing, at the mean weight.
 
     ``widefield``: ``(h, w)`` camera-grid data of the region, already mapped to the SR image's units
     (``(raw − c)/a``); ``weight``: ``(h, w)`` 1 / its noise variance in those units; ``pixel_um``: the
@@ -55,12 +56,17 @@ class SRStep:
     def __init__(self, widefield: torch.Tensor, weight: torch.Tensor, factor: int, pixel_um: float, na: float,
                  wavelength_um: float, target_cutoff_scale: float):
         self.factor = int(factor)
-        self.data, self.weight = mirror(widefield.double()), mirror(weight.double())
+        self.data, self.weight = mirror(widefield.float()), mirror(weight.float())
         fine = (self.data.shape[-2] * self.factor, self.data.shape[-1] * self.factor)
         widefield_otf = incoherent_otf(fine, pixel_um, na, wavelength_um)
         target_otf = incoherent_otf(fine, pixel_um, na, wavelength_um, target_cutoff_scale)
         transfer = np.where(widefield_otf > 0, widefield_otf / np.maximum(target_otf, 1e-3), 0.0)
-        self.transfer = torch.from_numpy(np.ascontiguousarray(transfer[:, : fine[1] // 2 + 1])).to(widefield.device)
+        half = slice(0, fine[1] // 2 + 1)
+        self.transfer = torch.from_numpy(np.ascontiguousarray(transfer[:, half], np.float32)).to(widefield.device)
+        # AᵀwA's symbol if binning kept only its box blur (no aliasing), with w at its mean: the preconditioner
+        box = pixel_integration_mtf(fine, self.factor)[:, half]
+        curvature = transfer[:, half] ** 2 * box**2 / self.factor**2 * float(self.weight.mean())
+        self.curvature = torch.from_numpy(np.ascontiguousarray(curvature, np.float32)).to(widefield.device)
         self.shape = (fine[0] // 2, fine[1] // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,29 +83,36 @@ class SRStep:
 
     def __call__(self, estimate: torch.Tensor, tau2: torch.Tensor, strength: float) -> torch.Tensor:
         """x' ``(B, H, W)`` for x̂ ``(B, H, W)`` with error variance ``tau2`` ``(B,)`` (SR units²)."""
-        prior = 1.0 / tau2.double()[:, None, None]
-        start = mirror(estimate.double())
+        prior = 1.0 / tau2.float()[:, None, None]
+        start = mirror(estimate.float())
 
         def normal(x):
             return strength * self.adjoint(self.weight * self.forward(x)) + prior * x
 
+        def precondition(r):
+            spectrum = torch.fft.rfft2(r) / (strength * self.curvature + prior)
+            return torch.fft.irfft2(spectrum, s=r.shape[-2:])
+
         rhs = strength * self.adjoint(self.weight * self.data) + prior * start
-        x = _conjugate_gradients(normal, rhs, start, SR_CG_ITERATIONS)
+        x = _conjugate_gradients(normal, precondition, rhs, start, SR_CG_ITERATIONS)
         height, width = self.shape
         return x[..., :height, :width].to(estimate.dtype)
 
 
-def _conjugate_gradients(normal, rhs: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
-    """``iterations`` CG steps on ``normal(x) = rhs`` (symmetric positive definite), per batch row."""
+def _conjugate_gradients(normal, precondition, rhs: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """``iterations`` preconditioned CG steps on ``normal(x) = rhs`` (both operators symmetric positive
+    definite; ``precondition`` ≈ normal⁻¹), per batch row."""
     residual = rhs - normal(x)
-    direction = residual
-    power = (residual * residual).sum(dim=(-2, -1), keepdim=True)
+    z = precondition(residual)
+    direction = z
+    power = (residual * z).sum(dim=(-2, -1), keepdim=True)
     for _ in range(iterations):
         image = normal(direction)
-        step = power / (direction * image).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+        step = power / (direction * image).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
         x = x + step * direction
         residual = residual - step * image
-        new_power = (residual * residual).sum(dim=(-2, -1), keepdim=True)
-        direction = residual + (new_power / power.clamp_min(1e-300)) * direction
+        z = precondition(residual)
+        new_power = (residual * z).sum(dim=(-2, -1), keepdim=True)
+        direction = z + (new_power / power.clamp_min(1e-30)) * direction
         power = new_power
     return x

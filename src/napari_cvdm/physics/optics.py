@@ -135,6 +135,20 @@ def upsample(image: np.ndarray, factor: int = 2) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def downsample(image: np.ndarray, upsampled_from: int = 2) -> np.ndarray:
+    """The exact inverse of :func:`upsample` ``(..., factor·H, factor·W)`` → ``(..., H, W)``, float64:
+    the DCT-II spectrum cut back to its first ``H × W`` coefficients."""
+    from scipy import fft as sfft
+
+    image = np.asarray(image, dtype=np.float64)
+    factor = int(upsampled_from)
+    if factor == 1:
+        return image
+    *lead, height, width = image.shape
+    spectrum = sfft.dctn(image, type=2, norm="ortho", axes=(-2, -1))[..., : height // factor, : width // factor]
+    return sfft.idctn(spectrum, type=2, norm="ortho", axes=(-2, -1)) / factor
+
+
 def psf_from_otf(otf: np.ndarray) -> np.ndarray:
     """Point-spread function (centred at ``(H//2, W//2)``, sums to 1) of an FFT-order OTF."""
     psf = np.fft.fftshift(np.real(np.fft.ifft2(otf)))

@@ -55,9 +55,9 @@ def _aligned(mean: np.ndarray, target: np.ndarray, info: ModelInfo) -> tuple[np.
 
 def _raw_grid(info: ModelInfo, image: np.ndarray) -> np.ndarray:
     """A pair's input (on the target grid) back on the raw input grid, for the noise statistics."""
-    factor = int(info.upsampling_factor)
-    image = np.asarray(image, dtype=np.float64)
-    return image[..., ::factor, ::factor] if factor > 1 else image
+    from ..physics.optics import downsample
+
+    return downsample(image, int(info.upsampling_factor))
 
 
 def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, source: str = "",
@@ -66,9 +66,10 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
                     input_pixel_size_um: float | None = None, bins: int = 1) -> Calibration:
     """Split-conformal calibration of ``model`` on ``pairs`` (``data.ImagePair``, input on the target grid).
 
-    Each whole pair input is reconstructed (``settings``; N ≥ 2 samples) with
-    ``upsampled=True``; ``input_pixel_size_um`` is the raw input's pixel size (None: the
-    model's). ``progress(images done, total)`` after each pair; ``should_stop`` is passed to
+    Each whole pair input is reconstructed (``settings``; N ≥ 2 samples) from the raw grid it was
+    upsampled from (:func:`~napari_cvdm.physics.optics.downsample`), as a user's input is, so the
+    data-consistency step sees the camera's pixels; ``input_pixel_size_um`` is the raw input's pixel
+    size (None: the model's). ``progress(images done, total)`` after each pair; ``should_stop`` is passed to
     the reconstruction (raises :class:`~napari_cvdm.errors.Cancelled`). The caller bounds the
     count and size of the pairs: the cost is that of predicting them.
     """
@@ -81,8 +82,8 @@ def calibrate_model(model, info: ModelInfo, pairs: Sequence, settings=None, sour
         raise InputError(f"Calibration needs a variance: use at least 2 samples (got {settings.n_samples}).")
     means, stds, targets, inputs = [], [], [], []
     for done, pair in enumerate(pairs, 1):
-        result = reconstruct(model, info, pair.input, settings, should_stop=should_stop,
-                             input_pixel_size_um=input_pixel_size_um, upsampled=True)
+        result = reconstruct(model, info, _raw_grid(info, pair.input), settings, should_stop=should_stop,
+                             input_pixel_size_um=input_pixel_size_um)
         sampler = sampler_used(result.metadata)
         mean = np.asarray(result.mean, np.float64).reshape(pair.target.shape)
         std = np.sqrt(np.maximum(np.asarray(result.variance, np.float64), 0.0)).reshape(pair.target.shape)
