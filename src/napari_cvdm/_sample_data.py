@@ -46,7 +46,8 @@ def simulated_sr_pair(seed: int = 3) -> list[tuple]:
     target_translate = -(1.0 - 1.0 / factor) * camera / 2.0
     return [
         (sample.widefield, {"name": "widefield (simulated microtubules)", "scale": (camera, camera),
-                            "colormap": "gray", "metadata": {"pixel_size_um": camera, "unit": "ADU"}}, "image"),
+                            "colormap": "gray", "metadata": {"pixel_size_um": camera, "unit": "ADU", "na": sample.na,
+                                                             "wavelength_um": sample.wavelength_um}}, "image"),
         (sample.target, {"name": "SIM-like target (simulated microtubules)", "scale": (fine, fine),
                          "translate": (target_translate, target_translate), "colormap": "gray",
                          "visible": False, "metadata": {"pixel_size_um": fine, "unit": "photons"}}, "image"),

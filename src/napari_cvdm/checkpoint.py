@@ -27,7 +27,7 @@ from typing_extensions import TypedDict
 
 from .errors import ModelFileError
 from .model import CVDM, ModelConfig
-from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_SAMPLER_STEPS, MAX_SAMPLES
+from .model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_CONSISTENCY_STRENGTH, MAX_SAMPLER_STEPS, MAX_SAMPLES
 
 #: 2 added the residual formulation (ModelConfig.base, ...) and ModelInfo.base/calibration; 1 still loads.
 FORMAT_VERSION = 2
@@ -62,6 +62,7 @@ class SamplerDefaults(TypedDict, total=False):
     clip: PositiveFinite | None
     grid: str
     log_snr_range: tuple[float | None, float]
+    consistency_strength: Annotated[float, Field(ge=0, le=MAX_CONSISTENCY_STRENGTH, allow_inf_nan=False)]
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -703,8 +703,8 @@ def test_a_qpi_base_with_a_prior_adds_its_error_variance_to_the_variance(tmp_pat
     common = dict(n_samples=2, steps=2, seed=1, device="cpu")
     with_base = reconstruct(model, info, image, ReconstructionSettings(**common))
     samples_only = reconstruct(model, info, image, ReconstructionSettings(**common, base_variance=False))
-    added = with_base.metadata["base_variance"][0]
-    assert samples_only.metadata["base_variance"] == [None] and added > 0
+    added = with_base.metadata["base_error_variance"][0]
+    assert samples_only.metadata["base_error_variance"] == [None] and added > 0
     assert added == pytest.approx(base.error_variance(image.astype(np.float64)), rel=1e-6)
     np.testing.assert_allclose(with_base.variance, samples_only.variance + np.float32(added), rtol=1e-6)
     np.testing.assert_array_equal(with_base.mean, samples_only.mean)

@@ -270,3 +270,21 @@ def test_the_real_cell_sample_preselects_the_shipped_qpi_model(viewer):
     viewer.open_sample("napari-cvdm", "cell_defocus_stack")
     widget = ReconstructWidget(viewer, registry=ModelRegistry())
     assert widget.selected_entry().path.name == "cvdm-qpi-residual.safetensors"
+
+
+def test_the_optics_and_the_data_consistency_strength_go_to_the_job(viewer, sr_model_path):
+    viewer.open_sample("napari-cvdm", "sr_pair")
+    widget = open_reconstruct(viewer)
+    widget.select_model(sr_model_path)
+    assert widget.na_spin.isVisibleTo(widget) and widget.consistency_spin.value() == 0.0  # the model's: none
+    widget.input_combo.setCurrentText("widefield (simulated microtubules)")
+    layer = viewer.layers["widefield (simulated microtubules)"]
+    _, job = widget.gather_input(widget.selected_entry().info)
+    assert job.settings.consistency_strength == 0.0
+    assert job.acquisition.na == layer.metadata["na"]  # "model's": the layer's own optics first
+    widget.wavelength_spin.setValue(0.52)
+    widget.na_spin.setValue(1.2)
+    widget.consistency_spin.setValue(1.0)
+    _, job = widget.gather_input(widget.selected_entry().info)
+    assert (job.acquisition.wavelength_um, job.acquisition.na) == (pytest.approx(0.52), pytest.approx(1.2))
+    assert job.settings.consistency_strength == 1.0

@@ -158,12 +158,12 @@ def setting_spin_box(name: str, value: int | None = None) -> QSpinBox:
 
 
 def optics_spin_box(high: float, tooltip: str) -> QDoubleSpinBox:
-    """A spin box for an optical value in (0, ``high``]; 0 shows "model's" (not given)."""
+    """A spin box for an optical value in (0, ``high``]; 0 shows "auto": the layer's metadata, else the model's."""
     spin = QDoubleSpinBox()
     spin.setDecimals(3)
     spin.setRange(0.0, high)
     spin.setSingleStep(0.01)
-    spin.setSpecialValueText("model's")
+    spin.setSpecialValueText("auto")
     spin.setToolTip(tooltip)
     return spin
 
@@ -273,8 +273,8 @@ class ReconstructWidget(QWidget):
         form.addRow(self.plus_label, self.plus_combo)
         form.addRow("Planes", self.planes_combo)
         self.wavelength_spin = optics_spin_box(5.0, "Wavelength in µm: the illumination's (QPI) or the emission's "
-                                                    "(SR); 'model's' uses the layer's metadata, else the model's")
-        self.na_spin = optics_spin_box(2.0, "Numerical aperture of the objective (SR); 'model's' uses the layer's "
+                                                    "(SR); auto: the layer's metadata, else the model's")
+        self.na_spin = optics_spin_box(2.0, "Numerical aperture of the objective (SR); auto: the layer's "
                                             "metadata, else the training simulator's")
         self.na_label = QLabel("NA")
         form.addRow("Wavelength (µm)", self.wavelength_spin)

@@ -38,7 +38,7 @@ class Reconstruction:
 
 #: Metadata keys holding one value per plane (None for a plane not computed): the log-SNR grid's
 #: reference λ, the refinement weight w and the base's closed-form error variance (target unit²).
-PER_PLANE = ("grid_reference_lambda", "refinement_weight", "base_variance")
+PER_PLANE = ("grid_reference_lambda", "refinement_weight", "base_error_variance")
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def _rounds(plane_run: PlaneRun, p: int, slot: int, model: CVDM, run: Sampling, 
     refinement weight in ``metadata``; yields the samples done after each round."""
     metadata["grid_reference_lambda"].append(plane_run.lam_ref)
     metadata["refinement_weight"].append(None)
-    metadata["base_variance"].append(plane_run.base_variance)
+    metadata["base_error_variance"].append(plane_run.base_variance)
     plane_run.blend_gamma_into(model, outputs, slot, tiling)
     for first in range(0, run.n_samples, run.chunk):
         plane_run.draw_round(model, first, min(run.chunk, run.n_samples - first), run, counter.tick, should_stop)

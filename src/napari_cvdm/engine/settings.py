@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..model.samplers import GRIDS, LOG_SNR_CEILING, MAX_SAMPLER_STEPS, MAX_SAMPLES, SAMPLERS
+from ..model.samplers import GRIDS, LOG_SNR_CEILING, MAX_CONSISTENCY_STRENGTH, MAX_SAMPLER_STEPS, MAX_SAMPLES, SAMPLERS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_KINDS = ("auto", "cpu", "mps", "cuda")
@@ -86,7 +86,8 @@ class ReconstructionSettings:
     compile: bool = _setting(False, "torch.compile the network (first call slow; pays off on large images)")
     consistency_strength: float | None = _setting(
         None, "strength ζ of the sampler's data-consistency step: each x̂0 is moved toward the images that "
-              "explain the input, weighted by its noise (0: off)", low=0.0, high=1e6, none="the model's; 0 if none")
+              "explain the input, weighted by its noise (0: off)", low=0.0, high=MAX_CONSISTENCY_STRENGTH,
+        none="the model's; 0 if none")
     base_variance: bool = _setting(True, "QPI models with a phase prior: add the TIE base's closed-form error "
                                          "variance (the large scales every sample shares) to the variance")
     shrink_refinement: bool = _setting(True, "residual models: the mean shrinks the refinement toward the base "

@@ -84,6 +84,8 @@ LOG_SNR_CEILING = 20.0
 #: never to exhaust memory or time on their own.
 MAX_SAMPLES = 10_000
 MAX_SAMPLER_STEPS = 100_000
+#: Largest strength ζ of a data-consistency step (far beyond use: at ζ ≫ 1 a sample fits the input's noise).
+MAX_CONSISTENCY_STRENGTH = 1e6
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]

@@ -16,13 +16,16 @@ SAMPLER_KEYS = ("name", "steps", "grid", "log_snr_range", "shrink_refinement")
 def sampler_used(metadata: dict) -> dict:
     """The ``ModelInfo.sampler`` entry (name, steps, n_samples, eta, clip, grid, log_snr_range) of a
     reconstruction's metadata; for a residual model also ``shrink_refinement`` (which mean the
-    errors were measured on)."""
+    errors were measured on); ``consistency_strength`` ζ of the data step and ``base_variance``
+    (whether the variance holds the base's error variance)."""
     low, high = metadata["log_snr_range"]
     used = {"name": metadata["sampler"], "steps": int(metadata["steps"]), "n_samples": int(metadata["n_samples"]),
             "eta": float(metadata["eta"]), "clip": metadata["clip"], "grid": metadata["grid"],
             "log_snr_range": [None if low is None else float(low), float(high)]}
     if metadata.get("formulation") == "residual":
         used["shrink_refinement"] = bool(metadata.get("shrink_refinement", True))
+    used["consistency_strength"] = float(metadata.get("consistency_strength") or 0.0)
+    used["base_variance"] = any(v is not None for v in metadata.get("base_error_variance", []))
     return used
 
 
