@@ -168,7 +168,8 @@ def score_models(task: str, models: dict[str, str], tests: list[Pair], classical
     for pair in tests:
         rows[CLASSICAL[task]].append(score(task, classical(pair), pair.target))
         for name, (model, info) in loaded.items():
-            out = reconstruct(model, info, pair.input, settings, input_pixel_size_um=pair.pixel_um)
+            optics = {key: pair.optics[key] for key in ("na", "wavelength_um") if key in pair.optics}
+            out = reconstruct(model, info, pair.input, settings, input_pixel_size_um=pair.pixel_um, **optics)
             calibration = model_calibration(info)
             bound = None if calibration is None else error_bound(np.sqrt(out.variance), calibration, 0.95)
             rows[name].append(score(task, out.mean, pair.target, bound))

@@ -173,7 +173,8 @@ def model_rows(name, model, info, image, target, pixel, to_unit, args, regressio
     row["coverage95_calibrated"] = _calibrated_coverage(info, std_native, np.abs(mean - target), slope)
     rows = {name: row}
     if regression_row:
-        base = reconstruct_base(model, info, image, device=args.device, **optics)
+        base = reconstruct_base(model, info, image, device=args.device,
+                                **{k: v for k, v in optics.items() if k != "na"})  # the base needs no NA
         if base is not None:
             rows[REGRESSION] = unseen._scores(to_unit(base)[0], target, pixel)
     return rows
@@ -242,7 +243,8 @@ def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bo
         return metrics.scale_to_reference(estimate, target), slope
 
     return model_rows(name, model, info, sample.widefield, target, 1000 * sample.target_pixel_um, to_unit, args,
-                      first, input_pixel_size_um=sample.camera_pixel_um)
+                      first, input_pixel_size_um=sample.camera_pixel_um, wavelength_um=sample.wavelength_um,
+                      na=sample.na)
 
 
 # ----------------------------------------------------------------------------- the run

@@ -101,7 +101,8 @@ def _model_rows(models, image, target_unit, pixel, args, to_unit, **optics) -> d
         mean, slope = to_unit(out.mean)
         rows[name] = _scores(mean, target_unit, pixel, sample=to_unit(out.samples[0], slope)[0],
                              std=np.sqrt(out.variance) * abs(slope), gamma=out.gamma_map)
-        base = reconstruct_base(model, info, image, device=args.device, **optics)
+        base = reconstruct_base(model, info, image, device=args.device,
+                                **{k: v for k, v in optics.items() if k != "na"})  # the base needs no NA
         if base is not None:
             rows[name]["refinement_weight"] = out.metadata["refinement_weight"][0]
             rows[f"{name}: plain sample mean"] = _scores(to_unit(out.samples.mean(axis=-3), slope)[0], target_unit,
@@ -221,7 +222,8 @@ def run_sr(args, models) -> dict:
             }
             image_rows = {name: _scores(to_unit(est)[0], target, pixel) for name, est in classical.items()}
             image_rows.update(_model_rows(models, sample.widefield, target, pixel, args, to_unit,
-                                          input_pixel_size_um=sample.camera_pixel_um))
+                                          input_pixel_size_um=sample.camera_pixel_um,
+                                          wavelength_um=sample.wavelength_um, na=sample.na))
             for name, row in image_rows.items():
                 rows.setdefault(name, []).append(row)
         results[kind] = rows
