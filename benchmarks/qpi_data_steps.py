@@ -1,6 +1,6 @@
 """QPI data-consistency steps measured for the sampler, and not shipped: the linearised TIE and the exact Fresnel model.
 
-Same objective as :mod:`napari_cvdm.physics.data_step` (ζ/2·Σ w (A x − d)² + ‖x − x̂‖²/2τ², mirror
+Same objective as :mod:`napari_cvdm.engine.data_step` (ζ/2·Σ w (A x − d)² + ‖x − x̂‖²/2τ², mirror
 boundaries). ``python benchmarks/consistent_sampling.py --task qpi --qpi-step fresnel|tie`` plugs one
 into the sampler (``napari_cvdm.engine.data_step.QPI_STEP``) to score it against plain sampling.
 On the simulator's phase objects (up to 3.5 rad) the linearised TIE leaves 20–60 % of the measured
@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from napari_cvdm.physics.data_step import mirror
+from napari_cvdm.engine.data_step import mirror
 
 #: Gauss–Newton iterations of the Fresnel step, and the most step halvings in each.
 QPI_NEWTON_ITERATIONS = 3

@@ -32,6 +32,7 @@ __all__ = [
     "reconstruction_consistency",
     "sr_consistency",
     "sr_forward",
+    "sr_transfer",
 ]
 
 # ----------------------------------------------------------------------------- SR
@@ -53,15 +54,22 @@ def sr_forward(
     the SR image is the object itself. Intensity units as the input.
     """
     sr_mean = np.asarray(sr_mean, dtype=np.float64)
-    shape = sr_mean.shape[-2:]
-    fine_pixel = camera_pixel_um / factor
-    transfer = incoherent_otf(shape, fine_pixel, na, wavelength_um)
-    if target_cutoff_scale is not None:
-        if target_cutoff_scale < 1.0:
-            raise ValueError(f"target_cutoff_scale must be at least 1 (widefield), got {target_cutoff_scale}")
-        target = incoherent_otf(shape, fine_pixel, na, wavelength_um, target_cutoff_scale)
-        transfer = np.where(transfer > 0, transfer / np.maximum(target, 1e-3), 0.0)
+    transfer = sr_transfer(sr_mean.shape[-2:], camera_pixel_um / factor, na, wavelength_um, target_cutoff_scale)
     return bin_pixels(apply_transfer(sr_mean, transfer), factor)
+
+
+def sr_transfer(shape: tuple[int, int], fine_pixel_um: float, na: float, wavelength_um: float,
+                target_cutoff_scale: float | None = 2.0) -> np.ndarray:
+    """The widefield transfer ``(H, W)`` (FFT order, real) that blurs an SR image into the widefield one:
+    the widefield OTF, divided inside its band by the SR target's own OTF (``target_cutoff_scale``
+    times the widefield cut-off; None: the SR image is the object itself)."""
+    transfer = incoherent_otf(shape, fine_pixel_um, na, wavelength_um)
+    if target_cutoff_scale is None:
+        return transfer
+    if target_cutoff_scale < 1.0:
+        raise ValueError(f"target_cutoff_scale must be at least 1 (widefield), got {target_cutoff_scale}")
+    target = incoherent_otf(shape, fine_pixel_um, na, wavelength_um, target_cutoff_scale)
+    return np.where(transfer > 0, transfer / np.maximum(target, 1e-3), 0.0)
 
 
 def sr_consistency(
