@@ -148,3 +148,14 @@ def test_each_plane_s_values_are_checked_once_on_the_job_path(qpi_model, plane_r
     predict(model, info, image, Acquisition(pixel_size_um=0.21), ReconstructionSettings(**FAST),
             sink=_Discard() if streamed else MemorySink())
     assert sorted(checked) == [0, 1, 2]
+
+
+def test_a_data_consistency_step_a_model_cannot_take_is_refused_before_any_file_is_written(tmp_path, qpi_model):
+    model, info = qpi_model
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    paths = {name: tmp_path / f"s_{name}.tif" for name in ("mean", "variance", "gamma")}
+    with pytest.raises(InputError, match="for SR models"):
+        predict(model, info, _stack()[0], Acquisition(pixel_size_um=0.21),
+                ReconstructionSettings(**FAST, consistency_strength=1.0), sink=TiffSink(paths, tmp_path / "s.json"))
+    assert list(tmp_path.iterdir()) == []

@@ -152,6 +152,7 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
     acquisition, hooks = acquisition or Acquisition(), hooks or Hooks()
     settings = settings or ReconstructionSettings()
     settings.check()
+    engine.consistency_strength(info, settings, acquisition.pixel_size_um)  # refused before any file is opened
     for note in check_input(info, image, acquisition):
         hooks.note(note)
     if sink is not None and not getattr(sink, "holds_all", False):

@@ -10,7 +10,7 @@ Front ends do not call the engine directly: they go through :func:`napari_cvdm.p
 """
 
 from .checks import check_call, check_layout, check_pixel_size, check_values, plane_count, validate_input
-from .run import Reconstruction, output_pixel_size, reconstruct, reconstruct_base
+from .run import Reconstruction, consistency_strength, output_pixel_size, reconstruct, reconstruct_base
 from .settings import (
     MAX_SAMPLER_STEPS, MAX_SAMPLES, ReconstructionSettings, available_devices, resolve_device,
 )
@@ -18,7 +18,7 @@ from .tiling import NOISE_BLOCK, NoiseField, network_stride, tile_spans, tile_we
 
 __all__ = [
     "MAX_SAMPLER_STEPS", "MAX_SAMPLES", "NOISE_BLOCK", "NoiseField", "Reconstruction", "ReconstructionSettings",
-    "available_devices", "check_call", "check_layout", "check_pixel_size", "check_values", "network_stride",
+    "available_devices", "check_call", "consistency_strength", "check_layout", "check_pixel_size", "check_values", "network_stride",
     "output_pixel_size", "plane_count", "reconstruct", "reconstruct_base", "resolve_device", "tile_spans",
     "tile_weights", "validate_input",
 ]

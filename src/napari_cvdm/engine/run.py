@@ -229,24 +229,34 @@ def _sampling(info: ModelInfo, settings: ReconstructionSettings, device: torch.d
     return Sampling(_resolve_sampling(info, settings), runtime, n_samples, chunk, settings, strength, optics)
 
 
-def _consistency(info: ModelInfo, settings: ReconstructionSettings, acquisition: Acquisition,
-                 factor: int) -> tuple[float, dict]:
-    """ζ of the data-consistency step (the setting, else the model's, else 0) and, when on, its optics."""
+def consistency_strength(info: ModelInfo, settings: ReconstructionSettings, pixel_size_um: float | None = None,
+                         upsampled: bool = False) -> float:
+    """ζ of the data-consistency step: the setting, else the model's, else 0. InputError (one sentence,
+    before any computing) when the step is on and cannot run on this model or input."""
     strength = settings.consistency_strength
     if strength is None:
         strength = float((info.sampler or {}).get("consistency_strength", 0.0))
     if strength == 0:
-        return 0.0, {}
+        return 0.0
     if info.task != "sr" and not (info.task == "qpi" and data_step.QPI_STEP is not None):
         raise InputError(f"The data-consistency step is for SR models (a {info.task} model has none that helps: "
                          "docs/uncertainty.md); set it to 0.")
-    pixel = acquisition.pixel_size_um or info.input_pixel_size_um
-    if pixel is None:
+    if (pixel_size_um or info.input_pixel_size_um) is None:
         raise InputError("The data-consistency step needs the input's pixel size; give it, or set the step to 0.")
-    if info.task == "sr" and factor != int(info.upsampling_factor):
+    if info.task == "sr" and upsampled:
         raise InputError("The data-consistency step needs the camera-grid input, not one already upsampled.")
+    return float(strength)
+
+
+def _consistency(info: ModelInfo, settings: ReconstructionSettings, acquisition: Acquisition,
+                 factor: int) -> tuple[float, dict]:
+    """:func:`consistency_strength` and, when the step is on, its optics (with the input pixel, µm)."""
+    strength = consistency_strength(info, settings, acquisition.pixel_size_um,
+                                    upsampled=factor != int(info.upsampling_factor))
+    if strength == 0:
+        return 0.0, {}
     optics, _ = input_optics(info, acquisition)
-    return float(strength), {**optics, "input_pixel_um": float(pixel)}
+    return strength, {**optics, "input_pixel_um": float(acquisition.pixel_size_um or info.input_pixel_size_um)}
 
 
 def reconstruct_base(model: CVDM, info: ModelInfo, image: np.ndarray, *, device: str = "auto",
