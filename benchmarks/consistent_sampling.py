@@ -58,13 +58,15 @@ MODELS = {"sr": ROOT / "models/cvdm-sr-residual.safetensors", "qpi": ROOT / "mod
 QPI_PIXEL_UM = 0.21
 
 
-def scores(mean, std, target, to_unit) -> dict:
-    """MS-SSIM, PSNR, MAE and coverage of one result on the [0, 1] scale (``to_unit(x) → (x01, slope)``)."""
-    mean01, slope = to_unit(mean)
-    error = np.abs(mean01 - target)
-    row = {"ms_ssim": metrics.ms_ssim(mean01, target, data_range=1.0), "psnr": metrics.psnr(mean01, target, 1.0),
-           "mae": metrics.mae(mean01, target, 1.0), "coverage": float(np.mean(error <= 1.96 * std * abs(slope)))}
-    return row
+def scores(mean01, target) -> dict:
+    """MS-SSIM, PSNR and MAE of one result on the [0, 1] scale."""
+    return {"ms_ssim": metrics.ms_ssim(mean01, target, data_range=1.0), "psnr": metrics.psnr(mean01, target, 1.0),
+            "mae": metrics.mae(mean01, target, 1.0)}
+
+
+def coverage(error01, std, slope) -> float:
+    """Share of pixels whose [0, 1]-scale error is within ±1.96 ``std`` (native units; ``slope``: native → [0, 1])."""
+    return float(np.mean(error01 <= 1.96 * std * abs(slope)))
 
 
 def run_setting(model, info, image, acquisition: Acquisition, strength: float, args):
@@ -84,14 +86,16 @@ def image_rows(model, info, image, truth, acquisition, to_unit, target, args) ->
         prediction, seconds = run_setting(model, info, image, acquisition, strength, args)
         out = prediction.reconstruction
         base_variance = (out.metadata.get("base_error_variance") or [None])[0] or 0.0
-        row = scores(out.mean, np.sqrt(np.maximum(out.variance - base_variance, 0)), target, to_unit)
-        row.update(rms_mean=prediction.consistency.summary.get("rms"), rms_sample=rms(out.samples[0]),
+        mean01, slope = to_unit(out.mean)
+        error01 = np.abs(mean01 - target)
+        row = scores(mean01, target)
+        row.update(coverage=coverage(error01, np.sqrt(np.maximum(out.variance - base_variance, 0)), slope),
+                   rms_mean=prediction.consistency.summary.get("rms"), rms_sample=rms(out.samples[0]),
                    rms_truth=truth_rms, seconds=seconds)
         if base_variance:
-            row["coverage_with_base"] = scores(out.mean, np.sqrt(out.variance), target, to_unit)["coverage"]
+            row["coverage_with_base"] = coverage(error01, np.sqrt(out.variance), slope)
         if prediction.uncertainty.error is not None:  # ± error at 95 %: coverage = |error| ≤ it
-            row["coverage_calibrated"] = scores(out.mean, prediction.uncertainty.error / 1.96, target,
-                                                to_unit)["coverage"]
+            row["coverage_calibrated"] = coverage(error01, prediction.uncertainty.error / 1.96, slope)
         rows[f"ζ={strength:g}"] = row
     return rows
 

@@ -83,29 +83,28 @@ def test_one_step_transfer_is_the_tikhonov_filter_and_iterations_match_the_loop(
     np.testing.assert_allclose(phase, apply_transfer(rhs, transfer), atol=1e-9)
 
 
+def monte_carlo_error(solve, seed: int, shape=(64, 64), noise_std: float = 0.05, draws: int = 256) -> float:
+    """Mean error variance (rad², offset removed) of ``solve(stack)`` on phases drawn from the prior."""
+    rng = np.random.default_rng(seed)
+    measured = []
+    for _ in range(draws):
+        phase = draw_phase(PRIOR, shape, PIXEL_UM, rng)
+        measured.append(error_variance(solve(linear_stack(phase, noise_std, rng)), phase))
+    return float(np.mean(measured))
+
+
 @pytest.mark.parametrize("regularization", [1e-3, 3e-2, 3e-1])  # noise-dominated, mixed, bias-dominated
 def test_filter_error_spectrum_matches_monte_carlo(regularization):
-    rng = np.random.default_rng(4)
     shape, noise_std = (64, 64), 0.05
-    measured = []
-    for _ in range(256):
-        phase = draw_phase(PRIOR, shape, PIXEL_UM, rng)
-        stack = linear_stack(phase, noise_std, rng)
-        estimate = fft_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization, boundary="periodic")
-        measured.append(error_variance(estimate, phase))
+    measured = monte_carlo_error(lambda stack: fft_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, regularization,
+                                                       boundary="periodic"), 4)
     spectrum = tie_filter_error_spectrum(shape, *OPTICS, noise_std, PRIOR, regularization)
-    assert np.mean(measured) == pytest.approx(pixel_variance(spectrum, PIXEL_UM), rel=0.1)
+    assert measured == pytest.approx(pixel_variance(spectrum, PIXEL_UM), rel=0.1)
 
 
 def test_posterior_spectrum_matches_monte_carlo_and_bounds_the_filter_error():
-    rng = np.random.default_rng(5)
     shape, noise_std = (64, 64), 0.05
-    measured = []
-    for _ in range(256):
-        phase = draw_phase(PRIOR, shape, PIXEL_UM, rng)
-        stack = linear_stack(phase, noise_std, rng)
-        estimate = wiener_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, noise_std, PRIOR)
-        measured.append(error_variance(estimate, phase))
+    measured = monte_carlo_error(lambda stack: wiener_tie(stack, DZ_UM, WAVELENGTH_UM, PIXEL_UM, noise_std, PRIOR), 5)
     posterior = tie_posterior_spectrum(shape, *OPTICS, noise_std, PRIOR)
     assert np.mean(measured) == pytest.approx(pixel_variance(posterior, PIXEL_UM), rel=0.1)
     for a in (1e-5, 1e-3, 1e-1):
