@@ -4,8 +4,9 @@
         --previous /path/to/an/older/checkout/src
 
 Each run is one ``cvdm predict`` process (N = 4, ``--steps 2``, CPU, one process); its peak
-resident memory is the child's ``ru_maxrss``. This checkout reads the series as OME-Zarr; a
-``--previous`` checkout (which may read TIFF only) reads the same data as a TIFF. ``--model tiny``
+resident memory is the child's ``ru_maxrss``. This checkout reads the series as OME-Zarr and as an
+ImageJ TIFF (each output in its input's format); a ``--previous`` checkout (which may read TIFF only)
+reads the same TIFF. ``--model tiny``
 runs an untrained model of the ``tiny`` preset with the shipped residual QPI model's settings (TIE
 base, λ at ¼ resolution): the job's own buffers do not depend on the network's size, and a frame
 then takes seconds, not minutes, on a CPU; ``--model shipped`` runs the shipped model.
@@ -88,11 +89,11 @@ def main(argv=None) -> int:
           f"(T, 2, {args.side}, {args.side})", flush=True)
     for frames in args.frames:
         store, tiff = write_inputs(args.work, frames, args.side)
-        runs = [("this checkout, OME-Zarr", ROOT / "src", store)]
+        runs = [("this checkout, OME-Zarr", ROOT / "src", store), ("this checkout, TIFF", ROOT / "src", tiff)]
         if args.previous is not None:
             runs.append(("previous, TIFF", args.previous, tiff))
-        for label, src, image in runs:
-            peak, seconds = peak_mib(src, image, model, args.work / f"out-{frames}-{len(label)}")
+        for run, (label, src, image) in enumerate(runs):
+            peak, seconds = peak_mib(src, image, model, args.work / f"out-{frames}-{run}")
             print(f"T = {frames:3d}  {label:24s} peak RSS {peak:7.0f} MiB  ({seconds:.0f} s)", flush=True)
     return 0
 

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_cvdm.errors import InputError
-from napari_cvdm.io import list_images, read_image, write_image, write_sidecar
+from napari_cvdm.io import TiffPlanes, list_images, read_image, write_image, write_sidecar
 
 
 def test_write_then_read_keeps_data_axes_and_pixel_size(tmp_path):
@@ -19,6 +19,40 @@ def test_write_then_read_keeps_data_axes_and_pixel_size(tmp_path):
     assert image.pixel_size_um == pytest.approx(0.0313, rel=1e-6)
     with tifffile.TiffFile(path) as tif:  # what Fiji reads
         assert tif.is_imagej and tif.imagej_metadata["unit"] == "um"
+
+
+@pytest.mark.parametrize("write", [
+    lambda path, a: tifffile.imwrite(path, a, imagej=True, metadata={"axes": "TCYX"}),
+    lambda path, a: tifffile.imwrite(path, a, ome=True, metadata={"axes": "TCYX"}),
+    lambda path, a: tifffile.imwrite(path, a, compression="zlib"),
+    lambda path, a: tifffile.imwrite(path, (a * 1000).astype(np.uint16), imagej=True, metadata={"axes": "TCYX"}),
+], ids=["imagej", "ome", "zlib", "uint16"])
+def test_a_lazy_read_gives_the_values_of_a_whole_read(tmp_path, write):
+    write(tmp_path / "s.tif", np.random.default_rng(1).random((5, 2, 12, 16)).astype(np.float32))
+    whole, lazy = read_image(tmp_path / "s.tif").array, read_image(tmp_path / "s.tif", lazy=True).array
+    assert isinstance(lazy, TiffPlanes) and lazy.shape == whole.shape and lazy.dtype == np.float32
+    for key in [3, (2, 1), (-1, 0, slice(2, 9)), (slice(None), 1), (4, slice(None), 3)]:
+        assert np.array_equal(lazy[key], whole[key]), key
+    assert np.array_equal(np.asarray(lazy), whole)
+    with pytest.raises(IndexError):
+        lazy[5, 0]
+
+
+def test_a_lazy_read_reads_only_the_pages_of_the_planes_asked_for(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((6, 2, 8, 8), np.float32), imagej=True, metadata={"axes": "TCYX"})
+    lazy = read_image(tmp_path / "s.tif", lazy=True).array
+    asked = []
+    read = TiffPlanes._read
+    monkeypatch.setattr(TiffPlanes, "_read", lambda self, pages: asked.append(pages) or read(self, pages))
+    assert lazy[4].shape == (2, 8, 8) and lazy[1, 1].shape == (8, 8)
+    assert asked == [[8, 9], [3]]
+
+
+def test_a_tiff_whose_pages_are_not_planes_is_read_whole(tmp_path):
+    data = np.random.default_rng(2).random((2, 8, 8)).astype(np.float32)  # one page, two samples per pixel
+    tifffile.imwrite(tmp_path / "planar.tif", data, photometric="minisblack", planarconfig="separate")
+    image = read_image(tmp_path / "planar.tif", lazy=True)
+    assert isinstance(image.array, np.ndarray) and np.array_equal(image.array, data)
 
 
 def test_default_axes_name_leading_dimensions_z_then_t(tmp_path):

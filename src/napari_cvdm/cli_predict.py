@@ -79,8 +79,10 @@ def has_partial(outputs: dict[str, Path]) -> bool:
 
 
 def read_input(path: Path, pixel_size_um: float | None = None):
-    """``ImageData`` of one input (a TIFF read whole, an OME-Zarr lazily); InputError for a damaged store,
-    more than 5 axes, or an OME-Zarr without physical scale and no ``pixel_size_um`` given."""
+    """``ImageData`` of one input, read a plane at a time (a TIFF whose pages are not planes: whole).
+
+    InputError for a damaged store, more than 5 axes, or an OME-Zarr without physical scale and no
+    ``pixel_size_um`` given."""
     from .io import read_image
     from .io.omezarr import check_readable, read_ome_zarr
 
@@ -90,7 +92,7 @@ def read_input(path: Path, pixel_size_um: float | None = None):
         if image.pixel_size_um is None and pixel_size_um is None:
             raise InputError(f"{path.name} has no physical scale (its x axis has no unit); give --pixel-size in µm.")
     else:
-        image = read_image(path)
+        image = read_image(path, lazy=True)
     if image.array.ndim > 5:
         raise InputError(f"the image has {image.array.ndim} dimensions {tuple(image.array.shape)}; "
                          "at most 5 (T, Z, C, Y, X) can be reconstructed and written.")

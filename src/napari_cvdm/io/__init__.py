@@ -4,7 +4,8 @@ TIFF input/output with physical pixel sizes, and JSON sidecars.
 
 Reading returns the array, its axes (when the file names them: ImageJ
 hyperstacks and OME-TIFF) and the pixel size in µm from the file's resolution
-tags. Writing produces ImageJ-compatible float32 TIFFs whose resolution tags
+tags; with ``lazy`` a series stored one plane per page is read a plane at a time
+(:class:`TiffPlanes`), so a long series is never held whole. Writing produces ImageJ-compatible float32 TIFFs whose resolution tags
 carry the physical pixel size (Fiji and napari-tifffile read it back). Files are
 written to a temporary name and renamed, so an interrupted run never leaves a
 half-written output under the final name.
@@ -117,26 +118,86 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "--out") -> Pat
     return folder
 
 
-def read_image(path: str | os.PathLike) -> ImageData:
-    """Read the first series of a TIFF file as float32 with its axes and pixel size."""
+def read_image(path: str | os.PathLike, lazy: bool = False) -> ImageData:
+    """Read the first series of a TIFF file as float32 with its axes and pixel size.
+
+    With ``lazy``, a series stored one 2-D plane per page (ImageJ hyperstacks, OME-TIFF, tifffile's
+    own) comes back as :class:`TiffPlanes`, which reads the pages an index asks for; other layouts
+    are read whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"Image file not found: {path}")
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            array = series.asarray()
-            axes = series.axes.upper()
+            shape, dtype, axes = tuple(series.shape), np.dtype(series.dtype), series.axes.upper()
+            one_plane_per_page = (len(shape) >= 2 and tuple(series.keyframe.shape) == shape[-2:]
+                                  and len(series.pages) == int(np.prod(shape[:-2], dtype=np.int64)))
+            if lazy and one_plane_per_page:  # a damaged file shows here, in its first or last page
+                array = None
+                tif.asarray(key=sorted({0, len(series.pages) - 1}), series=0)
+            else:
+                array = series.asarray()
             pixel_size = _pixel_size_um(tif)
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
         raise InputError(f"Cannot read {path.name} as a TIFF image ({exc}).") from None
-    if array.dtype.kind not in "uif":
-        raise InputError(f"{path.name} holds {array.dtype} data; expected a grayscale intensity image.")
-    if axes.endswith("S") and array.shape[-1] in (3, 4):  # samples per pixel: RGB(A)
+    if dtype.kind not in "uif":
+        raise InputError(f"{path.name} holds {dtype} data; expected a grayscale intensity image.")
+    if axes.endswith("S") and shape[-1] in (3, 4):  # samples per pixel: RGB(A)
         raise InputError(f"{path.name} is an RGB colour image; expected a grayscale intensity image "
                          "(split the channels or convert it to grayscale first).")
-    axes = axes if len(axes) == array.ndim and set(axes) <= _NAMED_AXES else None
-    return ImageData(np.asarray(array, dtype=np.float32), axes, pixel_size, path)
+    axes = axes if len(axes) == len(shape) and set(axes) <= _NAMED_AXES else None
+    array = TiffPlanes(path, shape) if array is None else np.asarray(array, dtype=np.float32)
+    return ImageData(array, axes, pixel_size, path)
+
+
+class TiffPlanes:
+    """The first series of a TIFF stored one 2-D plane per page, read as float32 a page at a time.
+
+    ``shape`` ``(..., H, W)``; ``image[i, j, ...]`` (integers over leading axes, then anything)
+    reads only the pages of those planes; any other index reads the whole series.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = Path(path), tuple(int(n) for n in shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        lead = self.shape[:-2]
+        ints = 0
+        while ints < min(len(key), len(lead)) and isinstance(key[ints], (int, np.integer)):
+            ints += 1
+        if ints == 0:
+            return self._read(None)[key]
+        index = tuple(int(k) + n if int(k) < 0 else int(k) for k, n in zip(key[:ints], lead))
+        if any(not 0 <= i < n for i, n in zip(index, lead)):
+            raise IndexError(f"index {key[:ints]} is out of bounds for a series of shape {self.shape}")
+        rest = lead[ints:]
+        first = int(np.ravel_multi_index(index + (0,) * len(rest), lead))
+        count = int(np.prod(rest, dtype=np.int64))
+        block = self._read(list(range(first, first + count))).reshape(*rest, *self.shape[-2:])
+        return block[key[ints:]] if len(key) > ints else block
+
+    def _read(self, pages: list[int] | None) -> np.ndarray:
+        """The given pages of the series (all of them for None), float32, shaped ``(pages, H, W)``."""
+        with tifffile.TiffFile(self.path) as tif:
+            data = tif.asarray(key=pages, series=0)
+        data = np.asarray(data, dtype=np.float32)
+        return data.reshape(self.shape) if pages is None else data.reshape(len(pages), *self.shape[-2:])
+
+    def __array__(self, dtype=None, copy=None):
+        data = self._read(None)
+        return data if dtype is None else data.astype(dtype, copy=False)
 
 
 def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
