@@ -47,7 +47,7 @@ def write_store(path, array, axes=AXES, pixel=0.21, version="0.5"):
 def _run_failing(capsys, argv, *words):
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    lines = [line for line in err.strip().splitlines() if "step" not in line]  # progress lines aside
+    lines = [line for line in err.strip().splitlines() if "step" not in line and "): plane " not in line]  # progress aside
     assert len(lines) == 1 and lines[0].startswith(f"cvdm {argv[0]}: error: "), err
     for word in words:
         assert word in lines[0], lines[0]
@@ -228,6 +228,38 @@ def test_two_local_workers_give_the_single_process_result_even_when_one_is_kille
     monkeypatch.setattr(job, "deliver_plane", deliver_and_kill_a_worker)
     assert main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert killed and "plane 4/4 on" in capsys.readouterr().err
+    for name in ("mean", "variance", "gamma", "consistency"):
+        a, b = (np.asarray(read_ome_zarr(tmp_path / d / f"s_{name}.ome.zarr").array) for d in ("one", "two"))
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_run_left_without_workers_stops_in_one_line_and_resumes_to_the_same_result(tmp_path, models, capsys,
+                                                                                      monkeypatch):
+    import napari_cvdm.distributed as distributed
+    import napari_cvdm.predict as job
+
+    write_store(tmp_path / "in" / "s.ome.zarr", _series(4))
+    argv = ["predict", str(tmp_path / "in" / "s.ome.zarr"), "--model", str(models["qpi"]), *FAST]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+
+    gone, deliver = [], job.deliver_plane
+
+    def deliver_then_stop_every_worker(sink, layout, p, arrays, record):  # after the first plane: no worker left
+        deliver(sink, layout, p, arrays, record)
+        if not gone:
+            from dask.distributed import default_client
+
+            default_client().cluster.scale(0)
+            gone.append(True)
+
+    monkeypatch.setattr(job, "deliver_plane", deliver_then_stop_every_worker)
+    monkeypatch.setattr(distributed, "NO_WORKER_TIMEOUT_S", 1.0)
+    two = ["--out", str(tmp_path / "two")]
+    _run_failing(capsys, [*argv, *two, "--workers", "2"], "no dask worker left", "--resume")
+    assert gone
+    monkeypatch.setattr(job, "deliver_plane", deliver)
+    assert main([*argv, *two, "--resume"]) == 0
     for name in ("mean", "variance", "gamma", "consistency"):
         a, b = (np.asarray(read_ome_zarr(tmp_path / d / f"s_{name}.ome.zarr").array) for d in ("one", "two"))
         np.testing.assert_array_equal(a, b, err_msg=name)
