@@ -15,10 +15,11 @@ trained on, optics and photon counts outside the training ranges), ``--sr-images
 Methods: all four shipped models (``models/``), each through
 :func:`napari_cvdm.engine.reconstruct` with its default sampler and N = ``--samples``,
 as ``cvdm predict`` runs it; FFT-TIE and US-TIE with the regulariser (and FFT-TIE's
-boundary) tuned per noise level on the *validation* photos; Richardson–Lucy (10 iterations,
-each image's true optics) and bicubic upsampling; the regression baseline at the residual
-model's budget: for SR the residual model's jointly trained direct predictor, for QPI a network
-trained by ``benchmarks/qpi_regression.py train`` and given with ``--regression FOLDER``
+boundary) tuned per noise level on the *validation* photos, and waveorder's thin-object
+Tikhonov inversion tuned the same way when it is installed (``benchmarks/waveorder_qpi.py``);
+Richardson–Lucy (10 iterations, each image's true optics) and bicubic upsampling; the regression
+baseline at the residual model's budget: for SR the residual model's jointly trained direct
+predictor, for QPI a network trained by ``benchmarks/qpi_regression.py train`` and given with ``--regression FOLDER``
 (without it the row says "not run").
 
 Each cell is the mean over images with its 95 % interval (Student t over images). Also
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unseen  # noqa: E402
+import waveorder_qpi  # noqa: E402
 from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
 from napari_cvdm.data.simulate import (  # noqa: E402
@@ -68,7 +70,7 @@ MODELS = {  # name → file in models/, in the order they run (defaults first)
     "qpi": {"cvdm-qpi-residual": "cvdm-qpi-residual.safetensors", "cvdm-qpi-small": "cvdm-qpi-small.safetensors"},
     "sr": {"cvdm-sr-residual": "cvdm-sr-residual.safetensors", "cvdm-sr-small": "cvdm-sr-small.safetensors"},
 }
-CLASSICAL = {"qpi": ("US-TIE", "FFT-TIE"), "sr": ("Richardson–Lucy", "bicubic")}
+CLASSICAL = {"qpi": ("US-TIE", "FFT-TIE", waveorder_qpi.NAME), "sr": ("Richardson–Lucy", "bicubic")}
 REGRESSION = "regression (same budget)"
 NOT_RUN_QPI = ("not run: pass --regression FOLDER (made by `python benchmarks/qpi_regression.py train "
                "--out FOLDER`)")
@@ -207,6 +209,8 @@ def classical_rows(test_set: TestSet, item, args, tuned, regression) -> dict:
         target = metrics.to_unit_range(phase)
         estimates = {"US-TIE": us_tie(stack, *optics, tuned["us_tie"]),
                      "FFT-TIE": fft_tie(stack, *optics, *tuned["fft_tie"])}
+        if "waveorder" in tuned:
+            estimates[waveorder_qpi.NAME] = waveorder_qpi.phase(stack, *optics, **tuned["waveorder"])
         if regression is not None:
             import qpi_regression
             estimates[REGRESSION] = qpi_regression.regression_phase(regression.net, regression.model,
@@ -319,6 +323,10 @@ def run_task(args, store: Store) -> list[TestSet]:
                                     tuning=args.out / "qpi-tie-tuning.json")
         for noise in args.noise:
             tuned[noise] = unseen.tune_tie(tune_args, split["validation"], noise, optics)
+            if waveorder_qpi.available():
+                tuned[noise]["waveorder"] = waveorder_qpi.tuned(
+                    args.out / "qpi-waveorder-tuning.json", f"{noise:g}/{args.size}/{args.tune_images}",
+                    lambda noise=noise: unseen.validation_pairs(tune_args, split["validation"], noise), optics)
             print(f"TIE tuned on {args.tune_images} validation photos at noise {noise:g}: FFT-TIE a = "
                   f"{tuned[noise]['fft_tie'][0]:.2g} µm⁻⁴ ({tuned[noise]['fft_tie'][1]}), US-TIE a = "
                   f"{tuned[noise]['us_tie']:.2g} µm⁻⁴", flush=True)
@@ -363,6 +371,8 @@ def set_table(task: str, test_set: TestSet, store: Store, regression_given: bool
         if not rows:
             if method == REGRESSION and task == "qpi" and not regression_given:
                 lines.append(f"| {method} | 0 | {NOT_RUN_QPI} |" + " |" * (len(COLUMNS) - 1))
+            elif method == waveorder_qpi.NAME and not waveorder_qpi.available():
+                lines.append(f"| {method} | 0 | {waveorder_qpi.NOT_RUN} |" + " |" * (len(COLUMNS) - 1))
             else:
                 lines.append(f"| {method} | 0 | not run yet |" + " |" * (len(COLUMNS) - 1))
             continue

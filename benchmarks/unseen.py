@@ -140,9 +140,14 @@ def tune_tie(args, files, noise, optics) -> dict:
     return tuned
 
 
-def _tune(args, files, noise, optics) -> dict:
+def validation_pairs(args, files, noise) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (stack, phase) pairs every classical solver is tuned on at this noise."""
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, 1, int(noise * 1e4)]))
-    pairs = [_qpi_pair(rng, files, args.size, noise) for _ in range(args.tune_images)]
+    return [_qpi_pair(rng, files, args.size, noise) for _ in range(args.tune_images)]
+
+
+def _tune(args, files, noise, optics) -> dict:
+    pairs = validation_pairs(args, files, noise)
 
     def mae(solver):
         return np.mean([np.abs(metrics.align_offset(solver(stack), phase) - phase).mean() for stack, phase in pairs])

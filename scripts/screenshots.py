@@ -7,11 +7,15 @@ Run under a display (Xvfb is fine)::
 It opens the plugin's sample data, trains a small SR model from layers with the
 Train widget (live loss curve; it fine-tunes the shipped SR model when there is
 one), reconstructs a widefield crop and the real cell
-defocus stack with the Reconstruct widget, and saves one window grab per step:
+defocus stack with the Reconstruct widget, runs ``cvdm predict`` on an SR series
+stored as OME-Zarr and opens input and result through napari-ome-zarr, and saves
+one window grab per scene (``--scenes`` picks some):
 
-- ``docs/images/train_widget.png``
-- ``docs/images/reconstruct_sr.png``
-- ``docs/images/reconstruct_qpi.png``
+- ``train``: ``docs/images/train_widget.png``
+- ``sr``: ``docs/images/reconstruct_sr.png``
+- ``qpi``: ``docs/images/reconstruct_qpi.png``
+- ``ome-zarr``: ``docs/images/ome_zarr_sr_series.png`` (needs napari-ome-zarr), and the
+  scale and translation of each layer as napari placed it
 
 Models shipped in ``models/`` are used when there is one for the task; otherwise a
 tiny model is trained here on the CPU for ``--steps`` steps, which shows the
@@ -68,36 +72,21 @@ def show_only(viewer, keep: tuple[str, ...]) -> None:
         layer.visible = layer.name.endswith(keep)
 
 
-def train_quick_qpi_model(path: Path, steps: int) -> Path:
-    """A tiny QPI model trained on simulated defocus stacks (CPU, for the screenshot only)."""
+def train_quick_model(task: str, workdir: Path, steps: int) -> Path:
+    """A tiny model of ``task`` trained on simulated pairs (CPU, for the screenshots only, without a shipped one)."""
     from napari_cvdm.train import TrainConfig, train
 
-    config = TrainConfig(task="qpi", preset="tiny", patch_size=64, batch_size=8, steps=steps, learning_rate=2e-3,
+    config = TrainConfig(task=task, preset="tiny", patch_size=64, batch_size=8, steps=steps, learning_rate=2e-3,
                          warmup_steps=10, validate_every=0, checkpoint_every=0, device="cpu", ema_decay=0.9,
                          simulated_images=16, simulated_size=128, validation_fraction=0.0, sample_steps=10,
-                         n_samples=4, output=str(path))
+                         n_samples=4, output=str(workdir / f"{task}_simulated.safetensors"))
     return Path(train(config).model_path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
-    parser.add_argument("--steps", type=int, default=60, help="training steps of the quick models")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
-
-    import napari
-    from qtpy.QtWidgets import QApplication
-
+def train_scene(viewer, app, args, workdir: Path) -> None:
+    """The Train widget fine-tuning on simulated pairs given as layers, with its live loss curve."""
     from napari_cvdm.data import simulate_sr
 
-    workdir = Path(tempfile.mkdtemp(prefix="cvdm-screenshots-"))
-    viewer = napari.Viewer(title="napari-cvdm")
-    viewer.window._qt_window.resize(1500, 950)
-    app = QApplication.instance()
-
-    # ---------------------------------------------------------------- Train widget
     rng = np.random.default_rng(1)
     samples = [simulate_sr(rng, 256, kind="microtubule") for _ in range(6)]
     camera, fine = samples[0].camera_pixel_um, samples[0].target_pixel_um
@@ -124,41 +113,52 @@ def main() -> None:
     trainer.start()
     wait(trainer, app)
     grab(viewer, app, args.out / "train_widget.png")
-    sr_model = shipped_model("sr") or Path(trainer.last_result.model_path)
     viewer.window.remove_dock_widget("all")
-    viewer.layers.clear()
 
-    # ---------------------------------------------------------------- Reconstruct: SR
+
+def reconstruct_widget(viewer, model: Path, layer: str):
+    """The Reconstruct widget set up for a quick CPU run of ``model`` on ``layer`` (N = 4, 8 steps)."""
+    _, reconstruct = viewer.window.add_plugin_dock_widget("napari-cvdm", "Reconstruct")
+    reconstruct.select_model(model)
+    reconstruct.input_combo.setCurrentText(layer)
+    reconstruct.samples_spin.setValue(4)
+    reconstruct.steps_spin.setValue(8)
+    reconstruct.tile_spin.setValue(128)
+    reconstruct.device_combo.setCurrentText("cpu")
+    return reconstruct
+
+
+def show_grid(viewer, app, keep: tuple[str, ...], path: Path) -> None:
+    show_only(viewer, keep)
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.grid.shape = (2, 3)
+    viewer.reset_view()
+    grab(viewer, app, path)
+    viewer.canvas.grid.enabled = False
+
+
+def sr_scene(viewer, app, args, workdir: Path) -> None:
+    """The Reconstruct widget on a widefield crop of the SR sample: every result layer in a grid."""
     viewer.open_sample("napari-cvdm", "sr_pair")
     widefield = viewer.layers["widefield (simulated microtubules)"]
+    camera = widefield.scale[-1]
     crop = viewer.add_image(widefield.data[96:160, 96:160], name="widefield crop", scale=widefield.scale,
                             translate=(96 * camera, 96 * camera))
     for layer in list(viewer.layers):
         if layer is not crop:
             viewer.layers.remove(layer)
-    _, reconstruct = viewer.window.add_plugin_dock_widget("napari-cvdm", "Reconstruct")
-    reconstruct.select_model(sr_model)
-    reconstruct.input_combo.setCurrentText(crop.name)
-    reconstruct.samples_spin.setValue(4)
-    reconstruct.steps_spin.setValue(8)
-    reconstruct.tile_spin.setValue(128)
-    reconstruct.device_combo.setCurrentText("cpu")
+    reconstruct = reconstruct_widget(viewer, shipped_model("sr") or train_quick_model("sr", workdir, args.steps),
+                                     crop.name)
     reconstruct.start()
     wait(reconstruct, app)
-    show_only(viewer, ("crop", "CVDM mean", "CVDM variance", "CVDM ± error (95 %)", "CVDM γ map",
-                       "CVDM data consistency"))
-    viewer.canvas.grid.enabled = True
-    viewer.canvas.grid.shape = (2, 3)
-    viewer.reset_view()
-    grab(viewer, app, args.out / "reconstruct_sr.png")
+    show_grid(viewer, app, ("crop", "CVDM mean", "CVDM variance", "CVDM ± error (95 %)", "CVDM γ map",
+                            "CVDM data consistency"), args.out / "reconstruct_sr.png")
+    viewer.window.remove_dock_widget("all")
 
-    # ---------------------------------------------------------------- Reconstruct: QPI on the real cell
-    viewer.layers.clear()
-    viewer.canvas.grid.enabled = False
-    qpi_model = shipped_model("qpi") or train_quick_qpi_model(workdir / "qpi_simulated.safetensors", args.steps)
-    reconstruct.select_model(qpi_model)
+
+def qpi_scene(viewer, app, args, workdir: Path) -> None:
+    """The Reconstruct widget on a 128 × 128 crop around the real cell (keeps the CPU run short)."""
     viewer.open_sample("napari-cvdm", "cell_defocus_stack")
-    # A 128 × 128 crop around the cell keeps the CPU run short.
     stack, phase = viewer.layers["cell defocus stack (±1 µm)"], viewer.layers["cell phase (rad)"]
     rows, cols = slice(124, 252), slice(147, 275)
     pixel = phase.scale[-1]
@@ -168,18 +168,72 @@ def main() -> None:
                      colormap="viridis")
     viewer.add_image(stack.data[:, rows, cols], name="cell defocus stack", scale=stack.scale,
                      translate=(stack.translate[0], *offset), metadata=stack.metadata)
-    reconstruct.input_combo.setCurrentText("cell defocus stack")
-    reconstruct.samples_spin.setValue(4)
-    reconstruct.steps_spin.setValue(8)
-    reconstruct.tile_spin.setValue(128)
+    model = shipped_model("qpi") or train_quick_model("qpi", workdir, args.steps)
+    reconstruct = reconstruct_widget(viewer, model, "cell defocus stack")
     reconstruct.start()
     wait(reconstruct, app)
-    show_only(viewer, ("cell phase (rad)", "cell defocus stack", "CVDM mean", "CVDM variance", "CVDM ± error (95 %)",
-                       "CVDM γ map"))
-    viewer.canvas.grid.enabled = True
-    viewer.canvas.grid.shape = (2, 3)
+    show_grid(viewer, app, ("cell phase (rad)", "cell defocus stack", "CVDM mean", "CVDM variance",
+                            "CVDM ± error (95 %)", "CVDM γ map"), args.out / "reconstruct_qpi.png")
+    viewer.window.remove_dock_widget("all")
+
+
+def ome_zarr_scene(viewer, app, args, workdir: Path) -> None:
+    """``cvdm predict`` on an SR series (T, 512, 512) stored as OME-Zarr, input and mean opened through
+    napari-ome-zarr; prints each layer's scale and translation beside what the store holds."""
+    import zarr
+    from ome_zarr.writer import write_image
+
+    from napari_cvdm.cli import main as cvdm
+    from napari_cvdm.data import simulate_sr
+
+    rng = np.random.default_rng(4)
+    frames = [simulate_sr(rng, 1024, kind="microtubule") for _ in range(args.frames)]
+    camera = frames[0].camera_pixel_um
+    store = workdir / "series.ome.zarr"
+    write_image(np.stack([f.widefield for f in frames]).astype(np.float32), zarr.open_group(store, mode="w"),
+                scale_factors=(2,), axes="tyx", scale={"t": 1.0, "y": camera, "x": camera},
+                axes_units={"y": "micrometer", "x": "micrometer"})
+    sr_model = shipped_model("sr") or train_quick_model("sr", workdir, args.steps)
+    code = cvdm(["predict", str(store), "--model", str(sr_model), "--out", str(workdir / "out"), "--format", "ome-zarr",
+                 "--n-samples", "2", "--device", "cpu"])
+    if code != 0:
+        raise RuntimeError(f"cvdm predict exited {code}")
+    mean = workdir / "out" / "series_mean.ome.zarr"
+    for path, name in ((store, "widefield series"), (mean, "CVDM mean")):
+        layers = viewer.open(str(path), plugin="napari-ome-zarr")
+        layers[0].name = name
+        held = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]["datasets"][0]
+        print(f"{name}: napari scale {tuple(layers[0].scale)}, translate {tuple(layers[0].translate)}, "
+              f"affine translation {tuple(layers[0].affine.translate)}; the store: {held['coordinateTransformations']}")
+    viewer.layers["CVDM mean"].opacity = 0.6
     viewer.reset_view()
-    grab(viewer, app, args.out / "reconstruct_qpi.png")
+    viewer.camera.zoom *= 6  # a few camera pixels at the centre, where the grids can be compared
+    grab(viewer, app, args.out / "ome_zarr_sr_series.png")
+
+
+SCENES = {"train": train_scene, "sr": sr_scene, "qpi": qpi_scene, "ome-zarr": ome_zarr_scene}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of the quick models")
+    parser.add_argument("--scenes", nargs="+", choices=tuple(SCENES), default=list(SCENES))
+    parser.add_argument("--frames", type=int, default=2, help="frames of the OME-Zarr SR series")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    workdir = Path(tempfile.mkdtemp(prefix="cvdm-screenshots-"))
+    viewer = napari.Viewer(title="napari-cvdm")
+    viewer.window._qt_window.resize(1500, 950)
+    app = QApplication.instance()
+    for scene in args.scenes:
+        viewer.layers.clear()
+        SCENES[scene](viewer, app, args, workdir)
     viewer.close()
 
 
