@@ -205,10 +205,13 @@ def ome_zarr_scene(viewer, app, args, workdir: Path) -> None:
         held = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]["datasets"][0]
         print(f"{name}: napari scale {tuple(layers[0].scale)}, translate {tuple(layers[0].translate)}, "
               f"affine translation {tuple(layers[0].affine.translate)}; the store: {held['coordinateTransformations']}")
-    viewer.layers["CVDM mean"].opacity = 0.6
+    viewer.scale_bar.visible = True
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.grid.shape = (1, 2)
     viewer.reset_view()
-    viewer.camera.zoom *= 6  # a few camera pixels at the centre, where the grids can be compared
+    viewer.scene.camera.zoom *= 3  # the centre, where camera and output pixels can be told apart
     grab(viewer, app, args.out / "ome_zarr_sr_series.png")
+    viewer.canvas.grid.enabled = False
 
 
 SCENES = {"train": train_scene, "sr": sr_scene, "qpi": qpi_scene, "ome-zarr": ome_zarr_scene}
