@@ -178,6 +178,18 @@ def test_a_nan_in_the_last_plane_of_a_store_is_one_line_when_that_plane_is_read(
     store = write_store(tmp_path / "s.ome.zarr", series)
     _run_failing(capsys, ["predict", str(store), "--model", str(models["qpi"]), "--out", str(tmp_path / "o"), *FAST],
                  "s.ome.zarr", "NaN values in plane 2", "replace them")
+    assert (tmp_path / "o" / ".s_cvdm.progress.json").exists()  # planes 0 and 1 are kept for --resume
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "ome-zarr"])
+def test_a_nan_in_the_first_plane_leaves_no_file_behind(tmp_path, models, capsys, fmt):
+    series = _series(2)
+    series[0, 1, 3, 3] = np.nan
+    path = write_store(tmp_path / "s.ome.zarr", series) if fmt == "ome-zarr" else \
+        write_image(tmp_path / "s.tif", series, pixel_size_um=0.21, axes="TCYX")
+    _run_failing(capsys, ["predict", str(path), "--model", str(models["qpi"]), "--out", str(tmp_path / "o"), *FAST],
+                 "NaN values", "replace them")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 def test_a_full_disk_keeps_the_finished_planes_for_resume(tmp_path, models, capsys, monkeypatch):

@@ -340,8 +340,12 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
         else:
             prediction = predict(model, info, image.array, acquisition, settings, hooks, sink, model_path=args.model)
     except OSError as error:
+        sink.discard_if_empty()
         raise InputError(f"writing to {outputs['sidecar'].parent} failed ({error.strerror or error}); the planes "
                          "finished so far are kept: free some space and run again with --resume.") from None
+    except BaseException:
+        sink.discard_if_empty()
+        raise
     line.done()
     if "consistency" in outputs and "consistency" not in sink.written:
         _say(f"cvdm predict: note: {outputs['consistency'].name}: no consistency map "

@@ -41,6 +41,7 @@ class FileSink:
         self.in_place = in_place  # written under the final names (read while they grow), never renamed
         self.layout: dict = {}
         self.written: dict[str, Path] = {}
+        self.finished: set[int] = set()  # planes in the files, this run's and a resumed run's
 
     def open(self, layout: dict) -> dict[int, dict]:
         """Create (or, resuming, reopen) every output's partial file; the planes already finished."""
@@ -56,11 +57,23 @@ class FileSink:
                 _remove(_target(self, name))
                 self._create(name, plan, _target(self, name))
             self._attach(name, plan, _target(self, name))
+        self.finished = set(done)
         return done
 
     def plane_done(self, plane: int, record: dict) -> None:
+        self.finished.add(plane)
         if self.progress is not None:
             self.progress.add(plane, record)
+
+    def discard_if_empty(self) -> None:
+        """Remove the partial outputs and the progress file of a run that stopped before finishing any
+        plane: there is nothing to resume (e.g. a NaN in the first plane), and nothing is left behind."""
+        if self.finished or self.in_place:
+            return
+        for name in self.layout:
+            _remove(partial_path(self.paths[name]))
+        if self.progress is not None:
+            self.progress.path.unlink(missing_ok=True)
 
     def close(self, prediction) -> None:
         """Give every output its final name, write the sidecar, forget the progress."""
