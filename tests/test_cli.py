@@ -129,8 +129,9 @@ def test_nan_image(tmp_path, models, capsys):
     stack = _stack()
     stack[0, 3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", stack)
-    _run_failing(capsys, ["predict", str(tmp_path / "nan.tif"), "--model", str(models["qpi"]), *FAST],
-                 "nan.tif", "NaN", "1 pixels")
+    _run_failing(capsys, ["predict", str(tmp_path / "nan.tif"), "--model", str(models["qpi"]), "--out",
+                          str(tmp_path / "out"), *FAST], "nan.tif", "NaN", "1 pixels")
+    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True  # nothing left behind
 
 
 def test_a_model_of_the_other_task(tmp_path, models, capsys):

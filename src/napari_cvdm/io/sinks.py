@@ -41,7 +41,7 @@ class FileSink:
         self.in_place = in_place  # written under the final names (read while they grow), never renamed
         self.layout: dict = {}
         self.written: dict[str, Path] = {}
-        self.finished: set[int] = set()  # planes in the files, this run's and a resumed run's
+        self.finished: set[int] | None = None  # planes in the files (this run's and a resumed run's) once open
 
     def open(self, layout: dict) -> dict[int, dict]:
         """Create (or, resuming, reopen) every output's partial file; the planes already finished."""
@@ -61,14 +61,15 @@ class FileSink:
         return done
 
     def plane_done(self, plane: int, record: dict) -> None:
-        self.finished.add(plane)
+        self.finished = (self.finished or set()) | {plane}
         if self.progress is not None:
             self.progress.add(plane, record)
 
     def discard_if_empty(self) -> None:
-        """Remove the partial outputs and the progress file of a run that stopped before finishing any
-        plane: there is nothing to resume (e.g. a NaN in the first plane), and nothing is left behind."""
-        if self.finished or self.in_place:
+        """Remove the partial outputs and the progress file of a run that opened them and stopped before
+        finishing any plane: there is nothing to resume (e.g. a NaN in the first plane). A run refused
+        at ``open`` (another run's state) touches nothing."""
+        if self.finished is None or self.finished or self.in_place:
             return
         for name in self.layout:
             _remove(partial_path(self.paths[name]))
