@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,13 +46,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unseen  # noqa: E402
+from unseen import cell, device_name  # noqa: E402
 import waveorder_qpi  # noqa: E402
 from napari_cvdm import metrics  # noqa: E402
 from napari_cvdm.checkpoint import load_model  # noqa: E402
@@ -80,31 +79,6 @@ COLUMNS = (("ms_ssim", "MS-SSIM", 3), ("mae", "MAE", 3), ("psnr", "PSNR (dB)", 1
 HEADLINE_SIZE = 256
 HEADLINE_HEADER = ("| model | task | pixel size in → out | MS-SSIM on unseen images, mean [95 % interval]; "
                    "best tuned classical method on the same images |")
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def interval(values) -> tuple[float, float, float, int]:
-    """Mean, 95 % interval (Student t over images) and n of the finite ``values``."""
-    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(values.mean())
-    if n == 1:
-        return mean, math.nan, math.nan, 1
-    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
-
-
-def cell(values, digits: int) -> str:
-    mean, low, high, n = interval(values)
-    if n == 0:
-        return "–"
-    if n == 1:
-        return f"{mean:.{digits}f}"  # one image: no interval
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 # ----------------------------------------------------------------------------- sets and methods
@@ -291,20 +265,6 @@ class Store:
 
     def method_rows(self, key: str, method: str, count: int) -> list[dict]:
         return [self.rows[(key, i, method)] for i in range(count) if (key, i, method) in self.rows]
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({model}), {torch.get_num_threads()} threads"
 
 
 def run_task(args, store: Store) -> list[TestSet]:

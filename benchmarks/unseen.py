@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -51,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -122,6 +124,42 @@ def _qpi_pair(rng, files, size, noise):
 def _phase_to_unit(estimate, phase):
     """The offset-aligned estimate on the true phase's [0, 1] scale, and that scale's factor."""
     return metrics.to_unit_range(metrics.align_offset(estimate, phase), phase), 1.0 / float(np.ptp(phase))
+
+
+def interval(values) -> tuple[float, float, float, int]:
+    """Mean, 95 % interval (Student t over images) and n of the finite ``values``."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(values.mean())
+    if n == 1:
+        return mean, math.nan, math.nan, 1
+    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def cell(values, digits: int) -> str:
+    mean, low, high, n = interval(values)
+    if n == 0:
+        return "–"
+    if n == 1:
+        return f"{mean:.{digits}f}"  # one image: no interval
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({model}), {torch.get_num_threads()} threads"
 
 
 def tune_tie(args, files, noise, optics) -> dict:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from napari_cvdm import metrics  # noqa: E402
@@ -88,9 +89,9 @@ def tuned(cache: Path | None, key: str, make_pairs, optics) -> dict:
 
 
 def main(argv=None) -> None:
-    import report
     import unseen
     from napari_cvdm.checkpoint import load_model
+    from napari_cvdm.engine import ReconstructionSettings, reconstruct
     from napari_cvdm.data.simulate import phase_object_stack, split_source_files
     from napari_cvdm.physics.tie import fft_tie
 
@@ -101,8 +102,8 @@ def main(argv=None) -> None:
     parser.add_argument("--phase-max", type=float, nargs="+", default=[3.5, 1.0], help="rad")
     parser.add_argument("--noise", type=float, default=0.02)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--model", type=Path, default=report.ROOT / "models" / "cvdm-qpi-residual.safetensors")
-    parser.add_argument("--source-images", type=Path, default=report.ROOT.parent / "shared" / "data" / "natural-images")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "cvdm-qpi-residual.safetensors")
+    parser.add_argument("--source-images", type=Path, default=ROOT.parent / "shared" / "data" / "natural-images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
     optics = (config.dz_um, config.wavelength_um, config.pixel_um)
     split = split_source_files(args.source_images)
     model, info = load_model(args.model)
-    print(f"device: {report.device_name('cpu')}, torch {torch.__version__}; {args.images} test photos of "
+    print(f"device: {unseen.device_name('cpu')}, torch {torch.__version__}; {args.images} test photos of "
           f"{args.size}², noise {args.noise:g}; tuned on {args.tune_images} validation photos", flush=True)
 
     def scaled_pairs(files, count, stream, phase_max):
@@ -140,13 +141,13 @@ def main(argv=None) -> None:
             rows[NAME].append(metrics.ms_ssim(unseen._phase_to_unit(phase(stack, *optics, **wo), p)[0], target, 1.0))
             rows["FFT-TIE"].append(metrics.ms_ssim(unseen._phase_to_unit(fft_tie(stack, *optics, fft[1], fft[2]), p)[0],
                                                    target, 1.0))
-            mean = report.reconstruct(model, info, stack, report.ReconstructionSettings(
-                n_samples=args.samples, seed=args.seed, device="cpu")).mean
+            mean = reconstruct(model, info, stack, ReconstructionSettings(n_samples=args.samples, seed=args.seed,
+                                                                          device="cpu")).mean
             rows[cvdm_name].append(metrics.ms_ssim(unseen._phase_to_unit(mean, p)[0], target, 1.0))
         print(f"\nphase up to {phase_max:g} rad (waveorder strength {wo['strength']:.2g}, z sign {wo['z_sign']:+d}; "
               f"FFT-TIE a = {fft[1]:.2g}, {fft[2]})\n\n| method | n | MS-SSIM |\n|---|---|---|")
         for name, values in rows.items():
-            print(f"| {name} | {len(values)} | {report.cell(values, 3)} |", flush=True)
+            print(f"| {name} | {len(values)} | {unseen.cell(values, 3)} |", flush=True)
 
 
 if __name__ == "__main__":

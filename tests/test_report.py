@@ -40,7 +40,7 @@ def photos(tmp_path_factory):
 
 
 def test_interval_is_student_t(report):
-    mean, low, high, n = report.interval([1.0, 2.0, 3.0])
+    mean, low, high, n = report.unseen.interval([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3)
     assert high - mean == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
     assert report.cell([0.5], 2) == "0.50"
