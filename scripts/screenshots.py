@@ -205,7 +205,7 @@ def ome_zarr_scene(viewer, app, args, workdir: Path) -> None:
         held = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]["datasets"][0]
         print(f"{name}: napari scale {tuple(layers[0].scale)}, translate {tuple(layers[0].translate)}, "
               f"affine translation {tuple(layers[0].affine.translate)}; the store: {held['coordinateTransformations']}")
-    viewer.scale_bar.visible = True
+    viewer.canvas.overlays.scale_bar.visible = True
     viewer.canvas.grid.enabled = True
     viewer.canvas.grid.shape = (1, 2)
     viewer.reset_view()
