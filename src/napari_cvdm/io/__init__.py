@@ -6,9 +6,10 @@ Reading returns the array, its axes (when the file names them: ImageJ
 hyperstacks and OME-TIFF) and the pixel size in µm from the file's resolution
 tags; with ``lazy`` a series stored one plane per page is read a plane at a time
 (:class:`TiffPlanes`), so a long series is never held whole. Writing produces
-ImageJ-compatible float32 TIFFs whose resolution tags carry the physical pixel size (Fiji and napari-tifffile read it back). Files are
-written to a temporary name and renamed, so an interrupted run never leaves a
-half-written output under the final name.
+ImageJ-compatible float32 TIFFs whose resolution tags carry the physical pixel
+size (Fiji and napari-tifffile read it back). Files are written to a temporary
+name and renamed, so an interrupted run never leaves a half-written output under
+the final name.
 """
 
 from __future__ import annotations
