@@ -3,13 +3,14 @@
     PYTHONPATH=src nice .venv/bin/python benchmarks/big_data_memory.py --frames 4 64 \\
         --previous /path/to/an/older/checkout/src
 
-Each run is one ``cvdm predict`` process (N = 4, ``--steps 2``, CPU, one process); its peak
-resident memory is the child's ``ru_maxrss``. This checkout reads the series as OME-Zarr and as an
-ImageJ TIFF (each output in its input's format); a ``--previous`` checkout (which may read TIFF only)
-reads the same TIFF. ``--model tiny``
-runs an untrained model of the ``tiny`` preset with the shipped residual QPI model's settings (TIE
-base, λ at ¼ resolution): the job's own buffers do not depend on the network's size, and a frame
-then takes seconds, not minutes, on a CPU; ``--model shipped`` runs the shipped model.
+Each run is one ``cvdm predict`` process (N = 4, ``--steps 2``, CPU, one process). Its peak
+resident memory is the child's ``ru_maxrss``; its resident memory after the first and the last
+plane says whether memory accumulates across planes (it would rise) or only peaks within one. This
+checkout reads the series as OME-Zarr and as an ImageJ TIFF (each output in its input's format); a
+``--previous`` checkout (which may read TIFF only) reads the same TIFF. ``--model tiny`` runs an
+untrained model of the ``tiny`` preset with the shipped residual QPI model's settings (TIE base, λ
+at ¼ resolution): the job's own buffers do not depend on the network's size, and a frame then
+takes seconds, not minutes, on a CPU; ``--model shipped`` runs the shipped model.
 """
 
 from __future__ import annotations
@@ -62,17 +63,36 @@ def tiny_model(folder: Path) -> Path:
     return save_model(folder / "tiny-qpi.safetensors", CVDM(config), info)
 
 
-def peak_mib(src: Path, image: Path, model: Path, out: Path) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of one ``cvdm predict`` process with ``src`` on its path."""
+#: ``cvdm predict`` that also says its resident memory after each finished plane (``rss after plane P: M``).
+CHILD = """
+import os, sys
+import napari_cvdm.predict as job
+deliver = job.deliver_plane
+def deliver_and_say(*args):
+    deliver(*args)
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    print(f"rss after plane {args[2]}: {pages * os.sysconf('SC_PAGE_SIZE') / 2**20:.0f}", file=sys.stderr)
+job.deliver_plane = deliver_and_say
+from napari_cvdm.cli import main
+sys.exit(main())
+"""
+
+
+def peak_mib(src: Path, image: Path, model: Path, out: Path) -> tuple[float, float, list[float]]:
+    """(peak RSS in MiB, seconds, RSS after each plane) of one ``cvdm predict`` process with ``src`` on its
+    path. The resident memory between planes tells a growing one (it rises) from the peak of one plane's work."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from napari_cvdm.cli import main; sys.exit(main())",
+    child = subprocess.Popen([sys.executable, "-c", CHILD,
                               "predict", str(image), "--model", str(model), "--out", str(out), *PREDICT],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = child.stderr.read()
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"cvdm predict failed: {child.stderr.read()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
+        raise RuntimeError(f"cvdm predict failed: {err[-2000:]}")
+    between = [float(line.rsplit(":", 1)[1]) for line in err.splitlines() if line.startswith("rss after plane")]
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, between
 
 
 def main(argv=None) -> int:
@@ -93,8 +113,10 @@ def main(argv=None) -> int:
         if args.previous is not None:
             runs.append(("previous, TIFF", args.previous, tiff))
         for run, (label, src, image) in enumerate(runs):
-            peak, seconds = peak_mib(src, image, model, args.work / f"out-{frames}-{run}")
-            print(f"T = {frames:3d}  {label:24s} peak RSS {peak:7.0f} MiB  ({seconds:.0f} s)", flush=True)
+            peak, seconds, between = peak_mib(src, image, model, args.work / f"out-{frames}-{run}")
+            rise = f"{between[0]:.0f} → {between[-1]:.0f} MiB" if between else "not reported"
+            print(f"T = {frames:3d}  {label:24s} peak RSS {peak:7.0f} MiB  ({seconds:.0f} s); between planes, "
+                  f"first → last: {rise}", flush=True)
     return 0
 
 
