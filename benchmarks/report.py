@@ -454,7 +454,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tables-only", action="store_true", help="print the tables of the rows made so far")
     parser.add_argument("--write-docs", action="store_true",
-                        help="put the tables into README.md and docs/results.md (between report: markers)")
+                        help="put the tables into README.md, docs/results.md and the cards (between report: markers); "
+                             "with --only, that half's")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = device_name(args.device)
@@ -470,7 +471,7 @@ def main(argv=None) -> None:
         (args.out / f"report-{task}.md").write_text(text)
         print("\n" + text, flush=True)
     if args.write_docs:
-        write_docs(args, device)
+        write_docs(args, device, tasks=(args.only,) if args.only else ("qpi", "sr"))
 
 
 def store_header(task: str, args) -> dict:
@@ -479,11 +480,15 @@ def store_header(task: str, args) -> dict:
 
 
 def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Path = ROOT / "docs" / "results.md",
-               cards: Path = ROOT / "models"):
+               cards: Path = ROOT / "models", tasks: tuple[str, ...] = ("qpi", "sr")):
     """The README's model table, docs/results.md's tables and each model card's table from the rows
-    made so far (both halves)."""
+    made so far, for ``tasks``; the README rows of a half not in ``tasks`` are kept as they are."""
     rows = []
     for task in ("qpi", "sr"):
+        if task not in tasks:
+            rows += [line for line in readme.read_text().splitlines()
+                     if any(line.startswith(f"| [`{name}`]") for name in MODELS[task])]
+            continue
         args.task = task
         store = Store(args.out / f"{task}.jsonl", store_header(task, args), device, create=False)
         sets = test_sets(args)
@@ -494,6 +499,7 @@ def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Pa
                 replace_block(card, "card", card_table(task, name, sets, store))
         rows += headline_rows(task, sets, store)
     replace_block(readme, "models", "\n".join([HEADLINE_HEADER, "|---|---|---|---|", *rows]))
+
 
 if __name__ == "__main__":
     main()

@@ -90,3 +90,10 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
     assert "[`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | not run yet |" in table
     assert "### QPI noise 0.05, 48²" in results.read_text()
+
+    # one half's docs leave the other half's README rows as they are
+    sr_row = "| [`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | 0.9 |"
+    readme.write_text(f"<!-- report:models -->\n{sr_row}\n<!-- /report:models -->\n")
+    report.write_docs(args, "test CPU", readme=readme, results=results, cards=cards, tasks=("qpi",))
+    table = readme.read_text()
+    assert sr_row in table and "(n = 2, QPI" in table and "cvdm-sr-small" not in table
