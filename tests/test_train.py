@@ -391,6 +391,36 @@ def test_one_pair_trains_with_the_defaults_and_ends_with_a_calibrated_model(tmp_
     assert previews[-1].offset == (band["band_start"], 0)
 
 
+def test_fine_tuning_a_model_that_samples_with_the_data_step_previews_and_calibrates(tmp_path):
+    """A shipped SR model samples with the data-consistency step (ζ > 0); its fine-tune inherits it.
+    The preview and the calibration reconstruct validation inputs from their raw grid, as it needs."""
+    import dataclasses
+
+    from napari_cvdm.checkpoint import save_model
+    from napari_cvdm.data import simulate_sr
+
+    parent = train(_config(tmp_path, "parent", steps=1)).model_path
+    model, info = load_model(parent)
+    stepped = save_model(tmp_path / "stepped.safetensors", model,
+                         dataclasses.replace(info, input_pixel_size_um=0.0626,
+                                             sampler={**info.sampler, "consistency_strength": 1.0}))
+    sample = simulate_sr(np.random.default_rng(1), 288, kind="microtubule")
+    previews = []
+    result = train(_config(tmp_path, "child", steps=1, init_model=str(stepped), calibrate=True, validation_fraction=0.2,
+                           validate_every=1, input_pixel_size_um=0.0626),
+                   pairs=([sample.widefield], [sample.target]), preview=True,
+                   progress=lambda state: previews.append(state.preview))
+    _, child = load_model(result.model_path)
+    assert child.sampler["consistency_strength"] == 1.0 and child.calibration
+    shown = [p for p in previews if p is not None]
+    assert shown and np.isfinite(shown[-1].image).all() and shown[-1].image.shape[-1] == 256
+
+    # training data without a pixel size: the step (whose optics need it) is off in the child
+    unknown = train(_config(tmp_path, "unknown", steps=1, init_model=str(stepped), validation_fraction=0.0),
+                    pairs=([sample.widefield], [sample.target]))
+    assert "consistency_strength" not in load_model(unknown.model_path)[1].sampler
+
+
 def test_a_fine_tuned_model_keeps_its_parents_sampler(tmp_path):
     parent = train(_config(tmp_path, "parent", steps=1, sampler="dpm_solver_2m", sample_steps=3,
                            sample_log_snr_max=6.0)).model_path

@@ -261,6 +261,7 @@ def _model_method(path: Path, device, settings: ReconstructionSettings) -> Calla
     from .uncertainty.apply import model_calibration
     from .checkpoint import load_model
     from .engine import reconstruct
+    from .physics.optics import downsample
 
     model, info = load_model(path, device)
     try:
@@ -269,8 +270,9 @@ def _model_method(path: Path, device, settings: ReconstructionSettings) -> Calla
         raise InputError(f"{path.name}: its calibration is unreadable ({error}); run cvdm calibrate again.") from None
     keeping = dataclasses.replace(settings, keep_samples=settings.n_samples >= 3)  # for the ceiling
 
-    def run_model(pair) -> _ModelOutput:
-        result = reconstruct(model, info, pair.input, keeping, upsampled=True)
+    def run_model(pair) -> _ModelOutput:  # from the raw grid the pair's input was upsampled from, as a user's
+        result = reconstruct(model, info, downsample(pair.input, int(info.upsampling_factor)).astype(np.float32),
+                             keeping)
         mean = np.squeeze(result.mean).astype(np.float64)
         samples = None if result.samples is None else result.samples.reshape(-1, *mean.shape)
         return _ModelOutput(mean, np.sqrt(np.squeeze(result.variance).astype(np.float64)), samples, calibration)

@@ -171,10 +171,15 @@ def load_base_model(config: TrainConfig) -> tuple[CVDM, ModelInfo] | None:
     return model, info
 
 
-def model_sampler(config: TrainConfig, parent: ModelInfo | None, clip: float) -> dict:
+def model_sampler(config: TrainConfig, parent: ModelInfo | None, clip: float, pixel_known: bool = True) -> dict:
     """The sampling defaults the trained model records: the settings given in ``config``, else the
-    fine-tuned model's (``parent``), else :data:`~napari_cvdm.config.MEASURED_SAMPLER`."""
+    fine-tuned model's (``parent``), else :data:`~napari_cvdm.config.MEASURED_SAMPLER`. A parent's
+    data-consistency step is kept only when the training data's pixel size is known (the step's
+    optics need it)."""
     sampler = dict(parent.sampler) if parent is not None else dict(MEASURED_SAMPLER)
+    if not pixel_known and sampler.pop("consistency_strength", 0.0):
+        log.info("the data-consistency step of %s is off in this model: the training data has no pixel size",
+                 Path(config.init_model).name if config.init_model else "the parent")
     if config.sampler is not None and config.sampler != sampler.get("name"):
         sampler = {key: value for key, value in sampler.items() if key != "eta"}  # η belongs to its sampler
         sampler["name"] = config.sampler
@@ -344,7 +349,7 @@ class Trainer:
         self.model_config = base_net.config if base_net is not None else _model_config(config, self.data)
         self.model = (CVDM(self.model_config) if base_net is None else base_net.train()).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.sampler = model_sampler(config, base, self.ema.clip)
+        self.sampler = model_sampler(config, base, self.ema.clip, self.data.input_pixel_size_um is not None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _learning_rate_factor(config))
@@ -725,18 +730,21 @@ class Trainer:
     @torch.no_grad()
     def preview(self) -> Preview | None:
         """The EMA model's reconstruction (N = 1, the model's sampler) of the first validation image,
-        at most :data:`PREVIEW_SIDE` pixels a side; None without validation images."""
+        at most :data:`PREVIEW_SIDE` pixels a side; None without validation images. The input goes
+        in on the raw grid it was upsampled from, as a user's does (the data-consistency step needs it)."""
         from .engine import ReconstructionSettings, reconstruct
+        from .physics.optics import downsample
 
         if not self.data.validation_pairs:
             return None
         pair = self.data.validation_pairs[0]
-        window = (slice(None), slice(0, PREVIEW_SIDE), slice(0, PREVIEW_SIDE))
-        settings = ReconstructionSettings(n_samples=1, tile_size=None, device=str(self.device), seed=self.config.seed)
         info = self.model_info()
-        result = reconstruct(self.ema, info, pair.input[window], settings,
-                             input_pixel_size_um=info.input_pixel_size_um, upsampled=True)
-        image = np.asarray(result.mean, np.float32).reshape(pair.target[window].shape)
+        factor = int(info.upsampling_factor)
+        side = PREVIEW_SIDE // factor
+        raw = downsample(pair.input, factor)[:, :side, :side].astype(np.float32)
+        settings = ReconstructionSettings(n_samples=1, tile_size=None, device=str(self.device), seed=self.config.seed)
+        result = reconstruct(self.ema, info, raw, settings, input_pixel_size_um=info.input_pixel_size_um)
+        image = np.asarray(result.mean, np.float32).reshape(pair.target[:, :side * factor, :side * factor].shape)
         source, offset = pair.name, (0, 0)
         for band in self.data.split.get("bands", [])[:1]:  # the band's place in its image
             source = band["name"]
