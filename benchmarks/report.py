@@ -183,8 +183,8 @@ def classical_rows(test_set: TestSet, item, args, tuned, regression) -> dict:
         target = metrics.to_unit_range(phase)
         estimates = {"US-TIE": us_tie(stack, *optics, tuned["us_tie"]),
                      "FFT-TIE": fft_tie(stack, *optics, *tuned["fft_tie"])}
-        if "waveorder" in tuned:
-            estimates[waveorder_qpi.NAME] = waveorder_qpi.phase(stack, *optics, **tuned["waveorder"])
+        if waveorder_qpi.NAME in tuned:
+            estimates[waveorder_qpi.NAME] = waveorder_qpi.phase(stack, *optics, **tuned[waveorder_qpi.NAME])
         if regression is not None:
             import qpi_regression
             estimates[REGRESSION] = qpi_regression.regression_phase(regression.net, regression.model,
@@ -284,7 +284,7 @@ def run_task(args, store: Store) -> list[TestSet]:
         for noise in args.noise:
             tuned[noise] = unseen.tune_tie(tune_args, split["validation"], noise, optics)
             if waveorder_qpi.available():
-                tuned[noise]["waveorder"] = waveorder_qpi.tuned(
+                tuned[noise][waveorder_qpi.NAME] = waveorder_qpi.tuned(
                     args.out / "qpi-waveorder-tuning.json", f"{noise:g}/{args.size}/{args.tune_images}",
                     lambda noise=noise: unseen.validation_pairs(tune_args, split["validation"], noise), optics)
             print(f"TIE tuned on {args.tune_images} validation photos at noise {noise:g}: FFT-TIE a = "

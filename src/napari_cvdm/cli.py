@@ -339,12 +339,11 @@ def _predict_one(args, model, info, settings, path: Path, outputs: dict[str, Pat
             prediction = predict_distributed(client, args.model, info, image, acquisition, settings, hooks, sink)
         else:
             prediction = predict(model, info, image.array, acquisition, settings, hooks, sink, model_path=args.model)
-    except OSError as error:
+    except BaseException as error:
         sink.discard_if_empty()
-        raise InputError(f"writing to {outputs['sidecar'].parent} failed ({error.strerror or error}); the planes "
-                         "finished so far are kept: free some space and run again with --resume.") from None
-    except BaseException:
-        sink.discard_if_empty()
+        if isinstance(error, OSError):
+            raise InputError(f"writing to {outputs['sidecar'].parent} failed ({error.strerror or error}); the "
+                             "planes finished so far are kept: free some space and run again with --resume.") from None
         raise
     line.done()
     if "consistency" in outputs and "consistency" not in sink.written:

@@ -93,15 +93,11 @@ def predict_distributed(client, model_path: str | Path, info, image, acquisition
 
     import torch
 
-    from .engine import consistency_strength
     from .engine.checks import plane_count
     from .plane_outputs import PlaneOutputs, output_layout
-    from .predict import check_input, deliver_plane, finish_planes
+    from .predict import deliver_plane, finish_planes, start_job
 
-    settings.check()
-    consistency_strength(info, settings, acquisition.pixel_size_um)
-    for note in check_input(info, image.array, acquisition):
-        hooks.note(note)
+    start_job(info, image.array, acquisition, settings, hooks)
     layout = output_layout(info, image.array, settings, acquisition.pixel_size_um)
     done = dict(sink.open(layout) or {})
     planes = PlaneOutputs(info, settings, acquisition, records=done)

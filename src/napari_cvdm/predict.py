@@ -140,6 +140,16 @@ def check_input(info: ModelInfo, image, acquisition: Acquisition, values: bool =
     return [note for note in notes if note]
 
 
+def start_job(info: ModelInfo, image, acquisition: Acquisition, settings: ReconstructionSettings,
+              hooks: Hooks) -> None:
+    """What every job checks before it opens an output or computes: the settings, whether the
+    data-consistency step can run, and the input (:func:`check_input`; its warnings go to ``hooks``)."""
+    settings.check()
+    engine.consistency_strength(info, settings, acquisition.pixel_size_um)
+    for note in check_input(info, image, acquisition):
+        hooks.note(note)
+
+
 def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition | None = None,
             settings: ReconstructionSettings | None = None, hooks: Hooks | None = None,
             sink: Sink | None = None, model_path: str | Path | None = None) -> Prediction:
@@ -151,10 +161,7 @@ def predict(model, info: ModelInfo, image: np.ndarray, acquisition: Acquisition 
     """
     acquisition, hooks = acquisition or Acquisition(), hooks or Hooks()
     settings = settings or ReconstructionSettings()
-    settings.check()
-    engine.consistency_strength(info, settings, acquisition.pixel_size_um)  # refused before any file is opened
-    for note in check_input(info, image, acquisition):
-        hooks.note(note)
+    start_job(info, image, acquisition, settings, hooks)
     if sink is not None and not getattr(sink, "holds_all", False):
         return _predict_planes(model, info, image, acquisition, settings, hooks, sink, model_path)
     with warnings.catch_warnings():

@@ -61,7 +61,7 @@ class FileSink:
         return done
 
     def plane_done(self, plane: int, record: dict) -> None:
-        self.finished = (self.finished or set()) | {plane}
+        self.finished.add(plane)
         if self.progress is not None:
             self.progress.add(plane, record)
 
