@@ -106,8 +106,7 @@ def predict_distributed(client, model_path: str | Path, info, image, acquisition
                              torch.get_num_threads(), pure=False): p for p in range(count) if p not in done}
     metadata = None
     try:
-        for future in _as_finished(client, futures):
-            arrays, record, metadata = future.result()
+        for future, (arrays, record, metadata) in _as_finished(client, futures):
             planes.records[futures[future]] = record
             deliver_plane(sink, layout, futures[future], arrays, record)
             if hooks.progress is not None:
@@ -121,8 +120,9 @@ def predict_distributed(client, model_path: str | Path, info, image, acquisition
 
 
 def _as_finished(client, futures: dict):
-    """Yield each future as it finishes; InputError (one line) when a plane's workers kept dying or no
-    worker is left for :data:`NO_WORKER_TIMEOUT_S`."""
+    """Yield ``(future, its result)`` as each finishes; InputError (one line) when a plane's workers kept
+    dying or no worker is left for :data:`NO_WORKER_TIMEOUT_S`. A result is fetched with a timeout: a
+    worker that leaves between finishing and handing over sends its plane back to be computed again."""
     from dask.distributed import wait
 
     pending, alone_since = set(futures), None
@@ -135,7 +135,12 @@ def _as_finished(client, futures: dict):
             if future.status == "error" and type(future.exception()).__name__ == "KilledWorker":
                 raise InputError(f"the workers running plane {futures[future]} died repeatedly; the finished planes "
                                  "are kept: run again with --resume.")
-            yield future
+            try:
+                value = future.result(timeout=2.0)
+            except TimeoutError:  # its worker left with the result: the plane is computed again
+                pending.add(future)
+                continue
+            yield future, value
         if not client.scheduler_info().get("workers"):
             alone_since = alone_since or time.monotonic()
             if time.monotonic() - alone_since > NO_WORKER_TIMEOUT_S:
