@@ -55,7 +55,7 @@ import unseen  # noqa: E402
 from unseen import cell, device_name  # noqa: E402
 import waveorder_qpi  # noqa: E402
 from napari_cvdm import metrics  # noqa: E402
-from napari_cvdm.checkpoint import load_model  # noqa: E402
+from napari_cvdm.checkpoint import load_model, read_model_info  # noqa: E402
 from napari_cvdm.data.simulate import (  # noqa: E402
     SR_UNSEEN_TEST, QPISimulationConfig, simulate_sr, split_source_files,
 )
@@ -63,6 +63,7 @@ from napari_cvdm.physics import upsample  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
 from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_TYPES  # noqa: E402
 from napari_cvdm.uncertainty.apply import error_bound, model_calibration  # noqa: E402
 
 MODELS = {  # name → file in models/, in the order they run (defaults first)
@@ -400,10 +401,27 @@ def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampler_line(task: str, models: Path) -> str:
+    """Each model's default sampler as its metadata gives it (the settings the report ran with)."""
+    parts = []
+    for name, filename in MODELS[task].items():
+        path = models / filename
+        if not path.is_file():
+            continue
+        sampler = read_model_info(path).sampler
+        zeta = sampler.get("consistency_strength", 0.0)
+        step = f", data-consistency step ζ = {zeta:g}" if zeta else ", no data-consistency step"
+        kind = SAMPLER_TYPES[sampler.get("name", DEFAULT_SAMPLER)]
+        title = kind.__doc__.split(" (")[0].strip()  # the class's formula line names it
+        parts.append(f"`{name}`: {title}, {sampler.get('steps', DEFAULT_STEPS)} steps{step}")
+    return "Samplers (each model's defaults): " + "; ".join(parts) + ".\n"
+
+
 def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     out = [f"## {task.upper()}: unseen test sets\n",
-           f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples, each model's default "
-           f"sampler; device: {', '.join(sorted(store.devices)) or 'none yet'}. Cells: mean over images [95 % interval]; n: images.\n"]
+           f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples; device: "
+           f"{', '.join(sorted(store.devices)) or 'none yet'}. Cells: mean over images [95 % interval]; n: images.\n",
+           sampler_line(task, args.models)]
     if task == "qpi":
         out.append("Regression baseline: " + (f"{args.regression}" if args.regression else NOT_RUN_QPI) + "\n")
     else:

@@ -47,6 +47,14 @@ def test_interval_is_student_t(report):
     assert report.cell([], 2) == "–"
 
 
+def test_the_tables_name_each_models_sampler_and_data_step_from_its_metadata(report):
+    sr = report.sampler_line("sr", ROOT / "models")
+    assert "`cvdm-sr-residual`: DPM-Solver++ 2M SDE, 8 steps, data-consistency step ζ = 1;" in sr
+    assert "`cvdm-sr-small`: DPM-Solver++ 2M SDE, 20 steps, no data-consistency step." in sr
+    assert "`cvdm-qpi-residual`: DPM-Solver++ 2M SDE, 8 steps, no data-consistency step" in report.sampler_line(
+        "qpi", ROOT / "models")
+
+
 def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["--only", "qpi", "--out", str(out), "--source-images", str(photos), "--images", "2",
@@ -79,7 +87,7 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     results.write_text("<!-- report:qpi -->\n<!-- /report:qpi -->\n<!-- report:sr -->\n<!-- /report:sr -->\n")
     args = report.main.__globals__["argparse"].Namespace(
         out=out, seed=0, samples=2, size=48, large_size=512, sr_size=256, images=2, large_images=0,
-        sr_images=24, noise=[0.05], regression=None)
+        sr_images=24, noise=[0.05], regression=None, models=ROOT / "models")
     cards = tmp_path / "models"
     cards.mkdir()
     (cards / "cvdm-qpi-residual.md").write_text("# card\n<!-- report:card -->\n<!-- /report:card -->\n")
@@ -90,6 +98,7 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
     assert "[`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | not run yet |" in table
     assert "### QPI noise 0.05, 48²" in results.read_text()
+    assert "Samplers (each model's defaults): `cvdm-qpi-residual`" in results.read_text()
 
     # one half's docs leave the other half's README rows as they are
     sr_row = "| [`cvdm-sr-residual`](models/cvdm-sr-residual.md) | widefield → SIM-like (×2) | 62.6 nm → 31.3 nm | 0.9 |"
