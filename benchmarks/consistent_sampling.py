@@ -1,7 +1,7 @@
 """The sampler's data-consistency step (and the QPI base's variance) against plain sampling, image by image.
 
 Each image is reconstructed as ``cvdm predict`` would (N samples, the model's sampler, 256-px tiles),
-once per strength ζ of ``--strengths`` (0: off, today's samples); the input's own optics are given
+once per strength ζ of ``--strengths`` (0: off, the plain samples); the input's own optics are given
 (SR: each simulated image's NA and emission wavelength). Per image and setting:
 
 - MS-SSIM, PSNR and MAE on the [0, 1] scale (QPI: offset removed, ÷ the true phase's range; SR: affine

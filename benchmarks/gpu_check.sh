@@ -14,7 +14,8 @@
 # non-zero when any part failed, and a summary names them.
 set -u
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+# the repository's .venv (scripts/setup.sh) when there is one, else python on PATH
+if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python}; fi
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "gpu_check: cannot import torch with $PYTHON (set PYTHON=...)" >&2
     exit 2

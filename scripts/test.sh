@@ -10,7 +10,7 @@ if ! command -v xvfb-run >/dev/null; then
             libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
             libxcb-shape0 libdbus-1-3 libfontconfig1 >/dev/null
     else
-        echo "xvfb-run is missing: install Debian's xvfb (see README) and run again" >&2
+        echo "xvfb-run is missing: install Debian's xvfb (see docs/troubleshooting.md) and run again" >&2
         exit 1
     fi
 fi

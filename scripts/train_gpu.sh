@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train both shipped model kinds (residual formulation) at the paper's network size on one GPU.
 # Usage: bash scripts/train_gpu.sh [OUT_DIR]    (default: runs/gpu)
-# Expected time: not measured on a GPU yet; the work is
+# Expected time: unmeasured; the work is
 # STEPS × batch 16 of 128² patches per model; tune with the environment variables below.
 # The QPI phase objects come from SOURCE_IMAGES' training split when it is set (split by file).
 # Settings (environment): PRESET (paper), STEPS (20000), BATCH (16), PATCH (128), DEVICE (cuda),

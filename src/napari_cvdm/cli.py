@@ -502,8 +502,9 @@ def _add_reconstruction_flags(parser: argparse.ArgumentParser, exclude: tuple[st
         flag, words = "--" + name.replace("_", "-"), bound.help
         if isinstance(default, bool):
             flag = bound.flag or (flag if not default else "--no-" + name.replace("_", "-"))
+            # the help describes the setting on; a flag that switches it off says so
             group.add_argument(flag, dest=name, action="store_const", const=not default, default=default,
-                               help=words)
+                               help=f"switch off (default: on): {words}" if default else words)
             continue
         if bound.none is not None:
             words += f" (default: {bound.none})" if default is None else f"; 0 = {bound.none} (default: {default})"
@@ -579,7 +580,7 @@ def _add_calibrate_command(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="calibrate a model's error bars on your own input/target pairs",
         description="Reconstruct paired TIFF folders and fit split-conformal error bars (the std scale at 80, "
-                    "90 and 95 %%); writes the model with its calibration to --output, or into the model with "
+                    "90 and 95 %); writes the model with its calibration to --output, or into the model with "
                     "--in-place. Use pairs the model never saw in training.")
     calibrate.add_argument("--model", required=True, help="model file (.safetensors)")
     calibrate.add_argument("--input-dir", required=True, help="folder of input TIFFs")

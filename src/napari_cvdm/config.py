@@ -31,7 +31,7 @@ TRAIN_TASKS = ("sr", "qpi", "generic")
 #: How validation data are held out of the training pairs: ``auto`` (whole images when there
 #: are enough, else a band of each image), ``image``, ``region`` (a band of each image).
 VALIDATION_SPLITS = ("auto", "image", "region")
-#: A new model's sampling defaults: the measured best of docs/benchmarks.md (DPM-Solver++ 2M SDE,
+#: A new model's sampling defaults: the measured best of docs/method.md (DPM-Solver++ 2M SDE,
 #: 8 steps on a log-SNR grid ending at 8: the 20-step quality in less time), as the shipped
 #: residual models record them. A fine-tuned model keeps its parent's instead.
 MEASURED_SAMPLER = {"name": "dpm_solver_2m_sde", "steps": 8, "eta": 1.0, "grid": "log_snr",

@@ -381,7 +381,7 @@ class SRSimulationConfig:
     structures: StructureSettings = StructureSettings()
 
 
-# The training distribution (today's defaults) and a test distribution outside it.
+# The training distribution (the simulator's defaults) and a test distribution outside it.
 #
 # | setting                              | SR_TRAIN          | SR_UNSEEN_TEST            |
 # |--------------------------------------|-------------------|---------------------------|
