@@ -36,6 +36,7 @@ models after them, so a stopped run has the defaults' figures on all sets. The t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -493,8 +494,12 @@ def main(argv=None) -> None:
 
 
 def store_header(task: str, args) -> dict:
+    """What the rows depend on: a store made with other settings or other model files (their
+    weights or their default sampler, data-consistency strength, calibration) is not resumed."""
+    models = {name: hashlib.sha256((args.models / filename).read_bytes()).hexdigest()[:16]
+              for name, filename in MODELS[task].items() if (args.models / filename).is_file()}
     return {"task": task, "seed": args.seed, "samples": args.samples,
-            "sizes": [args.size, args.large_size, args.sr_size]}
+            "sizes": [args.size, args.large_size, args.sr_size], "models": models}
 
 
 def write_docs(args, device: str, readme: Path = ROOT / "README.md", results: Path = ROOT / "docs" / "results.md",

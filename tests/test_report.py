@@ -81,6 +81,13 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     # another setting in the same folder is refused rather than mixed in
     with pytest.raises(SystemExit, match="other settings"):
         report.main([*argv[:-2], "--samples", "3"])
+    # and so are other model files (other weights, sampler or data-consistency strength)
+    other = tmp_path / "other-models"
+    other.mkdir()
+    for name in ("cvdm-qpi-residual", "cvdm-qpi-small"):
+        (other / f"{name}.safetensors").write_bytes((ROOT / "models" / f"{name}.safetensors").read_bytes() + b" ")
+    with pytest.raises(SystemExit, match="other settings"):
+        report.main([*argv, "--models", str(other)])
 
     readme, results = tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text("intro\n<!-- report:models -->\nold\n<!-- /report:models -->\nend\n")
