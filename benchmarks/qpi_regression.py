@@ -16,9 +16,14 @@ model's base correction gets, for a comparison on the same inputs. Record which 
 the test pairs of ``benchmarks/unseen.py`` (same seeds and photos; its "model's base alone" row
 repeats unseen.py's "base alone", a check that the images are the same).
 
+Training can run in chunks (each well under the time one job should take): ``--chunk-steps N``
+stops after N more steps, saving the network and the optimiser's state; ``--resume`` continues
+from them, with the same batches and learning rates an uninterrupted run would have had.
+
 Usage::
 
-    python benchmarks/qpi_regression.py train --steps 8800 --out runs/qpi-regression
+    python benchmarks/qpi_regression.py train --out runs/qpi-regression --chunk-steps 2500
+    python benchmarks/qpi_regression.py train --out runs/qpi-regression --chunk-steps 2500 --resume   # again
     python benchmarks/qpi_regression.py score --out runs/qpi-regression --images 3 --large-images 2
 """
 
@@ -68,9 +73,23 @@ def _inputs(y: torch.Tensor, config, noise_map: bool) -> tuple[torch.Tensor, tor
 
 def train_regression(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = args.out / "regression.safetensors"
-    if weights.exists() and not args.overwrite:
-        sys.exit(f"qpi_regression: {weights} exists; pass --overwrite to replace it")
+    weights, optimiser_file = args.out / "regression.safetensors", args.out / "optimiser.safetensors"
+    done = 0
+    if args.resume:
+        if not optimiser_file.is_file():
+            sys.exit(f"qpi_regression: {args.out} holds no stopped run to resume (no {optimiser_file.name})")
+        record = json.loads((args.out / "regression.json").read_text())
+        done = int(record["steps"])
+        same = {"planned_steps": args.steps, "simulated_images": args.simulated_images, "seed": args.seed,
+                "noise_map": args.noise_map, "model": str(args.model)}
+        changed = [name for name, value in same.items() if record.get(name) != value]
+        if changed:
+            sys.exit(f"qpi_regression: the stopped run in {args.out} had other {', '.join(changed)}; "
+                     "resume it with its settings")
+        if done >= args.steps:
+            sys.exit(f"qpi_regression: the run in {args.out} is complete ({done} steps)")
+    elif weights.exists() and not args.overwrite:
+        sys.exit(f"qpi_regression: {weights} exists; pass --resume to continue it or --overwrite to replace it")
     config = TrainConfig(task="qpi", init_model=str(args.model), patch_size=96, batch_size=8, steps=args.steps,
                          learning_rate=2e-4, simulated_images=args.simulated_images, simulated_size=256,
                          source_images=str(args.source_images), seed=args.seed, device="cpu",
@@ -84,20 +103,33 @@ def train_regression(args) -> None:
     torch.manual_seed(args.seed)
     net = _network(trainer.model, args.noise_map)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(config))
+    if done:
+        net.load_state_dict(load_file(str(weights)))
+        optimiser.load_state_dict(_optimiser_state(optimiser, load_file(str(optimiser_file))))
+    factor = _learning_rate_factor(config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    if done:  # the schedule where the stopped run left it: step ``done``'s rate
+        scheduler.last_epoch = done
+        for group in optimiser.param_groups:
+            group["lr"] = group["initial_lr"] * factor(done)
+    previous_s = float(json.loads((args.out / "regression.json").read_text())["wall_time_s"]) if done else 0.0
     start, losses = time.perf_counter(), []
 
     def save(steps_done: int) -> dict:
         # the record goes with every checkpoint, so a stopped run is scorable and says how far it got
         save_file(net.state_dict(), str(weights))
-        record = {"steps": steps_done, "planned_steps": args.steps, "wall_time_s": time.perf_counter() - start,
+        save_file(_flat_optimiser_state(optimiser), str(optimiser_file))
+        record = {"steps": steps_done, "planned_steps": args.steps,
+                  "wall_time_s": previous_s + time.perf_counter() - start,
                   "simulated_images": args.simulated_images, "seed": args.seed, "model": str(args.model),
                   "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
                   "final_loss": float(np.mean(losses[-200:]))}
         (args.out / "regression.json").write_text(json.dumps(record, indent=1))
         return record
 
-    for step in range(args.steps):
+    end = min(args.steps, done + args.chunk_steps) if args.chunk_steps else args.steps
+    record = None
+    for step in range(done, end):
         batch = trainer.draw(step)
         condition, tie = _inputs(batch.y, trainer.model.config, args.noise_map)
         residual = (batch.x0 - tie) / scale
@@ -108,12 +140,26 @@ def train_regression(args) -> None:
         optimiser.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-        if (step + 1) % 200 == 0 or step + 1 == args.steps:
+        if (step + 1) % 200 == 0 or step + 1 == end:
             print(f"step {step + 1}/{args.steps}: loss {np.mean(losses[-200:]):.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             record = save(step + 1)
     trainer.close()
     print(json.dumps(record))
+
+
+def _flat_optimiser_state(optimiser) -> dict[str, torch.Tensor]:
+    """AdamW's per-parameter tensors as ``"<index>.<name>"`` (safetensors holds tensors only)."""
+    return {f"{index}.{name}": value.detach().reshape(-1) if value.dim() == 0 else value.detach().contiguous()
+            for index, state in optimiser.state_dict()["state"].items() for name, value in state.items()}
+
+
+def _optimiser_state(optimiser, flat: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    return {"state": state, "param_groups": optimiser.state_dict()["param_groups"]}
 
 
 @torch.no_grad()
@@ -182,6 +228,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="train: continue the stopped run in --out")
+    parser.add_argument("--chunk-steps", type=int, default=0, help="train: stop after this many more steps (0: to the end)")
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     parser.add_argument("--large-images", type=int, default=2)
