@@ -30,6 +30,7 @@ class DPMSolver3M(DPMSolver2M):
     """
 
     name = "dpm_solver_3m"
+    title = "DPM-Solver++ 3M"
     memory = 2
 
     def update(self, x_t, x0_hat, gamma_t, gamma_s, h, noise):

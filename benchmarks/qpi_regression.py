@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import sys
@@ -81,7 +82,8 @@ def train_regression(args) -> None:
         record = json.loads((args.out / "regression.json").read_text())
         done = int(record["steps"])
         same = {"planned_steps": args.steps, "simulated_images": args.simulated_images, "seed": args.seed,
-                "noise_map": args.noise_map, "model": str(args.model)}
+                "noise_map": args.noise_map, "model_sha256": _sha256(args.model),
+                "source_images": _photo_names(args.source_images)}
         changed = [name for name, value in same.items() if record.get(name) != value]
         if changed:
             sys.exit(f"qpi_regression: the stopped run in {args.out} had other {', '.join(changed)}; "
@@ -96,7 +98,7 @@ def train_regression(args) -> None:
                          validate_every=0, checkpoint_every=0, calibrate=False,
                          base_correction=args.noise_map,
                          output=str(args.out / "unused-diffusion.safetensors"), overwrite=True)
-    start = time.perf_counter()
+    start = time.perf_counter()  # the wall time counts each chunk's data preparation too
     trainer = Trainer(config)
     scale = float(trainer.model.config.residual_scale)
     print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
@@ -113,7 +115,7 @@ def train_regression(args) -> None:
         for group in optimiser.param_groups:
             group["lr"] = group["initial_lr"] * factor(done)
     previous_s = float(json.loads((args.out / "regression.json").read_text())["wall_time_s"]) if done else 0.0
-    start, losses = time.perf_counter(), []
+    losses = []
 
     def save(steps_done: int) -> dict:
         # the record goes with every checkpoint, so a stopped run is scorable and says how far it got
@@ -122,6 +124,7 @@ def train_regression(args) -> None:
         record = {"steps": steps_done, "planned_steps": args.steps,
                   "wall_time_s": previous_s + time.perf_counter() - start,
                   "simulated_images": args.simulated_images, "seed": args.seed, "model": str(args.model),
+                  "model_sha256": _sha256(args.model), "source_images": _photo_names(args.source_images),
                   "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
                   "final_loss": float(np.mean(losses[-200:]))}
         (args.out / "regression.json").write_text(json.dumps(record, indent=1))
@@ -146,6 +149,15 @@ def train_regression(args) -> None:
             record = save(step + 1)
     trainer.close()
     print(json.dumps(record))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _photo_names(folder: Path) -> list[str]:
+    """The photos' file names: what a resumed run must draw its phase objects from again."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
 
 
 def _flat_optimiser_state(optimiser) -> dict[str, torch.Tensor]:
@@ -215,6 +227,13 @@ def score(args) -> None:
     scores_path.write_text(json.dumps(results, indent=1, default=float))
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("train", "score"))
@@ -229,7 +248,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--resume", action="store_true", help="train: continue the stopped run in --out")
-    parser.add_argument("--chunk-steps", type=int, default=0, help="train: stop after this many more steps (0: to the end)")
+    parser.add_argument("--chunk-steps", type=_count, default=0,
+                        help="train: stop after this many more steps (0: to the end)")
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     parser.add_argument("--large-images", type=int, default=2)

@@ -166,12 +166,16 @@ def qpi_regression(folder: Path | None, args):
     from safetensors.torch import load_file
 
     record = json.loads((folder / "regression.json").read_text())
+    if record["steps"] < record.get("planned_steps", record["steps"]):
+        sys.exit(f"report: the regression in {folder} has {record['steps']} of its {record['planned_steps']} steps; "
+                 "finish it (qpi_regression.py train --resume) before scoring it as the same budget")
+    weights = folder / "regression.safetensors"
     model, info = load_model(record.get("model", str(qpi_regression.SHIPPED)))
     net = qpi_regression._network(model, bool(record.get("noise_map", False)))
-    net.load_state_dict(load_file(str(folder / "regression.safetensors")))
+    net.load_state_dict(load_file(str(weights)))
     net.eval()
     return SimpleNamespace(net=net, model=model, info=info, noise_map=bool(record.get("noise_map", False)),
-                           record=record)
+                           record=record, weights=hashlib.sha256(weights.read_bytes()).hexdigest()[:16])
 
 
 # ----------------------------------------------------------------------------- one image
@@ -191,8 +195,11 @@ def classical_rows(test_set: TestSet, item, args, tuned, regression) -> dict:
             import qpi_regression
             estimates[REGRESSION] = qpi_regression.regression_phase(regression.net, regression.model,
                                                                     regression.info, stack, regression.noise_map)
-        return {name: unseen._scores(unseen._phase_to_unit(est, phase)[0], target, config.pixel_um)
+        rows = {name: unseen._scores(unseen._phase_to_unit(est, phase)[0], target, config.pixel_um)
                 for name, est in estimates.items()}
+        if regression is not None:
+            rows[REGRESSION]["weights"] = regression.weights  # which network a row scored
+        return rows
     sample = item
     target = metrics.to_unit_range(sample.target)
     pixel = 1000 * sample.target_pixel_um
@@ -225,6 +232,16 @@ def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bo
     return model_rows(name, model, info, sample.widefield, target, 1000 * sample.target_pixel_um, to_unit, args,
                       first, input_pixel_size_um=sample.camera_pixel_um, wavelength_um=sample.wavelength_um,
                       na=sample.na)
+
+
+def classical_missing(test_set: TestSet, index: int, store: "Store", tuned, regression) -> bool:
+    """Whether a classical row of this image, or the given regression network's, is not in the store."""
+    names = [n for n in CLASSICAL[test_set.task] if n != waveorder_qpi.NAME or (tuned and n in tuned)]
+    if any(not store.has(test_set.key, index, n) for n in names):
+        return True
+    if regression is None:
+        return False
+    return store.rows.get((test_set.key, index, REGRESSION), {}).get("weights") != regression.weights
 
 
 # ----------------------------------------------------------------------------- the run
@@ -304,17 +321,23 @@ def run_task(args, store: Store) -> list[TestSet]:
         groups = [[s for s in sets if s.size == size] for size in sorted({s.size for s in sets})]
         for group in groups:
             for index, s in ((i, s) for i in range(max(s.count for s in group)) for s in group):
-                if index >= s.count or store.has(s.key, index, name):
+                if index >= s.count:
+                    continue
+                need_model = not store.has(s.key, index, name)
+                need_classical = first and classical_missing(s, index, store, tuned.get(s.noise), regression)
+                if not (need_model or need_classical):
                     continue
                 start = time.perf_counter()
                 item = streams[s.key][index]
                 rows = {}
-                if first:
+                if need_classical:
                     rows.update(classical_rows(s, item, args, tuned.get(s.noise), regression))
-                rows.update(model_image_rows(s, item, name, model, info, args, first))
+                if need_model:
+                    rows.update(model_image_rows(s, item, name, model, info, args, first))
                 store.add(s.key, index, rows)
-                print(f"{args.task} {s.key} image {index + 1}/{s.count} {name}: MS-SSIM "
-                      f"{rows[name]['ms_ssim']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+                done = f"MS-SSIM {rows[name]['ms_ssim']:.4f}" if need_model else "baselines"
+                print(f"{args.task} {s.key} image {index + 1}/{s.count} {name}: {done} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
     return sets
 
 
@@ -384,6 +407,24 @@ def headline_rows(task: str, sets: list[TestSet], store: Store, prefix: str = ""
     return lines
 
 
+def paired_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
+    """Each model minus the best tuned classical method and minus the regression baseline, image by
+    image over the headline sets: the paired difference in MS-SSIM and on how many images it is ahead."""
+    cells_sets = [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
+    lines = ["| model | minus | n | paired difference in MS-SSIM [95 % interval] | model ahead on |",
+             "|---|---|---|---|---|"]
+    for name in MODELS[task]:
+        for other in (best_classical(task, cells_sets, store), REGRESSION):
+            pairs = [(store.rows[(s.key, i, name)]["ms_ssim"], store.rows[(s.key, i, other)]["ms_ssim"])
+                     for s in cells_sets for i in range(s.count)
+                     if other and store.has(s.key, i, name) and store.has(s.key, i, other)]
+            if pairs:
+                differences = [a - b for a, b in pairs]
+                ahead = sum(d > 0 for d in differences)
+                lines.append(f"| {name} | {other} | {len(pairs)} | {cell(differences, 4)} | {ahead} of {len(pairs)} |")
+    return lines
+
+
 def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
     """The model card's table: this model on every set beside the best tuned classical method there."""
     lines = [f"`python benchmarks/report.py --only {task}`; cells: mean over images [95 % interval]; n: images.\n",
@@ -412,8 +453,7 @@ def sampler_line(task: str, models: Path) -> str:
         sampler = read_model_info(path).sampler
         zeta = sampler.get("consistency_strength", 0.0)
         step = f", data-consistency step ζ = {zeta:g}" if zeta else ", no data-consistency step"
-        kind = SAMPLER_TYPES[sampler.get("name", DEFAULT_SAMPLER)]
-        title = kind.__doc__.split(" (")[0].strip()  # the class's formula line names it
+        title = SAMPLER_TYPES[sampler.get("name", DEFAULT_SAMPLER)].title
         parts.append(f"`{name}`: {title}, {sampler.get('steps', DEFAULT_STEPS)} steps{step}")
     return "Samplers (each model's defaults): " + "; ".join(parts) + ".\n"
 
@@ -435,6 +475,8 @@ def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     out.append(f"### {task.upper()} headline: MS-SSIM over all {size}² test images\n")
     out.append(HEADLINE_HEADER + "\n|---|---|---|---|")
     out.append("\n".join(headline_rows(task, sets, store, prefix="../")) + "\n")
+    out.append(f"### {task.upper()}: paired differences over all {size}² test images\n")
+    out.append("\n".join(paired_rows(task, sets, store)) + "\n")
     return "\n".join(out)
 
 

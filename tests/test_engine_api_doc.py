@@ -1,14 +1,17 @@
 """docs/engine_api.md quotes the real signatures of the API a front end calls."""
 
+import dataclasses
 import inspect
 from pathlib import Path
 
 import pytest
 
+from napari_cvdm.acquisition import Acquisition
+from napari_cvdm.checkpoint import load_model
 from napari_cvdm.engine import ReconstructionSettings, reconstruct
 from napari_cvdm.io import read_image
-from napari_cvdm.model.samplers import SamplingOptions
-from napari_cvdm.predict import predict
+from napari_cvdm.model.samplers import SamplingOptions, sample, sample_statistics
+from napari_cvdm.predict import Hooks, predict
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "engine_api.md"
 
@@ -24,12 +27,16 @@ def plain_signature(obj) -> str:
         if default is parameter.empty:
             parts.append(parameter.name)
         else:
-            text = "frozenset()" if default == frozenset() else repr(default).replace("'", '"')
+            if dataclasses.is_dataclass(default) and default == type(default)():
+                text = f"{type(default).__name__}()"  # a default-constructed options object
+            else:
+                text = "frozenset()" if default == frozenset() else repr(default).replace("'", '"')
             parts.append(f"{parameter.name}={text}")
     return f"{obj.__name__}({', '.join(parts)})"
 
 
-@pytest.mark.parametrize("obj", [predict, reconstruct, ReconstructionSettings, SamplingOptions, read_image],
+@pytest.mark.parametrize("obj", [predict, Acquisition, Hooks, reconstruct, ReconstructionSettings, SamplingOptions,
+                                 sample, sample_statistics, load_model, read_image],
                          ids=lambda obj: obj.__name__)
 def test_the_page_quotes_the_signature(obj):
     expected = plain_signature(obj)

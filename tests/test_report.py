@@ -3,6 +3,7 @@ writes the README's model table and docs/results.md's tables from its rows."""
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,12 +72,29 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     if not report.waveorder_qpi.available():  # an optional benchmark extra: its row says so
         assert "| waveorder | 0 | not run: waveorder is not installed" in text
     assert "| cvdm-qpi-small | 0 | not run yet |" in text
+    # the model minus the best tuned classical method, image by image
+    assert re.search(r"\| cvdm-qpi-residual \| (US|FFT)-TIE \| 2 \| -?0\.\d{4} \[.*\] \| [012] of 2 \|", text)
 
     # a second run finds every image done: nothing is appended
     capsys.readouterr()
     report.main(argv)
     assert (out / "qpi.jsonl").read_text().splitlines() == lines
     assert "image 1/2" not in capsys.readouterr().out
+
+    # a baseline row that is missing is made again, without sampling the model again
+    kept = [line for line in lines if '"method": "FFT-TIE"' not in line]
+    (out / "qpi.jsonl").write_text("\n".join(kept) + "\n")
+    report.main(argv)
+    again = (out / "qpi.jsonl").read_text().splitlines()
+    assert sum('"method": "FFT-TIE"' in line for line in again) == 2
+    assert sum('"method": "cvdm-qpi-residual"' in line for line in again) == 2
+
+    # a regression network that has not had its whole budget is not scored as "the same budget"
+    unfinished = tmp_path / "regression"
+    unfinished.mkdir()
+    (unfinished / "regression.json").write_text(json.dumps({"steps": 2, "planned_steps": 4}))
+    with pytest.raises(SystemExit, match="2 of its 4 steps"):
+        report.main([*argv, "--regression", str(unfinished)])
 
     # another setting in the same folder is refused rather than mixed in
     with pytest.raises(SystemExit, match="other settings"):

@@ -177,6 +177,7 @@ class Sampler:
     """
 
     name: ClassVar[str]
+    title: ClassVar[str]  # for tables and reports
     default_eta: ClassVar[float] = 0.0
     uses_eta: ClassVar[bool] = True
 
@@ -201,6 +202,7 @@ class DDIM(Sampler):
     """
 
     name = "ddim"
+    title = "DDIM"
 
     def step(self, x_t, x0_hat, gamma_t, gamma_s, noise):
         eps = noise_of_data(x_t, x0_hat, gamma_t)
@@ -219,6 +221,7 @@ class Ancestral(DDIM):
     """
 
     name = "ancestral"
+    title = "ancestral (VDM)"
     default_eta = 1.0
 
 
@@ -233,6 +236,7 @@ class DPMSolver2M(Sampler):
     """
 
     name = "dpm_solver_2m"
+    title = "DPM-Solver++ 2M"
     uses_eta = False
     memory: ClassVar[int] = 1
 
@@ -268,6 +272,7 @@ class DPMSolver2MSDE(DPMSolver2M):
     """
 
     name = "dpm_solver_2m_sde"
+    title = "DPM-Solver++ 2M SDE"
     default_eta = 1.0
     uses_eta = True
 
