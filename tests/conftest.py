@@ -83,3 +83,29 @@ class PlaneReads:
 def plane_reads():
     """``plane_reads(stack)``: a :class:`PlaneReads` lazy copy of ``stack`` that records its plane reads."""
     return PlaneReads
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py``, with benchmarks/ on the path for its own imports."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_photos(folder, side: int):
+    """Ten photos (scikit-image's bundled ones) of ``side``² in ``folder``: enough for a split by file."""
+    import numpy as np
+    from skimage import data, io, transform
+
+    for name in ("camera", "coins", "moon", "text", "page", "horse", "clock", "brick", "grass", "gravel"):
+        image = transform.resize(np.asarray(getattr(data, name)(), dtype=float), (side, side), anti_aliasing=True)
+        io.imsave(folder / f"{name}.png", (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8))
+    return folder

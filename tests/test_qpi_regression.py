@@ -1,36 +1,25 @@
 """benchmarks/qpi_regression.py trains in chunks: a stopped run resumed gives the network of an uninterrupted one."""
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from conftest import load_benchmark, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def regression():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("qpi_regression", ROOT / "benchmarks" / "qpi_regression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("qpi_regression")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from skimage import data, io, transform
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("camera", "coins", "moon", "text", "page", "horse", "clock", "brick", "grass", "gravel"):
-        image = transform.resize(np.asarray(getattr(data, name)(), dtype=float), (300, 300), anti_aliasing=True)
-        io.imsave(folder / f"{name}.png", (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8))
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"), 300)
 
 
 def _args(out, photos, **changes):

@@ -1,43 +1,28 @@
 """benchmarks/report.py on a tiny configuration: it scores, resumes without redoing work, and
 writes the README's model table and docs/results.md's tables from its rows."""
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["report"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
     threads = torch.get_num_threads()
-    yield module
+    yield load_benchmark("report")
     torch.set_num_threads(threads)  # report.main sets the process's threads; later tests expect the default
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """A folder of ten photos (scikit-image's bundled ones), enough for a split by file."""
-    from skimage import data, io, transform
-
-    folder = tmp_path_factory.mktemp("photos")
-    names = ("camera", "coins", "moon", "text", "page", "horse", "clock", "brick", "grass", "gravel")
-    for name in names:
-        image = np.asarray(getattr(data, name)(), dtype=float)
-        image = transform.resize(image, (128, 128), anti_aliasing=True)
-        io.imsave(folder / f"{name}.png", (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8))
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"), 128)
 
 
 def test_interval_is_student_t(report):
