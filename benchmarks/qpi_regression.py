@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import platform
 import sys
@@ -54,6 +53,7 @@ from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
 from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
 from napari_cvdm.engine import reconstruct_base  # noqa: E402
 from napari_cvdm.engine.plane import prepare_plane  # noqa: E402
+from napari_cvdm.io.progress import file_digest  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cvdm-qpi-residual.safetensors"
@@ -75,16 +75,17 @@ def _inputs(y: torch.Tensor, config, noise_map: bool) -> tuple[torch.Tensor, tor
 def train_regression(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights, optimiser_file = args.out / "regression.safetensors", args.out / "optimiser.safetensors"
-    done = 0
+    # what a resumed run must share with the stopped one (also written with every checkpoint)
+    identity = {"planned_steps": args.steps, "simulated_images": args.simulated_images, "seed": args.seed,
+                "noise_map": args.noise_map, "model_sha256": file_digest(args.model),
+                "source_images": _photo_names(args.source_images)}
+    done, previous_s = 0, 0.0
     if args.resume:
         if not optimiser_file.is_file():
             sys.exit(f"qpi_regression: {args.out} holds no stopped run to resume (no {optimiser_file.name})")
         record = json.loads((args.out / "regression.json").read_text())
-        done = int(record["steps"])
-        same = {"planned_steps": args.steps, "simulated_images": args.simulated_images, "seed": args.seed,
-                "noise_map": args.noise_map, "model_sha256": _sha256(args.model),
-                "source_images": _photo_names(args.source_images)}
-        changed = [name for name, value in same.items() if record.get(name) != value]
+        done, previous_s = int(record["steps"]), float(record["wall_time_s"])
+        changed = [name for name, value in identity.items() if record.get(name) != value]
         if changed:
             sys.exit(f"qpi_regression: the stopped run in {args.out} had other {', '.join(changed)}; "
                      "resume it with its settings")
@@ -114,18 +115,14 @@ def train_regression(args) -> None:
         scheduler.last_epoch = done
         for group in optimiser.param_groups:
             group["lr"] = group["initial_lr"] * factor(done)
-    previous_s = float(json.loads((args.out / "regression.json").read_text())["wall_time_s"]) if done else 0.0
     losses = []
 
     def save(steps_done: int) -> dict:
         # the record goes with every checkpoint, so a stopped run is scorable and says how far it got
         save_file(net.state_dict(), str(weights))
         save_file(_flat_optimiser_state(optimiser), str(optimiser_file))
-        record = {"steps": steps_done, "planned_steps": args.steps,
-                  "wall_time_s": previous_s + time.perf_counter() - start,
-                  "simulated_images": args.simulated_images, "seed": args.seed, "model": str(args.model),
-                  "model_sha256": _sha256(args.model), "source_images": _photo_names(args.source_images),
-                  "noise_map": args.noise_map, "device": f"cpu, {torch.get_num_threads()} threads",
+        record = {"steps": steps_done, **identity, "wall_time_s": previous_s + time.perf_counter() - start,
+                  "model": str(args.model), "device": f"cpu, {torch.get_num_threads()} threads",
                   "final_loss": float(np.mean(losses[-200:]))}
         (args.out / "regression.json").write_text(json.dumps(record, indent=1))
         return record
@@ -149,10 +146,6 @@ def train_regression(args) -> None:
             record = save(step + 1)
     trainer.close()
     print(json.dumps(record))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _photo_names(folder: Path) -> list[str]:

@@ -36,7 +36,6 @@ models after them, so a stopped run has the defaults' figures on all sets. The t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -64,6 +63,7 @@ from napari_cvdm.physics import upsample  # noqa: E402
 from napari_cvdm.physics.deconvolution import richardson_lucy_widefield  # noqa: E402
 from napari_cvdm.physics.tie import fft_tie, us_tie  # noqa: E402
 from napari_cvdm.engine import ReconstructionSettings, reconstruct, reconstruct_base  # noqa: E402
+from napari_cvdm.io.progress import file_digest  # noqa: E402
 from napari_cvdm.model.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_TYPES  # noqa: E402
 from napari_cvdm.uncertainty.apply import error_bound, model_calibration  # noqa: E402
 
@@ -175,7 +175,7 @@ def qpi_regression(folder: Path | None, args):
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     return SimpleNamespace(net=net, model=model, info=info, noise_map=bool(record.get("noise_map", False)),
-                           record=record, weights=hashlib.sha256(weights.read_bytes()).hexdigest()[:16])
+                           record=record, weights=file_digest(weights)[:16])
 
 
 # ----------------------------------------------------------------------------- one image
@@ -367,6 +367,11 @@ def set_table(task: str, test_set: TestSet, store: Store, regression_given: bool
     return lines
 
 
+def headline_sets(sets: list[TestSet]) -> list[TestSet]:
+    """The sets of the smallest image size: those the README's headline pools."""
+    return [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
+
+
 def best_classical(task: str, sets: list[TestSet], store: Store) -> str | None:
     best, best_mean = None, -math.inf
     for method in CLASSICAL[task]:
@@ -389,7 +394,7 @@ def pooled(method: str, sets: list[TestSet], store: Store, paired_with: str | No
 def headline_rows(task: str, sets: list[TestSet], store: Store, prefix: str = "") -> list[str]:
     """One row per model: MS-SSIM over the test images of the smallest size of every set, beside
     the best tuned classical method on the same images."""
-    cells_sets = [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
+    cells_sets = headline_sets(sets)
     reference = best_classical(task, cells_sets, store)
     described = {"qpi": ("defocus stack ±1 µm → phase (rad)", "0.21 µm → 0.21 µm"),
                  "sr": ("widefield → SIM-like (×2)", "62.6 nm → 31.3 nm")}[task]
@@ -410,14 +415,15 @@ def headline_rows(task: str, sets: list[TestSet], store: Store, prefix: str = ""
 def paired_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
     """Each model minus the best tuned classical method and minus the regression baseline, image by
     image over the headline sets: the paired difference in MS-SSIM and on how many images it is ahead."""
-    cells_sets = [s for s in sets if s.size == min(t.size for t in sets)] if sets else []
+    cells_sets = headline_sets(sets)
     lines = ["| model | minus | n | paired difference in MS-SSIM [95 % interval] | model ahead on |",
              "|---|---|---|---|---|"]
+    others = [m for m in (best_classical(task, cells_sets, store), REGRESSION) if m]
     for name in MODELS[task]:
-        for other in (best_classical(task, cells_sets, store), REGRESSION):
+        for other in others:
             pairs = [(store.rows[(s.key, i, name)]["ms_ssim"], store.rows[(s.key, i, other)]["ms_ssim"])
                      for s in cells_sets for i in range(s.count)
-                     if other and store.has(s.key, i, name) and store.has(s.key, i, other)]
+                     if store.has(s.key, i, name) and store.has(s.key, i, other)]
             if pairs:
                 differences = [a - b for a, b in pairs]
                 ahead = sum(d > 0 for d in differences)
@@ -538,7 +544,7 @@ def main(argv=None) -> None:
 def store_header(task: str, args) -> dict:
     """What the rows depend on: a store made with other settings or other model files (their
     weights or their default sampler, data-consistency strength, calibration) is not resumed."""
-    models = {name: hashlib.sha256((args.models / filename).read_bytes()).hexdigest()[:16]
+    models = {name: file_digest(args.models / filename)[:16]
               for name, filename in MODELS[task].items() if (args.models / filename).is_file()}
     return {"task": task, "seed": args.seed, "samples": args.samples,
             "sizes": [args.size, args.large_size, args.sr_size], "models": models}
