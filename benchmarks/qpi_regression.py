@@ -12,9 +12,9 @@ It always regresses on the bare TIE base, also when the model corrects it (``phy
 ``--noise-map`` gives it the stack's noise-level map ν as well (``[I, b, ν]``), as the shipped
 model's base correction gets, for a comparison on the same inputs. Record which in the notes.
 
-``train`` writes the network (safetensors) and a JSON record; ``score`` scores it on exactly
-the test pairs of ``benchmarks/unseen.py`` (same seeds and photos; its "model's base alone" row
-repeats unseen.py's "base alone", a check that the images are the same).
+It writes the network (safetensors) and a JSON record of its settings and budget;
+``benchmarks/report.py`` scores it on the unseen test sets (the shipped one is
+``benchmarks/baselines/qpi-regression/``, trained with ``--noise-map``).
 
 Training can run in chunks (each well under the time one job should take): ``--chunk-steps N``
 stops after N more steps, saving the network and the optimiser's state; ``--resume`` continues
@@ -22,9 +22,9 @@ from them, with the same batches and learning rates an uninterrupted run would h
 
 Usage::
 
-    python benchmarks/qpi_regression.py train --out runs/qpi-regression --chunk-steps 2500
-    python benchmarks/qpi_regression.py train --out runs/qpi-regression --chunk-steps 2500 --resume   # again
-    python benchmarks/qpi_regression.py score --out runs/qpi-regression --images 3 --large-images 2
+    python benchmarks/qpi_regression.py --out runs/qpi-regression --noise-map --chunk-steps 2000
+    python benchmarks/qpi_regression.py --out runs/qpi-regression --noise-map --chunk-steps 2000 --resume   # again
+    python benchmarks/report.py --only qpi --regression runs/qpi-regression
 """
 
 from __future__ import annotations
@@ -43,15 +43,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import unseen  # noqa: E402
 from napari_cvdm.residual import noise_level_map  # noqa: E402
-from napari_cvdm.checkpoint import load_model  # noqa: E402
-from napari_cvdm.data.simulate import split_source_files  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
 from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
-from napari_cvdm.engine import reconstruct_base  # noqa: E402
 from napari_cvdm.engine.plane import prepare_plane  # noqa: E402
 from napari_cvdm.io.progress import file_digest  # noqa: E402
 from napari_cvdm.train import TrainConfig, Trainer, _learning_rate_factor  # noqa: E402
@@ -122,7 +117,7 @@ def train_regression(args) -> None:
         save_file(net.state_dict(), str(weights))
         save_file(_flat_optimiser_state(optimiser), str(optimiser_file))
         record = {"steps": steps_done, **identity, "wall_time_s": previous_s + time.perf_counter() - start,
-                  "model": str(args.model), "device": f"cpu, {torch.get_num_threads()} threads",
+                  "model": args.model.name, "device": f"cpu, {torch.get_num_threads()} threads",
                   "final_loss": float(np.mean(losses[-200:]))}
         (args.out / "regression.json").write_text(json.dumps(record, indent=1))
         return record
@@ -182,43 +177,6 @@ def regression_phase(net: UNet, model, info, stack: np.ndarray, noise_map: bool)
     return value[0]
 
 
-def score(args) -> None:
-    scores_path = args.out / "scores.json"
-    if scores_path.exists() and not args.overwrite:
-        sys.exit(f"qpi_regression: {scores_path} exists; pass --overwrite to replace it")
-    if not (args.out / "regression.json").is_file():
-        sys.exit(f"qpi_regression: {args.out} holds no trained regression; run 'train' first")
-    model, info = load_model(args.model)
-    record = json.loads((args.out / "regression.json").read_text())
-    noise_map = bool(record.get("noise_map", False))  # as trained, whatever this run's flag says
-    print(f"regression: {record['steps']} of {record.get('planned_steps', record['steps'])} planned steps, "
-          f"{record['simulated_images']} pairs, noise map {noise_map}")
-    net = _network(model, noise_map)
-    net.load_state_dict(load_file(str(args.out / "regression.safetensors")))
-    net.eval()
-    split = split_source_files(args.source_images)
-    pixel = float(info.input_pixel_size_um)
-    sets = [(noise, 256, args.images) for noise in args.noise] if args.images else []
-    sets += [(noise, args.large_size, args.large_images) for noise in args.large_noise]
-    results = {}
-    for noise, size, count in sets:
-        # the same stream of test pairs as benchmarks/unseen.py
-        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, int(noise * 1e4), size]))
-        rows: dict[str, list] = {}
-        for _ in range(count):
-            stack, phase = unseen._qpi_pair(rng, split["test"], size, noise)
-            target = unseen.metrics.to_unit_range(phase)
-            estimates = {"regression": regression_phase(net, model, info, stack, noise_map),
-                         "model's base alone": reconstruct_base(model, info, stack, device="cpu")}
-            for name, estimate in estimates.items():
-                rows.setdefault(name, []).append(unseen._scores(unseen._phase_to_unit(estimate, phase)[0], target,
-                                                                pixel))
-        key = f"noise {noise:g}, {count} × {size}²"
-        results[key] = rows
-        print(f"\n### QPI {key} (unseen test photos)\n")
-        unseen.print_table(rows)
-    scores_path.write_text(json.dumps(results, indent=1, default=float))
-
 
 def _count(text: str) -> int:
     value = int(text)
@@ -229,8 +187,7 @@ def _count(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("train", "score"))
-    parser.add_argument("--out", type=Path, required=True, help="folder of the network and its scores")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the network and its record")
     parser.add_argument("--model", type=Path, default=SHIPPED, help="the residual model whose budget and base it gets")
     parser.add_argument("--source-images", type=Path, default=Path("../shared/data/natural-images"))
     parser.add_argument("--steps", type=int, default=12400,
@@ -240,18 +197,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--resume", action="store_true", help="train: continue the stopped run in --out")
-    parser.add_argument("--chunk-steps", type=_count, default=0,
-                        help="train: stop after this many more steps (0: to the end)")
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
-    parser.add_argument("--large-images", type=int, default=2)
-    parser.add_argument("--large-size", type=int, default=512)
-    parser.add_argument("--large-noise", type=float, nargs="*", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--resume", action="store_true", help="continue the stopped run in --out")
+    parser.add_argument("--chunk-steps", type=_count, default=0, help="stop after this many more steps (0: to the end)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device: cpu ({platform.processor() or 'cpu'}), torch {torch.__version__}, {args.threads} threads")
-    train_regression(args) if args.command == "train" else score(args)
+    train_regression(args)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ boundary) tuned per noise level on the *validation* photos, and waveorder's thin
 Tikhonov inversion tuned the same way when it is installed (``benchmarks/waveorder_qpi.py``);
 Richardson–Lucy (10 iterations, each image's true optics) and bicubic upsampling; the regression
 baseline at the residual model's budget: for SR the residual model's jointly trained direct
-predictor, for QPI a network trained by ``benchmarks/qpi_regression.py train`` and given with ``--regression FOLDER``
-(without it the row says "not run").
+predictor, for QPI a network trained by ``benchmarks/qpi_regression.py``: the one shipped in
+``benchmarks/baselines/qpi-regression/``, or another given with ``--regression FOLDER`` (with
+``--no-regression``, or without a network, the row says "not run").
 
 Each cell is the mean over images with its 95 % interval (Student t over images). Also
 reported: the coverage of the raw ``mean ± 1.96 std`` and of the calibrated ± error at 95 %,
@@ -73,7 +74,8 @@ MODELS = {  # name → file in models/, in the order they run (defaults first)
 }
 CLASSICAL = {"qpi": ("US-TIE", "FFT-TIE", waveorder_qpi.NAME), "sr": ("Richardson–Lucy", "bicubic")}
 REGRESSION = "regression (same budget)"
-NOT_RUN_QPI = ("not run: pass --regression FOLDER (made by `python benchmarks/qpi_regression.py train "
+SHIPPED_REGRESSION = ROOT / "benchmarks" / "baselines" / "qpi-regression"
+NOT_RUN_QPI = ("not run: pass --regression FOLDER (made by `python benchmarks/qpi_regression.py "
                "--out FOLDER`)")
 COLUMNS = (("ms_ssim", "MS-SSIM", 3), ("mae", "MAE", 3), ("psnr", "PSNR (dB)", 1),
            ("coverage95", "coverage ±1.96 std", 2), ("coverage95_calibrated", "coverage calibrated 95 %", 2),
@@ -168,9 +170,14 @@ def qpi_regression(folder: Path | None, args):
     record = json.loads((folder / "regression.json").read_text())
     if record["steps"] < record.get("planned_steps", record["steps"]):
         sys.exit(f"report: the regression in {folder} has {record['steps']} of its {record['planned_steps']} steps; "
-                 "finish it (qpi_regression.py train --resume) before scoring it as the same budget")
+                 "finish it (qpi_regression.py --resume) before scoring it as the same budget")
+    # its base and budget are those of the residual model it was trained over: the one this run scores
+    residual = args.models / MODELS["qpi"]["cvdm-qpi-residual"]
+    if record.get("model_sha256") != file_digest(residual):
+        sys.exit(f"report: the regression in {folder} was trained over another {residual.name} than {residual}; "
+                 "train one over this model (qpi_regression.py --model)")
     weights = folder / "regression.safetensors"
-    model, info = load_model(record.get("model", str(qpi_regression.SHIPPED)))
+    model, info = load_model(residual)
     net = qpi_regression._network(model, bool(record.get("noise_map", False)))
     net.load_state_dict(load_file(str(weights)))
     net.eval()
@@ -464,13 +471,24 @@ def sampler_line(task: str, models: Path) -> str:
     return "Samplers (each model's defaults): " + "; ".join(parts) + ".\n"
 
 
+def regression_words(folder: Path | None) -> str:
+    """Which QPI regression network the rows are of, and its training budget."""
+    if folder is None:
+        return NOT_RUN_QPI
+    record = json.loads((folder / "regression.json").read_text())
+    inputs = "[I(−dz), I(+dz), b_TIE, ν]" if record.get("noise_map") else "[I(−dz), I(+dz), b_TIE]"
+    where = folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder
+    return (f"`{where}`, a U-Net trained with an L2 loss on the residual from {inputs}, "
+            f"{record['steps']} steps on {record['simulated_images']} simulated pairs.")
+
+
 def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
     out = [f"## {task.upper()}: unseen test sets\n",
            f"`python benchmarks/report.py --only {task}`; N = {args.samples} samples; device: "
            f"{', '.join(sorted(store.devices)) or 'none yet'}. Cells: mean over images [95 % interval]; n: images.\n",
            sampler_line(task, args.models)]
     if task == "qpi":
-        out.append("Regression baseline: " + (f"{args.regression}" if args.regression else NOT_RUN_QPI) + "\n")
+        out.append("Regression baseline: " + regression_words(args.regression) + "\n")
     else:
         out.append(f"Regression baseline: `{REGRESSION}` is the residual model's direct predictor, trained "
                    "jointly with it (the same data and steps).\n")
@@ -505,7 +523,9 @@ def main(argv=None) -> None:
     parser.add_argument("--source-images", type=Path, default=ROOT.parent / "shared" / "data" / "natural-images",
                         help="QPI: the folder of photos split by file (docs/data.md)")
     parser.add_argument("--regression", type=Path, metavar="FOLDER",
-                        help="QPI regression baseline (benchmarks/qpi_regression.py train --out FOLDER)")
+                        help="QPI regression baseline (benchmarks/qpi_regression.py --out FOLDER; "
+                             "default: the shipped benchmarks/baselines/qpi-regression)")
+    parser.add_argument("--no-regression", action="store_true", help="QPI: leave the regression row out")
     parser.add_argument("--images", type=int, default=24, help="QPI 256² images per noise level")
     parser.add_argument("--large-images", type=int, default=8, help="QPI 512² images per noise level")
     parser.add_argument("--sr-images", type=int, default=24, help="SR images per structure")
@@ -524,6 +544,10 @@ def main(argv=None) -> None:
                         help="put the tables into README.md, docs/results.md and the cards (between report: markers); "
                              "with --only, that half's")
     args = parser.parse_args(argv)
+    if args.no_regression:
+        args.regression = None
+    elif args.regression is None and SHIPPED_REGRESSION.is_dir():
+        args.regression = SHIPPED_REGRESSION
     torch.set_num_threads(args.threads)
     device = device_name(args.device)
     for task in ((args.only,) if args.only else ("qpi", "sr")):

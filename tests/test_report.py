@@ -45,7 +45,7 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["--only", "qpi", "--out", str(out), "--source-images", str(photos), "--images", "2",
             "--large-images", "0", "--noise", "0.05", "--size", "48", "--samples", "2", "--tune-images", "1",
-            "--skip-model", "cvdm-qpi-small", "--threads", "1"]
+            "--skip-model", "cvdm-qpi-small", "--threads", "1", "--no-regression"]
     report.main(argv)
     lines = (out / "qpi.jsonl").read_text().splitlines()
     methods = {json.loads(line)["method"] for line in lines[1:]}
@@ -79,11 +79,15 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     unfinished.mkdir()
     (unfinished / "regression.json").write_text(json.dumps({"steps": 2, "planned_steps": 4}))
     with pytest.raises(SystemExit, match="2 of its 4 steps"):
-        report.main([*argv, "--regression", str(unfinished)])
+        report.main([*argv[:-1], "--regression", str(unfinished)])
+    # nor is one trained over another residual model: its base and budget would not be this model's
+    (unfinished / "regression.json").write_text(json.dumps({"steps": 4, "planned_steps": 4, "model_sha256": "0"}))
+    with pytest.raises(SystemExit, match="trained over another cvdm-qpi-residual"):
+        report.main([*argv[:-1], "--regression", str(unfinished)])
 
     # another setting in the same folder is refused rather than mixed in
     with pytest.raises(SystemExit, match="other settings"):
-        report.main([*argv[:-2], "--samples", "3"])
+        report.main([*argv[:-3], "--samples", "3"])
     # and so are other model files (other weights, sampler or data-consistency strength)
     other = tmp_path / "other-models"
     other.mkdir()
