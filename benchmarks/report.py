@@ -439,20 +439,24 @@ def paired_rows(task: str, sets: list[TestSet], store: Store) -> list[str]:
 
 
 def card_table(task: str, name: str, sets: list[TestSet], store: Store) -> str:
-    """The model card's table: this model on every set beside the best tuned classical method there."""
+    """The model card's table: this model on every set beside the best tuned classical method and the
+    regression baseline there, on the same images."""
     lines = [f"`python benchmarks/report.py --only {task}`; cells: mean over images [95 % interval]; n: images.\n",
              "| test set | n | MS-SSIM | MAE | PSNR (dB) | coverage ±1.96 std | coverage calibrated 95 % | "
-             "best tuned classical: MS-SSIM | s / image |", "|---|---|---|---|---|---|---|---|---|"]
+             f"best tuned classical: MS-SSIM | {REGRESSION}: MS-SSIM | s / image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in sets:
         rows = store.method_rows(s.key, name, s.count)
         if not rows:
-            lines.append(f"| {s.key} | 0 | not run yet |" + " |" * 6)
+            lines.append(f"| {s.key} | 0 | not run yet |" + " |" * 7)
             continue
         reference = best_classical(task, [s], store)
         ref = f"{reference} {cell(pooled(reference, [s], store, paired_with=name), 3)}" if reference else ""
+        regression = pooled(REGRESSION, [s], store, paired_with=name)
         values = [cell([r.get(key) for r in rows], digits) if any(r.get(key) is not None for r in rows) else "–"
                   for key, _, digits in COLUMNS]
-        lines.append(f"| {s.key} | {len(rows)} | " + " | ".join(values[:5]) + f" | {ref} | {values[5]} |")
+        lines.append(f"| {s.key} | {len(rows)} | " + " | ".join(values[:5]) +
+                     f" | {ref} | {cell(regression, 3) if regression else 'not run'} | {values[5]} |")
     return "\n".join(lines) + "\n"
 
 

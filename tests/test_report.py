@@ -106,7 +106,9 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     cards.mkdir()
     (cards / "cvdm-qpi-residual.md").write_text("# card\n<!-- report:card -->\n<!-- /report:card -->\n")
     report.write_docs(args, "test CPU", readme=readme, results=results, cards=cards)
-    assert "| noise 0.05, 48² | 2 |" in (cards / "cvdm-qpi-residual.md").read_text()
+    card = (cards / "cvdm-qpi-residual.md").read_text()
+    assert "| noise 0.05, 48² | 2 |" in card and "| regression (same budget): MS-SSIM |" in card
+    assert card.count("| not run |") == 1  # this run had no regression network
     table = readme.read_text()
     assert "old" not in table and table.startswith("intro\n") and table.endswith("end\n")
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
