@@ -188,36 +188,39 @@ def qpi_regression(folder: Path | None, args):
 # ----------------------------------------------------------------------------- one image
 
 
-def classical_rows(test_set: TestSet, item, args, tuned, regression) -> dict:
+def classical_rows(test_set: TestSet, item, tuned, regression, names: list[str]) -> dict:
+    """The rows of the baselines ``names`` (classical methods and the regression) on one image."""
     if test_set.task == "qpi":
         stack, phase = item
         config = QPISimulationConfig()
         optics = (config.dz_um, config.wavelength_um, config.pixel_um)
         target = metrics.to_unit_range(phase)
-        estimates = {"US-TIE": us_tie(stack, *optics, tuned["us_tie"]),
-                     "FFT-TIE": fft_tie(stack, *optics, *tuned["fft_tie"])}
-        if waveorder_qpi.NAME in tuned:
-            estimates[waveorder_qpi.NAME] = waveorder_qpi.phase(stack, *optics, **tuned[waveorder_qpi.NAME])
-        if regression is not None:
-            import qpi_regression
-            estimates[REGRESSION] = qpi_regression.regression_phase(regression.net, regression.model,
-                                                                    regression.info, stack, regression.noise_map)
-        rows = {name: unseen._scores(unseen._phase_to_unit(est, phase)[0], target, config.pixel_um)
-                for name, est in estimates.items()}
-        if regression is not None:
+        methods = {"US-TIE": lambda: us_tie(stack, *optics, tuned["us_tie"]),
+                   "FFT-TIE": lambda: fft_tie(stack, *optics, *tuned["fft_tie"]),
+                   waveorder_qpi.NAME: lambda: waveorder_qpi.phase(stack, *optics, **tuned[waveorder_qpi.NAME]),
+                   REGRESSION: lambda: qpi_regression_phase(regression, stack)}
+        rows = {name: unseen._scores(unseen._phase_to_unit(methods[name](), phase)[0], target, config.pixel_um)
+                for name in names}
+        if REGRESSION in rows:
             rows[REGRESSION]["weights"] = regression.weights  # which network a row scored
         return rows
     sample = item
     target = metrics.to_unit_range(sample.target)
     pixel = 1000 * sample.target_pixel_um
-    estimates = {
-        "Richardson–Lucy": richardson_lucy_widefield(sample.widefield, sample.camera_pixel_um, sample.na,
-                                                     sample.wavelength_um, iterations=unseen.RL_ITERATIONS,
-                                                     offset=sample.offset_adu),
-        "bicubic": upsample(sample.widefield.astype(np.float32)[None], 2)[0],
+    methods = {
+        "Richardson–Lucy": lambda: richardson_lucy_widefield(
+            sample.widefield, sample.camera_pixel_um, sample.na, sample.wavelength_um,
+            iterations=unseen.RL_ITERATIONS, offset=sample.offset_adu),
+        "bicubic": lambda: upsample(sample.widefield.astype(np.float32)[None], 2)[0],
     }
-    return {name: unseen._scores(metrics.scale_to_reference(est, target), target, pixel)
-            for name, est in estimates.items()}
+    return {name: unseen._scores(metrics.scale_to_reference(methods[name](), target), target, pixel)
+            for name in names}
+
+
+def qpi_regression_phase(regression, stack: np.ndarray) -> np.ndarray:
+    import qpi_regression
+    return qpi_regression.regression_phase(regression.net, regression.model, regression.info, stack,
+                                           regression.noise_map)
 
 
 def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bool) -> dict:
@@ -241,14 +244,15 @@ def model_image_rows(test_set: TestSet, item, name, model, info, args, first: bo
                       na=sample.na)
 
 
-def classical_missing(test_set: TestSet, index: int, store: "Store", tuned, regression) -> bool:
-    """Whether a classical row of this image, or the given regression network's, is not in the store."""
+def classical_missing(test_set: TestSet, index: int, store: "Store", tuned, regression) -> list[str]:
+    """The baselines of this image not in the store: classical methods, and the given regression
+    network (a row of another network counts as missing)."""
     names = [n for n in CLASSICAL[test_set.task] if n != waveorder_qpi.NAME or (tuned and n in tuned)]
-    if any(not store.has(test_set.key, index, n) for n in names):
-        return True
-    if regression is None:
-        return False
-    return store.rows.get((test_set.key, index, REGRESSION), {}).get("weights") != regression.weights
+    missing = [n for n in names if not store.has(test_set.key, index, n)]
+    if regression is not None and \
+            store.rows.get((test_set.key, index, REGRESSION), {}).get("weights") != regression.weights:
+        missing.append(REGRESSION)
+    return missing
 
 
 # ----------------------------------------------------------------------------- the run
@@ -331,14 +335,14 @@ def run_task(args, store: Store) -> list[TestSet]:
                 if index >= s.count:
                     continue
                 need_model = not store.has(s.key, index, name)
-                need_classical = first and classical_missing(s, index, store, tuned.get(s.noise), regression)
+                need_classical = classical_missing(s, index, store, tuned.get(s.noise), regression) if first else []
                 if not (need_model or need_classical):
                     continue
                 start = time.perf_counter()
                 item = streams[s.key][index]
                 rows = {}
                 if need_classical:
-                    rows.update(classical_rows(s, item, args, tuned.get(s.noise), regression))
+                    rows.update(classical_rows(s, item, tuned.get(s.noise), regression, need_classical))
                 if need_model:
                     rows.update(model_image_rows(s, item, name, model, info, args, first))
                 store.add(s.key, index, rows)
