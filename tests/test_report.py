@@ -72,7 +72,17 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     report.main(argv)
     again = (out / "qpi.jsonl").read_text().splitlines()
     assert sum('"method": "FFT-TIE"' in line for line in again) == 2
+    assert len(again) == len(kept) + 2  # and only it: the rows there are not made again
     assert sum('"method": "cvdm-qpi-residual"' in line for line in again) == 2
+
+    # the shipped regression network is scored by default, beside the rows there, without sampling the model
+    capsys.readouterr()
+    report.main(argv[:-1])
+    assert "image 1/2 cvdm-qpi-residual: baselines" in capsys.readouterr().out
+    scored = [json.loads(line) for line in (out / "qpi.jsonl").read_text().splitlines()[1:]]
+    regression = [r["row"] for r in scored if r["method"] == report.REGRESSION]
+    assert len(regression) == 2 and all(0 < r["ms_ssim"] <= 1 and len(r["weights"]) == 16 for r in regression)
+    assert "Regression baseline: `benchmarks/baselines/qpi-regression`" in (out / "report-qpi.md").read_text()
 
     # a regression network that has not had its whole budget is not scored as "the same budget"
     unfinished = tmp_path / "regression"
@@ -108,7 +118,6 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     report.write_docs(args, "test CPU", readme=readme, results=results, cards=cards)
     card = (cards / "cvdm-qpi-residual.md").read_text()
     assert "| noise 0.05, 48² | 2 |" in card and "| regression (same budget): MS-SSIM |" in card
-    assert card.count("| not run |") == 1  # this run had no regression network
     table = readme.read_text()
     assert "old" not in table and table.startswith("intro\n") and table.endswith("end\n")
     assert "[`cvdm-qpi-residual`](models/cvdm-qpi-residual.md)" in table and "(n = 2, QPI" in table
