@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import platform
 import sys
@@ -44,6 +45,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from napari_cvdm.checkpoint import write_atomically  # noqa: E402
 from napari_cvdm.residual import noise_level_map  # noqa: E402
 from napari_cvdm.model import DENOISER_PRESETS, UNet  # noqa: E402
 from napari_cvdm.physics.noise import defocus_relative_noise_std  # noqa: E402
@@ -69,15 +71,15 @@ def _inputs(y: torch.Tensor, config, noise_map: bool) -> tuple[torch.Tensor, tor
 
 def train_regression(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    weights, optimiser_file = args.out / "regression.safetensors", args.out / "optimiser.safetensors"
+    weights, state_file = args.out / "regression.safetensors", args.out / "optimiser.pt"
     # what a resumed run must share with the stopped one (also written with every checkpoint)
     identity = {"planned_steps": args.steps, "simulated_images": args.simulated_images, "seed": args.seed,
                 "noise_map": args.noise_map, "model_sha256": file_digest(args.model),
                 "source_images": _photo_names(args.source_images)}
     done, previous_s = 0, 0.0
     if args.resume:
-        if not optimiser_file.is_file():
-            sys.exit(f"qpi_regression: {args.out} holds no stopped run to resume (no {optimiser_file.name})")
+        if not state_file.is_file():
+            sys.exit(f"qpi_regression: {args.out} holds no stopped run to resume (no {state_file.name})")
         record = json.loads((args.out / "regression.json").read_text())
         done, previous_s = int(record["steps"]), float(record["wall_time_s"])
         changed = [name for name, value in identity.items() if record.get(name) != value]
@@ -101,21 +103,20 @@ def train_regression(args) -> None:
     torch.manual_seed(args.seed)
     net = _network(trainer.model, args.noise_map)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if done:
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _learning_rate_factor(config))
+    if done:  # AdamW's moments and the schedule where the stopped run left them (the Trainer's format)
         net.load_state_dict(load_file(str(weights)))
-        optimiser.load_state_dict(_optimiser_state(optimiser, load_file(str(optimiser_file))))
-    factor = _learning_rate_factor(config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
-    if done:  # the schedule where the stopped run left it: step ``done``'s rate
-        scheduler.last_epoch = done
-        for group in optimiser.param_groups:
-            group["lr"] = group["initial_lr"] * factor(done)
+        state = torch.load(state_file, weights_only=True)
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
     losses = []
 
     def save(steps_done: int) -> dict:
         # the record goes with every checkpoint, so a stopped run is scorable and says how far it got
         save_file(net.state_dict(), str(weights))
-        save_file(_flat_optimiser_state(optimiser), str(optimiser_file))
+        buffer = io.BytesIO()
+        torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
+        write_atomically(state_file, buffer.getvalue())
         record = {"steps": steps_done, **identity, "wall_time_s": previous_s + time.perf_counter() - start,
                   "model": args.model.name, "device": f"cpu, {torch.get_num_threads()} threads",
                   "final_loss": float(np.mean(losses[-200:]))}
@@ -146,20 +147,6 @@ def train_regression(args) -> None:
 def _photo_names(folder: Path) -> list[str]:
     """The photos' file names: what a resumed run must draw its phase objects from again."""
     return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
-
-
-def _flat_optimiser_state(optimiser) -> dict[str, torch.Tensor]:
-    """AdamW's per-parameter tensors as ``"<index>.<name>"`` (safetensors holds tensors only)."""
-    return {f"{index}.{name}": value.detach().reshape(-1) if value.dim() == 0 else value.detach().contiguous()
-            for index, state in optimiser.state_dict()["state"].items() for name, value in state.items()}
-
-
-def _optimiser_state(optimiser, flat: dict[str, torch.Tensor]) -> dict:
-    state: dict[int, dict] = {}
-    for key, value in flat.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    return {"state": state, "param_groups": optimiser.state_dict()["param_groups"]}
 
 
 @torch.no_grad()
