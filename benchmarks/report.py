@@ -160,6 +160,17 @@ def model_rows(name, model, info, image, target, pixel, to_unit, args, regressio
     return rows
 
 
+def regression_record(folder: Path) -> dict:
+    """The JSON record of a regression folder (qpi_regression.py's layout); exits with one line if it is not one."""
+    try:
+        record = json.loads((folder / "regression.json").read_text())
+        int(record["steps"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"report: {folder} holds no regression made by benchmarks/qpi_regression.py "
+                 f"(regression.json: {exc.__class__.__name__}: {exc})")
+    return record
+
+
 def qpi_regression(folder: Path | None, args):
     """The trained QPI regression network of ``folder`` (qpi_regression.py's layout), or None."""
     if folder is None:
@@ -167,7 +178,7 @@ def qpi_regression(folder: Path | None, args):
     import qpi_regression
     from safetensors.torch import load_file
 
-    record = json.loads((folder / "regression.json").read_text())
+    record = regression_record(folder)
     if record["steps"] < record.get("planned_steps", record["steps"]):
         sys.exit(f"report: the regression in {folder} has {record['steps']} of its {record['planned_steps']} steps; "
                  "finish it (qpi_regression.py --resume) before scoring it as the same budget")
@@ -483,11 +494,11 @@ def regression_words(folder: Path | None) -> str:
     """Which QPI regression network the rows are of, and its training budget."""
     if folder is None:
         return NOT_RUN_QPI
-    record = json.loads((folder / "regression.json").read_text())
+    record = regression_record(folder)
     inputs = "[I(−dz), I(+dz), b_TIE, ν]" if record.get("noise_map") else "[I(−dz), I(+dz), b_TIE]"
     where = folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder
     return (f"`{where}`, a U-Net trained with an L2 loss on the residual from {inputs}, "
-            f"{record['steps']} steps on {record['simulated_images']} simulated pairs.")
+            f"{record['steps']} steps on {record.get('simulated_images', 'an unrecorded number of')} simulated pairs.")
 
 
 def report_text(task: str, sets: list[TestSet], store: Store, args) -> str:
@@ -556,6 +567,8 @@ def main(argv=None) -> None:
         args.regression = None
     elif args.regression is None and SHIPPED_REGRESSION.is_dir():
         args.regression = SHIPPED_REGRESSION
+    if args.regression is not None:
+        regression_record(args.regression)  # a wrong folder stops here, before any work
     torch.set_num_threads(args.threads)
     device = device_name(args.device)
     for task in ((args.only,) if args.only else ("qpi", "sr")):

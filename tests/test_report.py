@@ -84,6 +84,10 @@ def test_qpi_tiny_run_resumes_and_writes_docs(report, photos, tmp_path, capsys):
     assert len(regression) == 2 and all(0 < r["ms_ssim"] <= 1 and len(r["weights"]) == 16 for r in regression)
     assert "Regression baseline: `benchmarks/baselines/qpi-regression`" in (out / "report-qpi.md").read_text()
 
+    # a folder that holds no regression is refused in one line
+    with pytest.raises(SystemExit, match="holds no regression made by benchmarks/qpi_regression.py"):
+        report.main([*argv[:-1], "--regression", str(tmp_path / "nothing")])
+
     # a regression network that has not had its whole budget is not scored as "the same budget"
     unfinished = tmp_path / "regression"
     unfinished.mkdir()
